@@ -1,0 +1,27 @@
+//! tailcache-store: what tailcache knows about Nix — its formats and a local store, read-only.
+//!
+//! Everything here is synchronous and free of any async runtime, so the pure parts are
+//! testable without a store and the I/O parts run on blocking threads of whoever calls them.
+//!
+//! # Layout
+//! - [`nixbase32`]: Nix's base-32 alphabet and bit order.
+//! - [`hash`]: `sha256:<nix32>` hashes and the other spellings Nix accepts.
+//! - [`store_path`]: validated store paths (`<32-char nix32 hash>-<name>`).
+//! - [`nar`]: the NAR format — a streaming encoder over a path and a decoder/verifier.
+//! - [`narinfo`]: narinfo rendering and parsing, and the signature fingerprint.
+//! - [`signing`]: ed25519 keys in Nix's `name:base64` format, signing and verification.
+//! - [`db`]: read-only access to a store's SQLite database (`ValidPaths`, `Refs`, …).
+//! - [`error`]: the crate's error type.
+
+pub mod db;
+pub mod error;
+pub mod hash;
+pub mod nar;
+pub mod narinfo;
+pub mod nixbase32;
+pub mod signing;
+pub mod store_path;
+
+pub use error::{Error, Result};
+pub use hash::Sha256Hash;
+pub use store_path::{StorePath, StorePathHash};
