@@ -157,7 +157,7 @@ impl NarInfo {
         if nar_size == 0 {
             return Err(corrupt("no NarSize, or NarSize 0".to_owned()));
         }
-        references.sort_by_cached_key(StorePath::base_name);
+        references.sort();
         references.dedup();
         // Nix keeps signatures in a set; keep the first of each, in file order.
         let mut seen = std::collections::HashSet::new();
@@ -225,14 +225,12 @@ pub fn fingerprint(
     )
 }
 
-/// Base names sorted as strings and without duplicates. Nix orders store paths by their text;
-/// `StorePath`'s own `Ord` compares hash bytes, which is a different order (nix32 reverses
-/// the bits), so it must not be used here.
+/// Base names in Nix's order (`StorePath`'s `Ord`, the text order) without duplicates.
 fn sorted_base_names(paths: &[StorePath]) -> Vec<String> {
-    let mut names: Vec<String> = paths.iter().map(StorePath::base_name).collect();
-    names.sort_unstable();
-    names.dedup();
-    names
+    let mut sorted: Vec<&StorePath> = paths.iter().collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.into_iter().map(StorePath::base_name).collect()
 }
 
 /// Decimal digits only (no sign, no spaces), as Nix writes sizes.
@@ -396,10 +394,8 @@ mod tests {
         // nix32 reverses bit order, so text order and hash-byte order disagree here.
         let a = StorePath::from_base_name("0zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-a").unwrap();
         let b = StorePath::from_base_name("z0000000000000000000000000000000-b").unwrap();
-        assert!(
-            b < a,
-            "the test needs StorePath's Ord to disagree with text order"
-        );
+        // StorePath's Ord is text order, whatever the hash bytes say.
+        assert!(a < b, "StorePath's Ord must be text order");
         let h = Sha256Hash::parse(HASH).unwrap();
         let p = StorePath::from_base_name(P).unwrap();
         let want = format!(
@@ -474,7 +470,7 @@ mod tests {
             ),
         ) -> NarInfo {
             let mut references = references;
-            references.sort_by_cached_key(StorePath::base_name);
+            references.sort();
             references.dedup();
             NarInfo {
                 store_path, url, compression, file_hash, file_size, nar_hash, nar_size,
