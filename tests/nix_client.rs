@@ -208,3 +208,18 @@ fn unknown_path_is_not_substituted_uncompressed() {
 fn unknown_path_is_not_substituted_xz() {
     unknown_path_is_not_substituted("xz");
 }
+
+#[test]
+fn stock_nix_log_reads_the_build_log() {
+    let store = TestStore::build_small();
+    let key = store
+        .nix()
+        .generate_key(&store.scratch("keys"), "itest-cache-1");
+    let cache = start(&store, "none", &key);
+    // `nix log` looks up the output's Deriver in its narinfo, then GETs log/<drv>.
+    let out = store
+        .nix()
+        .run("nix", &["log", "--store", cache.url(), store.path("refs")]);
+    let want = format!("tailcache-itest build log of with-refs {}", store.nonce());
+    assert!(out.contains(&want), "nix log printed:\n{out}");
+}

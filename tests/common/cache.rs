@@ -161,6 +161,23 @@ impl<'a> TestCacheBuilder<'a> {
         args.extend(store.closure().iter().map(|p| p.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         store.nix().run("nix", &args);
+        let mut args = vec![
+            "store".to_string(),
+            "copy-log".into(),
+            "--from".into(),
+            store.root().to_str().unwrap().into(),
+            "--to".into(),
+            format!("file://{}", cache.display()),
+        ];
+        args.extend(
+            store
+                .closure()
+                .iter()
+                .filter_map(|p| store.info(p).deriver.clone()),
+        );
+        store
+            .nix()
+            .run("nix", &args.iter().map(String::as_str).collect::<Vec<_>>());
         let mut cmd = Command::new("python3");
         cmd.args([
             "-u",
