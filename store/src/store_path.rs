@@ -15,8 +15,24 @@ pub const HASH_LEN: usize = 32;
 pub const MAX_NAME_LEN: usize = 211;
 
 /// The 20-byte hash part of a store path, validated nix32.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Ordered as Nix orders store paths: by the printed nix32 string. nix32 prints the bytes
+/// as one little-endian number, most significant digit first, so that is the bytes compared
+/// from the last one (not the derived byte order, which would break fingerprints).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StorePathHash([u8; 20]);
+
+impl Ord for StorePathHash {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.iter().rev().cmp(other.0.iter().rev())
+    }
+}
+
+impl PartialOrd for StorePathHash {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl StorePathHash {
     /// Parses the 32-character hash part (as found in `<hash>.narinfo` URLs).
@@ -46,7 +62,8 @@ impl fmt::Debug for StorePathHash {
     }
 }
 
-/// A store path's base name, `<hash>-<name>`, independent of the store directory.
+/// A store path's base name, `<hash>-<name>`, independent of the store directory. Its order
+/// is the order of the base names as strings (hash parts have a fixed length).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StorePath {
     hash: StorePathHash,
@@ -145,6 +162,19 @@ mod tests {
         assert_eq!(p.to_absolute("/nix/store"), format!("/nix/store/{GOOD}"));
         let q = StorePath::from_absolute("/nix/store", &format!("/nix/store/{GOOD}")).unwrap();
         assert_eq!(p, q);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn order_is_nix_string_order(a in proptest::array::uniform20(0u8..), b in proptest::array::uniform20(0u8..)) {
+            let (pa, pb) = (StorePathHash(a), StorePathHash(b));
+            proptest::prop_assert_eq!(pa.cmp(&pb), pa.to_string().cmp(&pb.to_string()));
+            let (sa, sb) = (
+                StorePath { hash: pa, name: "x".into() },
+                StorePath { hash: pb, name: "x-y".into() },
+            );
+            proptest::prop_assert_eq!(sa.cmp(&sb), sa.base_name().cmp(&sb.base_name()));
+        }
     }
 
     #[test]

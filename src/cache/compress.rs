@@ -1,0 +1,146 @@
+//! One compression job: dump a store path as a NAR, check it against the NAR hash the store
+//! database records, compress it (xz with liblzma's multi-threaded encoder, or zstd) into a
+//! temporary file while hashing the compressed bytes, then rename it to `<filehash>.nar.xz`.
+//! Runs on a blocking thread; memory is bounded by the encoders' buffers, not the NAR size.
+
+use std::path::PathBuf;
+
+use tailcache_store::hash::{HashingCounter, HashingWriter};
+use tailcache_store::nar::NarEncoder;
+use tailcache_store::{Sha256Hash, StorePathHash};
+
+use super::nar_cache::{NarCache, NarEntry};
+use crate::config::Compression;
+
+/// What to compress and how.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub path_hash: StorePathHash,
+    pub physical_path: PathBuf,
+    pub nar_hash: Sha256Hash,
+    pub nar_size: u64,
+    pub compression: Compression,
+    pub level: u32,
+    pub threads: u32,
+}
+
+/// Why a job produced nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    #[error(
+        "{path}: the store path's contents (NAR {got_hash}, {got_size} bytes) differ from the database's record ({want_hash}, {want_size} bytes); not caching it"
+    )]
+    Mismatch {
+        path: String,
+        got_hash: Sha256Hash,
+        got_size: u64,
+        want_hash: Sha256Hash,
+        want_size: u64,
+    },
+    #[error("compression is disabled")]
+    Disabled,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CompressError {
+    let context = context.into();
+    move |source| CompressError::Io { context, source }
+}
+
+/// Runs `job`, leaving either a complete file in `cache`'s directory or nothing.
+pub fn run(job: &Job, cache: &NarCache) -> Result<NarEntry, CompressError> {
+    let tmp = cache.temp_path("nar");
+    let result = compress_to(job, &tmp);
+    let (file_hash, file_size) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let entry = NarEntry::new(job.compression, file_hash, file_size, job.nar_hash);
+    let dest = cache.file_path(&file_hash, job.compression);
+    std::fs::rename(&tmp, &dest).map_err(io(format!("rename to {}", dest.display())))?;
+    Ok(entry)
+}
+
+fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<(Sha256Hash, u64), CompressError> {
+    let file = std::fs::File::create(tmp).map_err(io(format!("create {}", tmp.display())))?;
+    let out = HashingWriter::new(std::io::BufWriter::with_capacity(256 * 1024, file));
+    let display = job.physical_path.display().to_string();
+    let mut nar = NarEncoder::new(&job.physical_path).map_err(|e| CompressError::Io {
+        context: display.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let mut nar_counter = HashingCounter::default();
+    let out = match job.compression {
+        Compression::None => return Err(CompressError::Disabled),
+        Compression::Xz => {
+            let threads = match job.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                n => n,
+            };
+            let stream = liblzma::stream::MtStreamBuilder::new()
+                .threads(threads)
+                .preset(job.level)
+                .check(liblzma::stream::Check::Crc64)
+                .encoder()
+                .map_err(|e| CompressError::Io {
+                    context: "xz encoder".into(),
+                    source: std::io::Error::other(e),
+                })?;
+            let mut enc = liblzma::write::XzEncoder::new_stream(out, stream);
+            pump(&mut nar, &mut nar_counter, &mut enc, &display)?;
+            enc.finish().map_err(io("xz finish"))?
+        }
+        Compression::Zstd => {
+            let mut enc =
+                zstd::stream::write::Encoder::new(out, job.level as i32).map_err(io("zstd"))?;
+            pump(&mut nar, &mut nar_counter, &mut enc, &display)?;
+            enc.finish().map_err(io("zstd finish"))?
+        }
+    };
+    let (got_hash, got_size) = nar_counter.finish();
+    if got_hash != job.nar_hash || got_size != job.nar_size {
+        return Err(CompressError::Mismatch {
+            path: display,
+            got_hash,
+            got_size,
+            want_hash: job.nar_hash,
+            want_size: job.nar_size,
+        });
+    }
+    let (buf, counter) = out.into_parts();
+    let file = buf.into_inner().map_err(|e| CompressError::Io {
+        context: "flush".into(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(io("fsync"))?;
+    Ok(counter.finish())
+}
+
+/// Copies the NAR stream into the encoder, hashing the uncompressed bytes on the way.
+fn pump(
+    nar: &mut NarEncoder,
+    counter: &mut HashingCounter,
+    enc: &mut impl std::io::Write,
+    display: &str,
+) -> Result<(), CompressError> {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match nar.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(format!("dump {display}"))(e)),
+        };
+        counter.update(&buf[..n]);
+        enc.write_all(&buf[..n])
+            .map_err(io("write compressed NAR"))?;
+    }
+}

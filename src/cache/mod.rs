@@ -1,0 +1,218 @@
+//! The Nix binary cache (HTTP substituter protocol, as served by harmonia and nix-serve):
+//! `nix-cache-info`, signed narinfos, NARs (streamed on the fly or precompressed), build logs
+//! and the public key, over a store read through `tailcache-store`.
+//!
+//! # Layout
+//! - [`actor`]: the CacheServer actor — owns keys, the compressed-NAR directory, the
+//!   compression queue and counters — and its typed handle.
+//! - [`nar_cache`]: the on-disk directory of compressed NARs and its index.
+//! - [`compress`]: one compression job (NAR dump → xz/zstd file), run on a blocking thread.
+//! - [`narinfo`], [`nar`], [`build_log`]: the HTTP resources.
+//! - [`body`]: streaming a blocking reader into a response body with bounded memory.
+//! - [`error`]: the one place that maps failures to HTTP statuses.
+//!
+//! The request path never waits on the actor's mailbox: handlers read an `Arc`ed snapshot
+//! ([`CacheState`]) and a pool of read-only DB connections; they only *tell* the actor
+//! things (queue this path for compression), never ask it.
+
+pub mod actor;
+pub mod body;
+pub mod build_log;
+pub mod compress;
+pub mod error;
+pub mod nar;
+pub mod nar_cache;
+pub mod narinfo;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::routing::get;
+use tailcache_store::db::{StoreDb, StoreLayout};
+use tailcache_store::signing::SecretKey;
+
+use crate::config::Compression;
+use actor::CacheHandle;
+use nar_cache::NarCache;
+
+/// What every cache request handler reads. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CacheState {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: LazyStore,
+    keys: Vec<SecretKey>,
+    cache_info: String,
+    compression: Compression,
+    nars: Arc<NarCache>,
+    actor: CacheHandle,
+    stats: Arc<CacheStats>,
+}
+
+/// The store database, opened on first use so that a server started before Nix was
+/// installed begins serving once the database exists.
+#[derive(Debug)]
+pub struct LazyStore {
+    layout: StoreLayout,
+    db: OnceLock<StoreDb>,
+}
+
+impl LazyStore {
+    pub fn new(layout: StoreLayout) -> Self {
+        LazyStore {
+            layout,
+            db: OnceLock::new(),
+        }
+    }
+
+    pub fn layout(&self) -> &StoreLayout {
+        &self.layout
+    }
+
+    /// The database, or `None` while the store has none.
+    pub fn db(&self) -> Option<&StoreDb> {
+        if let Some(db) = self.db.get() {
+            return Some(db);
+        }
+        if !self.layout.db_path().exists() {
+            return None;
+        }
+        match StoreDb::open(&self.layout) {
+            Ok(db) => Some(self.db.get_or_init(|| db)),
+            Err(e) => {
+                tracing::warn!("cannot open the store database: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Counters of the cache, updated lock-free by request handlers and the actor.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub narinfo_hits: AtomicU64,
+    pub narinfo_misses: AtomicU64,
+    pub nar_bytes_none: AtomicU64,
+    pub nar_bytes_xz: AtomicU64,
+    pub nar_bytes_zstd: AtomicU64,
+    pub compressions_done: AtomicU64,
+    pub compressions_failed: AtomicU64,
+    pub compression_queue_len: AtomicU64,
+}
+
+impl CacheStats {
+    pub fn add_nar_bytes(&self, compression: Compression, n: u64) {
+        let counter = match compression {
+            Compression::None => &self.nar_bytes_none,
+            Compression::Xz => &self.nar_bytes_xz,
+            Compression::Zstd => &self.nar_bytes_zstd,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Everything needed to build a [`CacheState`].
+#[derive(Debug)]
+pub struct CacheParts {
+    pub layout: StoreLayout,
+    pub keys: Vec<SecretKey>,
+    pub priority: u32,
+    pub compression: Compression,
+    pub nars: Arc<NarCache>,
+    pub actor: CacheHandle,
+    pub stats: Arc<CacheStats>,
+}
+
+impl CacheState {
+    pub fn new(p: CacheParts) -> Self {
+        let cache_info = format!(
+            "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
+            p.layout.store_dir, p.priority
+        );
+        CacheState {
+            inner: Arc::new(Shared {
+                store: LazyStore::new(p.layout),
+                keys: p.keys,
+                cache_info,
+                compression: p.compression,
+                nars: p.nars,
+                actor: p.actor,
+                stats: p.stats,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &LazyStore {
+        &self.inner.store
+    }
+
+    pub fn store_dir(&self) -> &str {
+        &self.inner.store.layout.store_dir
+    }
+
+    pub fn keys(&self) -> &[SecretKey] {
+        &self.inner.keys
+    }
+
+    pub fn stats(&self) -> &CacheStats {
+        &self.inner.stats
+    }
+
+    pub fn nars(&self) -> &NarCache {
+        &self.inner.nars
+    }
+
+    pub fn compression(&self) -> Compression {
+        self.inner.compression
+    }
+
+    pub fn actor(&self) -> &CacheHandle {
+        &self.inner.actor
+    }
+
+    /// Where Nix keeps build logs for this store.
+    pub fn log_dir(&self) -> PathBuf {
+        self.inner.store.layout.log_dir()
+    }
+}
+
+/// The cache listener's routes.
+pub fn router() -> Router<CacheState> {
+    Router::new()
+        .route("/nix-cache-info", get(get_cache_info))
+        .route("/pubkey", get(get_pubkey))
+        .route("/nar/{file}", get(nar::get_nar))
+        .route("/log/{drv}", get(build_log::get_build_log))
+        .route("/{file}", get(narinfo::get_narinfo))
+}
+
+async fn get_cache_info(
+    axum::extract::State(state): axum::extract::State<CacheState>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/x-nix-cache-info")],
+        state.inner.cache_info.clone(),
+    )
+}
+
+async fn get_pubkey(
+    axum::extract::State(state): axum::extract::State<CacheState>,
+) -> impl axum::response::IntoResponse {
+    let keys: String = state
+        .keys()
+        .iter()
+        .map(|k| k.public().to_nix_string() + "\n")
+        .collect();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        keys,
+    )
+}

@@ -1,0 +1,192 @@
+//! `GET|HEAD /nar/…`: NARs. Three URL forms name an uncompressed NAR, dumped from the store on
+//! the fly: ours and nix-serve's `<outhash>-<narhash>.nar`, harmonia's `<narhash>.nar?hash=<outhash>`,
+//! and a bare `<narhash>.nar`. Compressed NARs are `<filehash>.nar.xz|.nar.zst`, served from
+//! the NAR directory. Every name is parsed into hashes before anything touches the disk, so no
+//! URL can reach a file outside the store or that directory. `Range` works for both.
+
+use std::io::{Seek as _, SeekFrom};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::Response;
+use serde::Deserialize;
+use tailcache_store::nar::NarEncoder;
+use tailcache_store::{Sha256Hash, StorePathHash};
+
+use super::CacheState;
+use super::body::{Resource, respond};
+use super::error::{CacheError, CacheResult};
+use crate::config::Compression;
+
+const NAR_CONTENT_TYPE: &str = "application/x-nix-nar";
+
+#[derive(Debug, Deserialize)]
+pub struct NarQuery {
+    /// harmonia's `?hash=<outhash>`.
+    hash: Option<String>,
+}
+
+/// A parsed NAR file name.
+#[derive(Debug, PartialEq, Eq)]
+enum NarName {
+    Uncompressed {
+        path: Option<StorePathHash>,
+        nar_hash: Sha256Hash,
+    },
+    Compressed {
+        file_hash: Sha256Hash,
+        compression: Compression,
+    },
+}
+
+fn parse_name(file: &str, query_hash: Option<&str>) -> CacheResult<NarName> {
+    const BAD: CacheError = CacheError::BadRequest("malformed NAR file name");
+    let nar_hash = |s: &str| Sha256Hash::from_nix32(s).map_err(|_| BAD);
+    for compression in [Compression::Xz, Compression::Zstd] {
+        let suffix = format!(".nar{}", compression.extension());
+        if let Some(stem) = file.strip_suffix(suffix.as_str()) {
+            return Ok(NarName::Compressed {
+                file_hash: nar_hash(stem)?,
+                compression,
+            });
+        }
+    }
+    let stem = file.strip_suffix(".nar").ok_or(BAD)?;
+    let (path, hash) = match stem.split_once('-') {
+        Some((out, nar)) => (Some(out), nar),
+        None => (query_hash, stem),
+    };
+    let path = path
+        .map(StorePathHash::parse)
+        .transpose()
+        .map_err(|_| BAD)?;
+    Ok(NarName::Uncompressed {
+        path,
+        nar_hash: nar_hash(hash)?,
+    })
+}
+
+pub async fn get_nar(
+    State(state): State<CacheState>,
+    Path(file): Path<String>,
+    Query(query): Query<NarQuery>,
+    method: Method,
+    headers: HeaderMap,
+) -> CacheResult<Response> {
+    let head = method == Method::HEAD;
+    match parse_name(&file, query.hash.as_deref())? {
+        NarName::Compressed {
+            file_hash,
+            compression,
+        } => {
+            let path = state.nars().file_path(&file_hash, compression);
+            // Open now: once open, eviction unlinking the file cannot cut the download short.
+            let file = std::fs::File::open(&path)
+                .map_err(|_| CacheError::NotFound("no such compressed NAR"))?;
+            let size = file
+                .metadata()
+                .map_err(|source| CacheError::Io {
+                    context: "stat compressed NAR",
+                    source,
+                })?
+                .len();
+            let stats = state.clone();
+            respond(
+                &headers,
+                head,
+                Resource {
+                    size,
+                    content_type: NAR_CONTENT_TYPE,
+                },
+                move |offset| {
+                    let mut file = file;
+                    file.seek(SeekFrom::Start(offset))?;
+                    Ok(file)
+                },
+                move |n| stats.stats().add_nar_bytes(compression, n),
+            )
+        }
+        NarName::Uncompressed { path, nar_hash } => {
+            let db = state
+                .store()
+                .db()
+                .ok_or(CacheError::NotFound("no such NAR"))?;
+            let info = match path {
+                Some(p) => db.query_path_info(&p)?,
+                None => db.query_by_nar_hash(&nar_hash)?,
+            };
+            let info = info
+                .filter(|i| i.nar_hash == nar_hash)
+                .ok_or(CacheError::NotFound("no such NAR"))?;
+            let physical = state.store().layout().physical_path(&info.path);
+            if std::fs::symlink_metadata(&physical).is_err() {
+                return Err(CacheError::NotFound(
+                    "store path is registered but missing on disk",
+                ));
+            }
+            let stats = state.clone();
+            respond(
+                &headers,
+                head,
+                Resource {
+                    size: info.nar_size,
+                    content_type: NAR_CONTENT_TYPE,
+                },
+                move |offset| NarEncoder::new_at(&physical, offset).map_err(std::io::Error::other),
+                move |n| stats.stats().add_nar_bytes(Compression::None, n),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = "7rjj86a15146cq1d3qy068lml7n8ykzm";
+    const NAR: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+
+    #[test]
+    fn parses_every_url_form() {
+        let nar_hash = Sha256Hash::from_nix32(NAR).unwrap();
+        let out = StorePathHash::parse(OUT).unwrap();
+        let want = NarName::Uncompressed {
+            path: Some(out),
+            nar_hash,
+        };
+        assert_eq!(parse_name(&format!("{OUT}-{NAR}.nar"), None).unwrap(), want);
+        assert_eq!(parse_name(&format!("{NAR}.nar"), Some(OUT)).unwrap(), want);
+        assert_eq!(
+            parse_name(&format!("{NAR}.nar"), None).unwrap(),
+            NarName::Uncompressed {
+                path: None,
+                nar_hash
+            }
+        );
+        assert_eq!(
+            parse_name(&format!("{NAR}.nar.zst"), None).unwrap(),
+            NarName::Compressed {
+                file_hash: nar_hash,
+                compression: Compression::Zstd
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_anything_else() {
+        for bad in [
+            "../../etc/passwd",
+            "..%2F..%2Fetc%2Fpasswd.nar",
+            &format!("{NAR}.nar.gz"),
+            &format!("{NAR}.nar.xz/x"),
+            &format!("../{NAR}.nar.xz"),
+            &format!("{OUT}-{NAR}x.nar"),
+            &format!("{OUT}e-{NAR}.nar"),
+            ".nar",
+            "",
+        ] {
+            assert!(parse_name(bad, None).is_err(), "{bad} accepted");
+        }
+        assert!(parse_name(&format!("{NAR}.nar"), Some("../../x")).is_err());
+    }
+}

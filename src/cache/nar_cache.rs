@@ -1,0 +1,335 @@
+//! The directory of precompressed NARs: files named by their own hash
+//! (`<filehash>.nar.xz`, `.nar.zst`) and an index from store-path hash to file, kept as one
+//! small text file per entry under `index/` so that adding an entry is one atomic rename.
+//!
+//! Start-up removes what a crash can leave behind (temporary files, an index entry whose
+//! file is gone, a file no entry names). The size bound is enforced by the CacheServer
+//! actor, which evicts the least recently served entries.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tailcache_store::{Sha256Hash, StorePathHash};
+
+use crate::config::Compression;
+
+/// Prefix of files being written; anything carrying it at start-up is a crash leftover.
+pub const TMP_PREFIX: &str = ".tmp-";
+
+/// One compressed NAR.
+#[derive(Debug)]
+pub struct NarEntry {
+    pub compression: Compression,
+    pub file_hash: Sha256Hash,
+    pub file_size: u64,
+    /// The NAR hash the file was made from; a store path whose current NAR hash differs
+    /// (deleted and rebuilt) does not use this entry.
+    pub nar_hash: Sha256Hash,
+    /// Seconds since the epoch when the entry was last served (LRU order).
+    last_used: AtomicU64,
+}
+
+impl NarEntry {
+    pub fn new(
+        compression: Compression,
+        file_hash: Sha256Hash,
+        file_size: u64,
+        nar_hash: Sha256Hash,
+    ) -> Self {
+        NarEntry {
+            compression,
+            file_hash,
+            file_size,
+            nar_hash,
+            last_used: AtomicU64::new(now()),
+        }
+    }
+
+    /// `nar/<filehash>.nar.xz`, relative to the cache root.
+    pub fn url(&self) -> String {
+        format!("nar/{}", self.file_name())
+    }
+
+    pub fn file_name(&self) -> String {
+        format_file_name(&self.file_hash, self.compression)
+    }
+
+    pub fn touch(&self) {
+        self.last_used.store(now(), Ordering::Relaxed);
+    }
+
+    fn serialize(&self) -> String {
+        format!(
+            "Compression: {}\nFileHash: {}\nFileSize: {}\nNarHash: {}\n",
+            self.compression.narinfo_name(),
+            self.file_hash,
+            self.file_size,
+            self.nar_hash
+        )
+    }
+
+    fn deserialize(text: &str, last_used: u64) -> Option<Self> {
+        let mut fields = HashMap::new();
+        for line in text.lines() {
+            let (k, v) = line.split_once(": ")?;
+            fields.insert(k, v);
+        }
+        let compression = Compression::from_narinfo_name(fields.get("Compression")?)?;
+        if compression == Compression::None {
+            return None;
+        }
+        Some(NarEntry {
+            compression,
+            file_hash: Sha256Hash::parse(fields.get("FileHash")?).ok()?,
+            file_size: fields.get("FileSize")?.parse().ok()?,
+            nar_hash: Sha256Hash::parse(fields.get("NarHash")?).ok()?,
+            last_used: AtomicU64::new(last_used),
+        })
+    }
+}
+
+/// `<nix32 file hash>.nar<ext>`: the only names this directory ever serves.
+pub fn format_file_name(file_hash: &Sha256Hash, compression: Compression) -> String {
+    format!("{}.nar{}", file_hash.to_nix32(), compression.extension())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The directory and its in-memory index. Readers take a read lock for a map lookup only.
+#[derive(Debug)]
+pub struct NarCache {
+    dir: PathBuf,
+    index: RwLock<HashMap<StorePathHash, Arc<NarEntry>>>,
+}
+
+impl NarCache {
+    /// Opens (creating) `dir`, loads the index and removes crash leftovers.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        let index_dir = dir.join("index");
+        std::fs::create_dir_all(&index_dir)?;
+        let mut index = HashMap::new();
+        for entry in std::fs::read_dir(&index_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let parsed = StorePathHash::parse(&name).ok().and_then(|hash| {
+                let text = std::fs::read_to_string(&path).ok()?;
+                let mtime = entry.metadata().ok()?.modified().ok()?;
+                let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let e = NarEntry::deserialize(&text, secs)?;
+                let len = std::fs::metadata(dir.join(e.file_name())).ok()?.len();
+                (len == e.file_size).then_some((hash, e))
+            });
+            match parsed {
+                Some((hash, e)) => {
+                    index.insert(hash, Arc::new(e));
+                }
+                None => remove_logged(&path),
+            }
+        }
+        let named: std::collections::HashSet<String> =
+            index.values().map(|e| e.file_name()).collect();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type()?.is_file() && !named.contains(&name) {
+                remove_logged(&entry.path());
+            }
+        }
+        Ok(NarCache {
+            dir: dir.to_owned(),
+            index: RwLock::new(index),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The entry for a store path, if its NAR hash still matches.
+    pub fn get(&self, path: &StorePathHash, nar_hash: &Sha256Hash) -> Option<Arc<NarEntry>> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.get(path).filter(|e| e.nar_hash == *nar_hash).cloned()
+    }
+
+    /// Whether a path has an entry for this NAR hash.
+    pub fn contains(&self, path: &StorePathHash, nar_hash: &Sha256Hash) -> bool {
+        self.get(path, nar_hash).is_some()
+    }
+
+    /// The physical file of a compressed NAR named in a URL, if it exists.
+    pub fn file_path(&self, file_hash: &Sha256Hash, compression: Compression) -> PathBuf {
+        self.dir.join(format_file_name(file_hash, compression))
+    }
+
+    /// A fresh temporary file name inside the directory (same file system: rename is atomic).
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        self.dir
+            .join(format!("{TMP_PREFIX}{}-{n}-{what}", std::process::id()))
+    }
+
+    /// Records an entry whose file is already in place: writes the index file atomically,
+    /// then publishes it to readers.
+    pub fn insert(&self, path: StorePathHash, entry: NarEntry) -> std::io::Result<()> {
+        let tmp = self.temp_path("index");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(entry.serialize().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join("index").join(path.to_string()))?;
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = index.insert(path, Arc::new(entry)) {
+            // Same path recompressed (its NAR changed): the old file is no longer named.
+            drop(index);
+            self.remove_file_if_unused(&old);
+        }
+        Ok(())
+    }
+
+    /// Total bytes of all compressed files.
+    pub fn total_bytes(&self) -> u64 {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.values().map(|e| e.file_size).sum()
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes least recently used entries until the total is at most `max_bytes`; returns
+    /// how many were removed.
+    pub fn evict_to(&self, max_bytes: u64) -> usize {
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut total: u64 = index.values().map(|e| e.file_size).sum();
+        if total <= max_bytes {
+            return 0;
+        }
+        let mut order: Vec<(u64, StorePathHash)> = index
+            .iter()
+            .map(|(k, e)| (e.last_used.load(Ordering::Relaxed), *k))
+            .collect();
+        order.sort_unstable();
+        let mut removed = Vec::new();
+        for (_, key) in order {
+            if total <= max_bytes {
+                break;
+            }
+            if let Some(e) = index.remove(&key) {
+                total -= e.file_size;
+                removed.push((key, e));
+            }
+        }
+        drop(index);
+        let n = removed.len();
+        for (key, e) in removed {
+            remove_logged(&self.dir.join("index").join(key.to_string()));
+            self.remove_file_if_unused(&e);
+        }
+        n
+    }
+
+    /// Two store paths with identical contents share one file; delete it only when no entry
+    /// names it any more.
+    fn remove_file_if_unused(&self, e: &NarEntry) {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let shared = index.values().any(|o| o.file_hash == e.file_hash);
+        drop(index);
+        if !shared {
+            remove_logged(&self.dir.join(e.file_name()));
+        }
+    }
+}
+
+fn remove_logged(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(n: u8) -> StorePathHash {
+        StorePathHash::parse(&tailcache_store::nixbase32::encode(&[n; 20])).unwrap()
+    }
+
+    fn put(cache: &NarCache, n: u8, size: usize) {
+        let data = vec![n; size];
+        let file_hash = Sha256Hash::digest(&data);
+        std::fs::write(cache.file_path(&file_hash, Compression::Xz), &data).unwrap();
+        let e = NarEntry::new(Compression::Xz, file_hash, size as u64, Sha256Hash([n; 32]));
+        e.last_used.store(n as u64, Ordering::Relaxed);
+        cache.insert(hash(n), e).unwrap();
+    }
+
+    #[test]
+    fn survives_restart_and_cleans_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NarCache::open(dir.path()).unwrap();
+        put(&cache, 1, 10);
+        put(&cache, 2, 20);
+        std::fs::write(cache.temp_path("junk"), b"half").unwrap();
+        std::fs::write(dir.path().join("orphan.nar.xz"), b"x").unwrap();
+        std::fs::write(
+            dir.path().join("index").join(hash(9).to_string()),
+            b"garbage",
+        )
+        .unwrap();
+        drop(cache);
+
+        let cache = NarCache::open(dir.path()).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.total_bytes(), 30);
+        assert!(cache.contains(&hash(1), &Sha256Hash([1; 32])));
+        assert!(
+            !cache.contains(&hash(1), &Sha256Hash([7; 32])),
+            "stale NAR hash must not match"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "two NAR files and index/: {names:?}");
+        assert!(!dir.path().join("index").join(hash(9).to_string()).exists());
+    }
+
+    #[test]
+    fn evicts_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = NarCache::open(dir.path()).unwrap();
+        for n in 1..=4 {
+            put(&cache, n, 100);
+        }
+        cache.get(&hash(1), &Sha256Hash([1; 32])).unwrap().touch();
+        assert_eq!(cache.evict_to(250), 2);
+        assert!(
+            cache.contains(&hash(1), &Sha256Hash([1; 32])),
+            "recently used survives"
+        );
+        assert!(cache.contains(&hash(4), &Sha256Hash([4; 32])));
+        assert!(!cache.contains(&hash(2), &Sha256Hash([2; 32])));
+        assert!(
+            !cache
+                .file_path(&Sha256Hash::digest(&[2; 100]), Compression::Xz)
+                .exists()
+        );
+        assert_eq!(cache.evict_to(1000), 0);
+    }
+}

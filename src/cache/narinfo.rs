@@ -1,0 +1,86 @@
+//! `GET|HEAD /<hash>.narinfo`: the signed narinfo of a valid store path. It advertises the
+//! compressed NAR once the background job has written it and the uncompressed, streamed NAR
+//! until then (asking the CacheServer to compress the path). `URL`, `Compression`,
+//! `FileHash` and `FileSize` are outside the signed fingerprint, so switching costs nothing.
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use std::sync::atomic::Ordering;
+use tailcache_store::StorePathHash;
+use tailcache_store::db::PathInfo;
+use tailcache_store::narinfo::NarInfo;
+
+use super::CacheState;
+use super::actor::Compress;
+use super::error::{CacheError, CacheResult};
+use crate::config::Compression;
+
+pub async fn get_narinfo(
+    State(state): State<CacheState>,
+    Path(file): Path<String>,
+) -> CacheResult<Response> {
+    let hash = file
+        .strip_suffix(".narinfo")
+        .ok_or(CacheError::NotFound("no such file"))?;
+    let hash =
+        StorePathHash::parse(hash).map_err(|_| CacheError::BadRequest("not a store path hash"))?;
+    let info = match state.store().db() {
+        Some(db) => db.query_path_info(&hash)?,
+        None => None,
+    };
+    let Some(info) = info else {
+        state.stats().narinfo_misses.fetch_add(1, Ordering::Relaxed);
+        return Err(CacheError::NotFound("no such path"));
+    };
+    state.stats().narinfo_hits.fetch_add(1, Ordering::Relaxed);
+    let text = render(&state, info);
+    Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], text).into_response())
+}
+
+/// The narinfo text for `info`, signed by every configured key.
+pub fn render(state: &CacheState, info: PathInfo) -> String {
+    let store_dir = state.store_dir();
+    let path_hash = info.path.hash();
+    let (url, compression, file_hash, file_size) =
+        match state.nars().get(&path_hash, &info.nar_hash) {
+            Some(entry) => {
+                entry.touch();
+                (
+                    entry.url(),
+                    entry.compression.narinfo_name(),
+                    entry.file_hash,
+                    entry.file_size,
+                )
+            }
+            None => {
+                if state.compression() != Compression::None {
+                    state.actor().request_compression(Compress {
+                        path_hash,
+                        physical_path: state.store().layout().physical_path(&info.path),
+                        nar_hash: info.nar_hash,
+                        nar_size: info.nar_size,
+                    });
+                }
+                let url = format!("nar/{}-{}.nar", path_hash, info.nar_hash.to_nix32());
+                (url, "none", info.nar_hash, info.nar_size)
+            }
+        };
+    let mut narinfo = NarInfo {
+        store_path: info.path,
+        url,
+        compression: compression.to_owned(),
+        file_hash: Some(file_hash),
+        file_size: Some(file_size),
+        nar_hash: info.nar_hash,
+        nar_size: info.nar_size,
+        references: info.references,
+        deriver: info.deriver,
+        sigs: info.sigs,
+        ca: info.ca,
+    };
+    for key in state.keys() {
+        narinfo.sign(key, store_dir);
+    }
+    narinfo.render(store_dir)
+}

@@ -1,0 +1,260 @@
+//! Server configuration: a TOML file (unknown keys are an error), command-line overrides, and
+//! every default in one place. Nothing binds a non-loopback address unless configured to.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// Environment variable naming the config file when `--config` is not given.
+pub const ENV_CONFIG: &str = "TAILCACHE_CONFIG";
+/// Environment variable overriding the state directory.
+pub const ENV_STATE_DIR: &str = "TAILCACHE_STATE_DIR";
+/// Set by systemd for units with `StateDirectory=`; used when nothing else names a state dir.
+const ENV_SYSTEMD_STATE_DIR: &str = "STATE_DIRECTORY";
+
+/// Compression applied to NARs in the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Never compress: serve every NAR as dumped on the fly.
+    None,
+    /// xz: smallest files, best for slow links (the default).
+    Xz,
+    /// zstd: much faster to compress and decompress, somewhat larger.
+    Zstd,
+}
+
+impl Compression {
+    /// The narinfo `Compression:` value.
+    pub fn narinfo_name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// File extension after `.nar` (empty for none).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Xz => ".xz",
+            Compression::Zstd => ".zst",
+        }
+    }
+
+    /// Parses a narinfo `Compression:` value.
+    pub fn from_narinfo_name(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Compression::None),
+            "xz" => Some(Compression::Xz),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the signing key and the compressed-NAR cache. Default: `$STATE_DIRECTORY`
+    /// (systemd), else `$XDG_STATE_HOME/tailcache`, else `~/.local/state/tailcache`.
+    pub state_dir: Option<PathBuf>,
+    /// The binary cache listener.
+    pub cache: CacheConfig,
+}
+
+/// The binary cache listener and what it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Address to listen on. Loopback by default; in production the tailnet address.
+    pub bind: SocketAddr,
+    /// The logical store directory that store paths name.
+    pub store_dir: String,
+    /// Physical root of the store: the store is at `<root><store_dir>` and its database at
+    /// `<root>/nix/var/nix/db/db.sqlite` (`/` for the machine's own store).
+    pub store_root: PathBuf,
+    /// `Priority` in `nix-cache-info` (lower is preferred; cache.nixos.org uses 40).
+    pub priority: u32,
+    /// Background compression for NARs.
+    pub compression: Compression,
+    /// Compression level (xz 0–9, zstd 1–19).
+    pub compression_level: u32,
+    /// Threads for one xz compression job (0: one per core).
+    pub compression_threads: u32,
+    /// Secret key files (Nix format) to sign narinfos with; empty means
+    /// `<state_dir>/secret-key`, generated on first start.
+    pub secret_key_files: Vec<PathBuf>,
+    /// Upper bound of the compressed-NAR directory; least recently served files go first.
+    pub nar_cache_max_bytes: u64,
+    /// Paths that may wait for compression; more requests are dropped and retried later.
+    pub compression_queue: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            store_dir: tailcache_store::store_path::DEFAULT_STORE_DIR.to_owned(),
+            store_root: PathBuf::from("/"),
+            priority: 30,
+            compression: Compression::Xz,
+            compression_level: 6,
+            compression_threads: 0,
+            secret_key_files: Vec::new(),
+            nar_cache_max_bytes: 20 << 30,
+            compression_queue: 1024,
+        }
+    }
+}
+
+/// Command-line overrides for `serve`; each wins over the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeOverrides {
+    /// Config file (TOML).
+    #[arg(long, env = ENV_CONFIG)]
+    pub config: Option<PathBuf>,
+    /// Address for the binary cache listener.
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// Physical root of the Nix store (`/` for the machine's own).
+    #[arg(long)]
+    pub store_root: Option<PathBuf>,
+    /// Directory for the signing key and compressed NARs.
+    #[arg(long, env = ENV_STATE_DIR)]
+    pub state_dir: Option<PathBuf>,
+    /// Background compression of NARs.
+    #[arg(long, value_enum)]
+    pub compression: Option<Compression>,
+    /// Secret key file to sign with (repeatable).
+    #[arg(long = "secret-key-file")]
+    pub secret_key_files: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Reads the file (if any) and applies overrides.
+    pub fn load(o: &ServeOverrides) -> anyhow::Result<Self> {
+        let mut config = match &o.config {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = o.bind {
+            config.cache.bind = v;
+        }
+        if let Some(v) = &o.store_root {
+            config.cache.store_root = v.clone();
+        }
+        if let Some(v) = &o.state_dir {
+            config.state_dir = Some(v.clone());
+        }
+        if let Some(v) = o.compression {
+            config.cache.compression = v;
+        }
+        if !o.secret_key_files.is_empty() {
+            config.cache.secret_key_files = o.secret_key_files.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a config file; unknown keys and bad values name the file and the problem.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let c = &self.cache;
+        if !c.store_dir.starts_with('/') || c.store_dir.ends_with('/') || c.store_dir.len() < 2 {
+            anyhow::bail!("cache.store_dir must be an absolute path without a trailing slash");
+        }
+        let max_level = match c.compression {
+            Compression::None => u32::MAX,
+            Compression::Xz => 9,
+            Compression::Zstd => 19,
+        };
+        if c.compression_level > max_level {
+            anyhow::bail!(
+                "cache.compression_level {} is above {max_level}",
+                c.compression_level
+            );
+        }
+        if c.compression_queue == 0 {
+            anyhow::bail!("cache.compression_queue must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The state directory, resolved from config, systemd, XDG or the home directory.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        let env_dir = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(d) = env_dir(ENV_SYSTEMD_STATE_DIR) {
+            // systemd may pass several colon-separated directories; the first is ours.
+            let s = d.to_string_lossy().into_owned();
+            return PathBuf::from(s.split(':').next().unwrap_or(&s));
+        }
+        if let Some(d) = env_dir("XDG_STATE_HOME") {
+            return PathBuf::from(d).join("tailcache");
+        }
+        if let Some(h) = env_dir("HOME") {
+            return PathBuf::from(h).join(".local/state/tailcache");
+        }
+        PathBuf::from("tailcache-state")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_bind_loopback() {
+        let c = Config::default();
+        assert!(c.cache.bind.ip().is_loopback());
+        assert_eq!(c.cache.bind.port(), 5000);
+        assert_eq!(c.cache.compression, Compression::Xz);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<Config>("[cache]\nbindd = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+        assert!(toml::from_str::<Config>("colour = 1\n").is_err());
+    }
+
+    #[test]
+    fn file_values_and_overrides_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "state_dir = \"/s\"\n[cache]\ncompression = \"zstd\"\npriority = 10\n",
+        )
+        .unwrap();
+        let o = ServeOverrides {
+            config: Some(path),
+            bind: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.cache.compression, Compression::Zstd);
+        assert_eq!(c.cache.priority, 10);
+        assert_eq!(c.cache.bind.port(), 0);
+        assert_eq!(c.state_dir(), PathBuf::from("/s"));
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let c: Config = toml::from_str("[cache]\ncompression_level = 12\n").unwrap();
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<Config>("[cache]\ncompression = \"lz4\"\n").is_err());
+    }
+}

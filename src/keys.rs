@@ -1,0 +1,62 @@
+//! The server's signing keys: the configured secret key files, or `<state_dir>/secret-key`,
+//! generated (Nix format, mode 0600) on first start with `<hostname>-tailcache-1` as its name.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use tailcache_store::signing::SecretKey;
+
+/// File name of the generated key inside the state directory.
+pub const DEFAULT_SECRET_KEY: &str = "secret-key";
+/// Its public half, written beside it for convenience.
+pub const DEFAULT_PUBLIC_KEY: &str = "public-key";
+
+/// Loaded keys and whether the default one was just created.
+#[derive(Debug)]
+pub struct Keys {
+    pub secret: Vec<SecretKey>,
+    pub generated: bool,
+}
+
+/// Loads `files`, or the default key in `state_dir` (generating it when missing).
+pub fn load_or_generate(files: &[std::path::PathBuf], state_dir: &Path) -> anyhow::Result<Keys> {
+    if !files.is_empty() {
+        let secret = files
+            .iter()
+            .map(|f| SecretKey::load(f).with_context(|| format!("signing key {}", f.display())))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        return Ok(Keys {
+            secret,
+            generated: false,
+        });
+    }
+    let path = state_dir.join(DEFAULT_SECRET_KEY);
+    if path.exists() {
+        let key =
+            SecretKey::load(&path).with_context(|| format!("signing key {}", path.display()))?;
+        return Ok(Keys {
+            secret: vec![key],
+            generated: false,
+        });
+    }
+    let key = SecretKey::generate(&default_key_name())?;
+    key.write_new(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let public = state_dir.join(DEFAULT_PUBLIC_KEY);
+    std::fs::write(&public, key.public().to_nix_string() + "\n")
+        .with_context(|| format!("cannot write {}", public.display()))?;
+    Ok(Keys {
+        secret: vec![key],
+        generated: true,
+    })
+}
+
+/// `<hostname>-tailcache-1`, the key name clients see in `trusted-public-keys`.
+pub fn default_key_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && !h.contains(':') && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "tailcache".to_owned());
+    format!("{host}-tailcache-1")
+}

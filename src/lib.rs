@@ -1,0 +1,12 @@
+//! tailcache: the build server and Nix binary cache for a person's machines on a tailnet.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, command-line overrides and defaults.
+//! - [`cache`]: the binary cache — HTTP routes and the CacheServer actor.
+//! - [`keys`]: loading the signing keys, or generating the default one on first start.
+//! - [`server`]: the composition root — starts the actors and the listeners.
+
+pub mod cache;
+pub mod config;
+pub mod keys;
+pub mod server;
