@@ -1,0 +1,480 @@
+//! `TestCache`: the real `tailcache serve` binary started on `127.0.0.1:0` over a
+//! `TestStore`, with a generated config and a private state directory; killed on
+//! drop (and the test fails with the server's stderr if it died on its own).
+//!
+//! With `TAILCACHE_ITEST_BACKEND=reference` the builder instead serves a signed
+//! `nix copy --to file://` cache of the same store with `python3 -m http.server`,
+//! which checks the Nix-side machinery of `tests/nix_client.rs` against Nix's own
+//! cache format (the HTTP and key tests only make sense against tailcache).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::http;
+use super::narinfo::NarInfo;
+use super::nix::{TestStore, hash_part};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const COMPRESS_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Tailcache,
+    Reference,
+}
+
+fn backend() -> Backend {
+    match std::env::var("TAILCACHE_ITEST_BACKEND").as_deref() {
+        Ok("reference") => Backend::Reference,
+        Ok("tailcache") | Err(_) => Backend::Tailcache,
+        Ok(other) => panic!("TAILCACHE_ITEST_BACKEND={other}: expected tailcache or reference"),
+    }
+}
+
+#[derive(Debug)]
+pub struct TestCacheBuilder<'a> {
+    store: Option<&'a TestStore>,
+    store_root: Option<PathBuf>,
+    compression: String,
+    secret_keys: Vec<PathBuf>,
+    priority: Option<u32>,
+}
+
+/// Why the server did not come up.
+#[derive(Debug)]
+pub struct StartError {
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug)]
+pub struct TestCache {
+    child: Child,
+    url: String,
+    backend: Backend,
+    dir: TempDir,
+    stdout: Arc<Mutex<String>>,
+}
+
+fn toml_str(p: &Path) -> String {
+    let s = p.to_str().unwrap();
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl<'a> TestCacheBuilder<'a> {
+    pub fn store(mut self, store: &'a TestStore) -> Self {
+        self.store_root = Some(store.root());
+        self.store = Some(store);
+        self
+    }
+
+    /// A store root that is not a `TestStore` (e.g. one without a database).
+    pub fn store_root(mut self, root: &Path) -> Self {
+        self.store_root = Some(root.to_path_buf());
+        self
+    }
+
+    pub fn compression(mut self, c: &str) -> Self {
+        self.compression = c.to_string();
+        self
+    }
+
+    pub fn secret_key(mut self, path: &Path) -> Self {
+        self.secret_keys.push(path.to_path_buf());
+        self
+    }
+
+    pub fn priority(mut self, p: u32) -> Self {
+        self.priority = Some(p);
+        self
+    }
+
+    /// Starts the server and waits for its listening line; panics if it fails.
+    pub fn start(self) -> TestCache {
+        self.try_start()
+            .unwrap_or_else(|e| panic!("server did not start: {e:#?}"))
+    }
+
+    pub fn try_start(self) -> Result<TestCache, StartError> {
+        let dir = tempfile::Builder::new()
+            .prefix("tc-cache.")
+            .tempdir()
+            .unwrap();
+        match backend() {
+            Backend::Tailcache => self.start_tailcache(dir),
+            Backend::Reference => Ok(self.start_reference(dir)),
+        }
+    }
+
+    fn start_tailcache(self, dir: TempDir) -> Result<TestCache, StartError> {
+        let mut cfg = format!(
+            "state_dir = {}\n\n[cache]\nbind = \"127.0.0.1:0\"\nstore_dir = \"/nix/store\"\n\
+             compression = \"{}\"\ncompression_level = 1\n",
+            toml_str(&dir.path().join("state")),
+            self.compression
+        );
+        if let Some(root) = &self.store_root {
+            cfg.push_str(&format!("store_root = {}\n", toml_str(root)));
+        }
+        if let Some(p) = self.priority {
+            cfg.push_str(&format!("priority = {p}\n"));
+        }
+        if !self.secret_keys.is_empty() {
+            let keys: Vec<String> = self.secret_keys.iter().map(|k| toml_str(k)).collect();
+            cfg.push_str(&format!("secret_key_files = [{}]\n", keys.join(", ")));
+        }
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, cfg).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailcache"));
+        cmd.arg("serve").arg("--config").arg(&config);
+        // Keep the server's own logging readable in failure reports.
+        cmd.env("NO_COLOR", "1");
+        spawn_and_wait(cmd, dir, Backend::Tailcache, "cache listening on ")
+    }
+
+    fn start_reference(self, dir: TempDir) -> TestCache {
+        let store = self.store.expect("the reference backend needs .store()");
+        let key = match self.secret_keys.first() {
+            Some(k) => k.clone(),
+            None => store.nix().generate_key(dir.path(), "reference-1").secret,
+        };
+        let cache = dir.path().join("refcache");
+        let mut args = vec![
+            "copy".to_string(),
+            "--from".into(),
+            store.root().to_str().unwrap().into(),
+            "--to".into(),
+            format!(
+                "file://{}?compression={}&secret-key={}",
+                cache.display(),
+                self.compression,
+                key.display()
+            ),
+        ];
+        args.extend(store.closure().iter().map(|p| p.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        store.nix().run("nix", &args);
+        let mut args = vec![
+            "store".to_string(),
+            "copy-log".into(),
+            "--from".into(),
+            store.root().to_str().unwrap().into(),
+            "--to".into(),
+            format!("file://{}", cache.display()),
+        ];
+        args.extend(
+            store
+                .closure()
+                .iter()
+                .filter_map(|p| store.info(p).deriver.clone()),
+        );
+        store
+            .nix()
+            .run("nix", &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-u",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&cache)
+        .arg("0");
+        let mut c = spawn_and_wait(cmd, dir, Backend::Reference, "Serving HTTP on ")
+            .unwrap_or_else(|e| panic!("reference server: {e:#?}"));
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let port = c
+            .url
+            .split(" port ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .unwrap()
+            .to_string();
+        c.url = format!("http://127.0.0.1:{port}");
+        c
+    }
+}
+
+fn spawn_and_wait(
+    mut cmd: Command,
+    dir: TempDir,
+    backend: Backend,
+    marker: &'static str,
+) -> Result<TestCache, StartError> {
+    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = sync_channel::<String>(1);
+    let pipe = child.stdout.take().unwrap();
+    let collected = Arc::clone(&stdout);
+    // Drains stdout for the server's whole life, so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            collected.lock().unwrap().push_str(&line);
+            collected.lock().unwrap().push('\n');
+            if let Some(pos) = line.find(marker)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(line[pos + marker.len()..].trim().to_string());
+            }
+        }
+    });
+    let fail = |child: &mut Child, dir: &TempDir| {
+        let _ = child.kill();
+        let status = child.wait().ok();
+        StartError {
+            status,
+            stdout: stdout.lock().unwrap().clone(),
+            stderr: std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default(),
+        }
+    };
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(url) => {
+            let url = url.trim_end_matches('/').to_string();
+            Ok(TestCache {
+                child,
+                url,
+                backend,
+                dir,
+                stdout,
+            })
+        }
+        Err(RecvTimeoutError::Disconnected) => {
+            // stdout closed: the process is exiting; collect its real status.
+            let status = child.wait().ok();
+            Err(StartError {
+                status,
+                stdout: stdout.lock().unwrap().clone(),
+                stderr: std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default(),
+            })
+        }
+        Err(RecvTimeoutError::Timeout) => Err(fail(&mut child, &dir)),
+    }
+}
+
+impl TestCache {
+    pub fn builder<'a>() -> TestCacheBuilder<'a> {
+        TestCacheBuilder {
+            store: None,
+            store_root: None,
+            compression: "none".into(),
+            secret_keys: Vec::new(),
+            priority: None,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn is_reference(&self) -> bool {
+        self.backend == Backend::Reference
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Everything the server printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, target: &str) -> http::Response {
+        http::get(&self.url, target)
+    }
+
+    pub fn head(&self, target: &str) -> http::Response {
+        http::head(&self.url, target)
+    }
+
+    /// The narinfo of a path; it must exist and parse the way Nix parses it.
+    pub fn narinfo(&self, store_path: &str) -> NarInfo {
+        let r = self.get(&format!("/{}.narinfo", hash_part(store_path)));
+        assert_eq!(r.status, 200, "narinfo of {store_path}: {}", r.text());
+        NarInfo::parse(&r.text()).unwrap_or_else(|e| panic!("narinfo of {store_path}: {e}"))
+    }
+
+    /// Polls the narinfos (which also queues their compression) until every
+    /// one advertises `method`; panics at the deadline naming the laggards.
+    pub fn wait_compressed(&self, paths: &[&str], method: &str) -> Vec<NarInfo> {
+        let deadline = Instant::now() + COMPRESS_TIMEOUT;
+        loop {
+            let infos: Vec<NarInfo> = paths.iter().map(|p| self.narinfo(p)).collect();
+            let pending: Vec<&str> = paths
+                .iter()
+                .zip(&infos)
+                .filter(|(_, i)| i.get("Compression") != Some(method))
+                .map(|(p, _)| *p)
+                .collect();
+            if pending.is_empty() {
+                return infos;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after {COMPRESS_TIMEOUT:?} these narinfos still do not advertise {method}: {pending:?}\nstderr:\n{}",
+                self.stderr()
+            );
+            // Polling a real condition (the server's answer), not waiting blind.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Corrupts one byte of the NAR the cache currently advertises for
+    /// `store_path`: the first occurrence of `needle` in the served content.
+    /// Uncompressed tailcache NARs are dumped on the fly, so the byte is flipped
+    /// in the served physical store; compressed ones (and the reference cache's
+    /// files) are rewritten in place, recompressed so only the NAR hash breaks.
+    pub fn tamper_nar(&self, store: &TestStore, store_path: &str, needle: &[u8]) {
+        let info = self.narinfo(store_path);
+        let url = info.get("URL").unwrap().to_string();
+        let compression = info.get("Compression").unwrap_or("bzip2").to_string();
+        if self.backend == Backend::Tailcache && compression == "none" {
+            assert!(
+                tamper_tree(&store.physical(store_path), needle),
+                "{needle:?} not found under {store_path}"
+            );
+            return;
+        }
+        let file_name = url.rsplit('/').next().unwrap().to_string();
+        let file = match self.backend {
+            Backend::Reference => self.dir.path().join("refcache").join(&url),
+            Backend::Tailcache => find_file(&self.state_dir(), &file_name)
+                .unwrap_or_else(|| panic!("no {file_name} under the server's state dir")),
+        };
+        let data = std::fs::read(&file).unwrap();
+        let mut nar = filter(&compression, "-dc", &data);
+        assert!(
+            flip(&mut nar, needle),
+            "{needle:?} not in the NAR of {store_path}"
+        );
+        let changed = filter(&compression, "-1c", &nar);
+        std::fs::write(&file, changed).unwrap();
+    }
+}
+
+impl Drop for TestCache {
+    fn drop(&mut self) {
+        let exited = self.child.try_wait().ok().flatten();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(status) = exited
+            && !std::thread::panicking()
+        {
+            panic!(
+                "the server exited during the test ({status}); stderr:\n{}",
+                self.stderr()
+            );
+        }
+    }
+}
+
+/// Runs `xz`/`zstd` with `flag` over `data`.
+fn filter(compression: &str, flag: &str, data: &[u8]) -> Vec<u8> {
+    if compression == "none" {
+        return data.to_vec();
+    }
+    let tool = match compression {
+        "xz" => "xz",
+        "zstd" => "zstd",
+        other => panic!("cannot rewrite {other} files"),
+    };
+    let mut child = Command::new(tool)
+        .arg(flag)
+        .arg("-q")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "{tool} {flag} failed");
+    out.stdout
+}
+
+/// Decompresses a served file (`xz`, `zstd` or `none`).
+pub fn decompress(compression: &str, data: &[u8]) -> Vec<u8> {
+    filter(compression, "-dc", data)
+}
+
+fn flip(data: &mut [u8], needle: &[u8]) -> bool {
+    match data.windows(needle.len()).position(|w| w == needle) {
+        Some(pos) => {
+            data[pos] ^= 0x01;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Flips the needle's first byte in the first regular file under `path` that
+/// contains it (the file keeps its size, so only the content hash changes).
+fn tamper_tree(path: &Path, needle: &[u8]) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        return entries.iter().any(|e| tamper_tree(e, needle));
+    }
+    if !meta.is_file() {
+        return false;
+    }
+    let mut data = std::fs::read(path).unwrap();
+    if !flip(&mut data, needle) {
+        return false;
+    }
+    let mode = meta.permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o200)).unwrap();
+    std::fs::write(path, data).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    true
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(name))
+        {
+            return Some(p);
+        }
+    }
+    None
+}

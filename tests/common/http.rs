@@ -1,0 +1,161 @@
+//! A tiny HTTP/1.1 client over `std::net::TcpStream` for the integration tests.
+//! It sends the request target byte-for-byte (no normalisation), so traversal
+//! attempts reach the server exactly as written.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn host_port(base_url: &str) -> &str {
+    let rest = base_url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("only http:// URLs: {base_url}"));
+    rest.trim_end_matches('/')
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn request(base_url: &str, method: &str, target: &str, extra: &[(&str, &str)]) -> Response {
+    let addr = host_port(base_url);
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("{method} {target}: reading response: {e}"));
+    parse_response(&raw, method == "HEAD").unwrap_or_else(|e| {
+        panic!(
+            "{method} {target}: bad HTTP response ({e}): {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(300)])
+        )
+    })
+}
+
+pub fn get(base_url: &str, target: &str) -> Response {
+    request(base_url, "GET", target, &[])
+}
+
+pub fn head(base_url: &str, target: &str) -> Response {
+    request(base_url, "HEAD", target, &[])
+}
+
+fn parse_response(raw: &[u8], is_head: bool) -> Result<Response, String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|e| e.to_string())?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or("no status line")?;
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    if !version.starts_with("HTTP/1.") {
+        return Err(format!("bad status line {status_line:?}"));
+    }
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad status code")?;
+    let mut headers = Vec::new();
+    for l in lines {
+        let (k, v) = l.split_once(':').ok_or("header without ':'")?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let rest = &raw[end + 4..];
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if is_head || status == 204 || status == 304 {
+        if !rest.is_empty() {
+            return Err(format!(
+                "{} body bytes after a bodiless response",
+                rest.len()
+            ));
+        }
+        return Ok(resp);
+    }
+    let chunked = resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    resp.body = if chunked {
+        dechunk(rest)?
+    } else if let Some(len) = resp.header("content-length") {
+        let len: usize = len.parse().map_err(|_| "bad content-length")?;
+        if rest.len() != len {
+            return Err(format!(
+                "content-length {len} but {} body bytes",
+                rest.len()
+            ));
+        }
+        rest.to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(resp)
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunk size line")?;
+        let size_txt = std::str::from_utf8(&data[..eol]).map_err(|e| e.to_string())?;
+        let size = usize::from_str_radix(size_txt.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("bad chunk size {size_txt:?}"))?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            return Err("truncated chunk".into());
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+#[test]
+fn parses_chunked_and_fixed_bodies() {
+    let r = parse_response(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        false,
+    )
+    .unwrap();
+    assert_eq!(r.body, b"abcde");
+    let r = parse_response(
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\nno",
+        false,
+    )
+    .unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (404, &b"no"[..]));
+    assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab", false).is_err());
+}

@@ -1,0 +1,15 @@
+//! Shared machinery of the integration tests: throwaway Nix stores built by real
+//! Nix (`nix`), the real `tailcache serve` binary under test (`cache`), a tiny
+//! HTTP/1.1 client (`http`) and Nix-compatible narinfo parsing (`narinfo`).
+//! Each test file uses part of it, hence the `dead_code` allowance.
+#![allow(dead_code, unused_imports)]
+
+pub mod cache;
+pub mod http;
+pub mod json;
+pub mod narinfo;
+pub mod nix;
+
+pub use cache::{TestCache, decompress};
+pub use narinfo::NarInfo;
+pub use nix::{KeyPair, NixEnv, PathInfo, Shapes, TestStore};
