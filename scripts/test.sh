@@ -15,6 +15,8 @@ install_debian() {
 missing=()
 command -v nix-store >/dev/null 2>&1 || missing+=(nix-bin)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v xz >/dev/null 2>&1 || missing+=(xz-utils)      # independent decompressor in tests
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "# installing: ${missing[*]}"
