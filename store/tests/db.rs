@@ -4,58 +4,29 @@
 //! what `nix-store -q` / `nix path-info --json` report for the same store. Nix must be
 //! installed; without it these tests fail.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tailcache_store::db::{StoreDb, StoreLayout};
 use tailcache_store::{Error, Sha256Hash, StorePath, StorePathHash};
+use tailcache_testkit::NixEnv;
 
 const STORE_DIR: &str = "/nix/store";
 
 /// A private Nix configuration and a store under `<tmp>/store`.
 struct TestStore {
-    dir: tempfile::TempDir,
+    nix: NixEnv,
 }
 
 impl TestStore {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("conf");
-        std::fs::create_dir_all(&conf).unwrap();
-        // A store under another root forces a chroot build, so /bin/sh must be mapped in.
-        let mut sandbox_paths = String::new();
-        for p in [
-            "/bin", "/sbin", "/usr", "/lib", "/lib64", "/lib32", "/libx32",
-        ] {
-            let p = Path::new(p);
-            if !p.exists() {
-                continue;
-            }
-            let real = std::fs::canonicalize(p).unwrap();
-            if real == p {
-                sandbox_paths.push_str(&format!(" {}", p.display()));
-            } else {
-                sandbox_paths.push_str(&format!(" {}={}", p.display(), real.display()));
-            }
-        }
-        std::fs::write(
-            conf.join("nix.conf"),
-            format!(
-                "build-users-group =\nsandbox = false\nsandbox-paths ={sandbox_paths}\n\
-                 substituters =\nrequire-sigs = true\nexperimental-features = nix-command\n\
-                 fsync-metadata = false\nnarinfo-cache-negative-ttl = 0\n\
-                 narinfo-cache-positive-ttl = 0\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(conf.join("empty.conf"), "").unwrap();
-        TestStore { dir }
+        TestStore { nix: NixEnv::new() }
     }
 
     fn root(&self) -> PathBuf {
-        self.dir.path().join("store")
+        self.nix.dir().join("store")
     }
 
     fn layout(&self) -> StoreLayout {
@@ -63,21 +34,14 @@ impl TestStore {
     }
 
     fn file(&self, name: &str, contents: &str) -> PathBuf {
-        let p = self.dir.path().join("files").join(name);
+        let p = self.nix.dir().join("files").join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, contents).unwrap();
         p
     }
 
     fn command(&self, program: &str) -> Command {
-        let d = self.dir.path();
-        let mut cmd = Command::new(program);
-        cmd.env("NIX_CONF_DIR", d.join("conf"))
-            .env("NIX_USER_CONF_FILES", d.join("conf/empty.conf"))
-            .env("XDG_CACHE_HOME", d.join("cache"))
-            .env("XDG_CONFIG_HOME", d.join("cfg"))
-            .env_remove("NIX_REMOTE");
-        cmd
+        self.nix.command(program)
     }
 
     /// Runs a Nix command against this store and returns its stdout; any failure is fatal.
@@ -150,8 +114,8 @@ in builtins.derivation (sh // {
         let tree = s.file("tree/sub/data", "some data\n");
         let mut paths = s.add(&[file, tree.parent().unwrap().parent().unwrap().to_owned()]);
         let (top, lib, dep) = s.build();
-        let key = s.dir.path().join("secret");
-        let public = s.dir.path().join("public");
+        let key = s.nix.dir().join("secret");
+        let public = s.nix.dir().join("public");
         let out = s
             .command("nix-store")
             .args(["--generate-binary-cache-key", "test-1"])
@@ -185,7 +149,7 @@ impl Drop for TestStore {
     fn drop(&mut self) {
         let _ = Command::new("chmod")
             .args(["-R", "u+w"])
-            .arg(self.dir.path())
+            .arg(self.nix.dir())
             .status();
     }
 }

@@ -9,8 +9,10 @@
 //! throughout because Nix trusts content-addressed paths without any signature.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tailcache_testkit::NixEnv;
 
 use tailcache_store::StorePath;
 use tailcache_store::narinfo::NarInfo;
@@ -20,78 +22,29 @@ const DIR: &str = "/nix/store";
 
 /// A private Nix configuration and a scratch directory; never the machine's own settings.
 struct Nix {
-    tmp: tempfile::TempDir,
+    env: NixEnv,
     runs: AtomicUsize,
 }
 
 impl Nix {
     fn new() -> Self {
-        for prog in ["nix", "nix-store", "nix-build"] {
-            if let Err(e) = Command::new(prog).arg("--version").output() {
-                panic!(
-                    "keys_with_nix needs the Nix CLI ({prog} not runnable: {e}); install Nix \
-                     (Debian: apt-get install nix-bin). This test does not skip."
-                );
-            }
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        let conf = tmp.path().join("conf");
-        std::fs::create_dir_all(&conf).unwrap();
-        // A chroot store builds in its own mount namespace; bind the host's /bin, /usr, …
-        // into it so that builder = "/bin/sh" exists there.
-        let mut sandbox_paths = String::new();
-        for p in [
-            "/bin", "/sbin", "/usr", "/lib", "/lib64", "/lib32", "/libx32",
-        ] {
-            let path = Path::new(p);
-            if !path.exists() {
-                continue;
-            }
-            let meta = std::fs::symlink_metadata(path).unwrap();
-            if meta.file_type().is_symlink() {
-                let target = std::fs::canonicalize(path).unwrap();
-                sandbox_paths.push_str(&format!(" {p}={}", target.display()));
-            } else {
-                sandbox_paths.push_str(&format!(" {p}"));
-            }
-        }
-        std::fs::write(
-            conf.join("nix.conf"),
-            format!(
-                "build-users-group =\nsandbox = false\nsandbox-paths ={sandbox_paths}\n\
-                 substituters =\ntrusted-public-keys =\nrequire-sigs = true\n\
-                 experimental-features = nix-command\nfsync-metadata = false\n\
-                 narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(conf.join("empty.conf"), "").unwrap();
         Nix {
-            tmp,
+            env: NixEnv::new(),
             runs: AtomicUsize::new(0),
         }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.tmp.path().join(rel)
+        self.env.dir().join(rel)
     }
 
     /// Runs a Nix command with the private config and a fresh narinfo disk cache.
     fn run(&self, prog: &str, args: &[&str]) -> Output {
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
-        let conf = self.path("conf");
-        Command::new(prog)
+        self.env
+            .command(prog)
             .args(args)
-            .env("NIX_CONF_DIR", &conf)
-            .env("NIX_USER_CONF_FILES", conf.join("empty.conf"))
             .env("XDG_CACHE_HOME", self.path(&format!("cache-{n}")))
-            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
-            .env("XDG_CONFIG_DIRS", self.path("xdg-config"))
-            .env_remove("NIX_CONFIG")
-            .env_remove("NIX_REMOTE")
-            .env_remove("NIX_PATH")
-            .env_remove("NIX_STORE_DIR")
-            .env_remove("NIX_STATE_DIR")
             .output()
             .unwrap_or_else(|e| panic!("running {prog}: {e}"))
     }

@@ -17,6 +17,7 @@ use proptest::prelude::*;
 use rstest::rstest;
 use tailcache_store::nar::{self, NarEncoder, NarSummary, NarValidator};
 use tailcache_store::{Error, Sha256Hash};
+use tailcache_testkit::NixEnv;
 use tempfile::TempDir;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nar");
@@ -61,33 +62,13 @@ fn fixture(name: &str) -> Vec<u8> {
     fs::read(Path::new(FIXTURES).join(format!("{name}.nar"))).unwrap()
 }
 
-/// `nix-store --dump` with a private, empty Nix configuration.
+/// `nix-store --dump` with a private Nix configuration.
 fn nix_dump(path: &Path) -> Vec<u8> {
-    let conf = TempDir::new().unwrap();
-    fs::write(
-        conf.path().join("nix.conf"),
-        "build-users-group =\nsandbox = false\nsubstituters =\n",
-    )
-    .unwrap();
-    fs::write(conf.path().join("empty.conf"), "").unwrap();
-    let out = Command::new("nix-store")
-        .arg("--dump")
-        .arg(path)
-        .env("NIX_CONF_DIR", conf.path())
-        .env("NIX_USER_CONF_FILES", conf.path().join("empty.conf"))
-        .env("XDG_CACHE_HOME", conf.path().join("cache"))
-        .env("XDG_CONFIG_HOME", conf.path().join("cfg"))
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `nix-store` ({e}): these tests compare against real Nix and need \
-                 it installed (Debian/Ubuntu: apt-get install nix-bin)"
-            )
-        });
+    let path = path.to_str().unwrap();
+    let out = NixEnv::new().output("nix-store", &["--dump", path]);
     assert!(
         out.status.success(),
-        "nix-store --dump {} failed: {}",
-        path.display(),
+        "nix-store --dump {path} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout

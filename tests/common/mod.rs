@@ -6,9 +6,9 @@
 
 pub mod cache;
 pub mod http;
-pub mod json;
 pub mod narinfo;
-pub mod nix;
+
+pub use tailcache_testkit::{json, nix};
 
 pub use cache::{TestCache, decompress};
 pub use narinfo::NarInfo;

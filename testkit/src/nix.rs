@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tempfile::TempDir;
 
-use super::json::Json;
+use crate::json::Json;
 
 pub const STORE_DIR: &str = "/nix/store";
 /// Upper bound for one Nix command; a hung download must fail the test, not CI.
@@ -36,7 +36,14 @@ pub struct NixEnv {
     dir: TempDir,
 }
 
+impl Default for NixEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl NixEnv {
+    /// Fails the test (never skips it) when Nix is not installed.
     pub fn new() -> NixEnv {
         require_nix();
         let dir = tempfile::Builder::new()
