@@ -72,19 +72,7 @@ fn tailcache_keygen_key_pair_is_accepted_by_nix() {
     let nix = store.nix();
     let paths = store.closure();
     let filecache = store.scratch("filecache");
-    let mut args = vec![
-        "copy".to_string(),
-        "--from".into(),
-        store.root().to_str().unwrap().into(),
-        "--to".into(),
-        format!(
-            "file://{}?compression=none&secret-key={}",
-            filecache.display(),
-            sec.display()
-        ),
-    ];
-    args.extend(paths.iter().map(|p| p.to_string()));
-    nix.run("nix", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    store.copy_to_file_cache(&filecache, "none", &sec);
     let from_file = client_store(&store.scratch("clients"), "from-file");
     let url = format!("file://{}", filecache.display());
     let out = nix_copy_from(nix, &url, &from_file, &public, &paths);

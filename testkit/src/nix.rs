@@ -476,6 +476,20 @@ impl TestStore {
     }
 
     /// Where a logical store path lives on disk.
+    /// Writes the whole closure into a `file://` binary cache at `dest`, signed by Nix
+    /// itself with `secret_key`: the physical reference a cache is compared with.
+    pub fn copy_to_file_cache(&self, dest: &Path, compression: &str, secret_key: &Path) {
+        let to = format!(
+            "file://{}?compression={compression}&secret-key={}",
+            dest.display(),
+            secret_key.display()
+        );
+        let root = self.root();
+        let mut args = vec!["copy", "--from", root.to_str().unwrap(), "--to", &to];
+        args.extend(self.closure());
+        self.nix().run("nix", &args);
+    }
+
     pub fn physical(&self, store_path: &str) -> PathBuf {
         self.root().join("nix/store").join(base_name(store_path))
     }

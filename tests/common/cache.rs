@@ -146,21 +146,7 @@ impl<'a> TestCacheBuilder<'a> {
             None => store.nix().generate_key(dir.path(), "reference-1").secret,
         };
         let cache = dir.path().join("refcache");
-        let mut args = vec![
-            "copy".to_string(),
-            "--from".into(),
-            store.root().to_str().unwrap().into(),
-            "--to".into(),
-            format!(
-                "file://{}?compression={}&secret-key={}",
-                cache.display(),
-                self.compression,
-                key.display()
-            ),
-        ];
-        args.extend(store.closure().iter().map(|p| p.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        store.nix().run("nix", &args);
+        store.copy_to_file_cache(&cache, &self.compression, &key);
         let mut args = vec![
             "store".to_string(),
             "copy-log".into(),
