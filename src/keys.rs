@@ -11,11 +11,11 @@ pub const DEFAULT_SECRET_KEY: &str = "secret-key";
 /// Its public half, written beside it for convenience.
 pub const DEFAULT_PUBLIC_KEY: &str = "public-key";
 
-/// Loaded keys and whether the default one was just created.
+/// Loaded keys, and where the default one was written if it was just created.
 #[derive(Debug)]
 pub struct Keys {
     pub secret: Vec<SecretKey>,
-    pub generated: bool,
+    pub generated: Option<std::path::PathBuf>,
 }
 
 /// Loads `files`, or the default key in `state_dir` (generating it when missing).
@@ -27,7 +27,7 @@ pub fn load_or_generate(files: &[std::path::PathBuf], state_dir: &Path) -> anyho
             .collect::<anyhow::Result<Vec<_>>>()?;
         return Ok(Keys {
             secret,
-            generated: false,
+            generated: None,
         });
     }
     let path = state_dir.join(DEFAULT_SECRET_KEY);
@@ -36,7 +36,7 @@ pub fn load_or_generate(files: &[std::path::PathBuf], state_dir: &Path) -> anyho
             SecretKey::load(&path).with_context(|| format!("signing key {}", path.display()))?;
         return Ok(Keys {
             secret: vec![key],
-            generated: false,
+            generated: None,
         });
     }
     let key = SecretKey::generate(&default_key_name())?;
@@ -47,7 +47,7 @@ pub fn load_or_generate(files: &[std::path::PathBuf], state_dir: &Path) -> anyho
         .with_context(|| format!("cannot write {}", public.display()))?;
     Ok(Keys {
         secret: vec![key],
-        generated: true,
+        generated: Some(path),
     })
 }
 

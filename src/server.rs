@@ -71,7 +71,7 @@ pub async fn run(
     });
 
     let addr = listener.local_addr()?;
-    print_client_setup(&state, addr, keys.generated);
+    print_client_setup(&state, addr, keys.generated.as_deref());
     let app = cache::router().with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -80,13 +80,22 @@ pub async fn run(
 }
 
 /// Prints the listening address (tests read this line) and the nix.conf lines a client needs.
-fn print_client_setup(state: &CacheState, addr: std::net::SocketAddr, generated: bool) {
+fn print_client_setup(
+    state: &CacheState,
+    addr: std::net::SocketAddr,
+    generated: Option<&std::path::Path>,
+) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "cache listening on http://{addr}");
     for key in state.keys() {
-        if generated {
-            let _ = writeln!(out, "generated signing key {}", key.name());
+        if let Some(path) = generated {
+            let _ = writeln!(
+                out,
+                "generated signing key {} in {}",
+                key.name(),
+                path.display()
+            );
         }
         let _ = writeln!(out, "public key: {}", key.public().to_nix_string());
     }
