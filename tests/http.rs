@@ -279,6 +279,42 @@ fn zstd_nars_are_advertised_and_served() {
 }
 
 #[test]
+fn compressed_nars_are_advertised_at_once_after_a_restart() {
+    let store = TestStore::build_small();
+    let key = key(&store);
+    let state = store.scratch("state");
+    let paths = store.closure();
+    let first = TestCache::builder()
+        .store(&store)
+        .secret_key(&key.secret)
+        .compression("xz")
+        .state_dir(&state)
+        .start();
+    let before = first.wait_compressed(&paths, "xz");
+    drop(first);
+    let second = TestCache::builder()
+        .store(&store)
+        .secret_key(&key.secret)
+        .compression("xz")
+        .state_dir(&state)
+        .start();
+    for (path, old) in paths.iter().zip(&before) {
+        let now = second.narinfo(path);
+        assert_eq!(now.get("Compression"), Some("xz"), "{path} after restart");
+        assert_eq!(
+            now.get("URL"),
+            old.get("URL"),
+            "{path}: same file after restart"
+        );
+        let r = second.get(&format!("/{}", now.get("URL").unwrap()));
+        assert_eq!(
+            r.status, 200,
+            "{path}: compressed file served after restart"
+        );
+    }
+}
+
+#[test]
 fn build_log_of_a_derivation() {
     let store = TestStore::build_small();
     let cache = TestCache::builder().store(&store).start();

@@ -141,3 +141,28 @@ fn secret_key_readable_by_others_is_refused() {
         );
     }
 }
+
+#[test]
+fn generated_key_is_kept_across_restarts() {
+    let store = TestStore::build_small();
+    let state = store.scratch("state");
+    let first = TestCache::builder().store(&store).state_dir(&state).start();
+    let public = pubkey(&first);
+    assert!(
+        first.stdout().contains("generated signing key"),
+        "{}",
+        first.stdout()
+    );
+    drop(first);
+    let second = TestCache::builder().store(&store).state_dir(&state).start();
+    assert_eq!(
+        pubkey(&second),
+        public,
+        "a restart must not replace the key"
+    );
+    assert!(
+        !second.stdout().contains("generated signing key"),
+        "a second key was generated:\n{}",
+        second.stdout()
+    );
+}

@@ -44,6 +44,7 @@ pub struct TestCacheBuilder<'a> {
     compression: String,
     secret_keys: Vec<PathBuf>,
     priority: Option<u32>,
+    state_dir: Option<PathBuf>,
 }
 
 /// Why the server did not come up.
@@ -60,6 +61,7 @@ pub struct TestCache {
     url: String,
     backend: Backend,
     dir: TempDir,
+    state_dir: PathBuf,
     stdout: Arc<Mutex<String>>,
 }
 
@@ -91,6 +93,13 @@ impl<'a> TestCacheBuilder<'a> {
         self
     }
 
+    /// A state directory that outlives this server (to start another on it); by default
+    /// each server gets a fresh one.
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+
     pub fn priority(mut self, p: u32) -> Self {
         self.priority = Some(p);
         self
@@ -114,10 +123,14 @@ impl<'a> TestCacheBuilder<'a> {
     }
 
     fn start_tailcache(self, dir: TempDir) -> Result<TestCache, StartError> {
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let mut cfg = format!(
             "state_dir = {}\n\n[cache]\nbind = \"127.0.0.1:0\"\nstore_dir = \"/nix/store\"\n\
              compression = \"{}\"\ncompression_level = 1\n",
-            toml_str(&dir.path().join("state")),
+            toml_str(&state_dir),
             self.compression
         );
         if let Some(root) = &self.store_root {
@@ -136,7 +149,9 @@ impl<'a> TestCacheBuilder<'a> {
         cmd.arg("serve").arg("--config").arg(&config);
         // Keep the server's own logging readable in failure reports.
         cmd.env("NO_COLOR", "1");
-        spawn_and_wait(cmd, dir, Backend::Tailcache, "cache listening on ")
+        let mut cache = spawn_and_wait(cmd, dir, Backend::Tailcache, "cache listening on ")?;
+        cache.state_dir = state_dir;
+        Ok(cache)
     }
 
     fn start_reference(self, dir: TempDir) -> TestCache {
@@ -237,6 +252,7 @@ fn spawn_and_wait(
                 child,
                 url,
                 backend,
+                state_dir: dir.path().join("state"),
                 dir,
                 stdout,
             })
@@ -262,6 +278,7 @@ impl TestCache {
             compression: "none".into(),
             secret_keys: Vec::new(),
             priority: None,
+            state_dir: None,
         }
     }
 
@@ -275,7 +292,7 @@ impl TestCache {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state_dir.clone()
     }
 
     /// Everything the server printed on stdout so far.
