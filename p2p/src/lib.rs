@@ -1,0 +1,18 @@
+//! tailcache-p2p: peer-assisted NAR fetches. The server signs a P2P manifest per NAR file
+//! (its BLAKE3 root, in a signature domain of its own); peers move verified chunks of the
+//! file over libp2p; a tracker on the server says who holds what.
+//!
+//! # Layout
+//! - [`manifest`]: the signed P2P manifest and its signature domain.
+//! - [`verify`]: BLAKE3 outboards (hash trees) and verification of received chunks.
+//! - [`node`]: the libp2p node — transports, behaviours, `Client` → `Command` → event loop.
+//! - [`tracker`]: the tracker protocol (announce, who-has) and its server-side state.
+//! - [`error`]: the crate's error type.
+
+pub mod error;
+pub mod manifest;
+pub mod node;
+pub mod tracker;
+pub mod verify;
+
+pub use error::{Error, Result};
