@@ -1,0 +1,372 @@
+//! StatusStore: owns the build status — whether a build runs, who asked for it, its current
+//! step, how the last one ended and a short history — and persists it to
+//! `<state_dir>/status.json` atomically on every change (temp file in the same directory,
+//! fsync, rename, fsync of the directory), so a crash at any instant leaves either the old
+//! or the new file. A status found `is_running` at start-up was cut short by a crash and
+//! becomes `interrupted`. [`BuildStatus`] is the JSON of `GET /build/status`.
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::metrics::{ActorMetrics, Metered, metered};
+use crate::time::now_rfc3339;
+
+/// Who asked for a build (from the HTTP request: the peer's host and the user it names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestedBy {
+    pub host: String,
+    pub user: String,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildResult {
+    Success,
+    Failed,
+    Cancelled,
+    /// Stopped by a server shutdown or found running after a crash.
+    Interrupted,
+}
+
+impl BuildResult {
+    pub const ALL: [BuildResult; 4] = [
+        BuildResult::Success,
+        BuildResult::Failed,
+        BuildResult::Cancelled,
+        BuildResult::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildResult::Success => "success",
+            BuildResult::Failed => "failed",
+            BuildResult::Cancelled => "cancelled",
+            BuildResult::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// One finished build, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub build_id: u64,
+    pub requested_by: RequestedBy,
+    pub started: String,
+    pub finished: String,
+    pub result: BuildResult,
+    /// Commit built, when the fetch step got that far.
+    pub commit: Option<String>,
+    /// The step that failed (or was running when the build was cancelled/interrupted).
+    pub failing_step: Option<String>,
+    /// Exit code of the failing step; `128 + n` when it was killed by signal `n`.
+    pub exit_status: Option<i32>,
+    /// A short human-readable reason (`timed out after 30s`, `cannot start git: …`).
+    pub error: Option<String>,
+    pub duration_seconds: f64,
+}
+
+/// The whole status: `status.json` and the body of `GET /build/status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BuildStatus {
+    pub is_running: bool,
+    /// Id of the running build, else of the last one started.
+    pub build_id: Option<u64>,
+    /// Step of the running build.
+    pub current_step: Option<String>,
+    /// Start of the running build, else of the last one.
+    pub last_start: Option<String>,
+    pub last_finish: Option<String>,
+    pub last_status: Option<BuildResult>,
+    pub last_commit: Option<String>,
+    /// Who asked for the running build, else for the last one.
+    pub requested_by: Option<RequestedBy>,
+    pub last_exit_status: Option<i32>,
+    pub last_failing_step: Option<String>,
+    pub last_error: Option<String>,
+    /// Most recent first.
+    pub history: Vec<BuildRecord>,
+}
+
+impl BuildStatus {
+    /// Loads `path`; a missing file is an empty status.
+    pub fn load(path: &Path) -> Result<Self> {
+        match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::StatusFile {
+                path: path.to_owned(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BuildStatus::default()),
+            Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+        }
+    }
+
+    /// Writes the status to `path` atomically and durably.
+    pub fn persist(&self, path: &Path) -> Result<()> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("status");
+        let tmp = dir.join(format!(
+            ".{name}.tmp-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            // Serialising into memory first keeps a serde error from leaving a half file.
+            let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+            f.write_all(&json)?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(format!("cannot write {}", path.display()), e)
+        })
+    }
+
+    /// The id the next build gets.
+    pub fn next_build_id(&self) -> u64 {
+        let newest = self.history.first().map(|r| r.build_id);
+        self.build_id.max(newest).map_or(1, |id| id + 1)
+    }
+
+    /// A status loaded after a crash: a build that was running is over, `interrupted`.
+    fn recover(&mut self, history_len: usize) -> bool {
+        if !self.is_running {
+            return false;
+        }
+        let finished = now_rfc3339();
+        self.is_running = false;
+        self.last_status = Some(BuildResult::Interrupted);
+        self.last_finish = Some(finished.clone());
+        self.last_failing_step = self.current_step.take();
+        self.last_exit_status = None;
+        self.last_error = Some("the server stopped during the build".to_owned());
+        if let Some(build_id) = self.build_id {
+            self.push_history(
+                BuildRecord {
+                    build_id,
+                    requested_by: self.requested_by.clone().unwrap_or_default(),
+                    started: self.last_start.clone().unwrap_or_default(),
+                    finished,
+                    result: BuildResult::Interrupted,
+                    commit: self.last_commit.clone(),
+                    failing_step: self.last_failing_step.clone(),
+                    exit_status: None,
+                    error: self.last_error.clone(),
+                    duration_seconds: 0.0,
+                },
+                history_len,
+            );
+        }
+        true
+    }
+
+    fn push_history(&mut self, record: BuildRecord, history_len: usize) {
+        self.history.insert(0, record);
+        self.history.truncate(history_len);
+    }
+}
+
+/// The actor.
+#[derive(Debug)]
+pub struct StatusStore {
+    path: PathBuf,
+    status: BuildStatus,
+    history_len: usize,
+    publish: watch::Sender<BuildStatus>,
+    metrics: ActorMetrics,
+}
+
+/// Messages that may wait in StatusStore's mailbox.
+pub const MAILBOX_CAPACITY: usize = 256;
+
+impl StatusStore {
+    /// Loads (and if needed recovers and rewrites) `<state_dir>/status.json`.
+    pub fn open(state_dir: &Path, history_len: usize, metrics: ActorMetrics) -> Result<Self> {
+        let path = state_dir.join("status.json");
+        let mut status = BuildStatus::load(&path)?;
+        if status.recover(history_len) {
+            tracing::warn!("the previous build was interrupted by a server stop");
+            status.persist(&path)?;
+        }
+        let (publish, _) = watch::channel(status.clone());
+        Ok(StatusStore {
+            path,
+            status,
+            history_len,
+            publish,
+            metrics,
+        })
+    }
+
+    /// A receiver that sees every new status.
+    pub fn subscribe(&self) -> watch::Receiver<BuildStatus> {
+        self.publish.subscribe()
+    }
+
+    /// The status as loaded.
+    pub fn status(&self) -> &BuildStatus {
+        &self.status
+    }
+
+    fn changed(&mut self) {
+        if let Err(e) = self.status.persist(&self.path) {
+            tracing::error!("{e}");
+        }
+        self.publish.send_replace(self.status.clone());
+    }
+}
+
+impl Actor for StatusStore {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
+}
+
+impl Supervised for StatusStore {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.metrics.restarted(Self::NAME);
+        // The file holds the last state that was completely applied.
+        match BuildStatus::load(&self.path) {
+            Ok(s) => self.status = s,
+            Err(e) => tracing::error!("{e}; keeping the in-memory status"),
+        }
+    }
+}
+
+impl Metered for StatusStore {
+    const NAME: &'static str = "StatusStore";
+    fn actor_metrics(&self) -> &ActorMetrics {
+        &self.metrics
+    }
+}
+
+/// Asks for the current status.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<BuildStatus>")]
+pub struct GetStatus;
+
+/// A build has started.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<()>")]
+pub struct BuildStarted {
+    pub build_id: u64,
+    pub requested_by: RequestedBy,
+    pub started: String,
+}
+
+/// A build entered a step.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<()>")]
+pub struct StepStarted {
+    pub build_id: u64,
+    pub step: String,
+}
+
+/// A build has ended.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<()>")]
+pub struct BuildFinished {
+    pub record: BuildRecord,
+}
+
+/// Writes the status file again (at shutdown; every change is already written).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<()>")]
+pub struct FlushStatus;
+
+/// Makes the handler panic: exercises supervision in tests.
+#[doc(hidden)]
+#[derive(Debug, Message)]
+#[rtype(result = "Result<()>")]
+pub struct PanicForTest;
+
+impl Handler<GetStatus> for StatusStore {
+    type Result = Result<BuildStatus>;
+    fn handle(&mut self, msg: GetStatus, ctx: &mut Self::Context) -> Self::Result {
+        metered(self, ctx, msg, |this, _, _| this.status.clone())
+    }
+}
+
+impl Handler<BuildStarted> for StatusStore {
+    type Result = Result<()>;
+    fn handle(&mut self, msg: BuildStarted, ctx: &mut Self::Context) -> Self::Result {
+        metered(self, ctx, msg, |this, msg, _| {
+            let s = &mut this.status;
+            s.is_running = true;
+            s.build_id = Some(msg.build_id);
+            s.current_step = None;
+            s.last_start = Some(msg.started);
+            s.requested_by = Some(msg.requested_by);
+            this.changed();
+        })
+    }
+}
+
+impl Handler<StepStarted> for StatusStore {
+    type Result = Result<()>;
+    fn handle(&mut self, msg: StepStarted, ctx: &mut Self::Context) -> Self::Result {
+        metered(self, ctx, msg, |this, msg, _| {
+            if this.status.is_running && this.status.build_id == Some(msg.build_id) {
+                this.status.current_step = Some(msg.step);
+                this.changed();
+            }
+        })
+    }
+}
+
+impl Handler<BuildFinished> for StatusStore {
+    type Result = Result<()>;
+    fn handle(&mut self, msg: BuildFinished, ctx: &mut Self::Context) -> Self::Result {
+        metered(self, ctx, msg, |this, msg, _| {
+            let r = msg.record;
+            let s = &mut this.status;
+            if s.build_id == Some(r.build_id) {
+                s.is_running = false;
+                s.current_step = None;
+            }
+            s.last_finish = Some(r.finished.clone());
+            s.last_status = Some(r.result);
+            if r.commit.is_some() {
+                s.last_commit = r.commit.clone();
+            }
+            s.last_exit_status = r.exit_status;
+            s.last_failing_step = r.failing_step.clone();
+            s.last_error = r.error.clone();
+            let n = this.history_len;
+            s.push_history(r, n);
+            this.changed();
+        })
+    }
+}
+
+impl Handler<FlushStatus> for StatusStore {
+    type Result = Result<()>;
+    fn handle(&mut self, msg: FlushStatus, ctx: &mut Self::Context) -> Self::Result {
+        metered(self, ctx, msg, |this, _, _| this.status.persist(&this.path))?
+    }
+}
+
+impl Handler<PanicForTest> for StatusStore {
+    type Result = Result<()>;
+    fn handle(&mut self, msg: PanicForTest, ctx: &mut Self::Context) -> Self::Result {
+        metered(self, ctx, msg, |_, _, _| panic!("PanicForTest"))
+    }
+}
