@@ -65,6 +65,110 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// The binary cache listener.
     pub cache: CacheConfig,
+    /// The build-API listener (trigger, status, logs, metrics, status page).
+    pub api: ApiConfig,
+    /// What a build runs.
+    pub build: BuildConfig,
+}
+
+/// The build-API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address to listen on; loopback by default.
+    pub bind: SocketAddr,
+    /// File holding a bearer token; when set, POST routes need `Authorization: Bearer <token>`.
+    pub token_file: Option<PathBuf>,
+    /// File holding the GitHub webhook secret; when set, `POST /build/webhook` accepts push
+    /// events signed with it (`X-Hub-Signature-256`).
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            token_file: None,
+            webhook_secret_file: None,
+        }
+    }
+}
+
+/// What a build runs: the default pipeline (git fetch → `nix flake update` → `nix build`)
+/// from `repository`, or the explicit `steps`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildConfig {
+    /// Git URL or path of the configuration repository; unset (and no `steps`) means builds
+    /// are not configured and triggers are refused.
+    pub repository: Option<String>,
+    /// Branch to build.
+    pub branch: String,
+    /// Where the checkout lives (default `<state_dir>/checkout`).
+    pub checkout_dir: Option<PathBuf>,
+    /// Flake attribute to build, e.g. `nixosConfigurations.desktop.config.system.build.toplevel`.
+    pub attribute: String,
+    /// Extra arguments for `nix flake update` and `nix build` (e.g. `--option …`).
+    pub nix_args: Vec<String>,
+    /// Time limit of one step, in seconds.
+    pub step_timeout_secs: u64,
+    /// Seconds between SIGTERM and SIGKILL when a step is cancelled or times out.
+    pub kill_grace_secs: u64,
+    /// Triggers during a build schedule exactly one follow-up build.
+    pub coalesce: bool,
+    /// Log lines kept in memory for `GET /build/logs`.
+    pub log_lines: usize,
+    /// Build log files kept on disk.
+    pub log_files_kept: usize,
+    /// Explicit steps; when present they replace the default pipeline.
+    pub steps: Vec<StepConfig>,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        BuildConfig {
+            repository: None,
+            branch: "main".to_owned(),
+            checkout_dir: None,
+            attribute: "default".to_owned(),
+            nix_args: Vec::new(),
+            step_timeout_secs: 4 * 3600,
+            kill_grace_secs: 10,
+            coalesce: false,
+            log_lines: 1000,
+            log_files_kept: 20,
+            steps: Vec::new(),
+        }
+    }
+}
+
+/// One explicit build step.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    pub name: String,
+    pub program: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Default: `build.step_timeout_secs`.
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    /// What to take from the step: nothing, the commit (`git rev-parse HEAD` in `cwd`), or
+    /// the new store paths it prints.
+    #[serde(default)]
+    pub capture: CaptureConfig,
+}
+
+/// What a step's run yields besides its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaptureConfig {
+    #[default]
+    Nothing,
+    Commit,
+    OutPaths,
 }
 
 /// The binary cache listener and what it serves.
@@ -121,6 +225,9 @@ pub struct ServeOverrides {
     /// Address for the binary cache listener.
     #[arg(long)]
     pub bind: Option<SocketAddr>,
+    /// Address for the build-API listener.
+    #[arg(long)]
+    pub api_bind: Option<SocketAddr>,
     /// Physical root of the Nix store (`/` for the machine's own).
     #[arg(long)]
     pub store_root: Option<PathBuf>,
@@ -144,6 +251,9 @@ impl Config {
         };
         if let Some(v) = o.bind {
             config.cache.bind = v;
+        }
+        if let Some(v) = o.api_bind {
+            config.api.bind = v;
         }
         if let Some(v) = &o.store_root {
             config.cache.store_root = v.clone();
@@ -187,6 +297,18 @@ impl Config {
         if c.compression_queue == 0 {
             anyhow::bail!("cache.compression_queue must be at least 1");
         }
+        let b = &self.build;
+        if b.log_lines == 0 || b.log_files_kept == 0 {
+            anyhow::bail!("build.log_lines and build.log_files_kept must be at least 1");
+        }
+        for step in &b.steps {
+            if step.capture == CaptureConfig::Commit && step.cwd.is_none() {
+                anyhow::bail!(
+                    "build step {:?}: capture = \"commit\" needs a cwd",
+                    step.name
+                );
+            }
+        }
         Ok(())
     }
 
@@ -219,7 +341,9 @@ mod tests {
     fn defaults_bind_loopback() {
         let c = Config::default();
         assert!(c.cache.bind.ip().is_loopback());
+        assert!(c.api.bind.ip().is_loopback());
         assert_eq!(c.cache.bind.port(), 5000);
+        assert_eq!(c.api.bind.port(), 8000);
         assert_eq!(c.cache.compression, Compression::Xz);
     }
 
@@ -249,6 +373,19 @@ mod tests {
         assert_eq!(c.cache.priority, 10);
         assert_eq!(c.cache.bind.port(), 0);
         assert_eq!(c.state_dir(), PathBuf::from("/s"));
+    }
+
+    #[test]
+    fn build_steps_parse() {
+        let c: Config = toml::from_str(
+            "[build]\nrepository = \"/r\"\n[[build.steps]]\nname = \"a\"\nprogram = \"/bin/sh\"\n\
+             args = [\"-c\", \"true\"]\ncapture = \"out-paths\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.build.steps.len(), 1);
+        assert_eq!(c.build.steps[0].capture, CaptureConfig::OutPaths);
+        assert!(toml::from_str::<Config>("[[build.steps]]\nname = \"a\"\n").is_err());
+        assert!(toml::from_str::<Config>("[api]\nport = 1\n").is_err());
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! # Layout
 //! - [`config`]: the TOML configuration, command-line overrides and defaults.
 //! - [`cache`]: the binary cache — HTTP routes and the CacheServer actor.
+//! - [`api`]: the build-API listener — builds, logs, health, metrics, status page.
 //! - [`keys`]: loading the signing keys, or generating the default one on first start.
 //! - [`server`]: the composition root — starts the actors and the listeners.
 
+pub mod api;
 pub mod cache;
 pub mod config;
 pub mod keys;

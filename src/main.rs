@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the binary cache (and, later, the build server).
+    /// Run the binary cache and the build server.
     Serve(ServeOverrides),
     /// Generate a signing key pair in Nix's format.
     Keygen(KeygenArgs),
@@ -67,12 +67,18 @@ fn serve(o: &ServeOverrides) -> anyhow::Result<()> {
             .expect("cannot start the tokio runtime")
     });
     system.block_on(async move {
-        let bind = config.cache.bind;
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("cannot listen on {bind}"))?;
-        tailcache::server::run(config, listener, tailcache::server::shutdown_signal()).await
+        let listeners = tailcache::server::Listeners {
+            cache: bind(config.cache.bind).await?,
+            api: bind(config.api.bind).await?,
+        };
+        tailcache::server::run(config, listeners, tailcache::server::shutdown_signal()).await
     })
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {

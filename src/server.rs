@@ -1,26 +1,47 @@
-//! The composition root of `tailcache serve`: state directory, keys, the CacheServer actor
-//! and the cache listener, run until a shutdown signal. Tests call [`run`] with a listener
-//! bound to `127.0.0.1:0` and their own shutdown future.
+//! The composition root of `tailcache serve`: state directory, keys, the metrics registry,
+//! the CacheServer and build actors in one actix system, the cache and build-API listeners,
+//! and graceful shutdown (a running build is recorded `interrupted`, status and log are
+//! flushed, then the listeners stop). Tests call [`run`] with listeners bound to
+//! `127.0.0.1:0` and their own shutdown future.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt as _;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use tailcache_actors::{
+    ActorsConfig, BuildHandle, Capture, DefaultPipeline, LogLimits, Metrics, Step, start_actors,
+};
 use tailcache_store::db::StoreLayout;
 use tokio::net::TcpListener;
 
-use crate::cache::actor::{CacheServer, CompressionSettings};
+use crate::api::{self, ApiParts, ApiState};
+use crate::cache::actor::{CacheServer, CacheServerParts, CompressionSettings};
 use crate::cache::nar_cache::NarCache;
-use crate::cache::{self, CacheParts, CacheState, CacheStats};
-use crate::config::Config;
+use crate::cache::stats::CacheStats;
+use crate::cache::{self, CacheParts, CacheState, LazyStore};
+use crate::config::{BuildConfig, CaptureConfig, Config};
 use crate::keys;
 
-/// Prepares everything `serve` needs, prints what a client needs to know, and serves the
-/// cache on `listener` until `shutdown` completes. Must run inside an actix system.
+/// How long open connections (log followers, downloads) may delay the exit after a shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The two listeners `serve` runs.
+#[derive(Debug)]
+pub struct Listeners {
+    pub cache: TcpListener,
+    pub api: TcpListener,
+}
+
+/// Prepares everything `serve` needs, prints what a client needs to know, and serves both
+/// listeners until `shutdown` completes. Must run inside an actix system.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state_dir = config.state_dir();
@@ -30,6 +51,19 @@ pub async fn run(
         .create(&state_dir)
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
     let keys = keys::load_or_generate(&config.cache.secret_key_files, &state_dir)?;
+    let token = config
+        .api
+        .token_file
+        .as_deref()
+        .map(keys::read_secret_file)
+        .transpose()?;
+    let webhook_secret = config
+        .api
+        .webhook_secret_file
+        .as_deref()
+        .map(keys::read_secret_file)
+        .transpose()?;
+
     let c = &config.cache;
     let layout = StoreLayout {
         store_dir: c.store_dir.clone(),
@@ -42,52 +76,165 @@ pub async fn run(
             layout.db_path().display()
         );
     }
+    let store = Arc::new(LazyStore::new(layout));
     let nar_dir = state_dir.join("nar");
     let nars = Arc::new(
         NarCache::open(&nar_dir)
             .with_context(|| format!("cannot open NAR directory {}", nar_dir.display()))?,
     );
-    let stats = Arc::new(CacheStats::default());
-    let settings = CompressionSettings {
-        compression: c.compression,
-        level: c.compression_level,
-        threads: c.compression_threads,
-    };
-    let actor = CacheServer::start(
-        nars.clone(),
-        settings,
-        c.nar_cache_max_bytes,
-        c.compression_queue,
-        stats.clone(),
-    );
-    let state = CacheState::new(CacheParts {
-        layout,
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let stats = CacheStats::register(&mut registry);
+    let cache_actor = CacheServer::start(CacheServerParts {
+        nars: nars.clone(),
+        store: store.clone(),
+        settings: CompressionSettings {
+            compression: c.compression,
+            level: c.compression_level,
+            threads: c.compression_threads,
+        },
+        max_bytes: c.nar_cache_max_bytes,
+        queue: c.compression_queue,
+        stats: stats.clone(),
+        metrics: metrics.actors.clone(),
+    });
+    let cache_state = CacheState::new(CacheParts {
+        store,
         keys: keys.secret,
         priority: c.priority,
         compression: c.compression,
         nars,
-        actor,
+        actor: cache_actor.clone(),
         stats,
     });
 
-    let addr = listener.local_addr()?;
-    print_client_setup(&state, addr, keys.generated.as_deref());
-    let app = cache::router().with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let (steps, build_configured) = build_steps(&config.build, &state_dir);
+    if !build_configured {
+        tracing::warn!(
+            "no build configured (build.repository or build.steps): triggers are refused"
+        );
+    }
+    let b = &config.build;
+    let mut actors_config = ActorsConfig::new(&state_dir, steps);
+    actors_config.coalesce = b.coalesce;
+    actors_config.kill_grace = Duration::from_secs(b.kill_grace_secs);
+    actors_config.log = LogLimits {
+        ring_lines: b.log_lines,
+        files_kept: b.log_files_kept,
+        ..LogLimits::default()
+    };
+    let build = start_actors(actors_config, metrics, Arc::new(cache_actor))
+        .context("cannot start the build actors")?;
+
+    let cache_addr = listeners.cache.local_addr()?;
+    let api_addr = listeners.api.local_addr()?;
+    print_client_setup(
+        &cache_state,
+        cache_addr,
+        api_addr,
+        keys.generated.as_deref(),
+    );
+    let api_state = ApiState::new(ApiParts {
+        build: build.clone(),
+        cache: cache_state.clone(),
+        registry,
+        token,
+        webhook_secret: webhook_secret.map(String::into_bytes),
+        build_configured,
+        branch: b.branch.clone(),
+        cache_url: format!("http://{cache_addr}"),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let cache_app = cache::router().with_state(cache_state);
+    let cache_server = axum::serve(listeners.cache, cache_app).with_graceful_shutdown(stopped());
+    let api_app = api::router()
+        .with_state(api_state)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let api_server = axum::serve(listeners.api, api_app).with_graceful_shutdown(stopped());
+    let servers =
+        async { tokio::try_join!(async { cache_server.await }, async { api_server.await }) };
+    tokio::pin!(servers);
+
+    tokio::select! {
+        r = &mut servers => { r?; return Ok(()); }
+        () = shutdown => {}
+    }
+    stop_build(&build).await;
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(DRAIN_TIMEOUT, servers).await {
+        Ok(r) => {
+            r?;
+        }
+        Err(_) => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; exiting"),
+    }
     Ok(())
 }
 
-/// Prints the listening address (tests read this line) and the nix.conf lines a client needs.
+/// Cancels a running build (recorded `interrupted`) and flushes status and log.
+async fn stop_build(build: &BuildHandle) {
+    if let Err(e) = build.shutdown().await {
+        tracing::error!("stopping the build actors: {e}");
+    }
+}
+
+/// The configured steps, or the default pipeline, and whether builds are configured at all.
+fn build_steps(b: &BuildConfig, state_dir: &Path) -> (Vec<Step>, bool) {
+    let timeout = Duration::from_secs(b.step_timeout_secs);
+    if !b.steps.is_empty() {
+        let steps = b
+            .steps
+            .iter()
+            .map(|s| {
+                let mut step = Step::new(&s.name, &s.program, &[]);
+                step.args = s.args.clone();
+                step.env = s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                step.cwd = s.cwd.clone();
+                step.timeout = Some(s.timeout_secs.map_or(timeout, Duration::from_secs));
+                step.capture = match (s.capture, &s.cwd) {
+                    (CaptureConfig::Commit, Some(dir)) => Capture::Commit(dir.clone()),
+                    (CaptureConfig::OutPaths, _) => Capture::OutPaths,
+                    // `validate` refuses capture = "commit" without a cwd.
+                    (CaptureConfig::Commit, None) | (CaptureConfig::Nothing, _) => Capture::Nothing,
+                };
+                step
+            })
+            .collect();
+        return (steps, true);
+    }
+    let Some(repository) = &b.repository else {
+        return (Vec::new(), false);
+    };
+    let checkout = b
+        .checkout_dir
+        .clone()
+        .unwrap_or_else(|| state_dir.join("checkout"));
+    let mut pipeline = DefaultPipeline::new(repository, &b.branch, checkout, &b.attribute);
+    pipeline.build_timeout = timeout;
+    pipeline.fetch_timeout = pipeline.fetch_timeout.min(timeout);
+    pipeline.nix_args = b.nix_args.clone();
+    (pipeline.steps(), true)
+}
+
+/// Prints the listening addresses (tests read these lines) and the nix.conf lines a client
+/// needs.
 fn print_client_setup(
     state: &CacheState,
-    addr: std::net::SocketAddr,
-    generated: Option<&std::path::Path>,
+    cache: SocketAddr,
+    api: SocketAddr,
+    generated: Option<&Path>,
 ) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "cache listening on http://{addr}");
+    let _ = writeln!(out, "cache listening on http://{cache}");
+    let _ = writeln!(out, "api listening on http://{api}");
     for key in state.keys() {
         if let Some(path) = generated {
             let _ = writeln!(
@@ -105,7 +252,7 @@ fn print_client_setup(
         .map(|k| k.public().to_nix_string())
         .collect();
     let _ = writeln!(out, "add to a client's nix.conf:");
-    let _ = writeln!(out, "  extra-substituters = http://{addr}");
+    let _ = writeln!(out, "  extra-substituters = http://{cache}");
     let _ = writeln!(out, "  extra-trusted-public-keys = {}", publics.join(" "));
     let _ = out.flush();
 }

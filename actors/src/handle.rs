@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Supervisor;
-use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, watch};
 
 use crate::error::Result;
@@ -64,14 +63,13 @@ pub struct BuildHandle {
 }
 
 /// Starts StatusStore, LogTail and BuildSupervisor (each under `actix::Supervisor`) on the
-/// current actix system and registers their metrics in `registry`. Recovers an
-/// interrupted status before anything else runs.
+/// current actix system, reporting into `metrics` (from [`Metrics::register`], shared with
+/// any other actor of the process). Recovers an interrupted status before anything else runs.
 pub fn start_actors(
     config: ActorsConfig,
-    registry: &mut Registry,
+    metrics: Metrics,
     sink: Arc<dyn NewPathsSink>,
 ) -> Result<BuildHandle> {
-    let metrics = Metrics::register(registry);
     let store = StatusStore::open(
         &config.state_dir,
         config.history_len,

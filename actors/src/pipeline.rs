@@ -24,6 +24,8 @@ pub struct DefaultPipeline {
     /// `git` and `nix` executables (found on PATH by default).
     pub git: PathBuf,
     pub nix: PathBuf,
+    /// Extra arguments for `nix flake update` and `nix build` (e.g. `--option …`, `--store …`).
+    pub nix_args: Vec<String>,
 }
 
 impl DefaultPipeline {
@@ -42,6 +44,7 @@ impl DefaultPipeline {
             build_timeout: Duration::from_secs(4 * 60 * 60),
             git: "git".into(),
             nix: "nix".into(),
+            nix_args: Vec::new(),
         }
     }
 
@@ -60,7 +63,9 @@ else
 fi"#;
         let features = ["--extra-experimental-features", "nix-command flakes"];
         let nix = self.nix.display().to_string();
-        let update = vec![features[0], features[1], "flake", "update"];
+        let extra: Vec<&str> = self.nix_args.iter().map(String::as_str).collect();
+        let mut update = vec![features[0], features[1], "flake", "update"];
+        update.extend(&extra);
         let flake_ref = format!("{dir}#{}", self.attribute);
         let out_link = format!("{dir}/result");
         let build: Vec<&str> = {
@@ -72,6 +77,7 @@ fi"#;
                 out_link.as_str(),
                 "--print-out-paths",
             ]);
+            v.extend(&extra);
             v
         };
         vec![

@@ -1,25 +1,32 @@
 //! The CacheServer actor: owns the cache's mutable state — the compression queue and which
 //! paths are pending, the size bound of the compressed-NAR directory, the counters — and
-//! its typed handle. Request handlers *tell* it about paths worth compressing through
+//! its typed handle. It runs supervised (restarted after a panic) and metered like the build
+//! actors. Request handlers *tell* it about paths worth compressing through
 //! [`CacheHandle::request_compression`], which never waits: when the queue or the mailbox is
 //! full the request is dropped and made again by the next narinfo request for that path.
+//! A finished build hands it its new store paths ([`NewPathsSink`]); their closure is
+//! queued so clients find compressed NARs.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use actix::prelude::*;
-use tailcache_store::{Sha256Hash, StorePathHash};
+use tailcache_actors::NewPathsSink;
+use tailcache_actors::metrics::{ActorMetrics, Metered, MeteredAddr, metered};
+use tailcache_store::{Sha256Hash, StorePath, StorePathHash};
 use tokio::sync::mpsc;
 
-use super::CacheStats;
+use super::LazyStore;
 use super::compress::{self, Job};
 use super::nar_cache::NarCache;
+use super::stats::CacheStats;
 use crate::config::Compression;
 
 /// Messages that may wait in the actor's mailbox; beyond this, senders are told it is full.
 pub const MAILBOX_CAPACITY: usize = 256;
+/// Most store paths one build's closure walk queues.
+const MAX_CLOSURE: usize = 100_000;
 
 /// How NARs are compressed.
 #[derive(Debug, Clone, Copy)]
@@ -33,11 +40,13 @@ pub struct CompressionSettings {
 #[derive(Debug)]
 pub struct CacheServer {
     nars: Arc<NarCache>,
+    store: Arc<LazyStore>,
     jobs: mpsc::Sender<Job>,
     pending: HashSet<StorePathHash>,
     settings: CompressionSettings,
     max_bytes: u64,
-    stats: Arc<CacheStats>,
+    stats: CacheStats,
+    metrics: ActorMetrics,
 }
 
 impl Actor for CacheServer {
@@ -45,6 +54,21 @@ impl Actor for CacheServer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+    }
+}
+
+impl Metered for CacheServer {
+    const NAME: &'static str = "CacheServer";
+
+    fn actor_metrics(&self) -> &ActorMetrics {
+        &self.metrics
+    }
+}
+
+impl Supervised for CacheServer {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.metrics.restarted(Self::NAME);
+        // `pending` stays: jobs in flight still report back and clear their entries.
     }
 }
 
@@ -66,10 +90,107 @@ struct Compressed {
     ok: bool,
 }
 
+/// A build produced these store paths (absolute, as `nix build` prints them).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct NewPaths {
+    pub paths: Vec<PathBuf>,
+}
+
 impl Handler<Compress> for CacheServer {
     type Result = ();
 
-    fn handle(&mut self, msg: Compress, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Compress, ctx: &mut Self::Context) {
+        let _ = metered(self, ctx, msg, |act, msg, _| act.enqueue(msg));
+    }
+}
+
+impl Handler<Compressed> for CacheServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Compressed, ctx: &mut Self::Context) {
+        let _ = metered(self, ctx, msg, |act, msg, _| {
+            act.pending.remove(&msg.path_hash);
+            act.stats.set_queue_len(act.pending.len());
+            act.stats.compression_finished(msg.ok);
+            let total = act.nars.total_bytes();
+            act.stats.set_nar_dir_bytes(total);
+            if msg.ok && total > act.max_bytes {
+                let (nars, max, stats) = (act.nars.clone(), act.max_bytes, act.stats.clone());
+                // Unlinking files is blocking I/O; keep it off the actor's thread.
+                tokio::task::spawn_blocking(move || {
+                    let n = nars.evict_to(max);
+                    stats.set_nar_dir_bytes(nars.total_bytes());
+                    tracing::info!("evicted {n} compressed NARs to stay under {max} bytes");
+                });
+            }
+        });
+    }
+}
+
+impl Handler<NewPaths> for CacheServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: NewPaths, ctx: &mut Self::Context) {
+        let _ = metered(self, ctx, msg, |act, msg, ctx| {
+            if act.settings.compression == Compression::None {
+                return;
+            }
+            let store = act.store.clone();
+            let addr = MeteredAddr::new(ctx.address(), act.metrics.clone());
+            // The closure walk reads the store database: a blocking thread, not the actor's.
+            tokio::task::spawn_blocking(move || {
+                for c in closure(&store, &msg.paths) {
+                    if let Err(e) = addr.tell(c) {
+                        tracing::debug!("not all new paths queued for compression: {e}");
+                        break;
+                    }
+                }
+            });
+        });
+    }
+}
+
+/// Every valid path reachable from `roots` through references, as compression requests.
+fn closure(store: &LazyStore, roots: &[PathBuf]) -> Vec<Compress> {
+    let Some(db) = store.db() else {
+        return Vec::new();
+    };
+    let layout = store.layout();
+    let mut queue: VecDeque<StorePath> = roots
+        .iter()
+        .filter_map(|p| {
+            let s = p.to_str()?;
+            StorePath::from_absolute(&layout.store_dir, s)
+                .map_err(|e| tracing::warn!("build output {s} is not a store path: {e}"))
+                .ok()
+        })
+        .collect();
+    let mut seen: HashSet<StorePathHash> = HashSet::new();
+    let mut out = Vec::new();
+    while let Some(path) = queue.pop_front() {
+        if !seen.insert(path.hash()) || out.len() >= MAX_CLOSURE {
+            continue;
+        }
+        match db.query_path_info(&path.hash()) {
+            Ok(Some(info)) => {
+                queue.extend(info.references.iter().cloned());
+                out.push(Compress {
+                    path_hash: info.path.hash(),
+                    physical_path: layout.physical_path(&info.path),
+                    nar_hash: info.nar_hash,
+                    nar_size: info.nar_size,
+                });
+            }
+            Ok(None) => tracing::warn!("build output {path} is not valid in the store"),
+            Err(e) => tracing::warn!("cannot look up {path}: {e}"),
+        }
+    }
+    out
+}
+
+impl CacheServer {
+    fn enqueue(&mut self, msg: Compress) {
         if self.settings.compression == Compression::None
             || self.pending.contains(&msg.path_hash)
             || self.nars.contains(&msg.path_hash, &msg.nar_hash)
@@ -88,7 +209,7 @@ impl Handler<Compress> for CacheServer {
         match self.jobs.try_send(job) {
             Ok(()) => {
                 self.pending.insert(msg.path_hash);
-                self.publish_queue_len();
+                self.stats.set_queue_len(self.pending.len());
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::debug!("compression queue full; {} will be retried", msg.path_hash);
@@ -100,61 +221,41 @@ impl Handler<Compress> for CacheServer {
     }
 }
 
-impl Handler<Compressed> for CacheServer {
-    type Result = ();
-
-    fn handle(&mut self, msg: Compressed, _: &mut Self::Context) {
-        self.pending.remove(&msg.path_hash);
-        self.publish_queue_len();
-        let counter = if msg.ok {
-            &self.stats.compressions_done
-        } else {
-            &self.stats.compressions_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        if msg.ok && self.nars.total_bytes() > self.max_bytes {
-            let (nars, max) = (self.nars.clone(), self.max_bytes);
-            // Unlinking files is blocking I/O; keep it off the actor's thread.
-            tokio::task::spawn_blocking(move || {
-                let n = nars.evict_to(max);
-                tracing::info!("evicted {n} compressed NARs to stay under {max} bytes");
-            });
-        }
-    }
+/// What [`CacheServer::start`] needs.
+#[derive(Debug)]
+pub struct CacheServerParts {
+    pub nars: Arc<NarCache>,
+    pub store: Arc<LazyStore>,
+    pub settings: CompressionSettings,
+    pub max_bytes: u64,
+    pub queue: usize,
+    pub stats: CacheStats,
+    pub metrics: ActorMetrics,
 }
 
 impl CacheServer {
-    fn publish_queue_len(&self) {
-        self.stats
-            .compression_queue_len
-            .store(self.pending.len() as u64, Ordering::Relaxed);
-    }
-
-    /// Starts the actor and its compression worker on the current actix system.
-    pub fn start(
-        nars: Arc<NarCache>,
-        settings: CompressionSettings,
-        max_bytes: u64,
-        queue: usize,
-        stats: Arc<CacheStats>,
-    ) -> CacheHandle {
-        let (tx, rx) = mpsc::channel(queue);
+    /// Starts the actor (supervised) and its compression worker on the current actix system.
+    pub fn start(p: CacheServerParts) -> CacheHandle {
+        let (tx, rx) = mpsc::channel(p.queue);
+        p.stats.set_nar_dir_bytes(p.nars.total_bytes());
         let actor = CacheServer {
-            nars: nars.clone(),
+            nars: p.nars.clone(),
+            store: p.store,
             jobs: tx,
             pending: HashSet::new(),
-            settings,
-            max_bytes,
-            stats,
+            settings: p.settings,
+            max_bytes: p.max_bytes,
+            stats: p.stats,
+            metrics: p.metrics.clone(),
         };
-        let addr = actor.start();
-        tokio::spawn(worker(rx, nars, addr.clone()));
+        let addr = MeteredAddr::new(Supervisor::start(|_| actor), p.metrics);
+        tokio::spawn(worker(rx, p.nars, addr.clone()));
         CacheHandle { addr }
     }
 }
 
 /// Runs jobs one at a time (an xz job already uses every core) on a blocking thread.
-async fn worker(mut rx: mpsc::Receiver<Job>, nars: Arc<NarCache>, addr: Addr<CacheServer>) {
+async fn worker(mut rx: mpsc::Receiver<Job>, nars: Arc<NarCache>, addr: MeteredAddr<CacheServer>) {
     while let Some(job) = rx.recv().await {
         let path_hash = job.path_hash;
         let nars = nars.clone();
@@ -184,24 +285,40 @@ async fn worker(mut rx: mpsc::Receiver<Job>, nars: Arc<NarCache>, addr: Addr<Cac
         })
         .await
         .unwrap_or(false);
-        if addr.send(Compressed { path_hash, ok }).await.is_err() {
+        if !addr.connected() {
             return;
         }
+        // Must not be lost: it clears the path's pending entry.
+        addr.force(Compressed { path_hash, ok });
     }
 }
 
-/// What request handlers hold: tells the actor things without waiting for it.
+/// What request handlers and the build pipeline hold: tells the actor things without
+/// waiting for it.
 #[derive(Debug, Clone)]
 pub struct CacheHandle {
-    addr: Addr<CacheServer>,
+    addr: MeteredAddr<CacheServer>,
 }
 
 impl CacheHandle {
     /// Queues a path for compression unless the mailbox is full (then the next request for
     /// the path asks again).
     pub fn request_compression(&self, msg: Compress) {
-        if let Err(SendError::Full(m)) = self.addr.try_send(msg) {
-            tracing::debug!("CacheServer mailbox full; {} not queued", m.path_hash);
+        if let Err(e) = self.addr.tell(msg) {
+            tracing::debug!("compression request dropped: {e}");
+        }
+    }
+
+    /// Whether the actor accepts messages.
+    pub fn is_running(&self) -> bool {
+        self.addr.connected()
+    }
+}
+
+impl NewPathsSink for CacheHandle {
+    fn new_paths(&self, build_id: u64, paths: Vec<PathBuf>) {
+        if let Err(e) = self.addr.tell(NewPaths { paths }) {
+            tracing::warn!("build {build_id}: new paths not queued for compression: {e}");
         }
     }
 }

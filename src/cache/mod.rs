@@ -9,6 +9,7 @@
 //! - [`compress`]: one compression job (NAR dump → xz/zstd file), run on a blocking thread.
 //! - [`narinfo`], [`nar`], [`build_log`]: the HTTP resources.
 //! - [`body`]: streaming a blocking reader into a response body with bounded memory.
+//! - [`stats`]: the cache's Prometheus counters.
 //! - [`error`]: the one place that maps failures to HTTP statuses.
 //!
 //! The request path never waits on the actor's mailbox: handlers read an `Arc`ed snapshot
@@ -23,9 +24,9 @@ pub mod error;
 pub mod nar;
 pub mod nar_cache;
 pub mod narinfo;
+pub mod stats;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -36,6 +37,7 @@ use tailcache_store::signing::SecretKey;
 use crate::config::Compression;
 use actor::CacheHandle;
 use nar_cache::NarCache;
+use stats::CacheStats;
 
 /// What every cache request handler reads. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -45,13 +47,13 @@ pub struct CacheState {
 
 #[derive(Debug)]
 struct Shared {
-    store: LazyStore,
+    store: Arc<LazyStore>,
     keys: Vec<SecretKey>,
     cache_info: String,
     compression: Compression,
     nars: Arc<NarCache>,
     actor: CacheHandle,
-    stats: Arc<CacheStats>,
+    stats: CacheStats,
 }
 
 /// The store database, opened on first use so that a server started before Nix was
@@ -92,51 +94,28 @@ impl LazyStore {
     }
 }
 
-/// Counters of the cache, updated lock-free by request handlers and the actor.
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    pub narinfo_hits: AtomicU64,
-    pub narinfo_misses: AtomicU64,
-    pub nar_bytes_none: AtomicU64,
-    pub nar_bytes_xz: AtomicU64,
-    pub nar_bytes_zstd: AtomicU64,
-    pub compressions_done: AtomicU64,
-    pub compressions_failed: AtomicU64,
-    pub compression_queue_len: AtomicU64,
-}
-
-impl CacheStats {
-    pub fn add_nar_bytes(&self, compression: Compression, n: u64) {
-        let counter = match compression {
-            Compression::None => &self.nar_bytes_none,
-            Compression::Xz => &self.nar_bytes_xz,
-            Compression::Zstd => &self.nar_bytes_zstd,
-        };
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
 /// Everything needed to build a [`CacheState`].
 #[derive(Debug)]
 pub struct CacheParts {
-    pub layout: StoreLayout,
+    pub store: Arc<LazyStore>,
     pub keys: Vec<SecretKey>,
     pub priority: u32,
     pub compression: Compression,
     pub nars: Arc<NarCache>,
     pub actor: CacheHandle,
-    pub stats: Arc<CacheStats>,
+    pub stats: CacheStats,
 }
 
 impl CacheState {
     pub fn new(p: CacheParts) -> Self {
         let cache_info = format!(
             "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
-            p.layout.store_dir, p.priority
+            p.store.layout().store_dir,
+            p.priority
         );
         CacheState {
             inner: Arc::new(Shared {
-                store: LazyStore::new(p.layout),
+                store: p.store,
                 keys: p.keys,
                 cache_info,
                 compression: p.compression,

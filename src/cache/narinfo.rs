@@ -6,7 +6,6 @@
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use std::sync::atomic::Ordering;
 use tailcache_store::StorePathHash;
 use tailcache_store::db::PathInfo;
 use tailcache_store::narinfo::NarInfo;
@@ -30,10 +29,10 @@ pub async fn get_narinfo(
         None => None,
     };
     let Some(info) = info else {
-        state.stats().narinfo_misses.fetch_add(1, Ordering::Relaxed);
+        state.stats().narinfo(false);
         return Err(CacheError::NotFound("no such path"));
     };
-    state.stats().narinfo_hits.fetch_add(1, Ordering::Relaxed);
+    state.stats().narinfo(true);
     let text = render(&state, info);
     Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], text).into_response())
 }

@@ -178,7 +178,7 @@ impl<'a> TestCacheBuilder<'a> {
             .clone()
             .unwrap_or_else(|| dir.path().join("state"));
         let mut cfg = format!(
-            "state_dir = {}\n\n[cache]\nbind = \"127.0.0.1:0\"\nstore_dir = \"/nix/store\"\n\
+            "state_dir = {}\n\n[api]\nbind = \"127.0.0.1:0\"\n\n[cache]\nbind = \"127.0.0.1:0\"\nstore_dir = \"/nix/store\"\n\
              compression = \"{}\"\ncompression_level = 1\n",
             toml_str(&state_dir),
             self.compression

@@ -46,7 +46,12 @@ pub fn start_with_sink(
     sink: Arc<dyn NewPathsSink>,
 ) -> (BuildHandle, Registry) {
     let mut registry = Registry::default();
-    let handle = start_actors(config, &mut registry, sink).unwrap();
+    let handle = start_actors(
+        config,
+        tailcache_actors::Metrics::register(&mut registry),
+        sink,
+    )
+    .unwrap();
     (handle, registry)
 }
 

@@ -1,0 +1,135 @@
+//! The cache's counters as Prometheus metrics, updated lock-free by request handlers and the
+//! CacheServer actor, exposed at `GET /metrics` and summarised on the status page.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::config::Compression;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CompressionLabels {
+    compression: &'static str,
+}
+
+/// Counters of the cache. Cheap to clone (the metrics are shared).
+#[derive(Debug, Clone, Default)]
+pub struct CacheStats {
+    narinfo: Family<ResultLabels, Counter>,
+    nar_bytes: Family<CompressionLabels, Counter>,
+    compressions: Family<ResultLabels, Counter>,
+    queue_len: Gauge,
+    nar_dir_bytes: Gauge,
+}
+
+impl CacheStats {
+    /// Creates the metrics and registers them under `tailcache_cache_*`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let s = CacheStats::default();
+        for result in ["hit", "miss"] {
+            let _ = s.narinfo.get_or_create(&ResultLabels { result });
+        }
+        for c in [Compression::None, Compression::Xz, Compression::Zstd] {
+            let _ = s.nar_bytes.get_or_create(&CompressionLabels {
+                compression: c.narinfo_name(),
+            });
+        }
+        for result in ["ok", "failed"] {
+            let _ = s.compressions.get_or_create(&ResultLabels { result });
+        }
+        let r = registry.sub_registry_with_prefix("tailcache_cache");
+        r.register(
+            "narinfo_requests",
+            "narinfo requests by result (hit: a valid path)",
+            s.narinfo.clone(),
+        );
+        r.register(
+            "nar_bytes",
+            "NAR bytes sent, by compression",
+            s.nar_bytes.clone(),
+        );
+        r.register(
+            "compressions",
+            "background NAR compressions by result",
+            s.compressions.clone(),
+        );
+        r.register(
+            "compression_queue_length",
+            "paths waiting for compression",
+            s.queue_len.clone(),
+        );
+        r.register(
+            "nar_dir_bytes",
+            "bytes of compressed NARs on disk",
+            s.nar_dir_bytes.clone(),
+        );
+        s
+    }
+
+    pub fn narinfo(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.narinfo.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn add_nar_bytes(&self, compression: Compression, n: u64) {
+        let labels = CompressionLabels {
+            compression: compression.narinfo_name(),
+        };
+        self.nar_bytes.get_or_create(&labels).inc_by(n);
+    }
+
+    pub fn compression_finished(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.compressions
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn set_queue_len(&self, n: usize) {
+        self.queue_len.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_nar_dir_bytes(&self, n: u64) {
+        self.nar_dir_bytes.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A snapshot for the status page and `/health`.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let narinfo = |result| self.narinfo.get_or_create(&ResultLabels { result }).get();
+        let bytes = |c: Compression| {
+            self.nar_bytes
+                .get_or_create(&CompressionLabels {
+                    compression: c.narinfo_name(),
+                })
+                .get()
+        };
+        StatsSnapshot {
+            narinfo_hits: narinfo("hit"),
+            narinfo_misses: narinfo("miss"),
+            nar_bytes_none: bytes(Compression::None),
+            nar_bytes_xz: bytes(Compression::Xz),
+            nar_bytes_zstd: bytes(Compression::Zstd),
+            compression_queue_length: u64::try_from(self.queue_len.get()).unwrap_or(0),
+            nar_dir_bytes: u64::try_from(self.nar_dir_bytes.get()).unwrap_or(0),
+        }
+    }
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub narinfo_hits: u64,
+    pub narinfo_misses: u64,
+    pub nar_bytes_none: u64,
+    pub nar_bytes_xz: u64,
+    pub nar_bytes_zstd: u64,
+    pub compression_queue_length: u64,
+    pub nar_dir_bytes: u64,
+}
