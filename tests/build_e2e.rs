@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::api::{JsonExt, parse_json};
 use common::nix::{assert_success, is_valid, nix_copy_from};
@@ -163,6 +163,22 @@ fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
         "the log never names {out}: {lines:?}"
     );
     assert!(is_valid(&nix, root.to_str().unwrap(), &out));
+
+    // The supervisor handed the new paths to CacheServer (which queues their compression).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let handed_over = || {
+        server.metric(
+            "tailcache_actor_messages_handled_total",
+            &[("actor", "CacheServer"), ("message", "NewPaths")],
+        )
+    };
+    while handed_over() < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "CacheServer never got the build's new paths (NewPaths)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Stock Nix substitutes it from the cache listener, signatures required.
     let client = d.path().join("client");

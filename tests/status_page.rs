@@ -91,16 +91,10 @@ fn finish(mut b: Browser) -> String {
 
 /// How many `Follow` requests LogTail has handled (one per live-log subscriber).
 fn follows(server: &TestCache) -> f64 {
-    server
-        .metrics()
-        .lines()
-        .filter(|l| {
-            l.starts_with("tailcache_actor_messages_handled_total{")
-                && l.contains("actor=\"LogTail\"")
-                && l.contains("message=\"Follow\"")
-        })
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
+    server.metric(
+        "tailcache_actor_messages_handled_total",
+        &[("actor", "LogTail"), ("message", "Follow")],
+    )
 }
 
 fn artifacts_dir() -> PathBuf {
@@ -120,10 +114,12 @@ fn the_status_page_shows_the_key_and_live_log_lines_in_chromium() {
         .unwrap();
     let nonce = format!("{}", std::process::id());
     let gate = Gate::new(d.path(), "go");
+    // The log also echoes each step's command line, so the lines looked for are put
+    // together by the shell and never appear in the script's text.
     let steps = [sh_step(
         "live",
         &format!(
-            "echo page-before-{nonce}; {}; echo page-live-{nonce}",
+            "echo page-$(echo before)-{nonce}; {}; echo page-$(echo live)-{nonce}",
             gate.wait_script()
         ),
         "",

@@ -173,17 +173,18 @@ impl TestCache {
             .collect()
     }
 
-    /// Polls the log until a line contains `needle`.
-    pub fn wait_log_line(&self, needle: &str) -> Vec<String> {
+    /// Polls the log until a line is exactly `line` (the log also echoes each step's
+    /// command line, which contains the script's text).
+    pub fn wait_log_line(&self, line: &str) -> Vec<String> {
         let deadline = Instant::now() + API_TIMEOUT;
         loop {
             let lines = self.logs(1000);
-            if lines.iter().any(|l| l.contains(needle)) {
+            if lines.iter().any(|l| l == line) {
                 return lines;
             }
             assert!(
                 Instant::now() < deadline,
-                "no log line with {needle:?} within {API_TIMEOUT:?}; log: {lines:?}"
+                "no log line {line:?} within {API_TIMEOUT:?}; log: {lines:?}"
             );
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -211,6 +212,21 @@ impl TestCache {
         let r = self.api_get("/metrics");
         assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
         r.text()
+    }
+
+    /// The sum of the samples of `name` whose labels include all of `labels` (0 when
+    /// there are none).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.metrics();
+        let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
     }
 
     /// `<state_dir>/status.json`.

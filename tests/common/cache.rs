@@ -2,9 +2,9 @@
 //! `TestStore`, with a generated config and a private state directory; killed on
 //! drop (and the test fails with the server's stderr if it died on its own).
 //!
-//! With `.api()` the server also starts its build-API listener (`[api]`, optionally with a
-//! bearer token and a webhook secret, and a `[build]` section given as TOML); the handle
-//! then speaks to that listener too, and can stop the server with SIGTERM or SIGKILL.
+//! The server's build-API listener is on `127.0.0.1:0` as well (optionally with a bearer
+//! token and a webhook secret, and a `[build]` section given as TOML); the handle speaks
+//! to both listeners and can stop the server with SIGTERM or SIGKILL.
 //!
 //! With `TAILCACHE_ITEST_BACKEND=reference` the builder instead serves a signed
 //! `nix copy --to file://` cache of the same store with `python3 -m http.server`,
@@ -52,7 +52,6 @@ pub struct TestCacheBuilder<'a> {
     secret_keys: Vec<PathBuf>,
     priority: Option<u32>,
     state_dir: Option<PathBuf>,
-    api: bool,
     api_token: Option<String>,
     webhook_secret: Option<String>,
     build_toml: Option<String>,
@@ -79,6 +78,13 @@ pub struct TestCache {
     api_token: Option<String>,
     /// The test stopped the server on purpose; its exit is not a failure.
     stopped: bool,
+}
+
+/// A secret file as an operator writes one: owner-only, with a trailing newline.
+fn write_secret(path: &Path, secret: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn toml_str(p: &Path) -> String {
@@ -121,30 +127,20 @@ impl<'a> TestCacheBuilder<'a> {
         self
     }
 
-    /// Also start the build-API listener on `127.0.0.1:0`.
-    pub fn api(mut self) -> Self {
-        self.api = true;
-        self
-    }
-
-    /// POST routes then need `Authorization: Bearer <token>` (implies `.api()`).
+    /// POST routes then need `Authorization: Bearer <token>`.
     pub fn api_token(mut self, token: &str) -> Self {
-        self.api = true;
         self.api_token = Some(token.to_string());
         self
     }
 
-    /// Enables `POST /build/webhook` with this HMAC secret (implies `.api()`).
+    /// Enables `POST /build/webhook` with this HMAC secret.
     pub fn webhook_secret(mut self, secret: &str) -> Self {
-        self.api = true;
         self.webhook_secret = Some(secret.to_string());
         self
     }
 
-    /// The `[build]` section (and `[[build.steps]]`), as TOML, appended to the config
-    /// (implies `.api()`).
+    /// The `[build]` section (and `[[build.steps]]`), as TOML, appended to the config.
     pub fn build_toml(mut self, toml: &str) -> Self {
-        self.api = true;
         self.build_toml = Some(toml.to_string());
         self
     }
@@ -178,7 +174,7 @@ impl<'a> TestCacheBuilder<'a> {
             .clone()
             .unwrap_or_else(|| dir.path().join("state"));
         let mut cfg = format!(
-            "state_dir = {}\n\n[api]\nbind = \"127.0.0.1:0\"\n\n[cache]\nbind = \"127.0.0.1:0\"\nstore_dir = \"/nix/store\"\n\
+            "state_dir = {}\n\n[cache]\nbind = \"127.0.0.1:0\"\nstore_dir = \"/nix/store\"\n\
              compression = \"{}\"\ncompression_level = 1\n",
             toml_str(&state_dir),
             self.compression
@@ -193,16 +189,17 @@ impl<'a> TestCacheBuilder<'a> {
             let keys: Vec<String> = self.secret_keys.iter().map(|k| toml_str(k)).collect();
             cfg.push_str(&format!("secret_key_files = [{}]\n", keys.join(", ")));
         }
-        if self.api {
-            cfg.push_str("\n[api]\nbind = \"127.0.0.1:0\"\n");
+        // Every server runs the API listener, and its default port is fixed.
+        cfg.push_str("\n[api]\nbind = \"127.0.0.1:0\"\n");
+        {
             if let Some(token) = &self.api_token {
                 let f = dir.path().join("api-token");
-                std::fs::write(&f, format!("{token}\n")).unwrap();
+                write_secret(&f, token);
                 cfg.push_str(&format!("token_file = {}\n", toml_str(&f)));
             }
             if let Some(secret) = &self.webhook_secret {
                 let f = dir.path().join("webhook-secret");
-                std::fs::write(&f, format!("{secret}\n")).unwrap();
+                write_secret(&f, secret);
                 cfg.push_str(&format!("webhook_secret_file = {}\n", toml_str(&f)));
             }
         }
@@ -220,11 +217,7 @@ impl<'a> TestCacheBuilder<'a> {
         }
         // Keep the server's own logging readable in failure reports.
         cmd.env("NO_COLOR", "1");
-        let markers: &[&'static str] = if self.api {
-            &["cache listening on ", "api listening on "]
-        } else {
-            &["cache listening on "]
-        };
+        let markers = &["cache listening on ", "api listening on "];
         let mut cache = spawn_and_wait(cmd, dir, Backend::Tailcache, markers)?;
         cache.state_dir = state_dir;
         cache.api_token = self.api_token;
@@ -371,7 +364,6 @@ impl TestCache {
             secret_keys: Vec::new(),
             priority: None,
             state_dir: None,
-            api: false,
             api_token: None,
             webhook_secret: None,
             build_toml: None,
@@ -431,11 +423,11 @@ impl TestCache {
         }
     }
 
-    /// The listener of the build API (`.api()`), no trailing slash.
+    /// The listener of the build API, no trailing slash.
     pub fn api_url(&self) -> &str {
         self.api_url
             .as_deref()
-            .expect("this server has no API listener: use .api()")
+            .expect("the reference backend has no API listener")
     }
 
     /// The token POST routes need, when one was configured.
