@@ -98,10 +98,17 @@ impl NixEnv {
 
     /// A command for a Nix tool under this configuration, bounded in time.
     pub fn command(&self, program: &str) -> Command {
-        let d = self.dir.path();
         let mut c = Command::new("timeout");
-        c.args(["-k", "5", NIX_TIMEOUT_SECS, program])
-            .env("NIX_CONF_DIR", d.join("conf"))
+        c.args(["-k", "5", NIX_TIMEOUT_SECS, program]);
+        self.configure(&mut c);
+        c
+    }
+
+    /// Points any command at this configuration (e.g. a server whose build steps run
+    /// `nix`): the same environment `command` gives Nix's own tools.
+    pub fn configure(&self, c: &mut Command) {
+        let d = self.dir.path();
+        c.env("NIX_CONF_DIR", d.join("conf"))
             .env("NIX_USER_CONF_FILES", d.join("conf/empty.conf"))
             .env("XDG_CACHE_HOME", d.join("cache"))
             .env("XDG_CONFIG_HOME", d.join("config"))
@@ -120,7 +127,6 @@ impl NixEnv {
         ] {
             c.env_remove(var);
         }
-        c
     }
 
     /// Runs a Nix tool and returns its output, whatever its exit status.

@@ -2,6 +2,10 @@
 //! `TestStore`, with a generated config and a private state directory; killed on
 //! drop (and the test fails with the server's stderr if it died on its own).
 //!
+//! The server's build-API listener is on `127.0.0.1:0` as well (optionally with a bearer
+//! token and a webhook secret, and a `[build]` section given as TOML); the handle speaks
+//! to both listeners and can stop the server with SIGTERM or SIGKILL.
+//!
 //! With `TAILCACHE_ITEST_BACKEND=reference` the builder instead serves a signed
 //! `nix copy --to file://` cache of the same store with `python3 -m http.server`,
 //! which checks the Nix-side machinery of `tests/nix_client.rs` against Nix's own
@@ -17,11 +21,14 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::http;
+use super::json::Json;
 use super::narinfo::NarInfo;
-use super::nix::{TestStore, hash_part};
+use super::nix::{NixEnv, TestStore, hash_part};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const COMPRESS_TIMEOUT: Duration = Duration::from_secs(240);
+/// Upper bound for a state the build API is polled for.
+pub const API_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -45,6 +52,10 @@ pub struct TestCacheBuilder<'a> {
     secret_keys: Vec<PathBuf>,
     priority: Option<u32>,
     state_dir: Option<PathBuf>,
+    api_token: Option<String>,
+    webhook_secret: Option<String>,
+    build_toml: Option<String>,
+    nix: Option<&'a NixEnv>,
 }
 
 /// Why the server did not come up.
@@ -63,6 +74,17 @@ pub struct TestCache {
     dir: TempDir,
     state_dir: PathBuf,
     stdout: Arc<Mutex<String>>,
+    api_url: Option<String>,
+    api_token: Option<String>,
+    /// The test stopped the server on purpose; its exit is not a failure.
+    stopped: bool,
+}
+
+/// A secret file as an operator writes one: owner-only, with a trailing newline.
+fn write_secret(path: &Path, secret: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn toml_str(p: &Path) -> String {
@@ -105,6 +127,30 @@ impl<'a> TestCacheBuilder<'a> {
         self
     }
 
+    /// POST routes then need `Authorization: Bearer <token>`.
+    pub fn api_token(mut self, token: &str) -> Self {
+        self.api_token = Some(token.to_string());
+        self
+    }
+
+    /// Enables `POST /build/webhook` with this HMAC secret.
+    pub fn webhook_secret(mut self, secret: &str) -> Self {
+        self.webhook_secret = Some(secret.to_string());
+        self
+    }
+
+    /// The `[build]` section (and `[[build.steps]]`), as TOML, appended to the config.
+    pub fn build_toml(mut self, toml: &str) -> Self {
+        self.build_toml = Some(toml.to_string());
+        self
+    }
+
+    /// Runs the server (and so its build steps) under this private Nix configuration.
+    pub fn nix_env(mut self, nix: &'a NixEnv) -> Self {
+        self.nix = Some(nix);
+        self
+    }
+
     /// Starts the server and waits for its listening line; panics if it fails.
     pub fn start(self) -> TestCache {
         self.try_start()
@@ -128,7 +174,7 @@ impl<'a> TestCacheBuilder<'a> {
             .clone()
             .unwrap_or_else(|| dir.path().join("state"));
         let mut cfg = format!(
-            "state_dir = {}\n\n[api]\nbind = \"127.0.0.1:0\"\n\n[cache]\nbind = \"127.0.0.1:0\"\nstore_dir = \"/nix/store\"\n\
+            "state_dir = {}\n\n[cache]\nbind = \"127.0.0.1:0\"\nstore_dir = \"/nix/store\"\n\
              compression = \"{}\"\ncompression_level = 1\n",
             toml_str(&state_dir),
             self.compression
@@ -143,14 +189,38 @@ impl<'a> TestCacheBuilder<'a> {
             let keys: Vec<String> = self.secret_keys.iter().map(|k| toml_str(k)).collect();
             cfg.push_str(&format!("secret_key_files = [{}]\n", keys.join(", ")));
         }
+        // Every server runs the API listener, and its default port is fixed.
+        cfg.push_str("\n[api]\nbind = \"127.0.0.1:0\"\n");
+        {
+            if let Some(token) = &self.api_token {
+                let f = dir.path().join("api-token");
+                write_secret(&f, token);
+                cfg.push_str(&format!("token_file = {}\n", toml_str(&f)));
+            }
+            if let Some(secret) = &self.webhook_secret {
+                let f = dir.path().join("webhook-secret");
+                write_secret(&f, secret);
+                cfg.push_str(&format!("webhook_secret_file = {}\n", toml_str(&f)));
+            }
+        }
+        if let Some(build) = &self.build_toml {
+            cfg.push('\n');
+            cfg.push_str(build);
+            cfg.push('\n');
+        }
         let config = dir.path().join("config.toml");
         std::fs::write(&config, cfg).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailcache"));
         cmd.arg("serve").arg("--config").arg(&config);
+        if let Some(nix) = self.nix {
+            nix.configure(&mut cmd);
+        }
         // Keep the server's own logging readable in failure reports.
         cmd.env("NO_COLOR", "1");
-        let mut cache = spawn_and_wait(cmd, dir, Backend::Tailcache, "cache listening on ")?;
+        let markers = &["cache listening on ", "api listening on "];
+        let mut cache = spawn_and_wait(cmd, dir, Backend::Tailcache, markers)?;
         cache.state_dir = state_dir;
+        cache.api_token = self.api_token;
         Ok(cache)
     }
 
@@ -190,7 +260,7 @@ impl<'a> TestCacheBuilder<'a> {
         ])
         .arg(&cache)
         .arg("0");
-        let mut c = spawn_and_wait(cmd, dir, Backend::Reference, "Serving HTTP on ")
+        let mut c = spawn_and_wait(cmd, dir, Backend::Reference, &["Serving HTTP on "])
             .unwrap_or_else(|e| panic!("reference server: {e:#?}"));
         // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
         let port = c
@@ -209,7 +279,7 @@ fn spawn_and_wait(
     mut cmd: Command,
     dir: TempDir,
     backend: Backend,
-    marker: &'static str,
+    markers: &[&'static str],
 ) -> Result<TestCache, StartError> {
     let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
     let mut child = cmd
@@ -219,20 +289,29 @@ fn spawn_and_wait(
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     let stdout = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = sync_channel::<String>(1);
+    let (tx, rx) = sync_channel::<Vec<String>>(1);
     let pipe = child.stdout.take().unwrap();
     let collected = Arc::clone(&stdout);
+    let markers = markers.to_vec();
     // Drains stdout for the server's whole life, so it never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut tx = Some(tx);
+        let mut found: Vec<Option<String>> = vec![None; markers.len()];
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
             collected.lock().unwrap().push_str(&line);
             collected.lock().unwrap().push('\n');
-            if let Some(pos) = line.find(marker)
+            for (marker, slot) in markers.iter().zip(found.iter_mut()) {
+                if slot.is_none()
+                    && let Some(pos) = line.find(marker)
+                {
+                    *slot = Some(line[pos + marker.len()..].trim().to_string());
+                }
+            }
+            if found.iter().all(Option::is_some)
                 && let Some(tx) = tx.take()
             {
-                let _ = tx.send(line[pos + marker.len()..].trim().to_string());
+                let _ = tx.send(found.iter().flatten().cloned().collect());
             }
         }
     });
@@ -246,8 +325,11 @@ fn spawn_and_wait(
         }
     };
     match rx.recv_timeout(START_TIMEOUT) {
-        Ok(url) => {
-            let url = url.trim_end_matches('/').to_string();
+        Ok(urls) => {
+            let mut urls = urls
+                .into_iter()
+                .map(|u| u.trim_end_matches('/').to_string());
+            let url = urls.next().unwrap();
             Ok(TestCache {
                 child,
                 url,
@@ -255,6 +337,9 @@ fn spawn_and_wait(
                 state_dir: dir.path().join("state"),
                 dir,
                 stdout,
+                api_url: urls.next(),
+                api_token: None,
+                stopped: false,
             })
         }
         Err(RecvTimeoutError::Disconnected) => {
@@ -279,6 +364,10 @@ impl TestCache {
             secret_keys: Vec::new(),
             priority: None,
             state_dir: None,
+            api_token: None,
+            webhook_secret: None,
+            build_toml: None,
+            nix: None,
         }
     }
 
@@ -293,6 +382,57 @@ impl TestCache {
 
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir.clone()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM; the server's exit is then expected, not a failure.
+    pub fn sigterm(&mut self) {
+        self.stopped = true;
+        let status = Command::new("kill")
+            .args(["-s", "TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill9(&mut self) {
+        self.stopped = true;
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits for the server to exit on its own; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            // Polling the process's real state.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The listener of the build API, no trailing slash.
+    pub fn api_url(&self) -> &str {
+        self.api_url
+            .as_deref()
+            .expect("the reference backend has no API listener")
+    }
+
+    /// The token POST routes need, when one was configured.
+    pub fn api_token(&self) -> Option<&str> {
+        self.api_token.as_deref()
     }
 
     /// Everything the server printed on stdout so far.
@@ -383,6 +523,7 @@ impl Drop for TestCache {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(status) = exited
+            && !self.stopped
             && !std::thread::panicking()
         {
             panic!(

@@ -27,7 +27,7 @@ impl Response {
     }
 }
 
-fn host_port(base_url: &str) -> &str {
+pub fn host_port(base_url: &str) -> &str {
     let rest = base_url
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("only http:// URLs: {base_url}"));
@@ -36,6 +36,18 @@ fn host_port(base_url: &str) -> &str {
 
 /// One request on a fresh connection (`Connection: close`).
 pub fn request(base_url: &str, method: &str, target: &str, extra: &[(&str, &str)]) -> Response {
+    request_with_body(base_url, method, target, extra, &[])
+}
+
+/// One request with a body (sent with its `Content-Length`; none when `body` is empty
+/// and the method is not POST).
+pub fn request_with_body(
+    base_url: &str,
+    method: &str,
+    target: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let addr = host_port(base_url);
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
@@ -43,8 +55,13 @@ pub fn request(base_url: &str, method: &str, target: &str, extra: &[(&str, &str)
     for (k, v) in extra {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
         .unwrap_or_else(|e| panic!("{method} {target}: reading response: {e}"));
@@ -62,6 +79,10 @@ pub fn get(base_url: &str, target: &str) -> Response {
 
 pub fn head(base_url: &str, target: &str) -> Response {
     request(base_url, "HEAD", target, &[])
+}
+
+pub fn post(base_url: &str, target: &str, extra: &[(&str, &str)], body: &[u8]) -> Response {
+    request_with_body(base_url, "POST", target, extra, body)
 }
 
 fn parse_response(raw: &[u8], is_head: bool) -> Result<Response, String> {

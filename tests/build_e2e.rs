@@ -1,0 +1,196 @@
+//! The default build pipeline for real (issue 3, "Done when"): a local git repository
+//! holding a flake with no inputs whose output is a `builtins.derivation` with `/bin/sh`
+//! as builder; the server clones it, runs `nix flake update` and `nix build` (real Nix,
+//! into a throwaway store that its cache listener serves), the test follows the log over
+//! SSE to the end, checks the recorded commit, and stock Nix then substitutes the built
+//! output from the cache with signatures required.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::api::{JsonExt, parse_json};
+use common::nix::{assert_success, is_valid, nix_copy_from};
+use common::{NixEnv, TestCache};
+
+/// Real Nix builds: generous, but bounded.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=tailcache itest",
+            "-c",
+            "user.email=itest@tailcache.invalid",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .unwrap_or_else(|e| panic!("git {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[test]
+fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
+    let nix = NixEnv::new();
+    let d = tempfile::Builder::new()
+        .prefix("tc-e2e.")
+        .tempdir()
+        .unwrap();
+    let nonce = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let system = nix.run(
+        "nix",
+        &[
+            "eval",
+            "--impure",
+            "--raw",
+            "--expr",
+            "builtins.currentSystem",
+        ],
+    );
+
+    // The repository: one commit with a flake that needs nothing from outside.
+    let repo = d.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(
+        repo.join("flake.nix"),
+        format!(
+            r#"{{
+  description = "tailcache end-to-end test";
+  outputs = {{ self }}: {{
+    default = builtins.derivation {{
+      name = "tailcache-e2e";
+      system = "{system}";
+      builder = "/bin/sh";
+      PATH = "/usr/bin:/bin";
+      args = [ "-c" "echo e2e-builder-ran; echo hello-e2e {nonce} > $out" ];
+    }};
+  }};
+}}
+"#
+        ),
+    )
+    .unwrap();
+    git(&repo, &["add", "flake.nix"]);
+    git(&repo, &["commit", "-q", "-m", "a flake to build"]);
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+
+    // The store the server builds into and serves; it exists before the server starts,
+    // as a real one would.
+    let root = d.path().join("store");
+    let seed = d.path().join("seed");
+    std::fs::write(&seed, format!("seed {nonce}\n")).unwrap();
+    nix.run(
+        "nix-store",
+        &[
+            "--store",
+            root.to_str().unwrap(),
+            "--add",
+            seed.to_str().unwrap(),
+        ],
+    );
+    std::fs::create_dir_all(d.path().join("keys")).unwrap();
+    let key = nix.generate_key(&d.path().join("keys"), "e2e-1");
+
+    let build = format!(
+        "[build]\nrepository = {}\nbranch = \"main\"\nattribute = \"default\"\n\
+         nix_args = [\"--store\", {}]\nstep_timeout_secs = 300\nkill_grace_secs = 2\n",
+        toml_str(repo.to_str().unwrap()),
+        toml_str(root.to_str().unwrap()),
+    );
+    let server = TestCache::builder()
+        .store_root(&root)
+        .secret_key(&key.secret)
+        .nix_env(&nix)
+        .build_toml(&build)
+        .start();
+
+    let t = server.trigger("e2e", "itest");
+    assert_eq!(t.str_of("status"), Some("triggered"), "{t:?}");
+    let id = t.u64_of("build_id").expect("build_id");
+    let mut follow = server.follow(Some(1000));
+    let (lines, end) = follow.until_end(BUILD_TIMEOUT);
+    let end = parse_json("end event", &end.data);
+    assert_eq!(
+        end.str_of("result"),
+        Some("success"),
+        "build {id} ended {end:?}; log:\n{}\nstderr:\n{}",
+        lines.join("\n"),
+        server.stderr()
+    );
+    let s = server.wait_finished(id);
+    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
+    assert_eq!(s.str_of("last_commit"), Some(head.as_str()), "{s:?}");
+
+    // The out-link in the checkout names the output; the log printed it too.
+    let out_link = server.state_dir().join("checkout/result");
+    let out = std::fs::read_link(&out_link)
+        .unwrap_or_else(|e| panic!("{}: {e}", out_link.display()))
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        out.starts_with("/nix/store/") && out.ends_with("-tailcache-e2e"),
+        "{out}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(&out)),
+        "the log never names {out}: {lines:?}"
+    );
+    assert!(is_valid(&nix, root.to_str().unwrap(), &out));
+
+    // The supervisor handed the new paths to CacheServer (which queues their compression).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let handed_over = || {
+        server.metric(
+            "tailcache_actor_messages_handled_total",
+            &[("actor", "CacheServer"), ("message", "NewPaths")],
+        )
+    };
+    while handed_over() < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "CacheServer never got the build's new paths (NewPaths)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Stock Nix substitutes it from the cache listener, signatures required.
+    let client = d.path().join("client");
+    let client = client.to_str().unwrap();
+    let copy = nix_copy_from(&nix, server.url(), client, &key.public, &[&out]);
+    assert_success("nix copy --from the cache", &copy);
+    assert!(is_valid(&nix, client, &out));
+    let content = std::fs::read_to_string(
+        Path::new(client)
+            .join("nix/store")
+            .join(out.strip_prefix("/nix/store/").unwrap()),
+    )
+    .unwrap();
+    assert_eq!(content, format!("hello-e2e {nonce}\n"));
+}
