@@ -17,6 +17,11 @@ command -v nix-store >/dev/null 2>&1 || missing+=(nix-bin)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v xz >/dev/null 2>&1 || missing+=(xz-utils)      # independent decompressor in tests
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+command -v git >/dev/null 2>&1 || missing+=(git)                # the build pipeline's fetch step
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)    # checks /metrics
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)      # loads the status page
+command -v timeout >/dev/null 2>&1 || missing+=(coreutils)
+[ -x /usr/bin/kill ] || missing+=(procps)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "# installing: ${missing[*]}"

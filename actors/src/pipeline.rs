@@ -1,6 +1,7 @@
 //! The default build pipeline: bring a git checkout of one branch up to date (clone it the
 //! first time), `nix flake update` in it, then `nix build <checkout>#<attribute>` with an
-//! out-link, whose printed output paths become the build's new store paths.
+//! out-link, whose targets (read by the `outputs` step) become the build's new store paths.
+//! Nix 2.8, the oldest Nix this runs with, has no `nix build --print-out-paths`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,7 +49,7 @@ impl DefaultPipeline {
         }
     }
 
-    /// The steps: `fetch`, `flake-update`, `build`.
+    /// The steps: `fetch`, `flake-update`, `build`, `outputs`.
     pub fn steps(&self) -> Vec<Step> {
         let dir = self.checkout.display().to_string();
         // Whether to clone or fetch is decided when the step runs, not when the server
@@ -70,13 +71,7 @@ fi"#;
         let out_link = format!("{dir}/result");
         let build: Vec<&str> = {
             let mut v = features.to_vec();
-            v.extend([
-                "build",
-                flake_ref.as_str(),
-                "--out-link",
-                out_link.as_str(),
-                "--print-out-paths",
-            ]);
+            v.extend(["build", flake_ref.as_str(), "--out-link", out_link.as_str()]);
             v.extend(&extra);
             v
         };
@@ -101,8 +96,20 @@ fi"#;
                 .timeout(self.fetch_timeout),
             Step::new("build", nix.as_str(), &build)
                 .cwd(&self.checkout)
-                .timeout(self.build_timeout)
-                .capture(Capture::OutPaths),
+                .timeout(self.build_timeout),
+            // `result`, plus `result-<output>` for the other outputs of a multi-output build.
+            Step::new(
+                "outputs",
+                "/bin/sh",
+                &[
+                    "-c",
+                    r#"for l in "$1"/result "$1"/result-*; do [ -L "$l" ] && readlink "$l"; done; true"#,
+                    "outputs",
+                    &dir,
+                ],
+            )
+            .timeout(self.fetch_timeout)
+            .capture(Capture::OutPaths),
         ]
     }
 }
@@ -116,7 +123,7 @@ mod tests {
         let p = DefaultPipeline::new("https://example.org/r.git", "main", "/var/c", "pkgs.x");
         let steps = p.steps();
         let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["fetch", "flake-update", "build"]);
+        assert_eq!(names, ["fetch", "flake-update", "build", "outputs"]);
         assert_eq!(steps[0].capture, Capture::Commit("/var/c".into()));
         assert_eq!(
             &steps[0].args[3..],
@@ -128,14 +135,9 @@ mod tests {
         );
         assert_eq!(
             &steps[2].args[2..],
-            [
-                "build",
-                "/var/c#pkgs.x",
-                "--out-link",
-                "/var/c/result",
-                "--print-out-paths"
-            ]
+            ["build", "/var/c#pkgs.x", "--out-link", "/var/c/result",]
         );
-        assert_eq!(steps[2].capture, Capture::OutPaths);
+        assert_eq!(steps[3].args.last().map(String::as_str), Some("/var/c"));
+        assert_eq!(steps[3].capture, Capture::OutPaths);
     }
 }

@@ -25,7 +25,7 @@ pub enum Capture {
     /// After the step succeeds, `git -C <dir> rev-parse HEAD` is the build's commit.
     Commit(PathBuf),
     /// Lines of the step's stdout that are absolute paths are the build's new store paths
-    /// (`nix build --print-out-paths`).
+    /// (e.g. the targets of `nix build`'s out-links).
     OutPaths,
 }
 
