@@ -148,6 +148,14 @@ impl BuildSupervisor {
             stop,
             done,
         });
+        // Queued here, before the trigger is answered, so that anyone who hears "triggered"
+        // and then asks StatusStore or LogTail (FIFO mailboxes) sees this build running.
+        self.status.force(BuildStarted {
+            build_id,
+            requested_by: requested_by.clone(),
+            started: since.clone(),
+        });
+        self.log.force(BeginLog { build_id });
         let build = Build {
             build_id,
             requested_by,
@@ -350,17 +358,6 @@ impl Build {
     async fn run(self, mut stop: watch::Receiver<Option<StopReason>>) -> BuildRecord {
         let clock = Instant::now();
         let id = self.build_id;
-        let started = BuildStarted {
-            build_id: id,
-            requested_by: self.requested_by.clone(),
-            started: self.started.clone(),
-        };
-        if let Err(e) = self.status.ask(started).await {
-            tracing::error!("build {id}: {e}");
-        }
-        if let Err(e) = self.log.ask(BeginLog { build_id: id }).await {
-            tracing::error!("build {id}: {e}");
-        }
         let limits = RunLimits {
             max_line_bytes: self.settings.max_line_bytes,
             kill_grace: self.settings.kill_grace,

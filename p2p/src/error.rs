@@ -59,4 +59,44 @@ pub enum Error {
     /// The node's event loop has stopped.
     #[error("the p2p node has stopped")]
     NodeStopped,
+    // --- manifests ---
+    /// Bytes that do not decode as the named wire message.
+    #[error("malformed {what}: {reason}")]
+    Decode { what: &'static str, reason: String },
+    /// The manifest names a key that is not among the trusted ones.
+    #[error("P2P manifest signed by untrusted key {key_name:?}")]
+    UntrustedSigner { key_name: String },
+    /// A trusted key name, but the signature is not that key's signature of this manifest.
+    #[error("P2P manifest signature by {key_name:?} does not verify")]
+    BadSignature { key_name: String },
+    /// A correctly signed manifest whose parameters this implementation cannot use.
+    #[error("invalid P2P manifest: {reason}")]
+    InvalidManifest { reason: String },
+
+    // --- outboards and verification ---
+    /// An outboard of the wrong length for the file it claims to describe.
+    #[error("outboard has {got} bytes, expected {expected} for this file")]
+    OutboardSize { expected: u64, got: u64 },
+    /// The hash tree does not hash to the signed root: the outboard is forged or belongs
+    /// to another file.
+    #[error("outboard does not match the signed BLAKE3 root")]
+    OutboardMismatch,
+    /// A range the caller asked to verify is not one verification can be asked about
+    /// (not aligned to verification groups, or past the end of the file).
+    #[error("range at {offset} of {len} bytes cannot be verified: {reason}")]
+    InvalidRange {
+        offset: u64,
+        len: u64,
+        reason: &'static str,
+    },
+    /// Received bytes that do not match the hash tree; `failed` are the indices of the
+    /// verification groups to fetch again, from another source.
+    #[error("{} verification group(s) failed, first {}", failed.len(), failed.first().copied().unwrap_or_default())]
+    GroupsFailed { failed: Vec<u64> },
+    /// A stream carried more bytes than the file has.
+    #[error("stream is longer than the file ({file_size} bytes)")]
+    StreamTooLong { file_size: u64 },
+    /// A stream ended before the whole file was verified.
+    #[error("stream ended after {verified} of {file_size} bytes")]
+    StreamIncomplete { verified: u64, file_size: u64 },
 }

@@ -1,10 +1,14 @@
 //! One compression job: dump a store path as a NAR, check it against the NAR hash the store
 //! database records, compress it (xz with liblzma's multi-threaded encoder, or zstd) into a
-//! temporary file while hashing the compressed bytes, then rename it to `<filehash>.nar.xz`.
-//! Runs on a blocking thread; memory is bounded by the encoders' buffers, not the NAR size.
+//! temporary file while hashing the compressed bytes — SHA-256 for the narinfo, and the
+//! BLAKE3 tree for P2P verification — then rename the outboard to `<filehash>.nar.xz.obao`
+//! and the file to `<filehash>.nar.xz` (both before the index entry names them).
+//! Runs on a blocking thread; memory is bounded by the encoders' buffers, not the NAR size
+//! (the outboard is 32 bytes per 16 KiB of compressed file).
 
 use std::path::PathBuf;
 
+use tailcache_p2p::verify::{DEFAULT_BLOCK_LOG, Outboard, OutboardBuilder};
 use tailcache_store::hash::{HashingCounter, HashingWriter};
 use tailcache_store::nar::NarEncoder;
 use tailcache_store::{Sha256Hash, StorePathHash};
@@ -54,23 +58,73 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CompressErro
 /// Runs `job`, leaving either a complete file in `cache`'s directory or nothing.
 pub fn run(job: &Job, cache: &NarCache) -> Result<NarEntry, CompressError> {
     let tmp = cache.temp_path("nar");
-    let result = compress_to(job, &tmp);
-    let (file_hash, file_size) = match result {
+    let tmp_outboard = cache.temp_path("obao");
+    let result = compress_to(job, &tmp).and_then(|(file_hash, file_size, root, outboard)| {
+        write_synced(&tmp_outboard, outboard.as_bytes())?;
+        let dest = cache.outboard_path(&file_hash, job.compression);
+        std::fs::rename(&tmp_outboard, &dest)
+            .map_err(io(format!("rename to {}", dest.display())))?;
+        Ok((file_hash, file_size, root))
+    });
+    let (file_hash, file_size, root) = match result {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&tmp_outboard);
             return Err(e);
         }
     };
-    let entry = NarEntry::new(job.compression, file_hash, file_size, job.nar_hash);
+    let entry = NarEntry::new(
+        job.compression,
+        file_hash,
+        file_size,
+        job.nar_hash,
+        Some(root),
+    );
     let dest = cache.file_path(&file_hash, job.compression);
     std::fs::rename(&tmp, &dest).map_err(io(format!("rename to {}", dest.display())))?;
     Ok(entry)
 }
 
-fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<(Sha256Hash, u64), CompressError> {
+fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<(), CompressError> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).map_err(io(format!("create {}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io(format!("write {}", path.display())))
+}
+
+/// Passes compressed bytes to the file and, once written, to the BLAKE3 tree builder, so the
+/// outboard describes exactly the bytes on disk without a second read.
+struct Blake3Tee<W> {
+    inner: W,
+    tree: OutboardBuilder,
+}
+
+impl<W: std::io::Write> std::io::Write for Blake3Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.tree.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+type Compressed = (Sha256Hash, u64, [u8; 32], Outboard);
+
+fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<Compressed, CompressError> {
     let file = std::fs::File::create(tmp).map_err(io(format!("create {}", tmp.display())))?;
-    let out = HashingWriter::new(std::io::BufWriter::with_capacity(256 * 1024, file));
+    let tree = OutboardBuilder::new(DEFAULT_BLOCK_LOG).map_err(|e| CompressError::Io {
+        context: "BLAKE3 outboard".into(),
+        source: std::io::Error::other(e),
+    })?;
+    let out = HashingWriter::new(Blake3Tee {
+        inner: std::io::BufWriter::with_capacity(256 * 1024, file),
+        tree,
+    });
     let display = job.physical_path.display().to_string();
     let mut nar = NarEncoder::new(&job.physical_path).map_err(|e| CompressError::Io {
         context: display.clone(),
@@ -114,13 +168,15 @@ fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<(Sha256Hash, u64), Co
             want_size: job.nar_size,
         });
     }
-    let (buf, counter) = out.into_parts();
-    let file = buf.into_inner().map_err(|e| CompressError::Io {
+    let (tee, counter) = out.into_parts();
+    let file = tee.inner.into_inner().map_err(|e| CompressError::Io {
         context: "flush".into(),
         source: e.into_error(),
     })?;
     file.sync_all().map_err(io("fsync"))?;
-    Ok(counter.finish())
+    let (file_hash, file_size) = counter.finish();
+    let (root, outboard) = tee.tree.finish();
+    Ok((file_hash, file_size, root, outboard))
 }
 
 /// Copies the NAR stream into the encoder, hashing the uncompressed bytes on the way.

@@ -8,6 +8,7 @@
 //! - [`nar_cache`]: the on-disk directory of compressed NARs and its index.
 //! - [`compress`]: one compression job (NAR dump → xz/zstd file), run on a blocking thread.
 //! - [`narinfo`], [`nar`], [`build_log`]: the HTTP resources.
+//! - [`p2p`]: the signed P2P manifest and the BLAKE3 outboard of each compressed NAR.
 //! - [`body`]: streaming a blocking reader into a response body with bounded memory.
 //! - [`stats`]: the cache's Prometheus counters.
 //! - [`error`]: the one place that maps failures to HTTP statuses.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod nar;
 pub mod nar_cache;
 pub mod narinfo;
+pub mod p2p;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -167,6 +169,8 @@ pub fn router() -> Router<CacheState> {
         .route("/pubkey", get(get_pubkey))
         .route("/nar/{file}", get(nar::get_nar))
         .route("/log/{drv}", get(build_log::get_build_log))
+        .route("/p2p/manifest/{file}", get(p2p::get_manifest))
+        .route("/p2p/outboard/{file}", get(p2p::get_outboard))
         .route("/{file}", get(narinfo::get_narinfo))
 }
 

@@ -39,17 +39,31 @@ enum NarName {
     },
 }
 
+const BAD_NAME: CacheError = CacheError::BadRequest("malformed NAR file name");
+
+/// `<filehash>.nar.xz|.nar.zst` → its hash and compression; `None` for any other suffix.
+pub(super) fn parse_compressed_name(file: &str) -> Option<CacheResult<(Sha256Hash, Compression)>> {
+    [Compression::Xz, Compression::Zstd]
+        .into_iter()
+        .find_map(|compression| {
+            let stem = file.strip_suffix(format!(".nar{}", compression.extension()).as_str())?;
+            Some(
+                Sha256Hash::from_nix32(stem)
+                    .map(|h| (h, compression))
+                    .map_err(|_| BAD_NAME),
+            )
+        })
+}
+
 fn parse_name(file: &str, query_hash: Option<&str>) -> CacheResult<NarName> {
-    const BAD: CacheError = CacheError::BadRequest("malformed NAR file name");
+    const BAD: CacheError = BAD_NAME;
     let nar_hash = |s: &str| Sha256Hash::from_nix32(s).map_err(|_| BAD);
-    for compression in [Compression::Xz, Compression::Zstd] {
-        let suffix = format!(".nar{}", compression.extension());
-        if let Some(stem) = file.strip_suffix(suffix.as_str()) {
-            return Ok(NarName::Compressed {
-                file_hash: nar_hash(stem)?,
-                compression,
-            });
-        }
+    if let Some(parsed) = parse_compressed_name(file) {
+        let (file_hash, compression) = parsed?;
+        return Ok(NarName::Compressed {
+            file_hash,
+            compression,
+        });
     }
     let stem = file.strip_suffix(".nar").ok_or(BAD)?;
     let (path, hash) = match stem.split_once('-') {

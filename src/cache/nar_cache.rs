@@ -1,10 +1,13 @@
 //! The directory of precompressed NARs: files named by their own hash
-//! (`<filehash>.nar.xz`, `.nar.zst`) and an index from store-path hash to file, kept as one
-//! small text file per entry under `index/` so that adding an entry is one atomic rename.
+//! (`<filehash>.nar.xz`, `.nar.zst`), beside each its BLAKE3 outboard for P2P verification
+//! (`<filehash>.nar.xz.obao`, see `tailcache_p2p::verify`), and an index from store-path
+//! hash to file, kept as one small text file per entry under `index/` so that adding an
+//! entry is one atomic rename.
 //!
 //! Start-up removes what a crash can leave behind (temporary files, an index entry whose
-//! file is gone, a file no entry names). The size bound is enforced by the CacheServer
-//! actor, which evicts the least recently served entries.
+//! file is gone, a file or outboard no entry names); an entry whose outboard is missing
+//! keeps serving HTTP but is not offered to peers. The size bound is enforced by the
+//! CacheServer actor, which evicts the least recently served entries with their outboards.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -29,6 +32,8 @@ pub struct NarEntry {
     /// The NAR hash the file was made from; a store path whose current NAR hash differs
     /// (deleted and rebuilt) does not use this entry.
     pub nar_hash: Sha256Hash,
+    /// BLAKE3 root of the file, when its outboard is on disk beside it (P2P manifests).
+    pub blake3_root: Option<[u8; 32]>,
     /// Seconds since the epoch when the entry was last served (LRU order).
     last_used: AtomicU64,
 }
@@ -39,12 +44,14 @@ impl NarEntry {
         file_hash: Sha256Hash,
         file_size: u64,
         nar_hash: Sha256Hash,
+        blake3_root: Option<[u8; 32]>,
     ) -> Self {
         NarEntry {
             compression,
             file_hash,
             file_size,
             nar_hash,
+            blake3_root,
             last_used: AtomicU64::new(now()),
         }
     }
@@ -58,18 +65,27 @@ impl NarEntry {
         format_file_name(&self.file_hash, self.compression)
     }
 
+    /// `<filehash>.nar.xz.obao`: the file's BLAKE3 outboard.
+    pub fn outboard_name(&self) -> String {
+        format_outboard_name(&self.file_hash, self.compression)
+    }
+
     pub fn touch(&self) {
         self.last_used.store(now(), Ordering::Relaxed);
     }
 
     fn serialize(&self) -> String {
-        format!(
+        let mut text = format!(
             "Compression: {}\nFileHash: {}\nFileSize: {}\nNarHash: {}\n",
             self.compression.narinfo_name(),
             self.file_hash,
             self.file_size,
             self.nar_hash
-        )
+        );
+        if let Some(root) = &self.blake3_root {
+            text.push_str(&format!("Blake3Root: {}\n", hex(root)));
+        }
+        text
     }
 
     fn deserialize(text: &str, last_used: u64) -> Option<Self> {
@@ -87,6 +103,11 @@ impl NarEntry {
             file_hash: Sha256Hash::parse(fields.get("FileHash")?).ok()?,
             file_size: fields.get("FileSize")?.parse().ok()?,
             nar_hash: Sha256Hash::parse(fields.get("NarHash")?).ok()?,
+            // Optional: entries written before outboards existed have none.
+            blake3_root: match fields.get("Blake3Root") {
+                Some(h) => Some(unhex(h)?),
+                None => None,
+            },
             last_used: AtomicU64::new(last_used),
         })
     }
@@ -95,6 +116,26 @@ impl NarEntry {
 /// `<nix32 file hash>.nar<ext>`: the only names this directory ever serves.
 pub fn format_file_name(file_hash: &Sha256Hash, compression: Compression) -> String {
     format!("{}.nar{}", file_hash.to_nix32(), compression.extension())
+}
+
+/// `<filehash>.nar<ext>.obao`: the outboard of that file.
+pub fn format_outboard_name(file_hash: &Sha256Hash, compression: Compression) -> String {
+    format!("{}.obao", format_file_name(file_hash, compression))
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 fn now() -> u64 {
@@ -124,8 +165,12 @@ impl NarCache {
                 let text = std::fs::read_to_string(&path).ok()?;
                 let mtime = entry.metadata().ok()?.modified().ok()?;
                 let secs = mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let e = NarEntry::deserialize(&text, secs)?;
+                let mut e = NarEntry::deserialize(&text, secs)?;
                 let len = std::fs::metadata(dir.join(e.file_name())).ok()?.len();
+                if e.blake3_root.is_some() && !dir.join(e.outboard_name()).is_file() {
+                    tracing::warn!("{}: outboard missing; not offered to peers", e.file_name());
+                    e.blake3_root = None;
+                }
                 (len == e.file_size).then_some((hash, e))
             });
             match parsed {
@@ -135,8 +180,13 @@ impl NarCache {
                 None => remove_logged(&path),
             }
         }
-        let named: std::collections::HashSet<String> =
-            index.values().map(|e| e.file_name()).collect();
+        let named: std::collections::HashSet<String> = index
+            .values()
+            .flat_map(|e| {
+                let outboard = e.blake3_root.map(|_| e.outboard_name());
+                std::iter::once(e.file_name()).chain(outboard)
+            })
+            .collect();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -168,6 +218,25 @@ impl NarCache {
     /// The physical file of a compressed NAR named in a URL, if it exists.
     pub fn file_path(&self, file_hash: &Sha256Hash, compression: Compression) -> PathBuf {
         self.dir.join(format_file_name(file_hash, compression))
+    }
+
+    /// Where the BLAKE3 outboard of a compressed NAR is kept.
+    pub fn outboard_path(&self, file_hash: &Sha256Hash, compression: Compression) -> PathBuf {
+        self.dir.join(format_outboard_name(file_hash, compression))
+    }
+
+    /// The entry of a compressed file, by the file's own hash (what P2P URLs name). A scan:
+    /// the index is keyed by store path, and a few thousand entries take microseconds.
+    pub fn find_file(
+        &self,
+        file_hash: &Sha256Hash,
+        compression: Compression,
+    ) -> Option<Arc<NarEntry>> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index
+            .values()
+            .find(|e| e.file_hash == *file_hash && e.compression == compression)
+            .cloned()
     }
 
     /// A fresh temporary file name inside the directory (same file system: rename is atomic).
@@ -249,6 +318,7 @@ impl NarCache {
         drop(index);
         if !shared {
             remove_logged(&self.dir.join(e.file_name()));
+            remove_logged(&self.dir.join(e.outboard_name()));
         }
     }
 }
@@ -273,7 +343,14 @@ mod tests {
         let data = vec![n; size];
         let file_hash = Sha256Hash::digest(&data);
         std::fs::write(cache.file_path(&file_hash, Compression::Xz), &data).unwrap();
-        let e = NarEntry::new(Compression::Xz, file_hash, size as u64, Sha256Hash([n; 32]));
+        std::fs::write(cache.outboard_path(&file_hash, Compression::Xz), [n; 64]).unwrap();
+        let e = NarEntry::new(
+            Compression::Xz,
+            file_hash,
+            size as u64,
+            Sha256Hash([n; 32]),
+            Some([n; 32]),
+        );
         e.last_used.store(n as u64, Ordering::Relaxed);
         cache.insert(hash(n), e).unwrap();
     }
@@ -286,6 +363,11 @@ mod tests {
         put(&cache, 2, 20);
         std::fs::write(cache.temp_path("junk"), b"half").unwrap();
         std::fs::write(dir.path().join("orphan.nar.xz"), b"x").unwrap();
+        std::fs::write(dir.path().join("orphan.nar.xz.obao"), b"x").unwrap();
+        // An entry whose outboard is lost keeps its NAR but is no longer offered to peers.
+        put(&cache, 3, 30);
+        let three = Sha256Hash::digest(&[3; 30]);
+        std::fs::remove_file(cache.outboard_path(&three, Compression::Xz)).unwrap();
         std::fs::write(
             dir.path().join("index").join(hash(9).to_string()),
             b"garbage",
@@ -294,8 +376,19 @@ mod tests {
         drop(cache);
 
         let cache = NarCache::open(dir.path()).unwrap();
-        assert_eq!(cache.len(), 2);
-        assert_eq!(cache.total_bytes(), 30);
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.total_bytes(), 60);
+        let one = cache
+            .find_file(&Sha256Hash::digest(&[1; 10]), Compression::Xz)
+            .unwrap();
+        assert_eq!(one.blake3_root, Some([1; 32]), "root survives the restart");
+        assert!(
+            cache
+                .find_file(&Sha256Hash::digest(&[1; 10]), Compression::Zstd)
+                .is_none()
+        );
+        let three = cache.find_file(&three, Compression::Xz).unwrap();
+        assert_eq!(three.blake3_root, None);
         assert!(cache.contains(&hash(1), &Sha256Hash([1; 32])));
         assert!(
             !cache.contains(&hash(1), &Sha256Hash([7; 32])),
@@ -306,7 +399,12 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names.len(), 3, "two NAR files and index/: {names:?}");
+        assert_eq!(
+            names.len(),
+            6,
+            "three NAR files, two outboards and index/: {names:?}"
+        );
+        assert!(!names.iter().any(|n| n.starts_with("orphan")), "{names:?}");
         assert!(!dir.path().join("index").join(hash(9).to_string()).exists());
     }
 
@@ -325,11 +423,11 @@ mod tests {
         );
         assert!(cache.contains(&hash(4), &Sha256Hash([4; 32])));
         assert!(!cache.contains(&hash(2), &Sha256Hash([2; 32])));
-        assert!(
-            !cache
-                .file_path(&Sha256Hash::digest(&[2; 100]), Compression::Xz)
-                .exists()
-        );
+        let two = Sha256Hash::digest(&[2; 100]);
+        assert!(!cache.file_path(&two, Compression::Xz).exists());
+        assert!(!cache.outboard_path(&two, Compression::Xz).exists());
+        let four = Sha256Hash::digest(&[4; 100]);
+        assert!(cache.outboard_path(&four, Compression::Xz).exists());
         assert_eq!(cache.evict_to(1000), 0);
     }
 }

@@ -163,6 +163,13 @@ impl SecretKey {
         let sig = self.key.sign(fingerprint.as_bytes());
         format!("{}:{}", self.name, BASE64.encode(sig.to_bytes()))
     }
+
+    /// A detached ed25519 signature of arbitrary bytes. For signature domains other than
+    /// Nix's fingerprints (the P2P manifest): the caller must prefix `msg` with a domain tag
+    /// that no Nix fingerprint can start with, so the two kinds can never be confused.
+    pub fn sign_raw(&self, msg: &[u8]) -> [u8; 64] {
+        self.key.sign(msg).to_bytes()
+    }
 }
 
 /// A named ed25519 public key, as listed in Nix's `trusted-public-keys`.
@@ -216,6 +223,14 @@ impl PublicKey {
         // libsodium's crypto_sign_verify_detached (what Nix uses) does.
         self.key
             .verify_strict(fingerprint.as_bytes(), &Signature::from_bytes(&bytes))
+            .is_ok()
+    }
+
+    /// Whether `sig` is this key's detached signature of `msg` (see
+    /// [`SecretKey::sign_raw`]); strict, like [`PublicKey::verify`].
+    pub fn verify_raw(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
+        self.key
+            .verify_strict(msg, &Signature::from_bytes(sig))
             .is_ok()
     }
 }
@@ -343,6 +358,31 @@ mod tests {
             &[sig]
         ));
         assert!(!verify_any(&[pk], "1;/nix/store/x;sha256:y;1;", &[]));
+    }
+
+    #[test]
+    fn raw_signatures_are_plain_ed25519() {
+        let sk = SecretKey::generate("raw-1").unwrap();
+        let pk = sk.public();
+        let msg = b"domain\0\x01\x02 arbitrary bytes";
+        let sig = sk.sign_raw(msg);
+        assert!(pk.verify_raw(msg, &sig));
+        assert!(!pk.verify_raw(b"domain\0\x01\x03 arbitrary bytes", &sig));
+        let mut bad = sig;
+        bad[10] ^= 1;
+        assert!(!pk.verify_raw(msg, &bad));
+        assert!(
+            !SecretKey::generate("raw-1")
+                .unwrap()
+                .public()
+                .verify_raw(msg, &sig)
+        );
+        // The same bytes signed through the Nix API give the same signature: one key, one
+        // algorithm; only the message decides the domain.
+        let text = "1;/nix/store/x;sha256:y;1;";
+        let nix_sig = sk.sign(text);
+        let b64 = BASE64.encode(sk.sign_raw(text.as_bytes()));
+        assert_eq!(nix_sig, format!("raw-1:{b64}"));
     }
 
     #[test]
