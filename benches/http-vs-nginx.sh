@@ -18,10 +18,12 @@
 #   NARINFO_PATHS=50     extra tiny paths for the narinfo latency test
 #   DURATION=5           seconds of each wrk narinfo run
 #   NARINFO_CYCLES=40    rounds over every narinfo in the curl latency run
-#   RUNS=5               hyperfine runs per download measurement (after 1 warm-up)
+#   RUNS=7               hyperfine runs per download measurement (after 1 warm-up); median reported
 #   RSS_ROUNDS=3         back-to-back rounds of 16 downloads while sampling RSS
 #   COMPRESS_TIMEOUT=900 seconds to wait for tailcache's background xz jobs
 #   TAILCACHE_BIN=…      use this binary instead of `cargo build --release`
+#   TAILCACHE_ENV="K=V …" extra environment for the tailcache servers, e.g. allocator
+#                        settings such as MALLOC_MMAP_THRESHOLD_=131072 (noted in the report)
 #   KEEP=1 / --keep      keep the temp dir (store, caches, logs)
 #
 # Everything listens on 127.0.0.1 only; every process started here is stopped on exit.
@@ -34,7 +36,7 @@ BIG_MIB=${BIG_MIB:-100}
 SMALL_FILES=${SMALL_FILES:-2000}
 NARINFO_PATHS=${NARINFO_PATHS:-50}
 DURATION=${DURATION:-5}
-RUNS=${RUNS:-5}
+RUNS=${RUNS:-7}
 COMPRESS_TIMEOUT=${COMPRESS_TIMEOUT:-900}
 KEEP=${KEEP:-0}
 [ "${1:-}" = "--keep" ] && KEEP=1
@@ -238,7 +240,9 @@ compression = "$comp"
 compression_level = 6
 secret_key_files = ["$D/key.sec"]
 EOF
-    RUST_LOG=warn "$BIN" serve --config "$dir/config.toml" > "$dir/stdout" 2> "$dir/stderr" &
+    # Word splitting of TAILCACHE_ENV is intended: it is a list of K=V words.
+    # shellcheck disable=SC2086
+    env RUST_LOG=warn ${TAILCACHE_ENV:-} "$BIN" serve --config "$dir/config.toml" > "$dir/stdout" 2> "$dir/stderr" &
     local pid=$!
     PIDS+=("$pid")
     for i in $(seq 300); do
@@ -368,20 +372,21 @@ measure_narinfo tc-none "$TCN_URL" ""
 measure_narinfo ngx-xz "$NGINX_URL" /xz
 measure_narinfo tc-xz "$TCX_URL" ""
 
-# hyperfine_mean KEY COMMAND… → mean seconds into R[KEY]
-hyperfine_mean() {
+# hyperfine_median KEY COMMAND… → median seconds into R[KEY]. The median, not the mean:
+# on a shared machine one descheduled run would otherwise move the figure most.
+hyperfine_median() {
     local key=$1 f=$D/out/hf-${1//\//_}
     shift
     hyperfine --style none --warmup 1 --runs "$RUNS" --export-csv "$f.csv" "$@" > "$f.log" 2>&1 \
         || { cat "$f.log" >&2; die "hyperfine failed for $key"; }
-    R[$key]=$(sed -n 2p "$f.csv" | cut -d, -f2)
+    R[$key]=$(sed -n 2p "$f.csv" | cut -d, -f4)
 }
 log "NAR downloads (hyperfine, $RUNS runs + 1 warm-up each)"
 for which in big small; do
     for k in ngx-none tc-none ngx-xz tc-xz; do
         u=${URL[$k-$which]}
-        hyperfine_mean "dl1-$which/$k" -N "curl -sSf -o /dev/null $u"
-        hyperfine_mean "dl16-$which/$k" "seq 16 | xargs -P16 -I{} curl -sSf -o /dev/null $u"
+        hyperfine_median "dl1-$which/$k" -N "curl -sSf -o /dev/null $u"
+        hyperfine_median "dl16-$which/$k" "seq 16 | xargs -P16 -I{} curl -sSf -o /dev/null $u"
     done
 done
 
@@ -479,10 +484,11 @@ out=$ROOT/bench-results/http-vs-nginx-$stamp.md
     echo "Paths: $npaths (big ${BIG_MIB} MiB random: NAR ${SIZE[ngx-none-big]} B; ${SMALL_FILES} files of 1–8 KiB: NAR ${SIZE[ngx-none-small]} B;"
     echo "xz files: nix copy ${SIZE[ngx-xz-big]} / ${SIZE[ngx-xz-small]} B, tailcache ${SIZE[tc-xz-big]} / ${SIZE[tc-xz-small]} B)."
     echo "narinfo: req/s from wrk -t1 -c1 -d${DURATION}s cycling all $npaths narinfos; latency from one curl fetching"
-    echo "every narinfo $NARINFO_CYCLES times over one keep-alive connection. Downloads: hyperfine mean of $RUNS runs"
+    echo "every narinfo $NARINFO_CYCLES times over one keep-alive connection. Downloads: hyperfine median of $RUNS runs"
     echo "(1 conn: one curl; 16 conn: 16 parallel curls, wall time until all finish). Ratio = tailcache throughput / nginx throughput"
     echo "(for latency rows: nginx mean / tailcache mean). RSS sampled every 100 ms while 16 clients download"
     echo "the big NAR $RSS_ROUNDS × 16 times (nginx: master + workers); idle = just before."
+    [ -n "${TAILCACHE_ENV:-}" ] && echo "tailcache ran with environment: \`$TAILCACHE_ENV\`."
     echo "tailcache VmHWM over the whole run: none $((hwm_none / 1024)) MiB, xz $((hwm_xz / 1024)) MiB (includes compression jobs)."
     echo
     echo "| measurement | nginx | tailcache | ratio | goal |"
