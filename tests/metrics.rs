@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 
 use common::api::{build_section, sh_step};
 use common::nix::{hash_part, unknown_store_path};
@@ -56,35 +54,6 @@ fn samples(text: &str) -> Vec<Sample> {
         .collect()
 }
 
-fn promtool_check(text: &str) {
-    let promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match promtool {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "promtool is required for this test (Debian package `prometheus`): cannot run it: {e}"
-        ),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed ({}):\n{}{}\n--- exposition ---\n{text}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn metrics_pass_promtool_and_cover_actors_builds_and_cache() {
     let store = TestStore::build_small();
@@ -112,7 +81,7 @@ fn metrics_pass_promtool_and_cover_actors_builds_and_cache() {
     assert_eq!(miss.status, 404);
 
     let text = server.metrics();
-    promtool_check(&text);
+    tailcache_testkit::promtool::check_metrics(&text);
     let all = samples(&text);
     let find = |name: &str, label: (&str, &str)| {
         all.iter()
