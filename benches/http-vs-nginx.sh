@@ -233,6 +233,8 @@ start_tailcache() {
     : > "$dir/stdout"
     cat > "$dir/config.toml" <<EOF
 state_dir = "$dir/state"
+[api]
+bind = "127.0.0.1:0"
 [cache]
 bind = "127.0.0.1:0"
 store_root = "$S"

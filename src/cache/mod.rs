@@ -11,6 +11,7 @@
 //! - [`p2p`]: the signed P2P manifest and the BLAKE3 outboard of each compressed NAR.
 //! - [`body`]: streaming a blocking reader into a response body with bounded memory.
 //! - [`stats`]: the cache's Prometheus counters.
+//! - [`signatures`]: the bounded cache of our narinfo signatures.
 //! - [`error`]: the one place that maps failures to HTTP statuses.
 //!
 //! The request path never waits on the actor's mailbox: handlers read an `Arc`ed snapshot
@@ -26,6 +27,7 @@ pub mod nar;
 pub mod nar_cache;
 pub mod narinfo;
 pub mod p2p;
+pub mod signatures;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -51,6 +53,7 @@ pub struct CacheState {
 struct Shared {
     store: Arc<LazyStore>,
     keys: Vec<SecretKey>,
+    signatures: signatures::SignatureCache,
     cache_info: String,
     compression: Compression,
     nars: Arc<NarCache>,
@@ -119,6 +122,7 @@ impl CacheState {
             inner: Arc::new(Shared {
                 store: p.store,
                 keys: p.keys,
+                signatures: signatures::SignatureCache::default(),
                 cache_info,
                 compression: p.compression,
                 nars: p.nars,
@@ -138,6 +142,10 @@ impl CacheState {
 
     pub fn keys(&self) -> &[SecretKey] {
         &self.inner.keys
+    }
+
+    pub fn signatures(&self) -> &signatures::SignatureCache {
+        &self.inner.signatures
     }
 
     pub fn stats(&self) -> &CacheStats {

@@ -37,7 +37,7 @@ pub async fn get_narinfo(
     Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], text).into_response())
 }
 
-/// The narinfo text for `info`, signed by every configured key.
+/// The narinfo text for `info`, signed by every configured key (signatures are cached).
 pub fn render(state: &CacheState, info: PathInfo) -> String {
     let store_dir = state.store_dir();
     let path_hash = info.path.hash();
@@ -78,8 +78,14 @@ pub fn render(state: &CacheState, info: PathInfo) -> String {
         sigs: info.sigs,
         ca: info.ca,
     };
-    for key in state.keys() {
-        narinfo.sign(key, store_dir);
+    let ours = state
+        .signatures()
+        .get_or_sign((path_hash, narinfo.nar_hash), || {
+            let fingerprint = narinfo.fingerprint(store_dir);
+            state.keys().iter().map(|k| k.sign(&fingerprint)).collect()
+        });
+    for sig in ours.iter() {
+        narinfo.add_signature(sig.clone());
     }
     narinfo.render(store_dir)
 }

@@ -193,9 +193,15 @@ impl NarInfo {
 
     /// Adds `key`'s signature, replacing an existing one by a key of the same name.
     pub fn sign(&mut self, key: &SecretKey, store_dir: &str) {
-        let sig = key.sign(&self.fingerprint(store_dir));
-        let prefix = format!("{}:", key.name());
-        self.sigs.retain(|s| !s.starts_with(&prefix));
+        self.add_signature(key.sign(&self.fingerprint(store_dir)));
+    }
+
+    /// Adds a signature made earlier (`name:base64`), replacing any by the same key name.
+    pub fn add_signature(&mut self, sig: String) {
+        if let Some((name, _)) = sig.split_once(':') {
+            let prefix = format!("{name}:");
+            self.sigs.retain(|s| !s.starts_with(&prefix));
+        }
         self.sigs.push(sig);
     }
 
