@@ -547,3 +547,28 @@ fn completions_and_man_pages() {
     let o = run(d.path(), "bt", &["--bogus"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn bt_wait_shows_the_step_in_a_terminal() {
+    let d = scratch();
+    let gate = Gate::new(d.path(), "go");
+    let server = start(d.path(), Some(&held_build(&gate)), None);
+    let url = server.api_url();
+    let term = Tmux::start(
+        d.path(),
+        &in_terminal(d.path(), "bt", &["--server", url, "--wait"]),
+    );
+    let screen = term.wait_for("the spinner on step hold", |s| s.contains(": hold ·"));
+    let id = status_json(d.path(), url).build_id.unwrap();
+    assert!(
+        screen.contains(&format!("build {id} triggered")),
+        "{screen}"
+    );
+    assert!(screen.contains(&format!("build {id}: hold")), "{screen}");
+    gate.open();
+    let screen = term.wait_for("the end", |s| s.contains("EXIT="));
+    assert!(screen.contains(&format!("build {id} success")), "{screen}");
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    // The spinner line is cleared at the end.
+    assert!(!screen.contains(": hold ·"), "{screen}");
+}
