@@ -320,7 +320,7 @@ pub fn run(a: &BootstrapArgs) -> Result<u8, CliError> {
         cache_url,
         keys,
         template: a.template,
-        user: std::env::var("USER").unwrap_or_else(|_| "user".into()),
+        user: client::Who::current().user,
         home: std::env::var("HOME").unwrap_or_else(|_| "/home/user".into()),
         system: nix_system(),
     };

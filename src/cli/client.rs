@@ -108,6 +108,7 @@ impl Who {
         let user = ["USER", "LOGNAME"]
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+            .or_else(user_from_passwd)
             .unwrap_or_else(|| "unknown".to_owned());
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
@@ -118,6 +119,24 @@ impl Who {
             .unwrap_or_else(|| "unknown".to_owned());
         Who { user, host }
     }
+}
+
+/// The login name of this process's uid (for shells started without `$USER`, as in cron
+/// or `tmux new-session` with a minimal environment).
+fn user_from_passwd() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_owned())
+    })
 }
 
 /// A client of one build server.
