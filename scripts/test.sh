@@ -21,6 +21,7 @@ command -v git >/dev/null 2>&1 || missing+=(git)                # the build pipe
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)    # checks /metrics
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)      # loads the status page
 command -v timeout >/dev/null 2>&1 || missing+=(coreutils)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)              # the CLI's terminal tests
 [ -x /usr/bin/kill ] || missing+=(procps)
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then

@@ -6,9 +6,11 @@
 //! - [`api`]: the build-API listener — builds, logs, health, metrics, status page.
 //! - [`keys`]: loading the signing keys, or generating the default one on first start.
 //! - [`server`]: the composition root — starts the actors and the listeners.
+//! - [`cli`]: the client — `bt`, `bs`, `bl`, completions, man pages, bootstrap.
 
 pub mod api;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod keys;
 pub mod server;

@@ -1,10 +1,13 @@
-//! The `tailcache` binary: `serve` (the build server and binary cache) and `keygen`.
+//! The `tailcache` binary: `serve` (the build server and binary cache), `keygen`, and the
+//! client verbs of [`tailcache::cli`] (`trigger`, `status`, `logs`, `completions`, `man`,
+//! `bootstrap-new-machine`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use tailcache::cli::{self, ServerArgs};
 use tailcache::config::{Config, ServeOverrides};
 use tailcache_store::signing::SecretKey;
 
@@ -25,6 +28,38 @@ enum Command {
     Serve(ServeOverrides),
     /// Generate a signing key pair in Nix's format.
     Keygen(KeygenArgs),
+    /// Trigger a build (as `bt`).
+    Trigger {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        args: cli::TriggerArgs,
+    },
+    /// Show the build status (as `bs`).
+    Status {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        args: cli::StatusArgs,
+    },
+    /// Show the build log (as `bl`).
+    Logs {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        args: cli::LogsArgs,
+    },
+    /// Print a shell completion script.
+    Completions {
+        shell: clap_complete::Shell,
+        /// The program to complete.
+        #[arg(long, value_enum, default_value = "tailcache")]
+        program: cli::Program,
+    },
+    /// Write man pages (tailcache, bt, bs, bl and the subcommands) into a directory.
+    Man { dir: PathBuf },
+    /// Write a home-manager configuration for a new machine that uses this server.
+    BootstrapNewMachine(cli::bootstrap::BootstrapArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,16 +74,29 @@ struct KeygenArgs {
 
 fn main() -> ExitCode {
     pin_mmap_threshold();
+    let cli = Cli::parse();
+    let client = |r| cli::finish("tailcache", r);
+    match cli.command {
+        Command::Serve(_) | Command::Keygen(_) => {}
+        Command::Trigger { server, args } => return client(cli::commands::trigger(&server, &args)),
+        Command::Status { server, args } => return client(cli::commands::status(&server, &args)),
+        Command::Logs { server, args } => return client(cli::commands::logs(&server, &args)),
+        Command::Completions { shell, program } => {
+            return client(cli::completions(shell, program, Cli::command()));
+        }
+        Command::Man { dir } => return client(cli::man_pages(&dir, Cli::command())),
+        Command::BootstrapNewMachine(a) => return client(cli::bootstrap::run(&a)),
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(o) => serve(&o),
         Command::Keygen(a) => keygen(&a),
+        _ => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

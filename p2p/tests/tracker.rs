@@ -190,10 +190,14 @@ async fn a_kept_connection_outlives_the_idle_timeout() {
         .await
         .unwrap();
     let (b, _) = start(short(config()), Arc::new(NoPieces), quic()).await;
+    let mut b_events = b.subscribe();
     b.dial(tp, vec![t_addr]).await.unwrap();
     b.announce(tp, vec![ann(G, true)], vec![]).await.unwrap();
 
     wait_event(&mut events, disconnected(b.peer_id())).await;
+    // Both ends must have seen the close before B asks again, or B's request could go out
+    // on the connection that is being torn down.
+    wait_event(&mut b_events, disconnected(tp)).await;
     assert!(t.connected_peers().await.unwrap().contains(&a.peer_id()));
     let f = b.who_has(tp, F).await.unwrap();
     assert_eq!(f.len(), 1, "A is still listed");

@@ -1,0 +1,295 @@
+//! The verbs: `trigger` (`bt`), `status` (`bs`) and `logs` (`bl`).
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tailcache_actors::status::{BuildResult, BuildStatus, RequestedBy};
+
+use super::client::{CliError, Client};
+use super::output::{self, Style};
+use super::{LogsArgs, ServerArgs, StatusArgs, TriggerArgs, config, exit};
+
+/// How often `--wait` and `--watch` ask for the status.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The reply of `POST /build/trigger` (`TriggerOutcome` plus `message`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TriggerReply {
+    Triggered {
+        build_id: u64,
+    },
+    AlreadyRunning {
+        build_id: u64,
+        since: String,
+        requested_by: RequestedBy,
+    },
+    Queued {
+        after_build: u64,
+    },
+}
+
+/// Which build `--wait` waits for.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Build(u64),
+    /// The build queued after this one (its id is not known yet).
+    After(u64),
+}
+
+fn client(server: &ServerArgs) -> Result<Client, CliError> {
+    Client::new(config::endpoint(server)?)
+}
+
+pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> {
+    let client = client(server)?;
+    let raw = client.trigger()?;
+    let reply: TriggerReply =
+        serde_json::from_value(raw.clone()).map_err(|e| CliError::BadReply {
+            url: client.url().to_owned(),
+            reason: format!("the trigger reply: {e}"),
+        })?;
+    let style = Style::stdout();
+    if args.json {
+        println!("{raw}");
+    } else {
+        match &reply {
+            TriggerReply::Triggered { build_id } => {
+                println!("{} build {build_id} triggered", style.green("✓"));
+            }
+            TriggerReply::AlreadyRunning {
+                build_id,
+                since,
+                requested_by,
+            } => println!(
+                "build {build_id} already running since {} (triggered by {})",
+                output::clock(since),
+                output::who(requested_by)
+            ),
+            TriggerReply::Queued { after_build } => {
+                println!("build {after_build} is running; another build is queued to run after it")
+            }
+        }
+    }
+    if !args.wait {
+        return Ok(exit::OK);
+    }
+    let target = match reply {
+        TriggerReply::Triggered { build_id } | TriggerReply::AlreadyRunning { build_id, .. } => {
+            Target::Build(build_id)
+        }
+        TriggerReply::Queued { after_build } => Target::After(after_build),
+    };
+    let (build_id, result) = wait_for(&client, target, !args.json)?;
+    if args.json {
+        let end = serde_json::json!({ "build_id": build_id, "result": result.as_str() });
+        println!("{end}");
+    } else {
+        let mark = if result == BuildResult::Success {
+            style.green("✓")
+        } else {
+            style.red("✗")
+        };
+        println!("{mark} build {build_id} {}", style.result(result));
+    }
+    if result == BuildResult::Success {
+        Ok(exit::OK)
+    } else {
+        if !args.json {
+            // What a person needs next is the end of the log.
+            if let Ok(lines) = client.logs(20) {
+                for l in lines {
+                    eprintln!("  {l}");
+                }
+            }
+        }
+        Ok(exit::BUILD_FAILED)
+    }
+}
+
+/// Whether `target` is over in `s`, and how.
+fn finished(s: &BuildStatus, target: Target) -> Option<(u64, BuildResult)> {
+    s.history
+        .iter()
+        .find(|r| match target {
+            Target::Build(id) => r.build_id == id,
+            Target::After(id) => r.build_id > id,
+        })
+        .map(|r| (r.build_id, r.result))
+}
+
+/// Polls the status until the build ends; a spinner with step and elapsed time on a
+/// terminal, one line per step otherwise.
+fn wait_for(client: &Client, target: Target, human: bool) -> Result<(u64, BuildResult), CliError> {
+    let tty = human && output::stdout_is_tty();
+    let bar = if tty {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Some(bar)
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let mut last_step: Option<String> = None;
+    let outcome = loop {
+        let s = client.status()?;
+        if let Some(done) = finished(&s, target) {
+            break done;
+        }
+        let ours = match target {
+            Target::Build(id) => s.build_id == Some(id),
+            Target::After(id) => s.build_id.is_some_and(|b| b > id),
+        };
+        let step = if ours && s.is_running {
+            s.current_step.clone().unwrap_or_else(|| "starting".into())
+        } else {
+            "waiting for the running build".into()
+        };
+        let elapsed = if ours {
+            output::elapsed_since(s.last_start.as_deref())
+        } else {
+            None
+        }
+        .unwrap_or_else(|| output::duration(started.elapsed().as_secs_f64()));
+        let id = match target {
+            Target::Build(id) => id.to_string(),
+            Target::After(id) => format!("after {id}"),
+        };
+        if let Some(bar) = &bar {
+            bar.set_message(format!("build {id}: {step} · {elapsed}"));
+        } else if human && last_step.as_deref() != Some(step.as_str()) {
+            println!("build {id}: {step}");
+            let _ = std::io::stdout().flush();
+        }
+        last_step = Some(step);
+        std::thread::sleep(POLL);
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(outcome)
+}
+
+pub fn status(server: &ServerArgs, args: &StatusArgs) -> Result<u8, CliError> {
+    let client = client(server)?;
+    let s = client.status()?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&s).map_err(|e| CliError::BadReply {
+            url: client.url().to_owned(),
+            reason: e.to_string(),
+        })?;
+        println!("{text}");
+        return Ok(exit::OK);
+    }
+    let style = Style::stdout();
+    if !args.watch {
+        print!("{}", output::summary(&s, &style));
+        return Ok(exit::OK);
+    }
+    let tty = output::stdout_is_tty();
+    let mut shown = String::new();
+    let mut s = s;
+    loop {
+        let text = output::summary(&s, &style);
+        if tty {
+            // Redraw in place: home, clear to the end of the screen.
+            print!("\x1b[H\x1b[J{text}");
+            let _ = std::io::stdout().flush();
+        } else if text != shown {
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+        }
+        shown = text;
+        if !s.is_running {
+            break;
+        }
+        std::thread::sleep(if tty { Duration::from_secs(1) } else { POLL });
+        s = client.status()?;
+    }
+    Ok(match s.last_status {
+        None | Some(BuildResult::Success) => exit::OK,
+        Some(_) => exit::BUILD_FAILED,
+    })
+}
+
+/// The data of the `end` event.
+#[derive(Debug, Deserialize)]
+struct EndEvent {
+    build_id: Option<u64>,
+    result: Option<BuildResult>,
+}
+
+pub fn logs(server: &ServerArgs, args: &LogsArgs) -> Result<u8, CliError> {
+    let client = client(server)?;
+    let mut out = std::io::stdout().lock();
+    if !args.follow {
+        for l in client.logs(args.lines)? {
+            if let Err(e) = writeln!(out, "{l}") {
+                return closed_pipe_ok(e);
+            }
+        }
+        return Ok(exit::OK);
+    }
+    let style = Style::stderr();
+    let mut events = client.follow(args.lines)?;
+    loop {
+        let ev = events.next_event().map_err(|e| client.stream_error(e))?;
+        let Some(ev) = ev else {
+            return Err(CliError::Unreachable {
+                url: client.url().to_owned(),
+                reason: "the live log ended before the build did".to_owned(),
+            });
+        };
+        match ev.event.as_str() {
+            "end" => {
+                let end: EndEvent =
+                    serde_json::from_str(&ev.data).map_err(|e| CliError::BadReply {
+                        url: client.url().to_owned(),
+                        reason: format!("the end event: {e}"),
+                    })?;
+                let _ = out.flush();
+                return Ok(match (end.build_id, end.result) {
+                    (Some(id), Some(r)) => {
+                        eprintln!("{}", style.dim(&format!("— build {id} {}", r.as_str())));
+                        if r == BuildResult::Success {
+                            exit::OK
+                        } else {
+                            exit::BUILD_FAILED
+                        }
+                    }
+                    _ => {
+                        eprintln!("{}", style.dim("— no build is running"));
+                        exit::OK
+                    }
+                });
+            }
+            "lagged" => eprintln!(
+                "{}",
+                style.yellow(&format!(
+                    "({} lines skipped: this client fell behind)",
+                    ev.data
+                ))
+            ),
+            _ => {
+                if let Err(e) = writeln!(out, "{}", ev.data) {
+                    return closed_pipe_ok(e);
+                }
+                // Live output shows each line as it arrives.
+                let _ = out.flush();
+            }
+        }
+    }
+}
+
+/// `bl | head` closes the pipe: that ends the command normally.
+fn closed_pipe_ok(e: std::io::Error) -> Result<u8, CliError> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(exit::OK)
+    } else {
+        Err(CliError::local("writing the log", e))
+    }
+}

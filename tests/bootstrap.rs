@@ -1,0 +1,252 @@
+//! `tailcache bootstrap-new-machine` (issue 4) against the real server: the files it
+//! writes parse with `nix-instantiate --parse`, evaluate to the server's real key and
+//! addresses, set exactly the home-manager options listed in `OPTIONS_USED`, and are not
+//! overwritten without `--force`; without `--yes` and without a terminal it refuses.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::TestCache;
+use tailcache::cli::bootstrap::OPTIONS_USED;
+use tempfile::TempDir;
+
+fn scratch() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("tc-boot.")
+        .tempdir()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn bootstrap(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tailcache"))
+        .arg("bootstrap-new-machine")
+        .args(args)
+        .env("USER", "alice")
+        .env("HOME", "/home/alice")
+        .env("XDG_CONFIG_HOME", dir.join("xdg"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `nix-instantiate` with a private, empty configuration (never the machine's).
+fn nix_instantiate(scratch: &Path, args: &[&str]) -> Output {
+    let conf = scratch.join("nixconf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("nix.conf"),
+        "experimental-features = nix-command\n",
+    )
+    .unwrap();
+    std::fs::write(conf.join("empty.conf"), "").unwrap();
+    Command::new("nix-instantiate")
+        .args(args)
+        .env("NIX_CONF_DIR", &conf)
+        .env("NIX_USER_CONF_FILES", conf.join("empty.conf"))
+        .env("XDG_CACHE_HOME", scratch.join("cache"))
+        .env("NIX_STATE_DIR", scratch.join("nix-state"))
+        .output()
+        .expect("nix-instantiate is needed (scripts/test.sh installs nix-bin)")
+}
+
+fn eval_json(scratch: &Path, expr: &str) -> serde_json::Value {
+    let o = nix_instantiate(scratch, &["--eval", "--strict", "--json", "--expr", expr]);
+    assert!(o.status.success(), "{expr}: {}", text(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Dotted paths of the leaves of a JSON object (lists are leaves).
+fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(&p, v, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+#[test]
+fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
+    let d = scratch();
+    let root = d.path().join("store-root");
+    std::fs::create_dir_all(root.join("nix/store")).unwrap();
+    let server = TestCache::builder().store_root(&root).start();
+    let pubkey = server.get("/pubkey").text().trim().to_owned();
+    assert!(pubkey.contains(':'), "{pubkey}");
+    let out = d.path().join("machine");
+    let out_s = out.to_str().unwrap();
+    let api = server.api_url().to_owned();
+
+    // No terminal to ask on and no --yes: refused, nothing written.
+    let o = bootstrap(
+        d.path(),
+        &[
+            "--server",
+            server.url(),
+            "--template",
+            "laptop",
+            "--dir",
+            out_s,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("stdin is not a terminal"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        text(&o.stdout).contains(&pubkey),
+        "the key is shown: {}",
+        text(&o.stdout)
+    );
+    assert!(
+        text(&o.stdout).contains("fingerprint sha256:"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(!out.exists());
+
+    let o = bootstrap(
+        d.path(),
+        &[
+            "--server",
+            server.url(),
+            "--api",
+            &api,
+            "--template",
+            "laptop",
+            "--dir",
+            out_s,
+            "--yes",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    for f in ["secrets.nix", "flake.nix", "home.nix"] {
+        let p = out.join(f);
+        let o = nix_instantiate(d.path(), &["--parse", p.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "{f} does not parse: {}",
+            text(&o.stderr)
+        );
+    }
+    let gitignore = std::fs::read_to_string(out.join(".gitignore")).unwrap();
+    assert!(gitignore.lines().any(|l| l == "secrets.nix"), "{gitignore}");
+
+    let secrets = eval_json(d.path(), &format!("import {}/secrets.nix", out_s));
+    assert_eq!(secrets["publicKeys"], serde_json::json!([pubkey]));
+    assert_eq!(secrets["cacheUrl"], server.url().trim_end_matches('/'));
+    assert_eq!(secrets["server"], api.trim_end_matches('/'));
+
+    // home.nix with a stand-in for the tailcache flake: the options it sets.
+    let home = eval_json(
+        d.path(),
+        &format!(
+            "removeAttrs (import {out_s}/home.nix {{ tailcache = {{ homeManagerModules.default = {{}}; }}; }}) [ \"imports\" ]"
+        ),
+    );
+    assert_eq!(
+        home["programs"]["tailcache"]["publicKeys"],
+        serde_json::json!([pubkey])
+    );
+    assert_eq!(home["programs"]["tailcache"]["agent"]["enable"], true);
+    assert_eq!(home["home"]["username"], "alice");
+    let mut used = Vec::new();
+    leaves("", &home, &mut used);
+    used.retain(|p| p.starts_with("programs.") || p.starts_with("services."));
+    used.sort();
+    let mut listed: Vec<String> = OPTIONS_USED.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(used, listed);
+    let flake = eval_json(d.path(), &format!("(import {out_s}/flake.nix).inputs"));
+    assert_eq!(flake["tailcache"]["url"], "github:tailcache/tailcache");
+    assert!(flake["home-manager"]["url"].is_string());
+    assert!(flake["nixpkgs"]["url"].is_string());
+
+    // Existing files stay unless --force.
+    std::fs::write(out.join("home.nix"), "# mine\n{ }\n").unwrap();
+    let o = bootstrap(
+        d.path(),
+        &[
+            "--server",
+            server.url(),
+            "--template",
+            "server",
+            "--dir",
+            out_s,
+            "--yes",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("--force"), "{}", text(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(out.join("home.nix")).unwrap(),
+        "# mine\n{ }\n"
+    );
+    let o = bootstrap(
+        d.path(),
+        &[
+            "--server",
+            server.url(),
+            "--template",
+            "server",
+            "--dir",
+            out_s,
+            "--yes",
+            "--force",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let home = eval_json(
+        d.path(),
+        &format!(
+            "(import {out_s}/home.nix {{ tailcache = {{ homeManagerModules.default = {{}}; }}; }}).services.bootstrap-services.template"
+        ),
+    );
+    assert_eq!(home, "server");
+}
+
+#[test]
+fn an_unreachable_cache_is_reported() {
+    let d = scratch();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = d.path().join("m");
+    let o = bootstrap(
+        d.path(),
+        &[
+            "--server",
+            &url,
+            "--template",
+            "desktop",
+            "--dir",
+            out.to_str().unwrap(),
+            "--yes",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("connection refused"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!out.exists());
+}
