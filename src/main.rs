@@ -1,11 +1,12 @@
-//! The `tailcache` binary: `serve` (the build server and binary cache) and `keygen`.
+//! The `tailcache` binary: `serve` (the build server and binary cache), `agent` (the local
+//! peer-assisted substituter) and `keygen`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tailcache::config::{Config, ServeOverrides};
+use tailcache::config::{AgentOverrides, Config, ServeOverrides};
 use tailcache_store::signing::SecretKey;
 
 #[derive(Debug, Parser)]
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the binary cache and the build server.
     Serve(ServeOverrides),
+    /// Run the local substituter that fetches NARs from peers (the `[agent]` section).
+    Agent(AgentOverrides),
     /// Generate a signing key pair in Nix's format.
     Keygen(KeygenArgs),
 }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(o) => serve(&o),
+        Command::Agent(o) => agent(&o),
         Command::Keygen(a) => keygen(&a),
     };
     match result {
@@ -72,6 +76,18 @@ fn serve(o: &ServeOverrides) -> anyhow::Result<()> {
             api: bind(config.api.bind).await?,
         };
         tailcache::server::run(config, listeners, tailcache::server::shutdown_signal()).await
+    })
+}
+
+fn agent(o: &AgentOverrides) -> anyhow::Result<()> {
+    let config = Config::load_agent(o)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async move {
+        let listener = bind(config.bind).await?;
+        tailcache::agent::run(config, listener, tailcache::server::shutdown_signal()).await
     })
 }
 
