@@ -273,22 +273,7 @@ impl AgentState {
                 "the cache server has no nix-cache-info\n",
             );
         }
-        let text = String::from_utf8_lossy(&body);
-        let mut out = String::new();
-        let mut priority_seen = false;
-        for line in text.lines() {
-            if let Some(v) = line.strip_prefix("Priority:") {
-                let p: u32 = v.trim().parse().unwrap_or(50);
-                out.push_str(&format!("Priority: {}\n", p.saturating_sub(PRIORITY_LEAD)));
-                priority_seen = true;
-            } else {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        if !priority_seen {
-            out.push_str(&format!("Priority: {}\n", 50 - PRIORITY_LEAD));
-        }
+        let out = rewrite_cache_info(&String::from_utf8_lossy(&body));
         ([(header::CONTENT_TYPE, "text/x-nix-cache-info")], out).into_response()
     }
 
@@ -516,6 +501,28 @@ impl AgentState {
     }
 }
 
+/// The server's `nix-cache-info` with a priority [`PRIORITY_LEAD`] better (lower), so Nix
+/// asks the agent first.
+fn rewrite_cache_info(text: &str) -> String {
+    let mut out = String::new();
+    let mut priority_seen = false;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("Priority:") {
+            let p: u32 = v.trim().parse().unwrap_or(50);
+            out.push_str(&format!("Priority: {}\n", p.saturating_sub(PRIORITY_LEAD)));
+            priority_seen = true;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !priority_seen {
+        // Nix's default for a cache that states none is 50.
+        out.push_str(&format!("Priority: {}\n", 50 - PRIORITY_LEAD));
+    }
+    out
+}
+
 fn nar_response(
     size: u64,
     body: impl Stream<Item = std::io::Result<Bytes>> + Send + 'static,
@@ -565,4 +572,43 @@ fn stream_verified(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_info_priority_is_ahead_of_the_servers() {
+        let out = rewrite_cache_info("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n");
+        assert_eq!(
+            out,
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 20\n"
+        );
+        assert_eq!(
+            rewrite_cache_info("StoreDir: /nix/store\n"),
+            "StoreDir: /nix/store\nPriority: 40\n"
+        );
+        assert_eq!(rewrite_cache_info("Priority: 5\n"), "Priority: 0\n");
+    }
+
+    #[test]
+    fn tracker_addresses_need_a_peer_id() {
+        let peer = PeerId::random();
+        let (p, a) = parse_peer_addr(&format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")).unwrap();
+        assert_eq!(p, peer);
+        assert_eq!(a.to_string(), "/ip4/127.0.0.1/tcp/4001");
+        assert!(parse_peer_addr("/ip4/127.0.0.1/tcp/4001").is_err());
+        assert!(parse_peer_addr("not a multiaddr").is_err());
+    }
+
+    #[test]
+    fn only_compressed_file_names_are_fetched_in_pieces() {
+        let h = Sha256Hash::digest(b"x");
+        let n = h.to_nix32();
+        assert_eq!(compressed_file_id(&format!("{n}.nar.xz")), Some(h.0));
+        assert_eq!(compressed_file_id(&format!("{n}.nar.zst")), Some(h.0));
+        assert_eq!(compressed_file_id(&format!("{n}.nar")), None);
+        assert_eq!(compressed_file_id("zzz.nar.xz"), None);
+    }
 }
