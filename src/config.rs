@@ -69,6 +69,93 @@ pub struct Config {
     pub api: ApiConfig,
     /// What a build runs.
     pub build: BuildConfig,
+    /// The server's libp2p node: tracker and seed of every compressed NAR.
+    pub p2p: P2pConfig,
+    /// `tailcache agent`: the local substituter that fetches NARs from peers.
+    pub agent: AgentConfig,
+}
+
+/// The server's P2P node (issue 5). Off by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct P2pConfig {
+    /// Run the tracker/seed node.
+    pub enable: bool,
+    /// libp2p multiaddrs to listen on; loopback by default.
+    pub listen: Vec<String>,
+    /// The libp2p identity (protobuf-encoded keypair); default `<state_dir>/p2p-key`,
+    /// generated with mode 0600 on first start.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            enable: false,
+            listen: default_p2p_listen(),
+            key_file: None,
+        }
+    }
+}
+
+fn default_p2p_listen() -> Vec<String> {
+    vec![
+        "/ip4/127.0.0.1/udp/0/quic-v1".to_owned(),
+        "/ip4/127.0.0.1/tcp/0".to_owned(),
+    ]
+}
+
+/// `tailcache agent`: a substituter on 127.0.0.1 in front of the server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The cache server's URL (`http://host:5000`).
+    pub server: String,
+    /// The tracker's address, `<multiaddr>/p2p/<peerid>` (the server prints it). Unset:
+    /// every byte comes from the server.
+    pub tracker: Option<String>,
+    /// Where the local substituter listens (loopback).
+    pub bind: SocketAddr,
+    /// Public keys (Nix format) allowed to sign P2P manifests: the server's.
+    pub trusted_keys: Vec<String>,
+    /// Keep fetched files and upload them to peers.
+    pub reseed: bool,
+    /// Download from peers but never upload.
+    pub metered: bool,
+    /// Fetched files, partial downloads and the agent's libp2p key.
+    pub cache_dir: Option<PathBuf>,
+    /// Upper bound of the completed files kept; least recently used go first.
+    pub cache_max_bytes: u64,
+    /// Files smaller than this come from the server alone.
+    pub min_p2p_size: u64,
+    /// Uploads served at once.
+    pub upload_slots: usize,
+    /// Upload rate cap in bytes per second (0: none).
+    pub upload_rate: u64,
+    /// libp2p multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Piece requests in flight to one peer at once.
+    pub requests_per_peer: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            server: "http://127.0.0.1:5000".to_owned(),
+            tracker: None,
+            bind: SocketAddr::from(([127, 0, 0, 1], 5001)),
+            trusted_keys: Vec::new(),
+            reseed: false,
+            metered: false,
+            cache_dir: None,
+            cache_max_bytes: 10 << 30,
+            min_p2p_size: 1 << 20,
+            upload_slots: 8,
+            upload_rate: 0,
+            listen: default_p2p_listen(),
+            requests_per_peer: 4,
+        }
+    }
 }
 
 /// The build-API listener.
@@ -242,7 +329,62 @@ pub struct ServeOverrides {
     pub secret_key_files: Vec<PathBuf>,
 }
 
+/// Command-line overrides for `agent`; each wins over the file's `[agent]` section.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AgentOverrides {
+    /// Config file (TOML); only its `[agent]` section is used.
+    #[arg(long, env = ENV_CONFIG)]
+    pub config: Option<PathBuf>,
+    /// The cache server's URL.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The tracker, `<multiaddr>/p2p/<peer id>`.
+    #[arg(long)]
+    pub tracker: Option<String>,
+    /// Address of the local substituter.
+    #[arg(long)]
+    pub bind: Option<SocketAddr>,
+    /// Public key allowed to sign P2P manifests (repeatable).
+    #[arg(long = "trusted-key")]
+    pub trusted_keys: Vec<String>,
+    /// Directory for fetched files and the agent's libp2p key.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Keep fetched files and upload them to peers.
+    #[arg(long)]
+    pub reseed: bool,
+    /// Never upload.
+    #[arg(long)]
+    pub metered: bool,
+}
+
 impl Config {
+    /// The `[agent]` section of the file (if any) with overrides applied.
+    pub fn load_agent(o: &AgentOverrides) -> anyhow::Result<AgentConfig> {
+        let mut a = match &o.config {
+            Some(path) => Self::from_file(path)?.agent,
+            None => AgentConfig::default(),
+        };
+        if let Some(v) = &o.server {
+            a.server = v.clone();
+        }
+        if let Some(v) = &o.tracker {
+            a.tracker = Some(v.clone());
+        }
+        if let Some(v) = o.bind {
+            a.bind = v;
+        }
+        if !o.trusted_keys.is_empty() {
+            a.trusted_keys = o.trusted_keys.clone();
+        }
+        if let Some(v) = &o.cache_dir {
+            a.cache_dir = Some(v.clone());
+        }
+        a.reseed |= o.reseed;
+        a.metered |= o.metered;
+        Ok(a)
+    }
+
     /// Reads the file (if any) and applies overrides.
     pub fn load(o: &ServeOverrides) -> anyhow::Result<Self> {
         let mut config = match &o.config {
@@ -345,6 +487,28 @@ mod tests {
         assert_eq!(c.cache.bind.port(), 5000);
         assert_eq!(c.api.bind.port(), 8000);
         assert_eq!(c.cache.compression, Compression::Xz);
+        assert!(!c.p2p.enable);
+        assert!(
+            c.p2p
+                .listen
+                .iter()
+                .all(|a| a.starts_with("/ip4/127.0.0.1/"))
+        );
+        assert!(c.agent.bind.ip().is_loopback());
+        assert!(!c.agent.reseed && !c.agent.metered);
+    }
+
+    #[test]
+    fn agent_section_parses_and_rejects_typos() {
+        let c: Config = toml::from_str(
+            "[agent]\nserver = \"http://h:5000\"\nreseed = true\nupload_rate = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.agent.server, "http://h:5000");
+        assert!(c.agent.reseed);
+        assert_eq!(c.agent.upload_rate, 1000);
+        assert!(toml::from_str::<Config>("[agent]\nreseeed = true\n").is_err());
+        assert!(toml::from_str::<Config>("[p2p]\nenabled = true\n").is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The `tailcache` binary: `serve` (the build server and binary cache), `keygen`, and the
-//! client verbs of [`tailcache::cli`] (`trigger`, `status`, `logs`, `completions`, `man`,
-//! `bootstrap-new-machine`).
+//! The `tailcache` binary: `serve` (the build server and binary cache), `agent` (the local
+//! peer-assisted substituter), `keygen`, and the client verbs of [`tailcache::cli`]
+//! (`trigger`, `status`, `logs`, `completions`, `man`, `bootstrap-new-machine`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use tailcache::cli::{self, ServerArgs};
-use tailcache::config::{Config, ServeOverrides};
+use tailcache::config::{AgentOverrides, Config, ServeOverrides};
 use tailcache_store::signing::SecretKey;
 
 #[derive(Debug, Parser)]
@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run the binary cache and the build server.
     Serve(ServeOverrides),
+    /// Run the local substituter that fetches NARs from peers (the `[agent]` section).
+    Agent(AgentOverrides),
     /// Generate a signing key pair in Nix's format.
     Keygen(KeygenArgs),
     /// Trigger a build (as `bt`).
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = |r| cli::finish("tailcache", r);
     match cli.command {
-        Command::Serve(_) | Command::Keygen(_) => {}
+        Command::Serve(_) | Command::Agent(_) | Command::Keygen(_) => {}
         Command::Trigger { server, args } => return client(cli::commands::trigger(&server, &args)),
         Command::Status { server, args } => return client(cli::commands::status(&server, &args)),
         Command::Logs { server, args } => return client(cli::commands::logs(&server, &args)),
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(o) => serve(&o),
+        Command::Agent(o) => agent(&o),
         Command::Keygen(a) => keygen(&a),
         _ => Ok(()),
     };
@@ -141,6 +144,18 @@ fn serve(o: &ServeOverrides) -> anyhow::Result<()> {
             api: bind(config.api.bind).await?,
         };
         tailcache::server::run(config, listeners, tailcache::server::shutdown_signal()).await
+    })
+}
+
+fn agent(o: &AgentOverrides) -> anyhow::Result<()> {
+    let config = Config::load_agent(o)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    rt.block_on(async move {
+        let listener = bind(config.bind).await?;
+        tailcache::agent::run(config, listener, tailcache::server::shutdown_signal()).await
     })
 }
 

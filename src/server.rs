@@ -104,7 +104,7 @@ pub async fn run(
         keys: keys.secret,
         priority: c.priority,
         compression: c.compression,
-        nars,
+        nars: nars.clone(),
         actor: cache_actor.clone(),
         stats,
     });
@@ -126,6 +126,21 @@ pub async fn run(
     };
     let build = start_actors(actors_config, metrics, Arc::new(cache_actor))
         .context("cannot start the build actors")?;
+
+    // Kept alive for the server's life: dropping the last client stops the node.
+    let _p2p_node = if config.p2p.enable {
+        let (node, addrs) =
+            crate::p2p::start_server_node(&config.p2p, &state_dir, nars.clone()).await?;
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        for a in &addrs {
+            let _ = writeln!(out, "p2p listening on {a}");
+        }
+        let _ = out.flush();
+        Some(node)
+    } else {
+        None
+    };
 
     let cache_addr = listeners.cache.local_addr()?;
     let api_addr = listeners.api.local_addr()?;

@@ -16,3 +16,5 @@ pub mod tracker;
 pub mod verify;
 
 pub use error::{Error, Result};
+/// The libp2p version this crate is built on, for callers that name its types.
+pub use libp2p;

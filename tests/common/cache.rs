@@ -31,7 +31,7 @@ const COMPRESS_TIMEOUT: Duration = Duration::from_secs(240);
 pub const API_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+pub enum Backend {
     Tailcache,
     Reference,
 }
@@ -56,6 +56,7 @@ pub struct TestCacheBuilder<'a> {
     webhook_secret: Option<String>,
     build_toml: Option<String>,
     nix: Option<&'a NixEnv>,
+    p2p: bool,
 }
 
 /// Why the server did not come up.
@@ -145,6 +146,12 @@ impl<'a> TestCacheBuilder<'a> {
         self
     }
 
+    /// Runs the P2P tracker/seed node on loopback (`[p2p] enable = true`).
+    pub fn p2p(mut self) -> Self {
+        self.p2p = true;
+        self
+    }
+
     /// Runs the server (and so its build steps) under this private Nix configuration.
     pub fn nix_env(mut self, nix: &'a NixEnv) -> Self {
         self.nix = Some(nix);
@@ -202,6 +209,9 @@ impl<'a> TestCacheBuilder<'a> {
                 write_secret(&f, secret);
                 cfg.push_str(&format!("webhook_secret_file = {}\n", toml_str(&f)));
             }
+        }
+        if self.p2p {
+            cfg.push_str("\n[p2p]\nenable = true\n");
         }
         if let Some(build) = &self.build_toml {
             cfg.push('\n');
@@ -275,7 +285,7 @@ impl<'a> TestCacheBuilder<'a> {
     }
 }
 
-fn spawn_and_wait(
+pub fn spawn_and_wait(
     mut cmd: Command,
     dir: TempDir,
     backend: Backend,
@@ -368,6 +378,7 @@ impl TestCache {
             webhook_secret: None,
             build_toml: None,
             nix: None,
+            p2p: false,
         }
     }
 
@@ -433,6 +444,16 @@ impl TestCache {
     /// The token POST routes need, when one was configured.
     pub fn api_token(&self) -> Option<&str> {
         self.api_token.as_deref()
+    }
+
+    /// The P2P tracker's first address (`<multiaddr>/p2p/<peer id>`), as printed at start.
+    pub fn tracker_addr(&self) -> String {
+        let out = self.stdout();
+        out.lines()
+            .find_map(|l| l.strip_prefix("p2p listening on "))
+            .unwrap_or_else(|| panic!("no p2p listening line in:\n{out}"))
+            .trim()
+            .to_string()
     }
 
     /// Everything the server printed on stdout so far.

@@ -5,6 +5,7 @@
 //! Each test file uses part of it, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
+pub mod agent;
 pub mod api;
 pub mod cache;
 pub mod http;
