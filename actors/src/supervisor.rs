@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::Result;
@@ -63,8 +63,8 @@ pub struct PipelineSettings {
     pub max_line_bytes: usize,
 }
 
-/// Answer to [`Trigger`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Answer to [`Trigger`] (also what `POST /build/trigger` answers, read back by the CLI).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum TriggerOutcome {
     Triggered {

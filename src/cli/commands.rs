@@ -4,7 +4,8 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tailcache_actors::status::{BuildResult, BuildStatus, RequestedBy};
+use tailcache_actors::TriggerOutcome;
+use tailcache_actors::status::{BuildResult, BuildStatus};
 
 use super::client::{CliError, Client};
 use super::output::{self, Style};
@@ -12,23 +13,6 @@ use super::{LogsArgs, ServerArgs, StatusArgs, TriggerArgs, config, exit};
 
 /// How often `--wait` and `--watch` ask for the status.
 const POLL: Duration = Duration::from_millis(500);
-
-/// The reply of `POST /build/trigger` (`TriggerOutcome` plus `message`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum TriggerReply {
-    Triggered {
-        build_id: u64,
-    },
-    AlreadyRunning {
-        build_id: u64,
-        since: String,
-        requested_by: RequestedBy,
-    },
-    Queued {
-        after_build: u64,
-    },
-}
 
 /// Which build `--wait` waits for.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +29,7 @@ fn client(server: &ServerArgs) -> Result<Client, CliError> {
 pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> {
     let client = client(server)?;
     let raw = client.trigger()?;
-    let reply: TriggerReply =
+    let reply: TriggerOutcome =
         serde_json::from_value(raw.clone()).map_err(|e| CliError::BadReply {
             url: client.url().to_owned(),
             reason: format!("the trigger reply: {e}"),
@@ -55,10 +39,10 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
         println!("{raw}");
     } else {
         match &reply {
-            TriggerReply::Triggered { build_id } => {
+            TriggerOutcome::Triggered { build_id } => {
                 println!("{} build {build_id} triggered", style.green("✓"));
             }
-            TriggerReply::AlreadyRunning {
+            TriggerOutcome::AlreadyRunning {
                 build_id,
                 since,
                 requested_by,
@@ -67,19 +51,26 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
                 output::clock(since),
                 output::who(requested_by)
             ),
-            TriggerReply::Queued { after_build } => {
+            TriggerOutcome::Queued { after_build } => {
                 println!("build {after_build} is running; another build is queued to run after it")
             }
+            // The server answers this one with 503, which `client.trigger()` already reports.
+            TriggerOutcome::ShuttingDown => {}
         }
     }
     if !args.wait {
         return Ok(exit::OK);
     }
     let target = match reply {
-        TriggerReply::Triggered { build_id } | TriggerReply::AlreadyRunning { build_id, .. } => {
-            Target::Build(build_id)
+        TriggerOutcome::Triggered { build_id }
+        | TriggerOutcome::AlreadyRunning { build_id, .. } => Target::Build(build_id),
+        TriggerOutcome::Queued { after_build } => Target::After(after_build),
+        TriggerOutcome::ShuttingDown => {
+            return Err(CliError::BadReply {
+                url: client.url().to_owned(),
+                reason: "the server is shutting down".to_owned(),
+            });
         }
-        TriggerReply::Queued { after_build } => Target::After(after_build),
     };
     let (build_id, result) = wait_for(&client, target, !args.json)?;
     if args.json {
