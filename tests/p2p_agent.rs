@@ -1,16 +1,21 @@
 //! The agent end to end (issue 5, "Tests"): real `tailcache serve` (xz, P2P on) and real
 //! `tailcache agent`s on loopback. A NAR fetched by agent A from the server is then fetched
 //! by agent B mostly from A (B's byte counters), and stock Nix with `require-sigs` (only the
-//! server's key trusted) substitutes it through B; a peer whose cached file is corrupted is
-//! banned and no bad byte is accepted or kept; a seeder killed mid-transfer does not stop the
-//! fetch; a manifest signed by a key the agent does not trust is refused (server only).
+//! server's key trusted) substitutes it through B; lying peers — a real agent whose cached
+//! file has flipped bytes, and peers that send a truncated range, an endless stream or
+//! another file's bytes — are banned and no bad byte is accepted or kept; a seeder killed
+//! mid-transfer does not stop the fetch; a manifest signed by a key the agent does not trust
+//! is refused (server only); a metered agent downloads from peers but never uploads or
+//! announces; the upload cap holds; a file evicted from the reseed cache is withdrawn.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::agent::{AgentBuilder, TestAgent};
 use common::nix::{assert_client_matches, assert_success, client_store, nix_copy_from};
+use common::peer::{Lie, TestPeer};
 use common::{KeyPair, NarInfo, TestCache, TestStore, http};
 use tailcache_store::Sha256Hash;
 
@@ -52,6 +57,10 @@ impl Setup {
 
     fn file_hash(&self) -> Sha256Hash {
         Sha256Hash::parse(self.info.get("FileHash").unwrap()).unwrap()
+    }
+
+    fn file_id(&self) -> [u8; 32] {
+        self.file_hash().0
     }
 
     fn file_size(&self) -> f64 {
@@ -198,4 +207,119 @@ fn a_manifest_signed_by_an_untrusted_key_is_refused() {
     assert_eq!(c.metric("manifests_refused_total"), 1.0);
     assert_eq!(c.metric("peer_bytes_total"), 0.0);
     assert_eq!(c.metric("server_bytes_total"), s.file_size());
+}
+
+#[test]
+fn peers_that_send_a_short_an_endless_or_another_files_stream_are_banned() {
+    let s = setup();
+    let truth: Arc<[u8]> = Arc::from(s.server.get(&s.nar_target()).body);
+    assert!(Sha256Hash::digest(&truth) == s.file_hash());
+    // Another file of the same size: the true one backwards.
+    let other: Arc<[u8]> = truth.iter().rev().copied().collect();
+    let lies = [
+        ("truncated", Lie::Truncated),
+        ("endless", Lie::Endless),
+        ("wrong file", Lie::WrongFile(other)),
+    ];
+    for (what, lie) in lies {
+        let liar = TestPeer::liar(&s.server, s.file_id(), truth.clone(), lie);
+        let b = s.agent().start();
+        s.fetch_through(&b);
+        assert_eq!(
+            b.metric("peer_bans_total"),
+            1.0,
+            "{what}: the liar was not banned"
+        );
+        assert_eq!(
+            b.metric("peer_bytes_total"),
+            0.0,
+            "{what}: bytes from the liar kept"
+        );
+        assert_eq!(b.metric("server_bytes_total"), s.file_size(), "{what}");
+        s.assert_kept_intact(&b);
+        drop(liar);
+    }
+}
+
+#[test]
+fn a_metered_agent_downloads_from_peers_but_never_uploads_or_announces() {
+    let s = setup();
+    let observer = TestPeer::observer(&s.server);
+    let a = s.agent().start();
+    s.fetch_through(&a);
+    assert_eq!(observer.who_has(s.file_id()).len(), 1, "A is listed");
+
+    let m = s.agent().metered(true).start();
+    s.fetch_through(&m);
+    assert!(
+        m.metric("peer_bytes_total") > 0.0,
+        "metered still downloads from peers"
+    );
+    assert_eq!(
+        observer.who_has(s.file_id()).len(),
+        1,
+        "only A is listed, never M"
+    );
+
+    let c = s.agent().start();
+    s.fetch_through(&c);
+    assert!(c.metric("peer_bytes_total") > 0.0);
+    assert_eq!(
+        m.metric("uploaded_bytes"),
+        0.0,
+        "the metered agent uploaded"
+    );
+    assert_eq!(c.metric("peer_bans_total"), 0.0);
+}
+
+#[test]
+fn a_seeder_never_uploads_faster_than_its_cap() {
+    let s = setup();
+    let rate = 4u64 << 20;
+    // The agent's token bucket holds one second of its rate (at least 1 MiB).
+    let burst = rate.max(1 << 20) as f64;
+    let a = s.agent().upload_rate(rate).start();
+    s.fetch_through(&a);
+    let b = s.agent().start();
+    let started = Instant::now();
+    s.fetch_through(&b);
+    let elapsed = started.elapsed().as_secs_f64();
+    let uploaded = a.metric("uploaded_bytes");
+    assert!(uploaded >= b.metric("peer_bytes_total") && uploaded > 0.0);
+    assert!(
+        uploaded <= burst + rate as f64 * elapsed,
+        "A uploaded {uploaded} bytes in {elapsed:.2} s with a cap of {rate} B/s"
+    );
+}
+
+#[test]
+fn a_file_evicted_from_the_reseed_cache_is_withdrawn_from_the_tracker() {
+    let s = setup();
+    let many = s.store.path("many").to_string();
+    let many_info = s.server.wait_compressed(&[&many], "xz").remove(0);
+    let many_target = format!("/{}", many_info.get("URL").unwrap());
+    let many_id = Sha256Hash::parse(many_info.get("FileHash").unwrap())
+        .unwrap()
+        .0;
+    let many_size: u64 = many_info.get("FileSize").unwrap().parse().unwrap();
+    // Room for the big file, not for both.
+    let a = s
+        .agent()
+        .cache_max_bytes(s.file_size() as u64 + many_size / 2)
+        .start();
+    let observer = TestPeer::observer(&s.server);
+    s.fetch_through(&a);
+    assert_eq!(observer.who_has(s.file_id()).len(), 1);
+    let r = http::get(a.url(), &many_target);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len() as u64, many_size);
+    // The whole response arrives only once the file is kept, announced and what it pushed
+    // out withdrawn.
+    assert!(!a.cached_file(&s.file_hash().to_base16()).exists());
+    assert_eq!(
+        observer.who_has(s.file_id()),
+        vec![],
+        "the evicted file is still listed"
+    );
+    assert_eq!(observer.who_has(many_id).len(), 1);
 }

@@ -3,7 +3,10 @@
 //! flipped byte, truncation, another file's bytes or a forged outboard are caught, and the
 //! in-order stream verifier never releases an unverified byte.
 
+mod support;
+
 use proptest::prelude::*;
+use support::pseudo_random as random_bytes;
 use tailcache_p2p::Error;
 use tailcache_p2p::verify::{
     DEFAULT_BLOCK_LOG, Outboard, OutboardBuilder, VerifiedOutboard, outboard_of_file,
@@ -21,20 +24,6 @@ const SIZES: [usize; 8] = [
     (1 << 20) + 7,
     20 << 20,
 ];
-
-/// Deterministic pseudo-random bytes (xorshift64*), different per seed.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn verified(data: &[u8]) -> VerifiedOutboard {
     let (root, ob) = outboard_of_reader(data, DEFAULT_BLOCK_LOG).unwrap();

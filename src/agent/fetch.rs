@@ -6,10 +6,11 @@
 //! order while later pieces arrive. Memory is bounded by the pieces in flight.
 //!
 //! Source selection: peers by measured goodput (then fewer requests in flight); a peer that
-//! sends a piece that fails verification is banned for the agent's life and the piece is
-//! fetched again elsewhere; a peer that fails [`MAX_PEER_FAILURES`] times is dropped from
-//! this download. The server (HTTP Range) is used when no usable peer is left. Endgame:
-//! once every missing piece is in flight, the ones with a single request get a duplicate
+//! sends a piece that fails verification, or a stream shorter or longer than the range it
+//! accepted, is banned for the agent's life and the piece is fetched again elsewhere; a peer
+//! that fails [`MAX_PEER_FAILURES`] times is dropped from this download. The server (HTTP
+//! Range) is used when no usable peer is left. Endgame: once every missing piece is in
+//! flight, the ones with a single request get a duplicate
 //! request at another peer; the first verified copy wins.
 
 use std::collections::HashMap;
@@ -93,7 +94,17 @@ struct Piece {
     inflight: Vec<Source>,
 }
 
-type PieceResult = (u64, Source, Result<Vec<u8>, String>, Duration);
+/// Why a piece did not arrive.
+#[derive(Debug)]
+enum PieceError {
+    /// The source broke the data protocol: a stream that ends before the length the peer
+    /// accepted to send, or goes on past it. Treated like bad bytes: the peer is banned.
+    Lie(String),
+    /// Refused, unreachable, reset, timed out: counted as a failure.
+    Failed(String),
+}
+
+type PieceResult = (u64, Source, Result<Vec<u8>, PieceError>, Duration);
 
 impl Download {
     /// Fetches every piece into `out` (sized already); the verified prefix short of the
@@ -107,6 +118,17 @@ impl Download {
                 let _ = progress.send(Progress::Failed(e));
                 false
             }
+        }
+    }
+
+    /// Bans `peer` for the agent's life: it sent bad bytes or broke the data protocol.
+    fn ban(&self, peer: PeerId) {
+        let mut s = self.scores.lock().unwrap_or_else(|e| e.into_inner());
+        let score = s.entry(peer).or_default();
+        if !score.banned {
+            score.banned = true;
+            self.metrics.bans.inc();
+            tracing::warn!("banned peer {peer}: it sent bad bytes or broke the protocol");
         }
     }
 
@@ -169,22 +191,26 @@ impl Download {
                         let mut reader = node
                             .fetch_range(peer, file, range.start, len)
                             .await
-                            .map_err(|e| e.to_string())?;
+                            .map_err(|e| PieceError::Failed(e.to_string()))?;
                         let mut buf = Vec::with_capacity(len as usize);
-                        reader
-                            .read_to_end(&mut buf)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        let protocol = |e: std::io::Error| match e.kind() {
+                            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
+                                PieceError::Lie(e.to_string())
+                            }
+                            _ => PieceError::Failed(e.to_string()),
+                        };
+                        reader.read_to_end(&mut buf).await.map_err(protocol)?;
+                        reader.finish().await.map_err(protocol)?;
                         Ok(buf)
                     }
                     Source::Server => http_client::get_range(&server, &target, range.clone())
                         .await
-                        .map_err(|e| e.to_string()),
+                        .map_err(|e| PieceError::Failed(e.to_string())),
                 }
             };
             let result = match tokio::time::timeout(PIECE_TIMEOUT, fetch).await {
                 Ok(r) => r,
-                Err(_) => Err(format!("piece {index} timed out")),
+                Err(_) => Err(PieceError::Failed(format!("piece {index} timed out"))),
             };
             (index, source, result, started.elapsed())
         });
@@ -267,7 +293,14 @@ impl Download {
                 Source::Server => *server_failures += 1,
             };
             match result {
-                Err(e) => {
+                Err(PieceError::Lie(e)) => {
+                    tracing::warn!("piece {index} from {source:?}: {e}");
+                    match source {
+                        Source::Peer(p) => self.ban(p),
+                        Source::Server => server_failures += 1,
+                    }
+                }
+                Err(PieceError::Failed(e)) => {
                     tracing::debug!("piece {index} from {source:?}: {e}");
                     fail(source, &mut local_failures, &mut server_failures);
                 }
@@ -280,16 +313,7 @@ impl Download {
                                 "piece {index} from {source:?} failed verification: {e}"
                             );
                             match source {
-                                Source::Peer(p) => {
-                                    let mut s =
-                                        self.scores.lock().unwrap_or_else(|e| e.into_inner());
-                                    let score = s.entry(p).or_default();
-                                    if !score.banned {
-                                        score.banned = true;
-                                        self.metrics.bans.inc();
-                                        tracing::warn!("banned peer {p}: it sent bad bytes");
-                                    }
-                                }
+                                Source::Peer(p) => self.ban(p),
                                 Source::Server => server_failures += 1,
                             }
                         }

@@ -16,6 +16,7 @@ pub struct AgentBuilder {
     metered: bool,
     upload_rate: u64,
     cache_dir: Option<PathBuf>,
+    cache_max_bytes: Option<u64>,
 }
 
 /// A running agent: `TestCache`'s process handling, with the agent's URL as `url()`.
@@ -36,6 +37,7 @@ impl AgentBuilder {
             metered: false,
             upload_rate: 0,
             cache_dir: None,
+            cache_max_bytes: None,
         }
     }
 
@@ -52,6 +54,12 @@ impl AgentBuilder {
     /// Upload cap in bytes per second.
     pub fn upload_rate(mut self, rate: u64) -> Self {
         self.upload_rate = rate;
+        self
+    }
+
+    /// Bound on the reseed cache, in bytes.
+    pub fn cache_max_bytes(mut self, max: u64) -> Self {
+        self.cache_max_bytes = Some(max);
         self
     }
 
@@ -82,6 +90,9 @@ impl AgentBuilder {
         );
         let keys: Vec<String> = self.trusted_keys.iter().map(|k| q(k)).collect();
         cfg.push_str(&format!("trusted_keys = [{}]\n", keys.join(", ")));
+        if let Some(max) = self.cache_max_bytes {
+            cfg.push_str(&format!("cache_max_bytes = {max}\n"));
+        }
         if let Some(t) = &self.tracker {
             cfg.push_str(&format!("tracker = {}\n", q(t)));
         }

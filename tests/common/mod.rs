@@ -10,6 +10,7 @@ pub mod api;
 pub mod cache;
 pub mod http;
 pub mod narinfo;
+pub mod peer;
 pub mod sse;
 
 pub use tailcache_testkit::{json, nix};

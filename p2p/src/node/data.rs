@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt as _, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
@@ -42,6 +42,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one write may stall (a downloader that stops reading) before the upload is
 /// abandoned and its slot freed.
 const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`DataReader::finish`] waits for the end of a stream after its last byte.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a requester asks for: `len` bytes of `file` from `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,6 +306,20 @@ async fn serve_one(peer: PeerId, mut stream: Stream, server: Arc<Server>) {
         .send(NodeEvent::UploadFinished { peer, bytes, ok });
 }
 
+/// Reads a requester's [`DataRequest`] from an inbound data stream: for a node that serves
+/// [`DATA_PROTOCOL`] itself (`NodeConfig::serve_data` off).
+pub async fn read_data_request(stream: &mut Stream) -> io::Result<DataRequest> {
+    timeout(HEADER_TIMEOUT, read_frame(stream, MAX_DATA_HEADER))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no data request in time"))?
+}
+
+/// Accepts a data request: the `Ok { len }` header, after which exactly `len` raw bytes are
+/// due.
+pub async fn write_data_accept(stream: &mut Stream, len: u64) -> io::Result<()> {
+    write_frame(stream, &DataResponse::Ok { len }, MAX_DATA_HEADER).await
+}
+
 /// Sends the `Ok` header and exactly `len` bytes from `reader`; on failure returns how many
 /// bytes went out.
 async fn send_range(
@@ -435,6 +451,29 @@ impl DataReader {
     /// Bytes still to come.
     pub fn remaining(&self) -> u64 {
         self.remaining
+    }
+
+    /// After the last byte: checks that the peer ended the stream there. A peer that keeps
+    /// sending past the length it accepted broke the protocol (an
+    /// [`io::ErrorKind::InvalidData`] error); nothing past the length is ever read. A peer
+    /// that neither ends the stream nor sends more within [`FINISH_TIMEOUT`] is let go.
+    pub async fn finish(mut self) -> io::Result<()> {
+        if self.remaining != 0 {
+            return Err(io::Error::other(format!(
+                "finish with {} bytes still due",
+                self.remaining
+            )));
+        }
+        let mut probe = [0u8; 1];
+        match timeout(FINISH_TIMEOUT, self.stream.read(&mut probe)).await {
+            Ok(Ok(0)) | Err(_) => Ok(()),
+            Ok(Ok(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the peer sent more bytes than it accepted to send",
+            )),
+            // The stream may be reset right after the last byte; the bytes were complete.
+            Ok(Err(_)) => Ok(()),
+        }
     }
 }
 

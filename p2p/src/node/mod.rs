@@ -35,7 +35,7 @@ use tokio::time::Instant;
 pub use codec::{CONTROL_PROTOCOL, FrameTooLarge, MAX_CONTROL_REQUEST, MAX_CONTROL_RESPONSE};
 pub use data::{
     DATA_PROTOCOL, DataReader, DataRequest, NoPieces, PieceSource, RateLimit, Refusal, TokenBucket,
-    UploadPolicy,
+    UploadPolicy, read_data_request, write_data_accept,
 };
 
 use crate::error::{Error, Result};
@@ -67,6 +67,10 @@ pub struct NodeConfig {
     pub command_buffer: usize,
     /// Events buffered per subscriber; a slower subscriber loses the oldest.
     pub event_buffer: usize,
+    /// Serve inbound data requests from the node's [`PieceSource`]. Off, nobody accepts
+    /// [`DATA_PROTOCOL`] streams until the caller does, through [`Client::stream_control`]
+    /// (and answers them with [`read_data_request`] / [`write_data_accept`]).
+    pub serve_data: bool,
 }
 
 impl NodeConfig {
@@ -82,6 +86,7 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(10),
             command_buffer: 64,
             event_buffer: 256,
+            serve_data: true,
         }
     }
 }
@@ -201,10 +206,12 @@ pub fn spawn(config: NodeConfig, source: Arc<dyn PieceSource>) -> Result<Client>
         events.clone(),
     ));
     let mut stream_control = swarm.behaviour().data.new_control();
-    let incoming = stream_control
-        .accept(DATA_PROTOCOL)
-        .map_err(|e| transport_err("data protocol", &e))?;
-    tokio::spawn(data::accept_loop(incoming, server.clone()));
+    if config.serve_data {
+        let incoming = stream_control
+            .accept(DATA_PROTOCOL)
+            .map_err(|e| transport_err("data protocol", &e))?;
+        tokio::spawn(data::accept_loop(incoming, server.clone()));
+    }
 
     let (commands_tx, commands_rx) = mpsc::channel(config.command_buffer.max(1));
     let peer_id = *swarm.local_peer_id();

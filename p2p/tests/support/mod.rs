@@ -39,9 +39,10 @@ pub async fn start(
     (client, addr)
 }
 
-/// Deterministic, incompressible-looking bytes (xorshift64*), so a misplaced range shows.
+/// Deterministic, incompressible-looking bytes (xorshift64*), different per seed, so a
+/// misplaced range shows.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         x ^= x >> 12;
