@@ -255,9 +255,11 @@ in
     systemd.services.tailcache-server = {
       description = "tailcache build server and Nix binary cache";
       wantedBy = [ "multi-user.target" ];
+      # Listening on the tailnet address needs tailscaled up (a failed bind is retried).
       after = [
         "network-online.target"
         "nix-daemon.socket"
+        "tailscaled.service"
       ];
       wants = [ "network-online.target" ];
       requires = lib.mkIf cfg.keepStoreDbOpen [ "tailcache-store-db.service" ];
