@@ -327,6 +327,13 @@ pub struct ServeOverrides {
     /// Secret key file to sign with (repeatable).
     #[arg(long = "secret-key-file")]
     pub secret_key_files: Vec<PathBuf>,
+    /// File holding the API bearer token (`api.token_file`); the NixOS module passes it out
+    /// of systemd's credentials directory.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// File holding the GitHub webhook secret (`api.webhook_secret_file`).
+    #[arg(long)]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// Command-line overrides for `agent`; each wins over the file's `[agent]` section.
@@ -408,6 +415,12 @@ impl Config {
         }
         if !o.secret_key_files.is_empty() {
             config.cache.secret_key_files = o.secret_key_files.clone();
+        }
+        if let Some(v) = &o.token_file {
+            config.api.token_file = Some(v.clone());
+        }
+        if let Some(v) = &o.webhook_secret_file {
+            config.api.webhook_secret_file = Some(v.clone());
         }
         config.validate()?;
         Ok(config)
@@ -530,9 +543,15 @@ mod tests {
         let o = ServeOverrides {
             config: Some(path),
             bind: Some("127.0.0.1:0".parse().unwrap()),
+            token_file: Some("/run/credentials/t/api-token".into()),
             ..Default::default()
         };
         let c = Config::load(&o).unwrap();
+        assert_eq!(
+            c.api.token_file.as_deref(),
+            Some(Path::new("/run/credentials/t/api-token"))
+        );
+        assert_eq!(c.api.webhook_secret_file, None);
         assert_eq!(c.cache.compression, Compression::Zstd);
         assert_eq!(c.cache.priority, 10);
         assert_eq!(c.cache.bind.port(), 0);

@@ -1,0 +1,101 @@
+# The tailcache flake: the package (tailcache, bt, bs, bl with completions and man pages), its
+# overlay, the NixOS server module, the home-manager client modules, machine templates, the
+# checks (module evaluation, the Nix library's tests, the NixOS VM test) and a dev shell.
+{
+  description = "Build server and Nix binary cache for a person's machines on a tailnet";
+
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+    home-manager = {
+      url = "github:nix-community/home-manager";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
+
+  outputs =
+    {
+      self,
+      nixpkgs,
+      home-manager,
+    }:
+    let
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems =
+        f:
+        nixpkgs.lib.genAttrs systems (
+          system:
+          f (
+            import nixpkgs {
+              inherit system;
+              overlays = [ self.overlays.default ];
+            }
+          )
+        );
+    in
+    {
+      packages = forAllSystems (pkgs: {
+        default = pkgs.tailcache;
+        tailcache = pkgs.tailcache;
+      });
+
+      overlays.default = final: _prev: {
+        tailcache = final.callPackage ./nix/package.nix { };
+      };
+
+      # services.tailcache.server; its package defaults to pkgs.tailcache (this overlay) or,
+      # without the overlay, the same package built with the machine's nixpkgs.
+      nixosModules.default = ./nixos;
+
+      homeManagerModules = {
+        # programs.tailcache and services.bootstrap-services.
+        default = ./home;
+        tailcache = ./home/tailcache.nix;
+        services = ./home/bootstrap-services.nix;
+      };
+
+      templates = {
+        laptop = {
+          path = ./home/templates/laptop;
+          description = "home-manager flake for a laptop: documents and notes synced, agent without reseeding";
+        };
+        desktop = {
+          path = ./home/templates/desktop;
+          description = "home-manager flake for a desktop: documents, notes and photos synced, agent reseeding";
+        };
+        server = {
+          path = ./home/templates/server;
+          description = "home-manager flake for the always-on server: the hub of every folder, no agent";
+        };
+      };
+
+      checks = forAllSystems (
+        pkgs:
+        import ./nix/checks.nix {
+          inherit pkgs self home-manager;
+          nixpkgsLib = nixpkgs.lib;
+        }
+      );
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ pkgs.tailcache ];
+          packages = [
+            pkgs.clippy
+            pkgs.rustfmt
+            pkgs.rust-analyzer
+            pkgs.nix
+            pkgs.git
+            pkgs.curl
+            pkgs.xz
+            pkgs.zstd
+            pkgs.tmux
+            pkgs.prometheus
+            pkgs.chromium
+          ];
+        };
+      });
+    };
+}

@@ -1,0 +1,35 @@
+# tailcache laptop template: documents (~/Documents) and notes (~/Notes), shared with the desktop and the server;
+# Tailscale accepts subnet routes, no Tailscale SSH. The agent fetches from peers but does not
+# reseed (battery, hotel wifi).
+# Any template value can be overridden field by field below; the rest of the field's folder
+# is kept (setting folders.documents.path keeps folders.documents.devices).
+{ tailcache, user, ... }:
+let
+  secrets = import ./secrets.nix;
+in
+{
+  imports = [ tailcache.homeManagerModules.default ];
+
+  home.username = user;
+  home.homeDirectory = "/home/${user}";
+  home.stateVersion = "25.05";
+
+  programs.tailcache = {
+    enable = true;
+    server = secrets.server;
+    cacheUrl = secrets.cacheUrl;
+    publicKeys = secrets.publicKeys;
+    agent.enable = true;
+    agent.reseed = false;
+    atuin.enable = true;
+  };
+
+  services.bootstrap-services = {
+    enable = true;
+    template = "laptop";
+    # The other machines' Syncthing ids; folders skip devices not listed here.
+    syncthing.devices = secrets.syncthingDevices;
+    # Example override: keep the template's devices for documents, move its path.
+    # folders.documents.path = "/data/documents";
+  };
+}

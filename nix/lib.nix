@@ -1,0 +1,445 @@
+# The decisions of tailcache's NixOS and home-manager modules as pure functions that need only
+# `builtins`: the server's TOML config, its command line and credentials, firewall ports, the
+# client's nix.settings (substituter order, trusted keys), the agent's config, Atuin settings,
+# the machine templates (Syncthing folders, Tailscale flags) and the system-update script.
+# The modules call these; tests/nix/lib-test.nix checks them with `nix-instantiate --eval`.
+let
+  inherit (builtins)
+    attrNames
+    concatMap
+    concatStringsSep
+    filter
+    head
+    isAttrs
+    isString
+    listToAttrs
+    mapAttrs
+    match
+    substring
+    stringLength
+    ;
+
+  # Removes attributes whose value is null (TOML has no null), recursively.
+  dropNulls =
+    set:
+    listToAttrs (
+      concatMap (
+        n:
+        let
+          v = set.${n};
+        in
+        if v == null then
+          [ ]
+        else
+          [
+            {
+              name = n;
+              value = if isAttrs v then dropNulls v else v;
+            }
+          ]
+      ) (attrNames set)
+    );
+
+  hasPrefix = prefix: s: substring 0 (stringLength prefix) s == prefix;
+  removePrefix =
+    prefix: s:
+    if hasPrefix prefix s then substring (stringLength prefix) (stringLength s) s else s;
+  optional = cond: x: if cond then [ x ] else [ ];
+  shellQuote = s: "'" + builtins.replaceStrings [ "'" ] [ "'\\''" ] s + "'";
+in
+rec {
+  inherit dropNulls hasPrefix shellQuote;
+
+  # --- secrets -----------------------------------------------------------------------------
+
+  # Why a secret file setting is unacceptable, or null. Secrets are passed as absolute path
+  # strings to files outside the Nix store (git-ignored, or provisioned on the host); a Nix
+  # path literal (./key) would be copied into the world-readable store.
+  secretPathProblem =
+    name: value:
+    if value == null then
+      null
+    else if !(isString value) then
+      "${name} must be a string path to a file outside the Nix store (a Nix path literal would be copied into the store)"
+    else if !(hasPrefix "/" value) then
+      "${name} must be an absolute path, got ${value}"
+    else if hasPrefix "/nix/store/" value then
+      "${name} points into the Nix store (${value}), where every user can read it"
+    else
+      null;
+
+  # Why the nix-daemon would refuse the server's user, or null.
+  daemonAccessProblem =
+    {
+      allowedUsers,
+      user,
+      group,
+    }:
+    if
+      builtins.any (u: u == "*" || u == user || u == "@${group}") allowedUsers
+    then
+      null
+    else
+      "nix.settings.allowed-users must contain \"${user}\" or \"@${group}\" so that builds reach the nix-daemon";
+
+  # --- addresses ---------------------------------------------------------------------------
+
+  # The TCP port of "host:port" or "[v6]:port".
+  portOf =
+    addr:
+    let
+      m = match ".*:([0-9]+)" addr;
+    in
+    if m == null then throw "no port in listen address ${addr}" else builtins.fromJSON (head m);
+
+  # How a local client reaches a listener: a wildcard bind is reached over loopback.
+  connectUrl =
+    bind:
+    let
+      m = match "(.*):([0-9]+)" bind;
+      host = head m;
+      port = builtins.elemAt m 1;
+      reach =
+        if host == "0.0.0.0" then
+          "127.0.0.1"
+        else if host == "[::]" then
+          "[::1]"
+        else
+          host;
+    in
+    if m == null then throw "no port in listen address ${bind}" else "http://${reach}:${port}";
+
+  # Ports of libp2p multiaddrs such as /ip4/100.64.0.1/udp/5002/quic-v1 and /ip4/…/tcp/5002.
+  multiaddrPorts =
+    addrs:
+    let
+      ports =
+        proto:
+        concatMap (
+          a:
+          let
+            m = match ".*/${proto}/([0-9]+)(/.*)?" a;
+          in
+          if m == null then [ ] else [ (builtins.fromJSON (head m)) ]
+        ) addrs;
+    in
+    {
+      tcp = ports "tcp";
+      udp = ports "udp";
+    };
+
+  # --- the server (services.tailcache.server) ----------------------------------------------
+
+  # Credential ids under $CREDENTIALS_DIRECTORY for the secret files that are set.
+  serverCredentials =
+    cfg:
+    optional (cfg.signingKeyFile != null) "signing-key:${cfg.signingKeyFile}"
+    ++ optional (cfg.api.tokenFile != null) "api-token:${cfg.api.tokenFile}"
+    ++ optional (cfg.build.webhookSecretFile != null) "webhook-secret:${cfg.build.webhookSecretFile}";
+
+  # Arguments of `tailcache serve` after the program: the config file, and the secrets read
+  # from the credentials directory (`%d` is systemd's specifier for $CREDENTIALS_DIRECTORY).
+  serverArgs =
+    cfg: configFile:
+    [
+      "serve"
+      "--config"
+      configFile
+    ]
+    ++ (if cfg.signingKeyFile != null then [ "--secret-key-file" "%d/signing-key" ] else [ ])
+    ++ (if cfg.api.tokenFile != null then [ "--token-file" "%d/api-token" ] else [ ])
+    ++ (
+      if cfg.build.webhookSecretFile != null then
+        [ "--webhook-secret-file" "%d/webhook-secret" ]
+      else
+        [ ]
+    );
+
+  # The server's TOML config (src/config.rs; unknown keys are an error there). Secrets are
+  # not in it: they come from the command line (serverArgs), out of the credentials directory.
+  serverConfig =
+    cfg:
+    dropNulls {
+      state_dir = cfg.stateDir;
+      cache = {
+        bind = cfg.cache.listen;
+        priority = cfg.cache.priority;
+        compression = cfg.cache.compression;
+        nar_cache_max_bytes = cfg.cache.maxBytes;
+      };
+      api = {
+        bind = cfg.api.listen;
+      };
+      build = {
+        repository = cfg.build.repository;
+        branch = cfg.build.branch;
+        attribute = cfg.build.attribute;
+        nix_args = cfg.build.nixArgs;
+        coalesce = true;
+      };
+      p2p = {
+        enable = cfg.p2p.enable;
+        listen = cfg.p2p.listen;
+      };
+    };
+
+  # Ports to open on tailscale0: the two listeners, and the tracker's when it runs.
+  serverFirewall =
+    cfg:
+    let
+      p2p =
+        if cfg.p2p.enable then
+          multiaddrPorts cfg.p2p.listen
+        else
+          {
+            tcp = [ ];
+            udp = [ ];
+          };
+    in
+    {
+      tcp = [
+        (portOf cfg.cache.listen)
+        (portOf cfg.api.listen)
+      ]
+      ++ p2p.tcp;
+      udp = p2p.udp;
+    };
+
+  # systemd's StateDirectory= for a state directory under /var/lib, else null (the module
+  # then creates it with tmpfiles and allows writing there).
+  stateDirectoryName =
+    dir: if hasPrefix "/var/lib/" dir then removePrefix "/var/lib/" dir else null;
+
+  # --- the client (programs.tailcache) -----------------------------------------------------
+
+  # nix.settings of a client: the local agent first (when enabled), then the server, then the
+  # upstream caches; the server's keys and the upstream keys are trusted, nothing else.
+  nixSettings =
+    {
+      cacheUrl,
+      publicKeys,
+      agent,
+      upstream,
+    }:
+    {
+      substituters =
+        optional agent.enable "http://${agent.bind}" ++ [ cacheUrl ] ++ map (u: u.url) upstream;
+      trusted-public-keys = publicKeys ++ map (u: u.key) upstream;
+      require-sigs = true;
+    };
+
+  # `tailcache agent --config` file (the [agent] section of src/config.rs).
+  agentConfig =
+    cfg:
+    dropNulls {
+      agent = {
+        server = cfg.cacheUrl;
+        tracker = cfg.agent.tracker;
+        bind = cfg.agent.bind;
+        trusted_keys = cfg.publicKeys;
+        reseed = cfg.agent.reseed;
+        metered = cfg.agent.metered;
+        cache_dir = cfg.agent.cacheDir;
+        cache_max_bytes = cfg.agent.cacheMaxBytes;
+        upload_rate = cfg.agent.uploadRate;
+        listen = cfg.agent.listen;
+      };
+    };
+
+  # ~/.config/tailcache/config.toml for bt/bs/bl (src/cli/config.rs).
+  clientConfig =
+    cfg:
+    dropNulls {
+      server = cfg.server;
+      token_file = cfg.tokenFile;
+    };
+
+  # Command lines that look like they carry a secret; Atuin never records them.
+  defaultHistoryFilter = [
+    "(?i)(password|passwd|secret|token|api[_-]?key)[a-z_]*="
+    "(?i)authorization: *(bearer|basic)"
+    "(?i)--(password|token|secret)[ =]"
+    "^ "
+  ];
+
+  # programs.atuin.settings.
+  atuinSettings = a: {
+    auto_sync = a.autoSync;
+    sync_address = a.syncAddress;
+    sync_frequency = a.syncFrequency;
+    search_mode = if a.fuzzySearch then "fuzzy" else "prefix";
+    history_filter = a.historyFilter;
+    secrets_filter = true;
+  };
+
+  # --- machines (services.bootstrap-services) ----------------------------------------------
+
+  templateNames = [
+    "laptop"
+    "desktop"
+    "server"
+  ];
+
+  # What each machine template sets; every value is a default a machine may override field
+  # by field. Device names refer to services.bootstrap-services.syncthing.devices.
+  templates =
+    let
+      folder = path: devices: {
+        inherit path devices;
+        type = "sendreceive";
+      };
+    in
+    {
+      # Carried around: documents and notes, synced with the desktop and the always-on server.
+      laptop = {
+        folders = {
+          documents = folder "~/Documents" [
+            "desktop"
+            "server"
+          ];
+          notes = folder "~/Notes" [
+            "desktop"
+            "server"
+          ];
+        };
+        tailscale = {
+          acceptRoutes = true;
+          ssh = false;
+        };
+      };
+      # At home: also the photo library; reachable over Tailscale SSH.
+      desktop = {
+        folders = {
+          documents = folder "~/Documents" [
+            "laptop"
+            "server"
+          ];
+          notes = folder "~/Notes" [
+            "laptop"
+            "server"
+          ];
+          photos = folder "~/Pictures" [ "server" ];
+        };
+        tailscale = {
+          acceptRoutes = true;
+          ssh = true;
+        };
+      };
+      # Always on: the hub every folder meets at, plus a receive-only backup of the others.
+      server = {
+        folders = {
+          documents = folder "~/sync/documents" [
+            "laptop"
+            "desktop"
+          ];
+          notes = folder "~/sync/notes" [
+            "laptop"
+            "desktop"
+          ];
+          photos = folder "~/sync/photos" [ "desktop" ];
+          backups = (folder "~/sync/backups" [
+            "laptop"
+            "desktop"
+          ]) // {
+            type = "receiveonly";
+          };
+        };
+        tailscale = {
+          acceptRoutes = false;
+          ssh = true;
+        };
+      };
+    };
+
+  # A template's settings with every leaf wrapped by `mkDefault`, so that the module system
+  # merges a machine's own definitions field by field: setting folders.documents.path keeps
+  # the template's folders.documents.devices.
+  templateDefaults =
+    mkDefault: name:
+    let
+      t = templates.${name} or (throw "unknown template ${name}; one of ${concatStringsSep ", " templateNames}");
+      wrap = v: if isAttrs v then mapAttrs (_: wrap) v else mkDefault v;
+    in
+    wrap t;
+
+  # What the module system yields from template defaults plus a machine's overrides (the
+  # priorities of templateDefaults spelled out): per folder, per field, the override wins.
+  mergeFolders =
+    defaults: overrides:
+    let
+      names = attrNames (defaults // overrides);
+    in
+    listToAttrs (
+      map (n: {
+        name = n;
+        value = (defaults.${n} or { }) // (overrides.${n} or { });
+      }) names
+    );
+
+  # services.syncthing.settings: enabled folders, each shared only with devices whose id is
+  # known (a template names devices before their ids are).
+  syncthingSettings =
+    { folders, devices }:
+    {
+      devices = mapAttrs (_: d: {
+        inherit (d) id addresses;
+      }) devices;
+      folders = listToAttrs (
+        concatMap (
+          n:
+          let
+            f = folders.${n};
+          in
+          if !(f.enable or true) then
+            [ ]
+          else
+            [
+              {
+                name = n;
+                value = {
+                  id = if (f.id or null) == null then n else f.id;
+                  label = n;
+                  inherit (f) path type;
+                  devices = filter (d: devices ? ${d}) f.devices;
+                };
+              }
+            ]
+        ) (attrNames folders)
+      );
+    };
+
+  # `tailscale up` flags for a machine.
+  tailscaleUpFlags =
+    t:
+    optional (t.hostname != null) "--hostname=${t.hostname}"
+    ++ [ "--accept-routes=${if t.acceptRoutes then "true" else "false"}" ]
+    ++ [ "--ssh=${if t.ssh then "true" else "false"}" ]
+    ++ optional (t.exitNode != null) "--exit-node=${t.exitNode}"
+    ++ optional (t.operator != null) "--operator=${t.operator}"
+    ++ t.extraUpFlags;
+
+  # The body of `system-update`: update the flake's inputs, switch to the result, collect
+  # garbage. A `path:` reference is used because secrets.nix is git-ignored.
+  systemUpdateScript =
+    {
+      flake,
+      nixos,
+      homeManager,
+      gcOlderThan,
+    }:
+    concatStringsSep "\n" (
+      [
+        "set -euo pipefail"
+        "flake=\"\${1:-${flake}}\""
+        "host=\"$(hostname)\""
+        "echo \"system-update: updating $flake\""
+        "(cd \"$flake\" && nix --extra-experimental-features 'nix-command flakes' flake update)"
+      ]
+      ++ optional nixos "sudo nixos-rebuild switch --flake \"path:$flake#$host\""
+      ++ optional homeManager "home-manager switch --flake \"path:$flake#$USER\""
+      ++ [ "nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}" ]
+      ++ optional nixos "sudo nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}"
+      ++ [ "echo 'system-update: done'" ]
+    )
+    + "\n";
+}

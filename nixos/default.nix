@@ -1,0 +1,396 @@
+# NixOS module `services.tailcache.server`: the build server and binary cache as a hardened
+# systemd service under its own user, secrets passed with LoadCredential (never in the store),
+# the firewall opened on tailscale0 only, a build timer, weekly GC and store optimisation.
+# The decisions (TOML config, command line, credentials, ports) live in ../nix/lib.nix.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  tlib = import ../nix/lib.nix;
+  cfg = config.services.tailcache.server;
+  inherit (lib) mkOption mkEnableOption types;
+
+  configFile = (pkgs.formats.toml { }).generate "tailcache-server.toml" (tlib.serverConfig cfg);
+  stateDirectoryName = tlib.stateDirectoryName cfg.stateDir;
+  ports = tlib.serverFirewall cfg;
+  secretFile =
+    description:
+    mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/secrets/tailcache/secret";
+      description = ''
+        ${description} An absolute path to a file outside the Nix store (e.g. git-ignored
+        or provisioned on the host), handed to the service with systemd's LoadCredential;
+        the value never enters the store.
+      '';
+    };
+in
+{
+  options.services.tailcache.server = {
+    enable = mkEnableOption "the tailcache build server and Nix binary cache";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.tailcache or (pkgs.callPackage ../nix/package.nix { });
+      defaultText = "pkgs.tailcache (the flake's overlay), else the package built from this source";
+      description = "The tailcache package.";
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = "tailcache";
+      description = "Dedicated system user the server and its builds run as (created).";
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = "tailcache";
+      description = "Group of that user (created).";
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/tailcache";
+      description = "Generated signing key (when signingKeyFile is unset), compressed NARs, build status, logs and the checkout.";
+    };
+
+    signingKeyFile = secretFile "Secret key (Nix format) the cache signs with; unset: one is generated in stateDir on first start.";
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the cache, API (and tracker) ports on the tailscale0 interface only.";
+    };
+
+    trusted = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Add the server's user to nix.settings.trusted-users (only needed when build.nixArgs pass settings a normal user may not, e.g. extra substituters).";
+    };
+
+    keepStoreDbOpen = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Run a root helper that holds /nix/var/nix/db/db.sqlite open read-only while the
+        server runs. The server reads the WAL database as an unprivileged user, which SQLite
+        allows only while its -shm file exists, and only a writer of /nix/var/nix/db may create
+        it; Nix removes it whenever its last connection closes.
+      '';
+    };
+
+    cache = {
+      listen = mkOption {
+        type = types.str;
+        default = "127.0.0.1:5000";
+        example = "100.64.0.1:5000";
+        description = "Address of the binary cache listener: the tailnet address in production, never 0.0.0.0 by default.";
+      };
+      priority = mkOption {
+        type = types.ints.unsigned;
+        default = 30;
+        description = "nix-cache-info Priority (cache.nixos.org uses 40).";
+      };
+      compression = mkOption {
+        type = types.enum [
+          "xz"
+          "zstd"
+          "none"
+        ];
+        default = "xz";
+        description = "Background compression of NARs.";
+      };
+      maxBytes = mkOption {
+        type = types.ints.unsigned;
+        default = 21474836480;
+        description = "Upper bound of the compressed-NAR directory (nar_cache_max_bytes).";
+      };
+    };
+
+    api = {
+      listen = mkOption {
+        type = types.str;
+        default = "127.0.0.1:8000";
+        example = "100.64.0.1:8000";
+        description = "Address of the build API listener.";
+      };
+      tokenFile = secretFile "Bearer token the POST routes require (and the build timer sends).";
+    };
+
+    build = {
+      repository = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "https://github.com/you/nixos-config.git";
+        description = "Git URL or path of the configuration repository; unset: builds are not configured.";
+      };
+      branch = mkOption {
+        type = types.str;
+        default = "main";
+        description = "Branch to build.";
+      };
+      attribute = mkOption {
+        type = types.str;
+        default = "default";
+        example = "nixosConfigurations.desktop.config.system.build.toplevel";
+        description = "Flake attribute to build.";
+      };
+      nixArgs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        description = "Extra arguments for nix flake update and nix build.";
+      };
+      schedule = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "*-*-* 03:00:00";
+        description = "systemd OnCalendar expression of a timer that triggers a build through the API; null: no timer.";
+      };
+      webhookSecretFile = secretFile "GitHub webhook secret; enables POST /build/webhook.";
+    };
+
+    p2p = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Run the P2P tracker/seed node that agents on clients use.";
+      };
+      listen = mkOption {
+        type = types.listOf types.str;
+        default = [
+          "/ip4/127.0.0.1/udp/5002/quic-v1"
+          "/ip4/127.0.0.1/tcp/5002"
+        ];
+        example = [
+          "/ip4/100.64.0.1/udp/5002/quic-v1"
+          "/ip4/100.64.0.1/tcp/5002"
+        ];
+        description = "libp2p multiaddrs of the tracker.";
+      };
+    };
+
+    gc = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Collect garbage weekly (nix.gc); the last build's out-link is a GC root and survives.";
+      };
+      dates = mkOption {
+        type = types.str;
+        default = "weekly";
+        description = "When (systemd calendar).";
+      };
+      options = mkOption {
+        type = types.str;
+        default = "--delete-older-than 30d";
+        description = "Arguments of nix-collect-garbage.";
+      };
+    };
+
+    optimise = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Deduplicate the store weekly (nix.optimise).";
+      };
+      dates = mkOption {
+        type = types.listOf types.str;
+        default = [ "weekly" ];
+        description = "When (systemd calendar).";
+      };
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions =
+      map
+        (p: {
+          assertion = p == null;
+          message = "services.tailcache.server: ${toString p}";
+        })
+        [
+          (tlib.secretPathProblem "signingKeyFile" cfg.signingKeyFile)
+          (tlib.secretPathProblem "api.tokenFile" cfg.api.tokenFile)
+          (tlib.secretPathProblem "build.webhookSecretFile" cfg.build.webhookSecretFile)
+          (tlib.daemonAccessProblem {
+            allowedUsers = config.nix.settings.allowed-users;
+            inherit (cfg) user group;
+          })
+        ];
+
+    users.users.${cfg.user} = {
+      isSystemUser = true;
+      inherit (cfg) group;
+      home = cfg.stateDir;
+      description = "tailcache build server";
+    };
+    users.groups.${cfg.group} = { };
+
+    # The builds go through the nix-daemon as this user: it must be allowed to connect
+    # (allowed-users defaults to "*"; a machine that narrows it must name the user or group).
+    nix.settings.trusted-users = lib.mkIf cfg.trusted [ cfg.user ];
+
+    nix.gc = lib.mkIf cfg.gc.enable {
+      automatic = true;
+      inherit (cfg.gc) dates options;
+    };
+    nix.optimise = lib.mkIf cfg.optimise.enable {
+      automatic = true;
+      inherit (cfg.optimise) dates;
+    };
+
+    networking.firewall.interfaces.tailscale0 = lib.mkIf cfg.openFirewall {
+      allowedTCPPorts = ports.tcp;
+      allowedUDPPorts = ports.udp;
+    };
+
+    systemd.tmpfiles.rules = lib.mkIf (stateDirectoryName == null) [
+      "d ${cfg.stateDir} 0700 ${cfg.user} ${cfg.group} - -"
+    ];
+
+    systemd.services.tailcache-server = {
+      description = "tailcache build server and Nix binary cache";
+      wantedBy = [ "multi-user.target" ];
+      # Listening on the tailnet address needs tailscaled up (a failed bind is retried).
+      after = [
+        "network-online.target"
+        "nix-daemon.socket"
+        "tailscaled.service"
+      ];
+      wants = [ "network-online.target" ];
+      requires = lib.mkIf cfg.keepStoreDbOpen [ "tailcache-store-db.service" ];
+      # The default pipeline runs git and nix; /bin/sh runs the fetch script.
+      path = [
+        config.nix.package
+        pkgs.git
+        pkgs.openssh
+      ];
+      environment = {
+        HOME = cfg.stateDir;
+        XDG_CACHE_HOME = "%C/tailcache";
+        RUST_LOG = "info";
+      };
+      serviceConfig = {
+        ExecStart = lib.escapeShellArgs ([ "${cfg.package}/bin/tailcache" ] ++ tlib.serverArgs cfg configFile);
+        LoadCredential = tlib.serverCredentials cfg;
+        User = cfg.user;
+        Group = cfg.group;
+        StateDirectory = lib.mkIf (stateDirectoryName != null) stateDirectoryName;
+        StateDirectoryMode = "0700";
+        CacheDirectory = "tailcache";
+        ReadWritePaths = lib.mkIf (stateDirectoryName == null) [ cfg.stateDir ];
+        Restart = "on-failure";
+        RestartSec = 5;
+        KillSignal = "SIGTERM";
+        TimeoutStopSec = 30;
+        UMask = "0077";
+        # Hardening: the server reads the store and talks to the nix-daemon; nothing more.
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        ProtectProc = "invisible";
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        RemoveIPC = true;
+        CapabilityBoundingSet = "";
+        AmbientCapabilities = "";
+        # Unix: the nix-daemon socket; inet: listeners, git fetches, libp2p; netlink: libp2p
+        # watches interface addresses.
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+          "AF_NETLINK"
+        ];
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+        ];
+      };
+    };
+
+    # See keepStoreDbOpen. sqlite3 opens the database read-only and waits; it can create
+    # the -shm file (the directory is writable for root) but never writes the database.
+    systemd.services.tailcache-store-db = lib.mkIf cfg.keepStoreDbOpen {
+      description = "Hold the Nix store database open for tailcache";
+      before = [ "tailcache-server.service" ];
+      partOf = [ "tailcache-server.service" ];
+      serviceConfig = {
+        ExecStart = lib.escapeShellArgs [
+          "${pkgs.sqlite}/bin/sqlite3"
+          "-readonly"
+          "/nix/var/nix/db/db.sqlite"
+          "SELECT count(*) FROM sqlite_master;"
+          ".shell exec ${pkgs.coreutils}/bin/sleep infinity"
+        ];
+        StandardInput = "null";
+        StandardOutput = "null";
+        Restart = "always";
+        ProtectSystem = "strict";
+        ReadWritePaths = [ "/nix/var/nix/db" ];
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        PrivateNetwork = true;
+        NoNewPrivileges = true;
+        CapabilityBoundingSet = "";
+        RestrictAddressFamilies = [ "AF_UNIX" ];
+        SystemCallArchitectures = "native";
+      };
+    };
+
+    systemd.services.tailcache-server-trigger = lib.mkIf (cfg.build.schedule != null) {
+      description = "Trigger a tailcache build";
+      after = [ "tailcache-server.service" ];
+      requires = [ "tailcache-server.service" ];
+      script = ''
+        if [ -n "''${CREDENTIALS_DIRECTORY:-}" ] && [ -r "$CREDENTIALS_DIRECTORY/api-token" ]; then
+          TAILCACHE_TOKEN="$(cat "$CREDENTIALS_DIRECTORY/api-token")"
+          export TAILCACHE_TOKEN
+        fi
+        exec ${cfg.package}/bin/tailcache trigger --server ${lib.escapeShellArg (tlib.connectUrl cfg.api.listen)}
+      '';
+      serviceConfig = {
+        Type = "oneshot";
+        User = cfg.user;
+        Group = cfg.group;
+        LoadCredential = lib.optional (cfg.api.tokenFile != null) "api-token:${cfg.api.tokenFile}";
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+        ];
+        CapabilityBoundingSet = "";
+      };
+    };
+
+    systemd.timers.tailcache-server-trigger = lib.mkIf (cfg.build.schedule != null) {
+      description = "Scheduled tailcache builds";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = cfg.build.schedule;
+        Persistent = true;
+      };
+    };
+  };
+}
