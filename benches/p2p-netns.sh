@@ -473,6 +473,8 @@ mkdir -p "$ROOT/bench-results"
 stamp=$(date +%Y-%m-%d-%H%M%S)
 out=$ROOT/bench-results/p2p-netns-$stamp.md
 printf '%s\n' "${TSV[@]}" > "${out%.md}.tsv"
+bin_note=" (built from this checkout)"
+[ -n "${TAILCACHE_BIN:-}" ] && bin_note=" (given by TAILCACHE_BIN: its source is whatever built it)"
 case $NETEM in
     yes) delay_note="netem: ${DELAY_MS} ms one-way on each host's egress (RTT $((2 * DELAY_MS)) ms)" ;;
     no) delay_note="**no added delay: netem is not available in this kernel** (RTT = veth/bridge only, well under 1 ms)" ;;
@@ -481,7 +483,7 @@ esac
 {
     echo "# P2P benchmark (network namespaces)${LABEL:+ — $LABEL} — $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "tailcache $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?') (binary $BIN), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), kernel $(uname -r)."
+    echo "Binary $BIN$bin_note; script from $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), kernel $(uname -r)."
     echo "F = $F B ($(mib "$F") MiB zstd file of a ${FILE_MIB} MiB random path). Server up/down ${SERVER_MBIT} Mbit/s, $PEERS peers up/down ${PEER_MBIT} Mbit/s"
     echo "(htb on both ends of each veth, pfifo/netem leaf of $QUEUE_PKTS packets), MTU 1280, GSO off; $delay_note."
     echo "libp2p transports: $P2P_TRANSPORTS (tracker: $TRACKER). Scenario c: arrivals every ${STAGGER}s."
