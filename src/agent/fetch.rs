@@ -16,7 +16,7 @@
 //! most `requests_per_peer` per peer, the best goodput first. Pieces no peer holds come
 //! from the server, at most `server_requests` at once, in an order that differs per agent
 //! so agents that fetch together pull disjoint pieces from the server and exchange the
-//! rest: the agents still downloading (this one and its partial peers, ordered by peer id)
+//! rest: the agents still downloading (this one and the partial peers that upload, by peer id)
 //! split the pieces by index modulo their number; each takes its own share lowest first
 //! (so every agent's verified prefix, streamed to Nix, keeps growing), then helps with the
 //! others' shares from the top down. A piece another peer is fetching from the server right
@@ -25,8 +25,9 @@
 //!
 //! Failures: a peer that sends a piece that fails verification is banned for the agent's
 //! life and the piece is fetched again elsewhere; a peer that fails [`MAX_PEER_FAILURES`]
-//! times is dropped from this download (a busy peer is only backed off, up to
-//! [`MAX_PEER_BUSY`] times). Endgame: once every missing piece is in flight, the ones with
+//! times is dropped from this download (a busy peer is only backed off; [`MAX_PEER_BUSY`]
+//! refusals in a row count as one failure). A peer's claims and its place in the server
+//! split last as long as it answers piece maps, whatever its failures. Endgame: once every missing piece is in flight, the ones with
 //! a single request get a duplicate request at another peer that holds it; the first
 //! verified copy wins.
 
@@ -51,7 +52,7 @@ use super::store::Partial;
 
 /// A peer failing this often (errors, refusals, timeouts) is dropped from the download.
 pub const MAX_PEER_FAILURES: u32 = 3;
-/// "Busy" refusals a peer may answer in one download before it counts as a failure.
+/// "Busy" refusals in a row (no piece in between) that count as one failure.
 pub const MAX_PEER_BUSY: u32 = 50;
 /// Server failures that end the download.
 const MAX_SERVER_FAILURES: u32 = 3;
@@ -136,8 +137,12 @@ struct PeerState {
     have: Option<Vec<u8>>,
     /// Pieces it is fetching from the server, as last answered.
     fetching: Vec<u8>,
+    /// It answered with a map of a download in progress: it fetches and shares pieces
+    /// (a peer that answers "none" does not upload, and takes no share of the server's).
+    sharing: bool,
     /// A piece-map request is outstanding.
     asking: bool,
+    /// Busy refusals since its last piece.
     busy: u32,
     backoff_until: Option<Instant>,
 }
@@ -329,21 +334,35 @@ impl Download {
             .filter(|p| self.usable(sw, p))
             .copied()
             .collect();
-        // Availability and claims of the missing pieces, among usable peers.
+        // Availability of the missing pieces among usable peers; claims ("fetching it from
+        // the server") of any peer not banned that answers piece maps.
+        let banned = |p: &PeerId| {
+            self.scores
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(p)
+                .is_some_and(|s| s.banned)
+        };
+        let sharing: Vec<PeerId> = sw
+            .peers
+            .iter()
+            .filter(|(p, st)| st.sharing && !st.complete && !banned(p))
+            .map(|(p, _)| *p)
+            .collect();
         let mut avail = vec![0u32; n as usize];
         let mut claimed = vec![false; n as usize];
-        for p in &usable {
-            let st = &sw.peers[p];
-            for i in 0..n {
-                if sw.pieces[i as usize].done {
-                    continue;
-                }
-                if st.has(i) {
+        for i in 0..n {
+            if sw.pieces[i as usize].done {
+                continue;
+            }
+            for p in &usable {
+                if sw.peers[p].has(i) {
                     avail[i as usize] += 1;
-                } else if PieceMap::bit(&st.fetching, i) {
-                    claimed[i as usize] = true;
                 }
             }
+            claimed[i as usize] = sharing
+                .iter()
+                .any(|p| PieceMap::bit(&sw.peers[p].fetching, i));
         }
         sw.claims.retain(|i, _| claimed[*i as usize]);
         for (i, c) in claimed.iter_mut().enumerate() {
@@ -380,11 +399,7 @@ impl Download {
         // The server: pieces no peer holds or is about to, this agent's share first.
         let alone = usable.is_empty();
         let me = self.node.peer_id().to_bytes();
-        let mut members: Vec<Vec<u8>> = usable
-            .iter()
-            .filter(|p| !sw.peers[p].complete)
-            .map(|p| p.to_bytes())
-            .collect();
+        let mut members: Vec<Vec<u8>> = sharing.iter().map(|p| p.to_bytes()).collect();
         members.push(me.clone());
         members.sort_unstable();
         let my_index = members.iter().position(|m| *m == me).unwrap_or(0) as u64;
@@ -480,12 +495,16 @@ impl Download {
                 };
                 st.asking = false;
                 match result {
-                    Ok(Some(map)) if map.complete => st.complete = true,
+                    Ok(Some(map)) if map.complete => {
+                        st.complete = true;
+                        st.sharing = false;
+                    }
                     Ok(Some(map))
                         if map.have.len() == bitmap_len && map.fetching.len() == bitmap_len =>
                     {
                         st.have = Some(map.have);
                         st.fetching = map.fetching;
+                        st.sharing = true;
                     }
                     Ok(Some(_)) => {
                         tracing::debug!("peer {peer}: piece map of the wrong size");
@@ -495,11 +514,15 @@ impl Download {
                     Ok(None) => {
                         st.have = Some(Vec::new());
                         st.fetching = Vec::new();
+                        st.sharing = false;
                     }
                     Err(e) => {
                         tracing::debug!("peer {peer}: piece map: {e}");
-                        // Until it answers, it is taken to hold nothing.
+                        // Until it answers again it is taken to hold nothing new, claim
+                        // nothing and take no share of the server's pieces.
                         st.have.get_or_insert_with(Vec::new);
+                        st.fetching = Vec::new();
+                        st.sharing = false;
                         self.peer_failed(sw, peer);
                     }
                 }
@@ -607,7 +630,16 @@ impl Download {
                     let ask: Vec<PeerId> = sw
                         .peers
                         .iter()
-                        .filter(|(p, st)| !st.complete && !st.asking && self.usable(&sw, p))
+                        .filter(|(p, st)| {
+                            !st.complete
+                                && !st.asking
+                                && !self
+                                    .scores
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .get(*p)
+                                    .is_some_and(|s| s.banned)
+                        })
                         .map(|(p, _)| *p)
                         .collect();
                     for p in ask {
@@ -637,7 +669,7 @@ impl Download {
                     {
                         st.busy += 1;
                         st.backoff_until = Some(Instant::now() + BUSY_BACKOFF);
-                        if st.busy > MAX_PEER_BUSY {
+                        if st.busy >= MAX_PEER_BUSY {
                             st.busy = 0;
                             self.peer_failed(&mut sw, p);
                         }
@@ -675,6 +707,9 @@ impl Download {
                         Ok(()) => {
                             match source {
                                 Source::Peer(p) => {
+                                    if let Some(st) = sw.peers.get_mut(&p) {
+                                        st.busy = 0;
+                                    }
                                     self.metrics.peer_bytes.inc_by(len);
                                     let rate = len as f64 / elapsed.as_secs_f64().max(1e-6);
                                     let mut s =
