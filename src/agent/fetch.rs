@@ -20,7 +20,8 @@
 //! split the pieces by index modulo their number; each takes its own share lowest first
 //! (so every agent's verified prefix, streamed to Nix, keeps growing), then helps with the
 //! others' shares from the top down. A piece another peer is fetching from the server right
-//! now is left to it (for at most [`CLAIM_PATIENCE`]). With no usable peer at all the
+//! now is left to it (for at most [`CLAIM_PATIENCE`], and only [`MAX_CLAIMS_PER_PEER`] per
+//! peer). With no usable peer at all the
 //! server serves every missing piece, lowest first.
 //!
 //! Failures: a peer that sends a piece that fails verification is banned for the agent's
@@ -64,6 +65,9 @@ pub const MAP_REFRESH: Duration = Duration::from_millis(500);
 pub const TRACKER_REFRESH: Duration = Duration::from_secs(1);
 /// How long a piece another peer says it is fetching from the server is left to it.
 pub const CLAIM_PATIENCE: Duration = Duration::from_secs(20);
+/// Claims one peer may make at once; a map with more (no honest agent has that many server
+/// requests in flight) has its claims ignored, so a lying peer cannot hold pieces back.
+const MAX_CLAIMS_PER_PEER: u32 = 16;
 /// How long a busy peer is left alone.
 const BUSY_BACKOFF: Duration = Duration::from_millis(100);
 /// Peers one download keeps track of.
@@ -502,8 +506,13 @@ impl Download {
                     Ok(Some(map))
                         if map.have.len() == bitmap_len && map.fetching.len() == bitmap_len =>
                     {
+                        let claims: u32 = map.fetching.iter().map(|b| b.count_ones()).sum();
                         st.have = Some(map.have);
-                        st.fetching = map.fetching;
+                        st.fetching = if claims <= MAX_CLAIMS_PER_PEER {
+                            map.fetching
+                        } else {
+                            Vec::new()
+                        };
                         st.sharing = true;
                     }
                     Ok(Some(_)) => {
