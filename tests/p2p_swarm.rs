@@ -4,7 +4,8 @@
 //! byte about once however many agents fetch. The server sits behind a shaping proxy (a
 //! real TCP relay with a shared byte budget, standing for the server's uplink) so that the
 //! server is the scarce link, as in the benchmark; stock Nix with `require-sigs` still
-//! substitutes through an agent that joins afterwards.
+//! substitutes through an agent that joins afterwards, and a metered agent in the swarm
+//! never uploads.
 
 mod common;
 
@@ -313,6 +314,43 @@ fn agents_arriving_one_after_another_fetch_from_those_before_them() {
         );
     }
     for a in &agents {
+        s.assert_kept_intact(a);
+    }
+}
+
+#[test]
+fn a_metered_agent_in_the_swarm_downloads_but_never_uploads() {
+    let s = setup();
+    let size = s.file_size();
+    let sharing: Vec<TestAgent> = (0..2).map(|_| s.agent()).collect();
+    let metered = AgentBuilder::new(&s.server, &s.key.public)
+        .server_url(&s.shaper.url)
+        .metered(true)
+        .start();
+    let start = Barrier::new(3);
+    std::thread::scope(|scope| {
+        for a in sharing.iter().chain(std::iter::once(&metered)) {
+            let start = &start;
+            let s = &s;
+            scope.spawn(move || {
+                start.wait();
+                s.fetch_through(a);
+            });
+        }
+    });
+    let figures = s.report("metered", std::slice::from_ref(&metered));
+    assert_eq!(figures[0].2, 0.0, "a metered agent uploaded");
+    assert!(figures[0].0 + figures[0].1 >= size);
+    // The others got nothing from it: what they did not fetch themselves came from each
+    // other, and they were never told it holds anything.
+    let theirs = s.report("sharing", &sharing);
+    let uploaded: f64 = theirs.iter().map(|f| f.2).sum();
+    let from_peers: f64 = theirs.iter().map(|f| f.1).sum::<f64>() + figures[0].1;
+    assert!(
+        uploaded >= from_peers,
+        "uploaded {uploaded} < received {from_peers}"
+    );
+    for a in &sharing {
         s.assert_kept_intact(a);
     }
 }
