@@ -136,6 +136,8 @@ pub struct AgentConfig {
     pub listen: Vec<String>,
     /// Piece requests in flight to one peer at once.
     pub requests_per_peer: usize,
+    /// Range requests in flight to the server at once (the scarce link).
+    pub server_requests: usize,
 }
 
 impl Default for AgentConfig {
@@ -154,6 +156,7 @@ impl Default for AgentConfig {
             upload_rate: 0,
             listen: default_p2p_listen(),
             requests_per_peer: 4,
+            server_requests: 2,
         }
     }
 }

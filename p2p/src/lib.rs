@@ -6,7 +6,8 @@
 //! - [`manifest`]: the signed P2P manifest and its signature domain.
 //! - [`verify`]: BLAKE3 outboards (hash trees) and verification of received chunks.
 //! - [`node`]: the libp2p node — transports, behaviours, `Client` → `Command` → event loop.
-//! - [`tracker`]: the tracker protocol (announce, who-has) and its server-side state.
+//! - [`tracker`]: the control protocol (announce, who-has; between peers, piece maps of
+//!   partial files) and the tracker's server-side state.
 //! - [`error`]: the crate's error type.
 
 pub mod error;

@@ -1,5 +1,6 @@
 //! The tracker: the control messages peers exchange with it over the request-response
-//! protocol `/tailcache/control/1` (announce, who-has, withdraw) and the server-side
+//! protocol `/tailcache/control/1` (announce, who-has, withdraw; and, between peers, which
+//! pieces of a file one holds — [`PieceMap`]) and the server-side
 //! [`TrackerState`] that answers them. The state is pure (time comes in as an argument) so it
 //! is tested without a network; `node` wires it to the swarm when a node runs as a tracker.
 //!
@@ -33,7 +34,47 @@ pub struct PeerRecord {
     pub complete: bool,
 }
 
-/// A control request, sent by a peer to the tracker.
+/// Which pieces of one file a peer holds, as it answers [`ControlRequest::Pieces`]. Bit `i`
+/// of a bitmap is bit `i % 8` (least significant first) of byte `i / 8`; piece `i` is the
+/// manifest's. A bitmap of another length than the asker's piece count is ignored by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceMap {
+    /// The peer holds the whole file (the bitmaps are then empty).
+    pub complete: bool,
+    /// Pieces verified and served now.
+    pub have: Vec<u8>,
+    /// Pieces the peer is fetching from the server right now: likely to appear soon, so
+    /// others need not fetch them from the server too.
+    pub fetching: Vec<u8>,
+}
+
+impl PieceMap {
+    /// An empty bitmap for `pieces` pieces.
+    pub fn empty_bitmap(pieces: u64) -> Vec<u8> {
+        vec![0u8; usize::try_from(pieces.div_ceil(8)).unwrap_or(usize::MAX)]
+    }
+
+    /// Bit `i` of `bitmap` (false beyond its end).
+    pub fn bit(bitmap: &[u8], i: u64) -> bool {
+        usize::try_from(i / 8)
+            .ok()
+            .and_then(|b| bitmap.get(b))
+            .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
+    }
+
+    /// Sets or clears bit `i` (a no-op beyond the end).
+    pub fn set_bit(bitmap: &mut [u8], i: u64, on: bool) {
+        if let Some(byte) = usize::try_from(i / 8).ok().and_then(|b| bitmap.get_mut(b)) {
+            if on {
+                *byte |= 1 << (i % 8);
+            } else {
+                *byte &= !(1 << (i % 8));
+            }
+        }
+    }
+}
+
+/// A control request, sent by a peer to the tracker (or, `Pieces`, to another peer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlRequest {
     /// "I hold these files; reach me at these addresses." Adds to (or updates) what the
@@ -47,6 +88,8 @@ pub enum ControlRequest {
     WhoHas { file: FileId },
     /// "I no longer hold these files."
     Withdraw { files: Vec<FileId> },
+    /// "Which pieces of this file do you hold?" Asked of peers (any node answers it).
+    Pieces { file: FileId },
 }
 
 /// The answer to a [`ControlRequest`].
@@ -63,6 +106,11 @@ pub enum ControlResponse {
     Withdrawn,
     /// The node asked does not run a tracker.
     NotATracker,
+    /// The answer to [`ControlRequest::Pieces`]: `None` when the node holds none of the
+    /// file or does not upload.
+    Pieces {
+        map: Option<PieceMap>,
+    },
 }
 
 /// The bounds that keep a tracker's memory proportional to its configuration, whatever
@@ -147,6 +195,8 @@ impl TrackerState {
                 self.withdraw(from, &files);
                 ControlResponse::Withdrawn
             }
+            // The tracker holds no pieces; a node answers this itself from its source.
+            ControlRequest::Pieces { .. } => ControlResponse::Pieces { map: None },
         }
     }
 

@@ -1,5 +1,6 @@
 //! The data protocol between two nodes on loopback: exact ranges over QUIC and over TCP,
-//! refusals (not found, no free upload slot, metered mode) and the upload rate cap.
+//! refusals (not found, no free upload slot, metered mode), the upload rate cap, and the
+//! piece maps peers answer (none from a metered node).
 
 mod support;
 
@@ -302,4 +303,66 @@ async fn dialing_nobody_fails_with_a_dial_error() {
         matches!(res, Err(Error::Dial { peer: p, .. }) if p == peer),
         "{res:?}"
     );
+}
+
+/// Holds pieces 0 and 2 of F (of 10) and is fetching piece 5 from the server.
+struct PartialSource;
+
+impl PieceSource for PartialSource {
+    fn open(&self, _: &FileId, _: u64, _: u64) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+        None
+    }
+
+    fn pieces(&self, file: &FileId) -> Option<tailcache_p2p::tracker::PieceMap> {
+        use tailcache_p2p::tracker::PieceMap;
+        (*file == F).then(|| {
+            let mut have = PieceMap::empty_bitmap(10);
+            PieceMap::set_bit(&mut have, 0, true);
+            PieceMap::set_bit(&mut have, 2, true);
+            let mut fetching = PieceMap::empty_bitmap(10);
+            PieceMap::set_bit(&mut fetching, 5, true);
+            PieceMap {
+                complete: false,
+                have,
+                fetching,
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_answer_which_pieces_they_hold_unless_metered() {
+    use tailcache_p2p::tracker::PieceMap;
+    let (seeder, leecher) = pair(config(), Arc::new(PartialSource), quic()).await;
+    let mut events = seeder.subscribe();
+    let map = leecher.pieces(seeder.peer_id(), F).await.unwrap().unwrap();
+    assert!(!map.complete);
+    let held: Vec<u64> = (0..10).filter(|i| PieceMap::bit(&map.have, *i)).collect();
+    assert_eq!(held, vec![0, 2]);
+    let soon: Vec<u64> = (0..10)
+        .filter(|i| PieceMap::bit(&map.fetching, *i))
+        .collect();
+    assert_eq!(soon, vec![5]);
+    // The holder learns that the asker is fetching F.
+    let asked = wait_event(&mut events, |e| {
+        matches!(e, NodeEvent::PieceMapAsked { .. })
+    })
+    .await;
+    assert_eq!(
+        asked,
+        NodeEvent::PieceMapAsked {
+            peer: leecher.peer_id(),
+            file: F
+        }
+    );
+    assert_eq!(
+        leecher.pieces(seeder.peer_id(), [8; 32]).await.unwrap(),
+        None
+    );
+    assert_eq!(seeder.pieces(leecher.peer_id(), F).await.unwrap(), None);
+
+    let mut metered = config();
+    metered.upload = UploadPolicy::Disabled;
+    let (quiet, asker) = pair(metered, Arc::new(PartialSource), quic()).await;
+    assert_eq!(asker.pieces(quiet.peer_id(), F).await.unwrap(), None);
 }

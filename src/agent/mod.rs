@@ -5,8 +5,9 @@
 //! pieces from peers and the server ([`fetch`]) when a manifest signed by a trusted key
 //! exists, and proxied from the server otherwise; `GET /metrics` is Prometheus text.
 //!
-//! With `reseed` the verified files are kept ([`store`]) and announced to the tracker;
-//! `metered` never uploads.
+//! With `reseed` the verified files are kept ([`store`]) and announced to the tracker; a
+//! download in progress is announced as partial at once and its verified pieces are served
+//! to peers (swarming, see [`fetch`]); `metered` never uploads.
 
 pub mod fetch;
 pub mod http_client;
@@ -17,7 +18,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::body::Body;
@@ -44,11 +44,10 @@ use fetch::{Download, Progress, Scores};
 use http_client::ServerUrl;
 use metrics::AgentMetrics;
 use store::FileStore;
+use store::Partial;
 
 /// How much better (lower) the agent's `Priority` is than the server's.
 const PRIORITY_LEAD: u32 = 10;
-/// How long connecting to one peer may take before it is skipped.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Inner {
     server: ServerUrl,
@@ -60,6 +59,7 @@ struct Inner {
     uploads: bool,
     min_p2p_size: u64,
     requests_per_peer: usize,
+    server_requests: usize,
     metrics: AgentMetrics,
     registry: Registry,
     scores: Scores,
@@ -162,6 +162,7 @@ pub async fn run(
         uploads,
         min_p2p_size: config.min_p2p_size,
         requests_per_peer: config.requests_per_peer.max(1),
+        server_requests: config.server_requests.max(1),
         metrics,
         registry,
         scores: Arc::new(Mutex::new(HashMap::new())),
@@ -170,7 +171,7 @@ pub async fn run(
         match node.dial(*peer, addrs.clone()).await {
             Ok(()) => {
                 let _ = node.keep_connected(*peer, true).await;
-                state.announce(state.0.store.list()).await;
+                state.announce(state.0.store.list(), true).await;
             }
             Err(e) => tracing::warn!("cannot reach the tracker (will retry per fetch): {e}"),
         }
@@ -236,7 +237,9 @@ fn bad_gateway(e: impl std::fmt::Display) -> Response {
 }
 
 impl AgentState {
-    async fn announce(&self, files: Vec<FileId>) {
+    /// Tells the tracker this agent holds `files` (wholly, or `complete == false`: a
+    /// download in progress). Only when it uploads.
+    async fn announce(&self, files: Vec<FileId>, complete: bool) {
         let Some((tracker, _)) = &self.0.tracker else {
             return;
         };
@@ -246,10 +249,7 @@ impl AgentState {
         let addrs = self.0.node.listen_addrs().await.unwrap_or_default();
         let files = files
             .into_iter()
-            .map(|file| FileAnnouncement {
-                file,
-                complete: true,
-            })
+            .map(|file| FileAnnouncement { file, complete })
             .collect();
         if let Err(e) = self.0.node.announce(*tracker, files, addrs).await {
             tracing::warn!("announce to the tracker: {e}");
@@ -358,8 +358,8 @@ impl AgentState {
         }
     }
 
-    /// Manifest (trusted signer only), outboard (against the signed root) and peers; `None`
-    /// means: fetch from the server alone.
+    /// Manifest (trusted signer only) and outboard (against the signed root); `None` means:
+    /// fetch from the server alone. Peers are found by the download itself.
     async fn prepare(&self, file: &str, id: FileId) -> Option<Download> {
         if self.0.trusted.is_empty() {
             return None;
@@ -396,7 +396,6 @@ impl AgentState {
                 return None;
             }
         };
-        let peers = self.find_peers(id).await;
         Some(Download {
             node: self.0.node.clone(),
             server: self.0.server.clone(),
@@ -404,52 +403,16 @@ impl AgentState {
             file: id,
             manifest,
             outboard: Arc::new(outboard),
-            peers,
+            tracker: self.0.tracker.clone(),
             scores: self.0.scores.clone(),
             metrics: self.0.metrics.clone(),
             requests_per_peer: self.0.requests_per_peer,
+            server_requests: self.0.server_requests,
+            partial: None,
         })
     }
 
-    /// Peers the tracker lists for `id`, connected, not banned.
-    async fn find_peers(&self, id: FileId) -> Vec<PeerId> {
-        let Some((tracker, addrs)) = &self.0.tracker else {
-            return Vec::new();
-        };
-        let node = &self.0.node;
-        if let Err(e) = node.dial(*tracker, addrs.clone()).await {
-            tracing::warn!("tracker unreachable: {e}");
-            return Vec::new();
-        }
-        let records = match node.who_has(*tracker, id).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("who_has: {e}");
-                return Vec::new();
-            }
-        };
-        let mut peers = Vec::new();
-        for r in records {
-            if r.peer_id == node.peer_id() {
-                continue;
-            }
-            let banned = {
-                let mut s = self.0.scores.lock().unwrap_or_else(|e| e.into_inner());
-                s.entry(r.peer_id).or_default().banned
-            };
-            if banned {
-                continue;
-            }
-            match tokio::time::timeout(DIAL_TIMEOUT, node.dial(r.peer_id, r.addrs)).await {
-                Ok(Ok(())) => peers.push(r.peer_id),
-                Ok(Err(e)) => tracing::debug!("peer {}: {e}", r.peer_id),
-                Err(_) => tracing::debug!("peer {}: dial timed out", r.peer_id),
-            }
-        }
-        peers
-    }
-
-    async fn start(&self, download: Download, target: &str, id: FileId) -> Response {
+    async fn start(&self, mut download: Download, target: &str, id: FileId) -> Response {
         let size = download.manifest.file_size;
         let partial = self.0.store.partial_path(&id);
         let opened = (|| -> std::io::Result<(std::fs::File, std::fs::File)> {
@@ -470,13 +433,29 @@ impl AgentState {
             }
         };
         let (tx, rx) = watch::channel(Progress::Verified(0));
+        // Peers are served the verified pieces while the download runs.
+        let shared = self.0.uploads.then(|| {
+            let p = Arc::new(Partial::new(
+                partial.clone(),
+                u64::from(download.manifest.piece_size),
+                size,
+            ));
+            self.0.store.register(&id, p.clone());
+            p
+        });
+        download.partial = shared.clone();
         let this = self.clone();
         tokio::spawn(async move {
+            if shared.is_some() {
+                this.announce(vec![id], false).await;
+            }
             let ok = download.run(Arc::new(w), &tx).await;
+            let mut kept = false;
             if ok && this.0.reseed {
                 match this.0.store.insert(&id, &partial) {
                     Ok(evicted) => {
-                        this.announce(vec![id]).await;
+                        kept = true;
+                        this.announce(vec![id], true).await;
                         if !evicted.is_empty()
                             && let Some((tracker, _)) = &this.0.tracker
                         {
@@ -485,9 +464,18 @@ impl AgentState {
                     }
                     Err(e) => tracing::warn!("keeping {}: {e}", partial.display()),
                 }
-            } else {
+            }
+            if let Some(p) = &shared {
+                this.0.store.unregister(&id, p);
+            }
+            if !kept {
                 // The response holds its own handle; unlinking is safe.
                 let _ = std::fs::remove_file(&partial);
+                if shared.is_some()
+                    && let Some((tracker, _)) = &this.0.tracker
+                {
+                    let _ = this.0.node.withdraw(*tracker, vec![id]).await;
+                }
             }
             // Only now: a client that saw the whole file may rely on it being announced.
             if ok {

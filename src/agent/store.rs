@@ -1,14 +1,17 @@
 //! The agent's file cache: completed, verified NAR files named `<file hash hex>` in
 //! `cache_dir/files`, partial downloads in `cache_dir/partial`, a size bound enforced by
 //! evicting the least recently used files (by modification time, refreshed on use). It is
-//! also the agent's [`PieceSource`]: peers are served only completed files.
+//! also the agent's [`PieceSource`]: peers are served completed files and, of a download in
+//! progress ([`Partial`]), exactly the pieces already verified and written — a range that is
+//! not wholly verified is refused.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tailcache_p2p::node::PieceSource;
-use tailcache_p2p::tracker::FileId;
+use tailcache_p2p::tracker::{FileId, PieceMap};
 use tokio::io::AsyncRead;
 
 #[derive(Debug)]
@@ -18,6 +21,71 @@ pub struct FileStore {
     max_bytes: u64,
     /// Serialises inserts and evictions.
     lock: Mutex<()>,
+    /// Downloads in progress that peers may be served from.
+    partials: Mutex<HashMap<FileId, Arc<Partial>>>,
+}
+
+/// A download in progress as peers see it: its partial file, the pieces verified and
+/// written there, and the pieces being fetched from the server.
+#[derive(Debug)]
+pub struct Partial {
+    path: PathBuf,
+    piece_size: u64,
+    file_size: u64,
+    /// (have, fetching from the server), bitmaps as in [`PieceMap`].
+    bits: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Partial {
+    pub fn new(path: PathBuf, piece_size: u64, file_size: u64) -> Self {
+        let pieces = file_size.div_ceil(piece_size.max(1)).max(1);
+        Partial {
+            path,
+            piece_size: piece_size.max(1),
+            file_size,
+            bits: Mutex::new((
+                PieceMap::empty_bitmap(pieces),
+                PieceMap::empty_bitmap(pieces),
+            )),
+        }
+    }
+
+    fn bits(&self) -> std::sync::MutexGuard<'_, (Vec<u8>, Vec<u8>)> {
+        self.bits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Piece `i` is verified and written: peers may be served it from now on.
+    pub fn set_have(&self, i: u64) {
+        let mut b = self.bits();
+        PieceMap::set_bit(&mut b.0, i, true);
+        PieceMap::set_bit(&mut b.1, i, false);
+    }
+
+    /// Piece `i` is (or no longer is) being fetched from the server.
+    pub fn set_fetching(&self, i: u64, on: bool) {
+        PieceMap::set_bit(&mut self.bits().1, i, on);
+    }
+
+    /// Whether every byte of `[offset, offset + len)` lies in verified pieces.
+    pub fn covers(&self, offset: u64, len: u64) -> bool {
+        let Some(end) = offset.checked_add(len) else {
+            return false;
+        };
+        if len == 0 || end > self.file_size {
+            return false;
+        }
+        let b = self.bits();
+        (offset / self.piece_size..=(end - 1) / self.piece_size).all(|i| PieceMap::bit(&b.0, i))
+    }
+
+    pub fn map(&self) -> PieceMap {
+        let b = self.bits();
+        PieceMap {
+            complete: false,
+            have: b.0.clone(),
+            fetching: b.1.clone(),
+        }
+    }
 }
 
 fn hex(id: &FileId) -> String {
@@ -48,7 +116,25 @@ impl FileStore {
             partial,
             max_bytes,
             lock: Mutex::new(()),
+            partials: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn partials(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, Arc<Partial>>> {
+        self.partials.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves the verified pieces of `partial` to peers until [`FileStore::unregister`].
+    pub fn register(&self, id: &FileId, partial: Arc<Partial>) {
+        self.partials().insert(*id, partial);
+    }
+
+    /// Stops serving `partial` (if it is still the one registered for `id`).
+    pub fn unregister(&self, id: &FileId, partial: &Arc<Partial>) {
+        let mut map = self.partials();
+        if map.get(id).is_some_and(|p| Arc::ptr_eq(p, partial)) {
+            map.remove(id);
+        }
     }
 
     pub fn path(&self, id: &FileId) -> PathBuf {
@@ -125,7 +211,26 @@ impl PieceSource for FileStore {
         offset: u64,
         len: u64,
     ) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+        let partial = self.partials().get(file).cloned();
+        if let Some(p) = partial
+            && p.covers(offset, len)
+            && let Some(r) = crate::p2p::open_range(&p.path, offset, len)
+        {
+            return Some(r);
+        }
+        // Completed (possibly just now: the partial file was renamed into the cache).
         crate::p2p::open_range(&self.path(file), offset, len)
+    }
+
+    fn pieces(&self, file: &FileId) -> Option<PieceMap> {
+        if self.path(file).is_file() {
+            return Some(PieceMap {
+                complete: true,
+                have: Vec::new(),
+                fetching: Vec::new(),
+            });
+        }
+        self.partials().get(file).map(|p| p.map())
     }
 }
 
@@ -155,5 +260,48 @@ mod tests {
         assert!(store.get(&[3; 32]).is_some());
         assert_eq!(hex(&[0xab; 32]).len(), 64);
         assert_eq!(unhex(&hex(&[0xab; 32])), Some([0xab; 32]));
+    }
+
+    #[tokio::test]
+    async fn a_partial_file_serves_only_verified_pieces() {
+        use tokio::io::AsyncReadExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path(), 1 << 20).unwrap();
+        let id = [9u8; 32];
+        let path = store.partial_path(&id);
+        // 3 pieces of 10 bytes, the last one 5 bytes.
+        let data: Vec<u8> = (0..25u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let partial = Arc::new(Partial::new(path.clone(), 10, 25));
+        assert!(store.pieces(&id).is_none());
+        store.register(&id, partial.clone());
+        assert!(store.open(&id, 0, 1).is_none(), "nothing verified yet");
+        partial.set_fetching(2, true);
+        partial.set_have(1);
+        let map = store.pieces(&id).unwrap();
+        assert!(!map.complete);
+        assert!(PieceMap::bit(&map.have, 1) && !PieceMap::bit(&map.have, 0));
+        assert!(PieceMap::bit(&map.fetching, 2));
+        let mut got = Vec::new();
+        store
+            .open(&id, 12, 8)
+            .unwrap()
+            .read_to_end(&mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, data[12..20]);
+        // Ranges reaching into unverified pieces are refused.
+        assert!(store.open(&id, 9, 2).is_none());
+        assert!(store.open(&id, 15, 6).is_none());
+        assert!(store.open(&id, 10, 0).is_none());
+        partial.set_have(2);
+        assert!(!PieceMap::bit(&store.pieces(&id).unwrap().fetching, 2));
+        assert!(store.open(&id, 15, 10).is_some());
+        assert!(store.open(&id, 15, 11).is_none(), "past the end");
+        // Completed: served as a whole, the partial forgotten.
+        store.insert(&id, &path).unwrap();
+        store.unregister(&id, &partial);
+        assert!(store.pieces(&id).unwrap().complete);
+        assert!(store.open(&id, 0, 25).is_some());
     }
 }

@@ -133,3 +133,12 @@ impl TestAgent {
         self.cache_dir.join("files").join(file_hash_hex)
     }
 }
+
+impl AgentBuilder {
+    /// Fetch from `url` (e.g. a shaping proxy in front of the server) instead of the server
+    /// itself; the tracker stays the server's.
+    pub fn server_url(mut self, url: &str) -> Self {
+        self.server = url.to_string();
+        self
+    }
+}

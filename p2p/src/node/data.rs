@@ -28,7 +28,7 @@ use tokio::time::{Instant, timeout};
 use super::NodeEvent;
 use super::codec::{read_frame, write_frame};
 use crate::error::{Error, Result};
-use crate::tracker::FileId;
+use crate::tracker::{FileId, PieceMap};
 
 /// The data protocol's name.
 pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/tailcache/data/1");
@@ -73,7 +73,8 @@ enum DataResponse {
 
 /// Where a node's uploads come from. `open` is called on the runtime for each accepted data
 /// request, so it must not block for long (opening a file and seeking is fine). It returns a
-/// reader of exactly `len` bytes from `offset`, or `None` if this node does not hold them.
+/// reader of exactly `len` bytes from `offset`, or `None` if this node does not hold them
+/// (a source holding part of a file must refuse any range not wholly verified).
 pub trait PieceSource: Send + Sync + 'static {
     fn open(
         &self,
@@ -81,6 +82,12 @@ pub trait PieceSource: Send + Sync + 'static {
         offset: u64,
         len: u64,
     ) -> Option<Box<dyn AsyncRead + Send + Unpin>>;
+
+    /// Which pieces of `file` this node holds, for [`crate::tracker::ControlRequest::Pieces`]
+    /// (called on the node's event loop: must be quick). `None`: none of it.
+    fn pieces(&self, _file: &FileId) -> Option<PieceMap> {
+        None
+    }
 }
 
 /// A source that holds nothing: every request is answered [`Refusal::NotFound`].

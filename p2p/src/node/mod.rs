@@ -40,7 +40,7 @@ pub use data::{
 
 use crate::error::{Error, Result};
 use crate::tracker::{
-    ControlRequest, ControlResponse, FileAnnouncement, FileId, PeerRecord, TrackerLimits,
+    ControlRequest, ControlResponse, FileAnnouncement, FileId, PeerRecord, PieceMap, TrackerLimits,
     TrackerState,
 };
 
@@ -102,6 +102,9 @@ pub enum NodeEvent {
     UploadFinished { peer: PeerId, bytes: u64, ok: bool },
     /// A data request was refused.
     UploadRefused { peer: PeerId, reason: Refusal },
+    /// `peer` asked which pieces of `file` this node holds: it is fetching that file too
+    /// (a downloader learns of peers that arrived after it without waiting for the tracker).
+    PieceMapAsked { peer: PeerId, file: FileId },
 }
 
 /// Counters of the data protocol.
@@ -199,6 +202,8 @@ pub fn spawn(config: NodeConfig, source: Arc<dyn PieceSource>) -> Result<Client>
 
     let (events, _) = broadcast::channel(config.event_buffer.max(1));
     let counters = Arc::new(data::DataCounters::default());
+    // A node that never uploads tells nobody what it holds.
+    let piece_maps = matches!(config.upload, UploadPolicy::Enabled { .. }).then(|| source.clone());
     let server = Arc::new(data::Server::new(
         config.upload,
         source,
@@ -219,6 +224,7 @@ pub fn spawn(config: NodeConfig, source: Arc<dyn PieceSource>) -> Result<Client>
         swarm,
         commands: commands_rx,
         tracker: config.tracker.map(TrackerState::new),
+        piece_maps,
         events: events.clone(),
         pending_listen: HashMap::new(),
         pending_dial: HashMap::new(),
@@ -355,6 +361,15 @@ impl Client {
         }
     }
 
+    /// Asks `peer` which pieces of `file` it holds; `None` when it holds none or does not
+    /// upload. The answer is the peer's claim, not a proof: pieces are verified on arrival.
+    pub async fn pieces(&self, peer: PeerId, file: FileId) -> Result<Option<PieceMap>> {
+        match self.request(peer, ControlRequest::Pieces { file }).await? {
+            ControlResponse::Pieces { map } => Ok(map),
+            other => Err(unexpected(peer, &other)),
+        }
+    }
+
     /// Tells `tracker` this node no longer holds `files`.
     pub async fn withdraw(&self, tracker: PeerId, files: Vec<FileId>) -> Result<()> {
         match self
@@ -446,6 +461,8 @@ struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     tracker: Option<TrackerState>,
+    /// Answers [`ControlRequest::Pieces`]; `None` when the node does not upload.
+    piece_maps: Option<Arc<dyn PieceSource>>,
     events: broadcast::Sender<NodeEvent>,
     pending_listen: HashMap<ListenerId, oneshot::Sender<Result<Multiaddr>>>,
     pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<()>>>>,
@@ -702,13 +719,23 @@ impl EventLoop {
                     },
                 ..
             } => {
-                let response = match &mut self.tracker {
-                    Some(t) => {
-                        let now = Instant::now();
-                        t.touch(&peer, now);
-                        t.handle(peer, request, now)
+                let response = if let ControlRequest::Pieces { file } = &request {
+                    if let Some(t) = &mut self.tracker {
+                        t.touch(&peer, Instant::now());
                     }
-                    None => ControlResponse::NotATracker,
+                    self.emit(NodeEvent::PieceMapAsked { peer, file: *file });
+                    ControlResponse::Pieces {
+                        map: self.piece_maps.as_ref().and_then(|s| s.pieces(file)),
+                    }
+                } else {
+                    match &mut self.tracker {
+                        Some(t) => {
+                            let now = Instant::now();
+                            t.touch(&peer, now);
+                            t.handle(peer, request, now)
+                        }
+                        None => ControlResponse::NotATracker,
+                    }
                 };
                 // Fails only if the connection is gone; the asker sees that itself.
                 let _ = self
