@@ -45,8 +45,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 D=""
 PIDS=()
 
-log() { printf '# %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+. "$ROOT/benches/lib.sh"
 
 cleanup() {
     local p
@@ -96,44 +95,10 @@ D=$(mktemp -d /tmp/tailcache-bench.XXXXXX)
 S=$D/store
 mkdir -p "$D/conf" "$D/xdg-config" "$D/xdg-cache" "$D/src" "$D/out"
 
-# A chroot store makes Nix build in a sandbox even with sandbox = false, so /bin/sh and its
-# libraries must be mapped in.
-sandbox_paths=""
-for p in /bin /sbin /usr /lib /lib64 /lib32 /libx32; do
-    [ -e "$p" ] || continue
-    if [ -L "$p" ]; then sandbox_paths="$sandbox_paths $p=$(readlink -f "$p")"
-    else sandbox_paths="$sandbox_paths $p"; fi
-done
-cat > "$D/conf/nix.conf" <<EOF
-build-users-group =
-sandbox = false
-sandbox-paths =$sandbox_paths
-substituters =
-trusted-public-keys =
-require-sigs = true
-experimental-features = nix-command
-fsync-metadata = false
-narinfo-cache-negative-ttl = 0
-narinfo-cache-positive-ttl = 0
-max-jobs = 2
-warn-dirty = false
-EOF
-: > "$D/conf/empty.conf"
-export NIX_CONF_DIR=$D/conf NIX_USER_CONF_FILES=$D/conf/empty.conf
-export XDG_CONFIG_HOME=$D/xdg-config XDG_CACHE_HOME=$D/xdg-cache
-unset NIX_CONFIG NIX_REMOTE NIX_PATH NIX_STORE_DIR NIX_STATE_DIR 2>/dev/null || true
+private_nix "$D" $'narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0\nmax-jobs = 2'
 
 # ------------------------------------------------------------------ tailcache binary
-if [ -n "${TAILCACHE_BIN:-}" ]; then
-    BIN=$TAILCACHE_BIN
-else
-    log "cargo build --release"
-    (cd "$ROOT" && cargo build --release --quiet --bin tailcache) || die "cargo build failed"
-    target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
-        | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    BIN=$target_dir/release/tailcache
-fi
-[ -x "$BIN" ] || die "no tailcache binary at $BIN"
+tailcache_bin "$ROOT"
 
 # ------------------------------------------------------------------ store paths
 log "building store paths in $S (big ${BIG_MIB} MiB, ${SMALL_FILES} small files, ${NARINFO_PATHS} tiny)"

@@ -82,8 +82,7 @@ D=""
 declare -A LIVE=()   # pids of processes started here and not yet reaped
 NSS=()
 
-log() { printf '# %s\n' "$*" >&2; }
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+. "$ROOT/benches/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces and tc)"
 [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "SUBNET must be three octets, e.g. 10.213.7"
@@ -125,40 +124,10 @@ D=$(mktemp -d /tmp/tailcache-p2pbench.XXXXXX)
 S=$D/store
 mkdir -p "$D/conf" "$D/xdg-config" "$D/xdg-cache" "$D/src" "$D/runs"
 
-if [ -n "${TAILCACHE_BIN:-}" ]; then
-    BIN=$TAILCACHE_BIN
-else
-    log "cargo build --release"
-    (cd "$ROOT" && cargo build --release --locked --quiet --bin tailcache) || die "cargo build failed"
-    target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps \
-        | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-    BIN=$target_dir/release/tailcache
-fi
-[ -x "$BIN" ] || die "no tailcache binary at $BIN"
-BIN=$(readlink -f "$BIN")
+tailcache_bin "$ROOT"
 
 # ------------------------------------------------------------------ the store path
-sandbox_paths=""
-for p in /bin /sbin /usr /lib /lib64 /lib32 /libx32; do
-    [ -e "$p" ] || continue
-    if [ -L "$p" ]; then sandbox_paths="$sandbox_paths $p=$(readlink -f "$p")"
-    else sandbox_paths="$sandbox_paths $p"; fi
-done
-cat > "$D/conf/nix.conf" <<EOF
-build-users-group =
-sandbox = false
-sandbox-paths =$sandbox_paths
-substituters =
-trusted-public-keys =
-require-sigs = true
-experimental-features = nix-command
-fsync-metadata = false
-warn-dirty = false
-EOF
-: > "$D/conf/empty.conf"
-export NIX_CONF_DIR=$D/conf NIX_USER_CONF_FILES=$D/conf/empty.conf
-export XDG_CONFIG_HOME=$D/xdg-config XDG_CACHE_HOME=$D/xdg-cache
-unset NIX_CONFIG NIX_REMOTE NIX_PATH NIX_STORE_DIR NIX_STATE_DIR 2>/dev/null || true
+private_nix "$D"
 
 log "building a ${FILE_MIB} MiB random store path in $S"
 cat > "$D/src/path.nix" <<'EOF'

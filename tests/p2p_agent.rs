@@ -13,82 +13,16 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::agent::{AgentBuilder, TestAgent};
+use common::agent::{AgentBuilder, P2pFixture};
+use common::http;
 use common::nix::{assert_client_matches, assert_success, client_store, nix_copy_from};
 use common::peer::{Lie, TestPeer};
-use common::{KeyPair, NarInfo, TestCache, TestStore, http};
 use tailcache_store::Sha256Hash;
 
-struct Setup {
-    store: TestStore,
-    key: KeyPair,
-    server: TestCache,
-    /// The big (32 MiB random, so ~32 MiB of xz) path and its narinfo.
-    big: String,
-    info: NarInfo,
-}
+type Setup = P2pFixture;
 
 fn setup() -> Setup {
-    let store = TestStore::build();
-    let key = store
-        .nix()
-        .generate_key(&store.scratch("keys"), "itest-p2p-agent-1");
-    let server = TestCache::builder()
-        .store(&store)
-        .secret_key(&key.secret)
-        .compression("xz")
-        .p2p()
-        .start();
-    let big = store.path("big").to_string();
-    let info = server.wait_compressed(&[&big], "xz").remove(0);
-    Setup {
-        store,
-        key,
-        server,
-        big,
-        info,
-    }
-}
-
-impl Setup {
-    fn nar_target(&self) -> String {
-        format!("/{}", self.info.get("URL").unwrap())
-    }
-
-    fn file_hash(&self) -> Sha256Hash {
-        Sha256Hash::parse(self.info.get("FileHash").unwrap()).unwrap()
-    }
-
-    fn file_id(&self) -> [u8; 32] {
-        self.file_hash().0
-    }
-
-    fn file_size(&self) -> f64 {
-        self.info.get("FileSize").unwrap().parse().unwrap()
-    }
-
-    fn agent(&self) -> AgentBuilder {
-        AgentBuilder::new(&self.server, &self.key.public)
-    }
-
-    /// GETs the NAR file through `agent` and checks every byte against the FileHash.
-    fn fetch_through(&self, agent: &TestAgent) {
-        let r = http::get(agent.url(), &self.nar_target());
-        assert_eq!(r.status, 200, "agent stderr:\n{}", agent.proc.stderr());
-        assert_eq!(r.body.len() as f64, self.file_size());
-        assert!(
-            Sha256Hash::digest(&r.body) == self.file_hash(),
-            "the agent served bytes that are not the file"
-        );
-    }
-
-    fn assert_kept_intact(&self, agent: &TestAgent) {
-        let kept = std::fs::read(agent.cached_file(&self.file_hash().to_base16())).unwrap();
-        assert!(
-            Sha256Hash::digest(&kept) == self.file_hash(),
-            "the agent kept a corrupted file"
-        );
-    }
+    P2pFixture::start("itest-p2p-agent-1")
 }
 
 #[test]

@@ -15,10 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use common::agent::{AgentBuilder, TestAgent};
+use common::agent::{AgentBuilder, P2pFixture, TestAgent};
 use common::nix::{assert_client_matches, assert_success, client_store, nix_copy_from};
-use common::{KeyPair, NarInfo, TestCache, TestStore, http};
-use tailcache_store::Sha256Hash;
+use tailcache_p2p::node::{RateLimit, TokenBucket};
 
 /// The shaped server uplink, bytes per second.
 const UPLINK: f64 = 8.0 * 1024.0 * 1024.0;
@@ -31,29 +30,6 @@ struct Shaper {
     egress: Arc<AtomicU64>,
 }
 
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    /// Reserves `n` bytes; how long to wait before sending them.
-    fn reserve(&mut self, n: usize) -> Duration {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        self.tokens -= n as f64;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
-    }
-}
-
 fn shaper(upstream_url: &str, rate: f64) -> Shaper {
     let upstream = upstream_url
         .strip_prefix("http://")
@@ -63,12 +39,13 @@ fn shaper(upstream_url: &str, rate: f64) -> Shaper {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let egress = Arc::new(AtomicU64::new(0));
-    let bucket = Arc::new(Mutex::new(Bucket {
-        rate,
-        burst: 64.0 * 1024.0,
-        tokens: 0.0,
-        last: Instant::now(),
-    }));
+    let bucket = Arc::new(Mutex::new(TokenBucket::new(
+        RateLimit {
+            bytes_per_sec: rate as u64,
+            burst: 64 * 1024,
+        },
+        tokio::time::Instant::now(),
+    )));
     let counted = egress.clone();
     // The relay lives as long as the test process.
     std::thread::spawn(move || {
@@ -94,7 +71,10 @@ fn shaper(upstream_url: &str, rate: f64) -> Shaper {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     };
-                    let wait = bucket.lock().unwrap().reserve(n);
+                    let wait = bucket
+                        .lock()
+                        .unwrap()
+                        .reserve(n as u64, tokio::time::Instant::now());
                     // Shaping (the link's rate), not synchronisation.
                     std::thread::sleep(wait);
                     if c_out.write_all(&buf[..n]).is_err() {
@@ -110,76 +90,29 @@ fn shaper(upstream_url: &str, rate: f64) -> Shaper {
 }
 
 struct Setup {
-    store: TestStore,
-    key: KeyPair,
-    server: TestCache,
+    fx: P2pFixture,
     shaper: Shaper,
-    /// The big (32 MiB random, so ~32 MiB of xz) path and its narinfo.
-    big: String,
-    info: NarInfo,
 }
 
 fn setup() -> Setup {
-    let store = TestStore::build();
-    let key = store
-        .nix()
-        .generate_key(&store.scratch("keys"), "itest-p2p-swarm-1");
-    let server = TestCache::builder()
-        .store(&store)
-        .secret_key(&key.secret)
-        .compression("xz")
-        .p2p()
-        .start();
-    let big = store.path("big").to_string();
-    let info = server.wait_compressed(&[&big], "xz").remove(0);
-    let shaper = shaper(server.url(), UPLINK);
-    Setup {
-        store,
-        key,
-        server,
-        shaper,
-        big,
-        info,
+    let fx = P2pFixture::start("itest-p2p-swarm-1");
+    let shaper = shaper(fx.server.url(), UPLINK);
+    Setup { fx, shaper }
+}
+
+impl std::ops::Deref for Setup {
+    type Target = P2pFixture;
+    fn deref(&self) -> &P2pFixture {
+        &self.fx
     }
 }
 
 impl Setup {
-    fn nar_target(&self) -> String {
-        format!("/{}", self.info.get("URL").unwrap())
-    }
-
-    fn file_hash(&self) -> Sha256Hash {
-        Sha256Hash::parse(self.info.get("FileHash").unwrap()).unwrap()
-    }
-
-    fn file_size(&self) -> f64 {
-        self.info.get("FileSize").unwrap().parse().unwrap()
-    }
-
     /// An agent that reaches the server through the shaper (the tracker directly).
     fn agent(&self) -> TestAgent {
         AgentBuilder::new(&self.server, &self.key.public)
             .server_url(&self.shaper.url)
             .start()
-    }
-
-    /// GETs the NAR file through `agent` and checks every byte against the FileHash.
-    fn fetch_through(&self, agent: &TestAgent) {
-        let r = http::get(agent.url(), &self.nar_target());
-        assert_eq!(r.status, 200, "agent stderr:\n{}", agent.proc.stderr());
-        assert_eq!(r.body.len() as f64, self.file_size());
-        assert!(
-            Sha256Hash::digest(&r.body) == self.file_hash(),
-            "the agent served bytes that are not the file"
-        );
-    }
-
-    fn assert_kept_intact(&self, agent: &TestAgent) {
-        let kept = std::fs::read(agent.cached_file(&self.file_hash().to_base16())).unwrap();
-        assert!(
-            Sha256Hash::digest(&kept) == self.file_hash(),
-            "the agent kept a corrupted file"
-        );
     }
 
     /// Per agent (server bytes, peer bytes, uploaded), printed for the record.

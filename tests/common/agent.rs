@@ -1,11 +1,15 @@
 //! `TestAgent`: the real `tailcache agent` binary started on `127.0.0.1:0` (HTTP and libp2p)
 //! in front of a `TestCache` with P2P enabled, with a generated `[agent]` config and its own
-//! cache directory; killed on drop like the server.
+//! cache directory; killed on drop like the server. `P2pFixture`: a server with P2P on in
+//! front of a throwaway store, with the big path compressed, for the agent tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use tailcache_store::Sha256Hash;
+
 use super::cache::{Backend, TestCache, spawn_and_wait};
+use super::{KeyPair, NarInfo, TestStore, http};
 
 #[derive(Debug, Clone)]
 pub struct AgentBuilder {
@@ -140,5 +144,78 @@ impl AgentBuilder {
     pub fn server_url(mut self, url: &str) -> Self {
         self.server = url.to_string();
         self
+    }
+}
+
+/// A `tailcache serve` (xz, P2P on) of a fresh `TestStore`, signing with a key made by Nix,
+/// with the big (32 MiB random, so ~32 MiB of xz) path compressed and its narinfo.
+pub struct P2pFixture {
+    pub store: TestStore,
+    pub key: KeyPair,
+    pub server: TestCache,
+    pub big: String,
+    pub info: NarInfo,
+}
+
+impl P2pFixture {
+    pub fn start(key_name: &str) -> Self {
+        let store = TestStore::build();
+        let key = store.nix().generate_key(&store.scratch("keys"), key_name);
+        let server = TestCache::builder()
+            .store(&store)
+            .secret_key(&key.secret)
+            .compression("xz")
+            .p2p()
+            .start();
+        let big = store.path("big").to_string();
+        let info = server.wait_compressed(&[&big], "xz").remove(0);
+        P2pFixture {
+            store,
+            key,
+            server,
+            big,
+            info,
+        }
+    }
+
+    pub fn nar_target(&self) -> String {
+        format!("/{}", self.info.get("URL").unwrap())
+    }
+
+    pub fn file_hash(&self) -> Sha256Hash {
+        Sha256Hash::parse(self.info.get("FileHash").unwrap()).unwrap()
+    }
+
+    pub fn file_id(&self) -> [u8; 32] {
+        self.file_hash().0
+    }
+
+    pub fn file_size(&self) -> f64 {
+        self.info.get("FileSize").unwrap().parse().unwrap()
+    }
+
+    /// An agent of this server trusting its key.
+    pub fn agent(&self) -> AgentBuilder {
+        AgentBuilder::new(&self.server, &self.key.public)
+    }
+
+    /// GETs the NAR file through `agent` and checks every byte against the FileHash.
+    pub fn fetch_through(&self, agent: &TestAgent) {
+        let r = http::get(agent.url(), &self.nar_target());
+        assert_eq!(r.status, 200, "agent stderr:\n{}", agent.proc.stderr());
+        assert_eq!(r.body.len() as f64, self.file_size());
+        assert!(
+            Sha256Hash::digest(&r.body) == self.file_hash(),
+            "the agent served bytes that are not the file"
+        );
+    }
+
+    /// The file `agent` kept for reseeding is the true one.
+    pub fn assert_kept_intact(&self, agent: &TestAgent) {
+        let kept = std::fs::read(agent.cached_file(&self.file_hash().to_base16())).unwrap();
+        assert!(
+            Sha256Hash::digest(&kept) == self.file_hash(),
+            "the agent kept a corrupted file"
+        );
     }
 }
