@@ -12,6 +12,7 @@ use std::process::Output;
 use serde_json::Value;
 use tailcache::cli::bootstrap::{self, Machine, OPTIONS_USED, Template};
 use tailcache_testkit::NixEnv;
+use tailcache_testkit::nix::{assert_success, stderr_of};
 use tempfile::TempDir;
 
 fn repo() -> PathBuf {
@@ -25,8 +26,16 @@ fn scratch() -> TempDir {
         .unwrap()
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+fn parse(nix: &NixEnv, file: &Path) -> Output {
+    nix.output("nix-instantiate", &["--parse", file.to_str().unwrap()])
+}
+
+/// Evaluates a test file such as tests/nix/lib-test.nix (strictly: every assertion runs).
+fn eval_file(nix: &NixEnv, file: &Path) -> Output {
+    nix.output(
+        "nix-instantiate",
+        &["--eval", "--strict", file.to_str().unwrap()],
+    )
 }
 
 /// A Nix string literal for a path (the expressions below name files by absolute path).
@@ -43,11 +52,7 @@ fn eval(nix: &NixEnv, expr: &str) -> Output {
 
 fn eval_json(nix: &NixEnv, expr: &str) -> Value {
     let o = eval(nix, expr);
-    assert!(
-        o.status.success(),
-        "evaluating {expr}:\n{}",
-        text(&o.stderr)
-    );
+    assert_success(&format!("evaluating {expr}"), &o);
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
@@ -126,19 +131,13 @@ fn every_nix_file_parses() {
         );
     }
     for f in &files {
-        let o = nix.output("nix-instantiate", &["--parse", f.to_str().unwrap()]);
-        assert!(
-            o.status.success(),
-            "{} does not parse:\n{}",
-            f.display(),
-            text(&o.stderr)
-        );
+        assert_success(&format!("parsing {}", f.display()), &parse(&nix, f));
     }
     // And the check itself can fail.
     let d = scratch();
     let bad = d.path().join("bad.nix");
     std::fs::write(&bad, "{ a = 1; ").unwrap();
-    let o = nix.output("nix-instantiate", &["--parse", bad.to_str().unwrap()]);
+    let o = parse(&nix, &bad);
     assert!(!o.status.success());
 }
 
@@ -146,12 +145,9 @@ fn every_nix_file_parses() {
 fn the_modules_decisions_hold() {
     let nix = NixEnv::new();
     let test = repo().join("tests/nix/lib-test.nix");
-    let o = nix.output(
-        "nix-instantiate",
-        &["--eval", "--strict", test.to_str().unwrap()],
-    );
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    assert_eq!(text(&o.stdout).trim(), "true");
+    let o = eval_file(&nix, &test);
+    assert_success("tests/nix/lib-test.nix", &o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "true");
 }
 
 /// A copy of nix/lib.nix with one decision broken, judged by the same test file.
@@ -171,16 +167,13 @@ fn broken_lib(nix: &NixEnv, from: &str, to: &str) -> String {
     )
     .unwrap();
     let test = d.path().join("tests/nix/lib-test.nix");
-    let o = nix.output(
-        "nix-instantiate",
-        &["--eval", "--strict", test.to_str().unwrap()],
-    );
+    let o = eval_file(nix, &test);
     assert!(
         !o.status.success(),
         "the broken lib passed: {}",
-        text(&o.stdout)
+        String::from_utf8_lossy(&o.stdout)
     );
-    text(&o.stderr)
+    stderr_of(&o)
 }
 
 #[test]
@@ -338,7 +331,7 @@ fn system_update_is_valid_bash_in_the_right_order() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{script}\n{}", text(&o.stderr));
+    assert_success(&format!("bash -n {script}"), &o);
     let at = |s: &str| {
         script
             .find(s)
@@ -541,8 +534,7 @@ fn readme_examples_use_only_declared_options() {
     for (i, block) in blocks.iter().enumerate() {
         let path = d.path().join(format!("example{i}.nix"));
         std::fs::write(&path, block).unwrap();
-        let o = nix.output("nix-instantiate", &["--parse", path.to_str().unwrap()]);
-        assert!(o.status.success(), "{block}\n{}", text(&o.stderr));
+        assert_success(&format!("parsing {block}"), &parse(&nix, &path));
         let args = format!("{{ tailcache = {}; }}", flake_stub());
         let (_, used, unknown) = check_names(&nix, &lit(&path), &args);
         assert_eq!(unknown, Vec::<String>::new(), "README example:\n{block}");

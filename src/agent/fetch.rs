@@ -291,10 +291,16 @@ impl Download {
         }
     }
 
+    fn banned(&self, peer: &PeerId) -> bool {
+        self.scores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .is_some_and(|s| s.banned)
+    }
+
     fn usable(&self, sw: &Swarm, peer: &PeerId) -> bool {
-        let scores = self.scores.lock().unwrap_or_else(|e| e.into_inner());
-        !scores.get(peer).is_some_and(|s| s.banned)
-            && sw.local_failures.get(peer).copied().unwrap_or(0) < MAX_PEER_FAILURES
+        !self.banned(peer) && sw.local_failures.get(peer).copied().unwrap_or(0) < MAX_PEER_FAILURES
     }
 
     fn spawn(&self, sw: &mut Swarm, tasks: &mut JoinSet<PieceResult>, index: u64, source: Source) {
@@ -362,17 +368,10 @@ impl Download {
             .collect();
         // Availability of the missing pieces among usable peers; claims ("fetching it from
         // the server") of any peer not banned that answers piece maps.
-        let banned = |p: &PeerId| {
-            self.scores
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(p)
-                .is_some_and(|s| s.banned)
-        };
         let sharing: Vec<PeerId> = sw
             .peers
             .iter()
-            .filter(|(p, st)| st.sharing && !st.complete && !banned(p))
+            .filter(|(p, st)| st.sharing && !st.complete && !self.banned(p))
             .map(|(p, _)| *p)
             .collect();
         let mut avail = vec![0u32; n as usize];
@@ -644,16 +643,9 @@ impl Download {
                     if let Ok(NodeEvent::PieceMapAsked { peer, file }) = event
                         && file == self.file
                         && peer != self.node.peer_id()
+                        && !self.banned(&peer)
                     {
-                        let banned = self
-                            .scores
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(&peer)
-                            .is_some_and(|s| s.banned);
-                        if !banned {
-                            self.add_peer(&mut sw, &mut control, peer, false);
-                        }
+                        self.add_peer(&mut sw, &mut control, peer, false);
                     }
                     continue;
                 }
@@ -662,14 +654,7 @@ impl Download {
                         .peers
                         .iter()
                         .filter(|(p, st)| {
-                            !st.complete
-                                && !st.asking
-                                && !self
-                                    .scores
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .get(*p)
-                                    .is_some_and(|s| s.banned)
+                            !st.complete && !st.asking && !self.banned(p)
                         })
                         .map(|(p, _)| *p)
                         .collect();
