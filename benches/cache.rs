@@ -114,7 +114,7 @@ fn sample_narinfo(key: &SecretKey) -> NarInfo {
     let mut info = NarInfo {
         store_path: path(100, "hello-2.12.1"),
         url: "nar/1w1fff338fvdw53sqgamddn1b2xgds473pv6y13gizdbqjv4i5p3.nar.xz".to_owned(),
-        compression: "xz".to_owned(),
+        compression: tailcache_store::Compression::Xz,
         file_hash: Some(Sha256Hash::digest(b"file")),
         file_size: Some(50_264),
         nar_hash: Sha256Hash::digest(b"nar"),

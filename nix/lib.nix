@@ -228,7 +228,7 @@ rec {
       require-sigs = true;
     };
 
-  # `tailcache agent --config` file (the [agent] section of src/config.rs).
+  # `tailcache agent --config` file (the [agent] section of p2p/agent/src/config.rs).
   agentConfig =
     cfg:
     dropNulls {

@@ -27,32 +27,35 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The narinfo's compression this setting produces.
+    pub fn kind(self) -> tailcache_store::Compression {
+        match self {
+            Compression::None => tailcache_store::Compression::None,
+            Compression::Xz => tailcache_store::Compression::Xz,
+            Compression::Zstd => tailcache_store::Compression::Zstd,
+        }
+    }
+
+    /// The setting that produces `kind`, if the server can.
+    pub fn from_kind(kind: tailcache_store::Compression) -> Option<Self> {
+        [Compression::None, Compression::Xz, Compression::Zstd]
+            .into_iter()
+            .find(|c| c.kind() == kind)
+    }
+
     /// The narinfo `Compression:` value.
     pub fn narinfo_name(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Xz => "xz",
-            Compression::Zstd => "zstd",
-        }
+        self.kind().name()
     }
 
     /// File extension after `.nar` (empty for none).
     pub fn extension(self) -> &'static str {
-        match self {
-            Compression::None => "",
-            Compression::Xz => ".xz",
-            Compression::Zstd => ".zst",
-        }
+        self.kind().extension()
     }
 
     /// Parses a narinfo `Compression:` value.
     pub fn from_narinfo_name(s: &str) -> Option<Self> {
-        match s {
-            "none" => Some(Compression::None),
-            "xz" => Some(Compression::Xz),
-            "zstd" => Some(Compression::Zstd),
-            _ => None,
-        }
+        Self::from_kind(s.parse().ok()?)
     }
 }
 
@@ -71,8 +74,9 @@ pub struct Config {
     pub build: BuildConfig,
     /// The server's libp2p node: tracker and seed of every compressed NAR.
     pub p2p: P2pConfig,
-    /// `tailcache agent`: the local substituter that fetches NARs from peers.
-    pub agent: AgentConfig,
+    /// The `[agent]` section, when one file configures both programs: `tailcache agent`
+    /// reads it (its own type, in `tailcache-agent`); the server leaves it alone.
+    pub agent: toml::Table,
 }
 
 /// The server's P2P node (issue 5). Off by default.
@@ -99,66 +103,10 @@ impl Default for P2pConfig {
 }
 
 fn default_p2p_listen() -> Vec<String> {
-    vec![
-        "/ip4/127.0.0.1/udp/0/quic-v1".to_owned(),
-        "/ip4/127.0.0.1/tcp/0".to_owned(),
-    ]
-}
-
-/// `tailcache agent`: a substituter on 127.0.0.1 in front of the server.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AgentConfig {
-    /// The cache server's URL (`http://host:5000`).
-    pub server: String,
-    /// The tracker's address, `<multiaddr>/p2p/<peerid>` (the server prints it). Unset:
-    /// every byte comes from the server.
-    pub tracker: Option<String>,
-    /// Where the local substituter listens (loopback).
-    pub bind: SocketAddr,
-    /// Public keys (Nix format) allowed to sign P2P manifests: the server's.
-    pub trusted_keys: Vec<String>,
-    /// Keep fetched files and upload them to peers.
-    pub reseed: bool,
-    /// Download from peers but never upload.
-    pub metered: bool,
-    /// Fetched files, partial downloads and the agent's libp2p key.
-    pub cache_dir: Option<PathBuf>,
-    /// Upper bound of the completed files kept; least recently used go first.
-    pub cache_max_bytes: u64,
-    /// Files smaller than this come from the server alone.
-    pub min_p2p_size: u64,
-    /// Uploads served at once.
-    pub upload_slots: usize,
-    /// Upload rate cap in bytes per second (0: none).
-    pub upload_rate: u64,
-    /// libp2p multiaddrs to listen on.
-    pub listen: Vec<String>,
-    /// Piece requests in flight to one peer at once.
-    pub requests_per_peer: usize,
-    /// Range requests in flight to the server at once (the scarce link).
-    pub server_requests: usize,
-}
-
-impl Default for AgentConfig {
-    fn default() -> Self {
-        AgentConfig {
-            server: "http://127.0.0.1:5000".to_owned(),
-            tracker: None,
-            bind: SocketAddr::from(([127, 0, 0, 1], 5001)),
-            trusted_keys: Vec::new(),
-            reseed: false,
-            metered: false,
-            cache_dir: None,
-            cache_max_bytes: 10 << 30,
-            min_p2p_size: 1 << 20,
-            upload_slots: 8,
-            upload_rate: 0,
-            listen: default_p2p_listen(),
-            requests_per_peer: 4,
-            server_requests: 2,
-        }
-    }
+    tailcache_p2p::node::loopback_listen_addrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// The build-API listener.
@@ -339,62 +287,7 @@ pub struct ServeOverrides {
     pub webhook_secret_file: Option<PathBuf>,
 }
 
-/// Command-line overrides for `agent`; each wins over the file's `[agent]` section.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct AgentOverrides {
-    /// Config file (TOML); only its `[agent]` section is used.
-    #[arg(long, env = ENV_CONFIG)]
-    pub config: Option<PathBuf>,
-    /// The cache server's URL.
-    #[arg(long)]
-    pub server: Option<String>,
-    /// The tracker, `<multiaddr>/p2p/<peer id>`.
-    #[arg(long)]
-    pub tracker: Option<String>,
-    /// Address of the local substituter.
-    #[arg(long)]
-    pub bind: Option<SocketAddr>,
-    /// Public key allowed to sign P2P manifests (repeatable).
-    #[arg(long = "trusted-key")]
-    pub trusted_keys: Vec<String>,
-    /// Directory for fetched files and the agent's libp2p key.
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// Keep fetched files and upload them to peers.
-    #[arg(long)]
-    pub reseed: bool,
-    /// Never upload.
-    #[arg(long)]
-    pub metered: bool,
-}
-
 impl Config {
-    /// The `[agent]` section of the file (if any) with overrides applied.
-    pub fn load_agent(o: &AgentOverrides) -> anyhow::Result<AgentConfig> {
-        let mut a = match &o.config {
-            Some(path) => Self::from_file(path)?.agent,
-            None => AgentConfig::default(),
-        };
-        if let Some(v) = &o.server {
-            a.server = v.clone();
-        }
-        if let Some(v) = &o.tracker {
-            a.tracker = Some(v.clone());
-        }
-        if let Some(v) = o.bind {
-            a.bind = v;
-        }
-        if !o.trusted_keys.is_empty() {
-            a.trusted_keys = o.trusted_keys.clone();
-        }
-        if let Some(v) = &o.cache_dir {
-            a.cache_dir = Some(v.clone());
-        }
-        a.reseed |= o.reseed;
-        a.metered |= o.metered;
-        Ok(a)
-    }
-
     /// Reads the file (if any) and applies overrides.
     pub fn load(o: &ServeOverrides) -> anyhow::Result<Self> {
         let mut config = match &o.config {
@@ -510,20 +403,14 @@ mod tests {
                 .iter()
                 .all(|a| a.starts_with("/ip4/127.0.0.1/"))
         );
-        assert!(c.agent.bind.ip().is_loopback());
-        assert!(!c.agent.reseed && !c.agent.metered);
     }
 
     #[test]
-    fn agent_section_parses_and_rejects_typos() {
-        let c: Config = toml::from_str(
-            "[agent]\nserver = \"http://h:5000\"\nreseed = true\nupload_rate = 1000\n",
-        )
-        .unwrap();
-        assert_eq!(c.agent.server, "http://h:5000");
-        assert!(c.agent.reseed);
-        assert_eq!(c.agent.upload_rate, 1000);
-        assert!(toml::from_str::<Config>("[agent]\nreseeed = true\n").is_err());
+    fn the_agent_section_is_left_to_the_agent_and_p2p_typos_are_rejected() {
+        // `tailcache agent` checks its own section (tailcache-agent's config tests).
+        let c: Config =
+            toml::from_str("[agent]\nserver = \"http://h:5000\"\nreseed = true\n").unwrap();
+        assert!(c.agent.contains_key("server"));
         assert!(toml::from_str::<Config>("[p2p]\nenabled = true\n").is_err());
     }
 

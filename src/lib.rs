@@ -5,12 +5,10 @@
 //! - [`cache`]: the binary cache — HTTP routes and the CacheServer actor.
 //! - [`api`]: the build-API listener — builds, logs, health, metrics, status page.
 //! - [`keys`]: loading the signing keys, or generating the default one on first start.
-//! - [`p2p`]: the server's libp2p tracker/seed node and the libp2p identity file.
-//! - [`agent`]: `tailcache agent`, the local substituter that fetches NARs from peers.
+//! - [`p2p`]: the server's libp2p tracker/seed node.
 //! - [`server`]: the composition root — starts the actors and the listeners.
 //! - [`cli`]: the client — `bt`, `bs`, `bl`, completions, man pages, bootstrap.
 
-pub mod agent;
 pub mod api;
 pub mod cache;
 pub mod cli;

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use tailcache::cli::{self, ServerArgs};
-use tailcache::config::{AgentOverrides, Config, ServeOverrides};
+use tailcache::config::{Config, ServeOverrides};
+use tailcache_agent::{AgentConfig, AgentOverrides};
 use tailcache_store::signing::SecretKey;
 
 #[derive(Debug, Parser)]
@@ -148,14 +149,14 @@ fn serve(o: &ServeOverrides) -> anyhow::Result<()> {
 }
 
 fn agent(o: &AgentOverrides) -> anyhow::Result<()> {
-    let config = Config::load_agent(o)?;
+    let config = AgentConfig::load(o)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
     rt.block_on(async move {
         let listener = bind(config.bind).await?;
-        tailcache::agent::run(config, listener, tailcache::server::shutdown_signal()).await
+        Ok(tailcache_agent::run(config, listener, tailcache::server::shutdown_signal()).await?)
     })
 }
 

@@ -222,10 +222,10 @@ const SERVER_CFG: &str = r#"{
 const CLIENT_CFG: &str = r#"{
   server = "http://build-server:8000";
   cacheUrl = "http://build-server:5000";
-  publicKeys = [ "build-server-1:AAAA" ];
+  publicKeys = [ "build-server-1:huc2E40Qsk/7Q6Vkp15QU2Ru5HfDeT63lhu/JJeon34=" ];
   tokenFile = "/home/alice/nix-config/secrets/token";
   agent = {
-    enable = true; bind = "127.0.0.1:5001"; tracker = "/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWxyz";
+    enable = true; bind = "127.0.0.1:5001"; tracker = "/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
     reseed = true; metered = false; cacheDir = null; cacheMaxBytes = 1000; uploadRate = 500;
     listen = [ "/ip4/100.64.0.2/tcp/0" ];
   };
@@ -288,17 +288,23 @@ fn the_toml_the_modules_write_is_what_the_binaries_read() {
 
     let agent = eval_json(&nix, &format!("(import {lib}).agentConfig {CLIENT_CFG}"));
     let path = write_toml(d.path(), "agent.toml", &agent);
-    let a = tailcache::config::Config::from_file(&path).unwrap().agent;
-    assert_eq!(a.server, "http://build-server:5000");
-    assert_eq!(a.trusted_keys, ["build-server-1:AAAA"]);
+    // The agent's loader parses every value: the URL, the key and the multiaddrs are typed.
+    let a = tailcache_agent::AgentConfig::from_file(&path).unwrap();
+    assert_eq!(a.server.to_string(), "http://build-server:5000");
+    let keys: Vec<String> = a.trusted_keys.iter().map(|k| k.to_nix_string()).collect();
+    assert_eq!(
+        keys,
+        ["build-server-1:huc2E40Qsk/7Q6Vkp15QU2Ru5HfDeT63lhu/JJeon34="]
+    );
     assert!(a.reseed && !a.metered);
     assert_eq!((a.cache_max_bytes, a.upload_rate), (1000, 500));
     assert_eq!(
-        a.tracker.as_deref(),
-        Some("/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWxyz")
+        a.tracker.map(|t| t.to_string()).as_deref(),
+        Some("/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA")
     );
     assert_eq!(a.bind.to_string(), "127.0.0.1:5001");
-    assert_eq!(a.listen, ["/ip4/100.64.0.2/tcp/0"]);
+    let listen: Vec<String> = a.listen.iter().map(ToString::to_string).collect();
+    assert_eq!(listen, ["/ip4/100.64.0.2/tcp/0"]);
     assert_eq!(a.cache_dir, None);
 
     let client = eval_json(&nix, &format!("(import {lib}).clientConfig {CLIENT_CFG}"));

@@ -234,7 +234,7 @@ fn a_file_evicted_from_the_reseed_cache_is_withdrawn_from_the_tracker() {
     let many_target = format!("/{}", many_info.get("URL").unwrap());
     let many_id = Sha256Hash::parse(many_info.get("FileHash").unwrap())
         .unwrap()
-        .0;
+        .into();
     let many_size: u64 = many_info.get("FileSize").unwrap().parse().unwrap();
     // Room for the big file, not for both.
     let a = s

@@ -45,7 +45,7 @@ fn fetch_verified(cache: &TestCache, info: &NarInfo, trusted: &[PublicKey]) -> F
         Sha256Hash::parse(info.get("FileHash").unwrap()).unwrap()
     );
     assert_eq!(m.file_size.to_string(), info.get("FileSize").unwrap());
-    assert_eq!(Some(m.compression.as_str()), info.get("Compression"));
+    assert_eq!(Some(m.compression.name()), info.get("Compression"));
 
     let r = cache.get(&format!("/p2p/outboard/{file}"));
     assert_eq!(r.status, 200, "outboard of {file}: {}", r.text());

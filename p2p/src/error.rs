@@ -44,7 +44,16 @@ pub enum Error {
         peer: libp2p::PeerId,
         reason: crate::node::Refusal,
     },
-    /// A peer broke the data protocol (malformed header, wrong length, …).
+    /// A data stream failed before the peer answered: dropped unread (a node under load
+    /// may drop an inbound stream it had no time to take), reset, or its connection went
+    /// away. A transport failure, never evidence that the peer lies.
+    #[error("data stream to {peer} failed before an answer: {reason}")]
+    StreamFailed {
+        peer: libp2p::PeerId,
+        reason: String,
+    },
+    /// A peer broke the data protocol (malformed header, wrong length offered, …): no
+    /// honest node does that.
     #[error("peer {peer} broke the data protocol: {reason}")]
     Protocol {
         peer: libp2p::PeerId,
@@ -59,6 +68,20 @@ pub enum Error {
     /// The node's event loop has stopped.
     #[error("the p2p node has stopped")]
     NodeStopped,
+    // --- identity ---
+    /// A libp2p key file readable by group or others.
+    #[error(
+        "libp2p key file {path} is readable by group or others (mode {mode:o}); \
+         run `chmod 600 {path}`"
+    )]
+    InsecureKeyFile { path: std::path::PathBuf, mode: u32 },
+    /// A libp2p key file that does not hold a key.
+    #[error("invalid libp2p key file {path}: {reason}")]
+    InvalidKeyFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+
     // --- manifests ---
     /// Bytes that do not decode as the named wire message.
     #[error("malformed {what}: {reason}")]

@@ -3,6 +3,9 @@
 //! file over libp2p; a tracker on the server says who holds what.
 //!
 //! # Layout
+//! - [`file`]: how a file and a set of its pieces are named ([`file::FileId`],
+//!   [`file::PieceSet`]).
+//! - [`identity`]: a node's libp2p keypair on disk.
 //! - [`manifest`]: the signed P2P manifest and its signature domain.
 //! - [`verify`]: BLAKE3 outboards (hash trees) and verification of received chunks.
 //! - [`node`]: the libp2p node — transports, behaviours, `Client` → `Command` → event loop.
@@ -11,11 +14,14 @@
 //! - [`error`]: the crate's error type.
 
 pub mod error;
+pub mod file;
+pub mod identity;
 pub mod manifest;
 pub mod node;
 pub mod tracker;
 pub mod verify;
 
 pub use error::{Error, Result};
+pub use file::{FileId, PieceSet};
 /// The libp2p version this crate is built on, for callers that name its types.
 pub use libp2p;

@@ -26,8 +26,8 @@
 //! - The `v1` in the domain separates future manifest layouts the same way.
 
 use serde::{Deserialize, Serialize};
-use tailcache_store::Sha256Hash;
 use tailcache_store::signing::{PublicKey, SecretKey};
+use tailcache_store::{Compression, Sha256Hash};
 
 use crate::error::{Error, Result};
 use crate::verify::{self, MAX_BLOCK_LOG};
@@ -47,8 +47,9 @@ pub struct P2pManifest {
     pub file_hash: Sha256Hash,
     /// Size of the file in bytes (the narinfo's `FileSize`).
     pub file_size: u64,
-    /// The narinfo `Compression:` value (`xz`, `zstd`).
-    pub compression: String,
+    /// The narinfo's `Compression:` (on the wire, its name: `xz`, `zstd`).
+    #[serde(with = "compression_name")]
+    pub compression: Compression,
     /// BLAKE3 hash of the file bytes (an ordinary BLAKE3 hash: `b3sum` gives the same).
     pub blake3_root: [u8; 32],
     /// Verification groups are `1024 << block_log` bytes (4 → 16 KiB, bao's chunk-group log).
@@ -62,13 +63,13 @@ impl P2pManifest {
     pub fn new(
         file_hash: Sha256Hash,
         file_size: u64,
-        compression: impl Into<String>,
+        compression: Compression,
         blake3_root: [u8; 32],
     ) -> Self {
         P2pManifest {
             file_hash,
             file_size,
-            compression: compression.into(),
+            compression,
             blake3_root,
             block_log: verify::DEFAULT_BLOCK_LOG,
             piece_size: DEFAULT_PIECE_SIZE,
@@ -199,6 +200,21 @@ mod sha256_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Sha256Hash, D::Error> {
         <[u8; 32]>::deserialize(d).map(Sha256Hash)
+    }
+}
+
+/// A [`Compression`] as its narinfo name; an unknown name does not decode.
+mod compression_name {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+    use tailcache_store::Compression;
+
+    pub fn serialize<S: Serializer>(c: &Compression, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Compression, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(D::Error::custom)
     }
 }
 

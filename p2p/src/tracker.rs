@@ -14,8 +14,7 @@ use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-/// A file as the P2P layer names it: the hash the manifest is keyed by (32 bytes).
-pub type FileId = [u8; 32];
+pub use crate::file::{FileId, PieceSet};
 
 /// One file a peer holds, and whether it holds all of it (a seeder) or only part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,42 +33,26 @@ pub struct PeerRecord {
     pub complete: bool,
 }
 
-/// Which pieces of one file a peer holds, as it answers [`ControlRequest::Pieces`]. Bit `i`
-/// of a bitmap is bit `i % 8` (least significant first) of byte `i / 8`; piece `i` is the
-/// manifest's. A bitmap of another length than the asker's piece count is ignored by it.
+/// Which pieces of one file a peer holds, as it answers [`ControlRequest::Pieces`]; piece `i`
+/// is the manifest's. A set of another size than the asker's piece count is ignored by it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PieceMap {
-    /// The peer holds the whole file (the bitmaps are then empty).
+    /// The peer holds the whole file (the sets are then empty).
     pub complete: bool,
     /// Pieces verified and served now.
-    pub have: Vec<u8>,
+    pub have: PieceSet,
     /// Pieces the peer is fetching from the server right now: likely to appear soon, so
     /// others need not fetch them from the server too.
-    pub fetching: Vec<u8>,
+    pub fetching: PieceSet,
 }
 
 impl PieceMap {
-    /// An empty bitmap for `pieces` pieces.
-    pub fn empty_bitmap(pieces: u64) -> Vec<u8> {
-        vec![0u8; usize::try_from(pieces.div_ceil(8)).unwrap_or(usize::MAX)]
-    }
-
-    /// Bit `i` of `bitmap` (false beyond its end).
-    pub fn bit(bitmap: &[u8], i: u64) -> bool {
-        usize::try_from(i / 8)
-            .ok()
-            .and_then(|b| bitmap.get(b))
-            .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
-    }
-
-    /// Sets or clears bit `i` (a no-op beyond the end).
-    pub fn set_bit(bitmap: &mut [u8], i: u64, on: bool) {
-        if let Some(byte) = usize::try_from(i / 8).ok().and_then(|b| bitmap.get_mut(b)) {
-            if on {
-                *byte |= 1 << (i % 8);
-            } else {
-                *byte &= !(1 << (i % 8));
-            }
+    /// The answer of a peer that holds the whole file.
+    pub fn complete() -> Self {
+        PieceMap {
+            complete: true,
+            have: PieceSet::default(),
+            fetching: PieceSet::default(),
         }
     }
 }
@@ -421,7 +404,7 @@ mod tests {
     use super::*;
 
     fn file(n: u8) -> FileId {
-        [n; 32]
+        FileId::from_bytes([n; 32])
     }
 
     fn ann(n: u8, complete: bool) -> FileAnnouncement {

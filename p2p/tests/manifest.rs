@@ -7,9 +7,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use tailcache_p2p::Error;
 use tailcache_p2p::manifest::{P2pManifest, SIGNATURE_DOMAIN, SignedManifest};
-use tailcache_store::Sha256Hash;
 use tailcache_store::narinfo::NarInfo;
 use tailcache_store::signing::{PublicKey, SecretKey};
+use tailcache_store::{Compression, Sha256Hash};
 
 const NIX_SECRET: &str = include_str!("../../store/tests/fixtures/narinfo/test-only-secret.key");
 const NIX_PUBLIC: &str = include_str!("../../store/tests/fixtures/narinfo/test-only-public.key");
@@ -20,7 +20,7 @@ fn manifest() -> P2pManifest {
     P2pManifest::new(
         Sha256Hash::digest(b"the compressed file"),
         3 * (1 << 20) + 5,
-        "xz",
+        Compression::Xz,
         *blake3::hash(b"the compressed file").as_bytes(),
     )
 }
@@ -80,7 +80,7 @@ fn every_field_is_covered_by_the_signature() {
     let edits: [fn(&mut P2pManifest); 6] = [
         |m| m.file_hash.0[0] ^= 1,
         |m| m.file_size += 1,
-        |m| m.compression = "zstd".into(),
+        |m| m.compression = Compression::Zstd,
         |m| m.blake3_root[31] ^= 1,
         |m| m.block_log = 5,
         |m| m.piece_size *= 2,

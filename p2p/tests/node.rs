@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use support::*;
 use tailcache_p2p::Error;
 use tailcache_p2p::node::{
-    Client, NoPieces, NodeEvent, PieceSource, RateLimit, Refusal, UploadPolicy,
+    Client, DATA_PROTOCOL, NoPieces, NodeEvent, PieceSource, RateLimit, Refusal, UploadPolicy,
+    read_data_request,
 };
 use tailcache_p2p::tracker::FileId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-const F: FileId = [7; 32];
+const F: FileId = FileId::from_bytes([7; 32]);
 const MIB: usize = 1024 * 1024;
 
 /// A seeder holding `bytes` as F, and a leecher connected to it.
@@ -83,7 +84,7 @@ async fn fetches_an_exact_20_mib_range_over_tcp() {
 async fn a_range_the_peer_does_not_hold_is_refused() {
     let source = Arc::new(MemSource::with(F, vec![1; 1000]));
     let (seeder, leecher) = pair(config(), source, quic()).await;
-    for (file, offset, len) in [([9; 32], 0, 10), (F, 990, 11)] {
+    for (file, offset, len) in [(FileId::from_bytes([9; 32]), 0, 10), (F, 990, 11)] {
         match leecher
             .fetch_range(seeder.peer_id(), file, offset, len)
             .await
@@ -246,6 +247,71 @@ async fn uploads_respect_the_rate_cap() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_concurrent_ranges_is_served_in_full() {
+    // libp2p-stream hands a node's inbound streams over one at a time and drops a stream
+    // that arrives while the previous one has not been taken yet; a burst of requests on one
+    // connection makes that happen even on an idle machine. Every range must still arrive.
+    let bytes = pseudo_random(MIB, 3);
+    let mut cfg = config();
+    cfg.upload = UploadPolicy::Enabled {
+        slots: 64,
+        rate: None,
+    };
+    let (seeder, leecher) = pair(cfg, Arc::new(MemSource::with(F, bytes.clone())), quic()).await;
+    for round in 0..30 {
+        let fetches =
+            (0..32).map(|i| fetch_exact(&seeder, &leecher, &bytes, i * 4096 + round, 4096));
+        futures::future::join_all(fetches).await;
+    }
+    assert_eq!(seeder.stats().uploads_done, 30 * 32);
+}
+
+/// A node that takes every data stream and drops it unread, as an overloaded node would.
+fn dropping_peer(client: &Client) {
+    let mut incoming = client.stream_control().accept(DATA_PROTOCOL).unwrap();
+    tokio::spawn(async move {
+        while let Some((_, stream)) = futures::StreamExt::next(&mut incoming).await {
+            drop(stream);
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_dropped_unread_are_a_transport_failure_not_a_broken_protocol() {
+    let mut cfg = config();
+    cfg.serve_data = false;
+    let (dropper, addr) = start(cfg, Arc::new(NoPieces), quic()).await;
+    dropping_peer(&dropper);
+    let (leecher, _) = start(config(), Arc::new(NoPieces), quic()).await;
+    leecher.dial(dropper.peer_id(), vec![addr]).await.unwrap();
+    match leecher.fetch_range(dropper.peer_id(), F, 0, 10).await {
+        Err(Error::StreamFailed { peer, reason }) => {
+            assert_eq!(peer, dropper.peer_id());
+            assert!(reason.contains("8 times"), "{reason}");
+        }
+        other => panic!("expected StreamFailed, got {other:?}"),
+    }
+
+    // A node that answers with something that is not a header broke the protocol.
+    let mut cfg = config();
+    cfg.serve_data = false;
+    let (garbler, addr) = start(cfg, Arc::new(NoPieces), quic()).await;
+    let mut incoming = garbler.stream_control().accept(DATA_PROTOCOL).unwrap();
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = futures::StreamExt::next(&mut incoming).await {
+            let _ = read_data_request(&mut stream).await;
+            let _ = futures::AsyncWriteExt::write_all(&mut stream, &[0, 0, 0, 2, 0xff, 0xff]).await;
+            let _ = futures::AsyncWriteExt::close(&mut stream).await;
+        }
+    });
+    leecher.dial(garbler.peer_id(), vec![addr]).await.unwrap();
+    match leecher.fetch_range(garbler.peer_id(), F, 0, 10).await {
+        Err(Error::Protocol { peer, .. }) => assert_eq!(peer, garbler.peer_id()),
+        other => panic!("expected Protocol, got {other:?}"),
+    }
+}
+
 /// Not a test: measures one 200 MiB transfer over loopback QUIC and TCP.
 /// `cargo test --release -p tailcache-p2p --test node -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,13 +380,13 @@ impl PieceSource for PartialSource {
     }
 
     fn pieces(&self, file: &FileId) -> Option<tailcache_p2p::tracker::PieceMap> {
-        use tailcache_p2p::tracker::PieceMap;
+        use tailcache_p2p::tracker::{PieceMap, PieceSet};
         (*file == F).then(|| {
-            let mut have = PieceMap::empty_bitmap(10);
-            PieceMap::set_bit(&mut have, 0, true);
-            PieceMap::set_bit(&mut have, 2, true);
-            let mut fetching = PieceMap::empty_bitmap(10);
-            PieceMap::set_bit(&mut fetching, 5, true);
+            let mut have = PieceSet::empty(10);
+            have.insert(0);
+            have.insert(2);
+            let mut fetching = PieceSet::empty(10);
+            fetching.insert(5);
             PieceMap {
                 complete: false,
                 have,
@@ -332,16 +398,13 @@ impl PieceSource for PartialSource {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_answer_which_pieces_they_hold_unless_metered() {
-    use tailcache_p2p::tracker::PieceMap;
     let (seeder, leecher) = pair(config(), Arc::new(PartialSource), quic()).await;
     let mut events = seeder.subscribe();
     let map = leecher.pieces(seeder.peer_id(), F).await.unwrap().unwrap();
     assert!(!map.complete);
-    let held: Vec<u64> = (0..10).filter(|i| PieceMap::bit(&map.have, *i)).collect();
+    let held: Vec<u64> = (0..10).filter(|i| map.have.contains(*i)).collect();
     assert_eq!(held, vec![0, 2]);
-    let soon: Vec<u64> = (0..10)
-        .filter(|i| PieceMap::bit(&map.fetching, *i))
-        .collect();
+    let soon: Vec<u64> = (0..10).filter(|i| map.fetching.contains(*i)).collect();
     assert_eq!(soon, vec![5]);
     // The holder learns that the asker is fetching F.
     let asked = wait_event(&mut events, |e| {
@@ -356,7 +419,10 @@ async fn peers_answer_which_pieces_they_hold_unless_metered() {
         }
     );
     assert_eq!(
-        leecher.pieces(seeder.peer_id(), [8; 32]).await.unwrap(),
+        leecher
+            .pieces(seeder.peer_id(), FileId::from_bytes([8; 32]))
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(seeder.pieces(leecher.peer_id(), F).await.unwrap(), None);

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use support::*;
-use tailcache_p2p::Error;
 use tailcache_p2p::node::{CONTROL_PROTOCOL, Client, MAX_CONTROL_REQUEST, NoPieces};
 use tailcache_p2p::tracker::{ControlRequest, ControlResponse, FileAnnouncement, TrackerLimits};
+use tailcache_p2p::{Error, FileId};
 
-const F: [u8; 32] = [1; 32];
-const G: [u8; 32] = [2; 32];
+const F: FileId = FileId::from_bytes([1; 32]);
+const G: FileId = FileId::from_bytes([2; 32]);
 
 async fn tracker(max_answer: usize) -> (Client, libp2p::Multiaddr) {
     let mut cfg = config();
@@ -35,7 +35,7 @@ async fn peer_of(
     (c, addr)
 }
 
-fn ann(file: [u8; 32], complete: bool) -> FileAnnouncement {
+fn ann(file: FileId, complete: bool) -> FileAnnouncement {
     FileAnnouncement { file, complete }
 }
 
@@ -125,7 +125,7 @@ async fn oversized_control_messages_are_refused() {
 
     // Our own client refuses to send one.
     let files: Vec<_> = (0..MAX_CONTROL_REQUEST / 33 + 10)
-        .map(|i| ann([(i % 251) as u8; 32], true))
+        .map(|i| ann(FileId::from_bytes([(i % 251) as u8; 32]), true))
         .collect();
     match a.announce(tp, files, vec![a_addr.clone()]).await {
         Err(Error::MessageTooLarge { size, max }) => {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tailcache_store::{Sha256Hash, StorePathHash};
+use tailcache_store::{Sha256Hash, StorePathHash, lru};
 
 use crate::config::Compression;
 
@@ -282,25 +282,18 @@ impl NarCache {
     /// how many were removed.
     pub fn evict_to(&self, max_bytes: u64) -> usize {
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        let mut total: u64 = index.values().map(|e| e.file_size).sum();
-        if total <= max_bytes {
-            return 0;
-        }
-        let mut order: Vec<(u64, StorePathHash)> = index
+        let entries = index
             .iter()
-            .map(|(k, e)| (e.last_used.load(Ordering::Relaxed), *k))
+            .map(|(k, e)| lru::Entry {
+                key: *k,
+                size: e.file_size,
+                last_used: e.last_used.load(Ordering::Relaxed),
+            })
             .collect();
-        order.sort_unstable();
-        let mut removed = Vec::new();
-        for (_, key) in order {
-            if total <= max_bytes {
-                break;
-            }
-            if let Some(e) = index.remove(&key) {
-                total -= e.file_size;
-                removed.push((key, e));
-            }
-        }
+        let removed: Vec<(StorePathHash, Arc<NarEntry>)> = lru::victims(entries, max_bytes, None)
+            .into_iter()
+            .filter_map(|v| index.remove(&v.key).map(|e| (v.key, e)))
+            .collect();
         drop(index);
         let n = removed.len();
         for (key, e) in removed {

@@ -47,7 +47,7 @@ pub fn render(state: &CacheState, info: PathInfo) -> String {
                 entry.touch();
                 (
                     entry.url(),
-                    entry.compression.narinfo_name(),
+                    entry.compression.kind(),
                     entry.file_hash,
                     entry.file_size,
                 )
@@ -62,13 +62,13 @@ pub fn render(state: &CacheState, info: PathInfo) -> String {
                     });
                 }
                 let url = format!("nar/{}-{}.nar", path_hash, info.nar_hash.to_nix32());
-                (url, "none", info.nar_hash, info.nar_size)
+                (url, Compression::None.kind(), info.nar_hash, info.nar_size)
             }
         };
     let mut narinfo = NarInfo {
         store_path: info.path,
         url,
-        compression: compression.to_owned(),
+        compression,
         file_hash: Some(file_hash),
         file_size: Some(file_size),
         nar_hash: info.nar_hash,

@@ -41,12 +41,7 @@ pub async fn get_manifest(
         .keys()
         .first()
         .ok_or(CacheError::NotFound("this cache has no signing key"))?;
-    let manifest = P2pManifest::new(
-        entry.file_hash,
-        entry.file_size,
-        compression.narinfo_name(),
-        root,
-    );
+    let manifest = P2pManifest::new(entry.file_hash, entry.file_size, compression.kind(), root);
     let body = manifest.sign(key).to_bytes();
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response())
 }

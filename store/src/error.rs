@@ -14,6 +14,8 @@ pub enum Error {
     InvalidHash { input: String, reason: &'static str },
     #[error("invalid store path {input:?}: {reason}")]
     InvalidStorePath { input: String, reason: &'static str },
+    #[error("unknown compression {name:?}")]
+    UnknownCompression { name: String },
     #[error("invalid narinfo: {reason}")]
     InvalidNarInfo { reason: String },
     #[error("invalid key: {reason}")]

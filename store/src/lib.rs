@@ -6,22 +6,27 @@
 //! # Layout
 //! - [`nixbase32`]: Nix's base-32 alphabet and bit order.
 //! - [`hash`]: `sha256:<nix32>` hashes and the other spellings Nix accepts.
+//! - [`compression`]: a binary-cache file's compression (`Compression:`, file suffixes).
 //! - [`store_path`]: validated store paths (`<32-char nix32 hash>-<name>`).
 //! - [`nar`]: the NAR format — a streaming encoder over a path and a decoder/verifier.
 //! - [`narinfo`]: narinfo rendering and parsing, and the signature fingerprint.
 //! - [`signing`]: ed25519 keys in Nix's `name:base64` format, signing and verification.
+//! - [`lru`]: least-recently-used eviction under a byte budget, for caches of such files.
 //! - [`db`]: read-only access to a store's SQLite database (`ValidPaths`, `Refs`, …).
 //! - [`error`]: the crate's error type.
 
+pub mod compression;
 pub mod db;
 pub mod error;
 pub mod hash;
+pub mod lru;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
 pub mod signing;
 pub mod store_path;
 
+pub use compression::Compression;
 pub use error::{Error, Result};
 pub use hash::Sha256Hash;
 pub use store_path::{StorePath, StorePathHash};

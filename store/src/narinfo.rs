@@ -16,6 +16,7 @@
 
 use std::fmt::Write as _;
 
+use crate::compression::Compression;
 use crate::error::{Error, Result};
 use crate::hash::Sha256Hash;
 use crate::signing::{PublicKey, SecretKey, verify_any};
@@ -30,8 +31,8 @@ const UNKNOWN_DERIVER: &str = "unknown-deriver";
 pub struct NarInfo {
     pub store_path: StorePath,
     pub url: String,
-    /// `none`, `xz`, `zstd`, `bzip2`, … (Nix reads a missing Compression as `bzip2`).
-    pub compression: String,
+    /// How the file at `url` is compressed (Nix reads a missing Compression as `bzip2`).
+    pub compression: Compression,
     pub file_hash: Option<Sha256Hash>,
     pub file_size: Option<u64>,
     pub nar_hash: Sha256Hash,
@@ -80,7 +81,7 @@ impl NarInfo {
 
         let mut store_path = None;
         let mut url = String::new();
-        let mut compression = None;
+        let mut compression = Compression::NARINFO_DEFAULT;
         let mut file_hash = None;
         let mut file_size = None;
         let mut nar_hash = None;
@@ -113,7 +114,14 @@ impl NarInfo {
                     store_path = Some(StorePath::from_absolute(store_dir, value).map_err(field)?);
                 }
                 "URL" => url = value.to_owned(),
-                "Compression" => compression = Some(value.to_owned()),
+                "Compression" => {
+                    // Nix's default for narinfos older than the field, also when empty.
+                    compression = if value.is_empty() {
+                        Compression::NARINFO_DEFAULT
+                    } else {
+                        value.parse().map_err(field)?
+                    };
+                }
                 "FileHash" => file_hash = Some(Sha256Hash::parse(value).map_err(field)?),
                 "FileSize" => file_size = Some(parse_u64(value).map_err(number)?),
                 "NarHash" => nar_hash = Some(Sha256Hash::parse(value).map_err(field)?),
@@ -165,10 +173,7 @@ impl NarInfo {
         Ok(NarInfo {
             store_path,
             url,
-            // Nix's default for narinfos older than the Compression field, also when empty.
-            compression: compression
-                .filter(|c: &String| !c.is_empty())
-                .unwrap_or_else(|| "bzip2".to_owned()),
+            compression,
             file_hash,
             file_size,
             nar_hash,
@@ -299,7 +304,7 @@ mod tests {
     fn minimal_narinfo_gets_nix_defaults() {
         let ni = NarInfo::parse(&minimal(), DIR).unwrap();
         assert_eq!(ni.store_path.base_name(), P);
-        assert_eq!(ni.compression, "bzip2");
+        assert_eq!(ni.compression, Compression::Bzip2);
         assert_eq!(ni.file_hash, None);
         assert_eq!(ni.file_size, None);
         assert!(ni.references.is_empty() && ni.sigs.is_empty());
@@ -334,7 +339,11 @@ mod tests {
         assert_eq!(ni.sigs, ["a:b", "c:d"]);
         assert_eq!(ni.ca, None);
         let empty = format!("{}Compression: \n", minimal());
-        assert_eq!(NarInfo::parse(&empty, DIR).unwrap().compression, "bzip2");
+        assert_eq!(
+            NarInfo::parse(&empty, DIR).unwrap().compression,
+            Compression::Bzip2
+        );
+        err_of(&format!("{}Compression: lz5\n", minimal()));
         // An empty References line may be followed by a real one (Nix allows it) …
         let twice = format!("{}References: \nReferences: {P}\n", minimal());
         assert_eq!(NarInfo::parse(&twice, DIR).unwrap().references.len(), 1);
@@ -441,7 +450,7 @@ mod tests {
         // … but not URL, Compression, FileHash, FileSize.
         let mut changed = ni.clone();
         changed.url = "nar/y.nar.zst".to_owned();
-        changed.compression = "zstd".to_owned();
+        changed.compression = Compression::Zstd;
         changed.file_size = Some(3);
         changed.file_hash = Some(Sha256Hash::digest(b"y"));
         assert!(changed.verify(&[key.public()], DIR));
@@ -463,7 +472,7 @@ mod tests {
         fn arb_narinfo()(
             store_path in arb_store_path(),
             url in "[A-Za-z0-9/._-]{1,60}",
-            compression in "(none|xz|zstd|bzip2|br)",
+            compression in proptest::sample::select(Compression::ALL.to_vec()),
             file_hash in proptest::option::of(arb_hash()),
             file_size in proptest::option::of(any::<u64>()),
             nar_hash in arb_hash(),

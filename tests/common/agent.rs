@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use tailcache_p2p::FileId;
 use tailcache_store::Sha256Hash;
 
 use super::cache::{Backend, TestCache, spawn_and_wait};
@@ -105,7 +106,7 @@ impl AgentBuilder {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailcache"));
         cmd.arg("agent").arg("--config").arg(&config);
         cmd.env("NO_COLOR", "1");
-        cmd.env("RUST_LOG", "info,tailcache::agent=debug");
+        cmd.env("RUST_LOG", "info,tailcache_agent=debug");
         let proc = spawn_and_wait(cmd, dir, Backend::Tailcache, &["agent listening on "])
             .unwrap_or_else(|e| panic!("agent did not start: {e:#?}"));
         TestAgent { proc, cache_dir }
@@ -186,8 +187,8 @@ impl P2pFixture {
         Sha256Hash::parse(self.info.get("FileHash").unwrap()).unwrap()
     }
 
-    pub fn file_id(&self) -> [u8; 32] {
-        self.file_hash().0
+    pub fn file_id(&self) -> FileId {
+        self.file_hash().into()
     }
 
     pub fn file_size(&self) -> f64 {

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use futures::{AsyncWriteExt as _, StreamExt as _};
-use tailcache::agent::parse_peer_addr;
 use tailcache_p2p::libp2p::{Multiaddr, PeerId, identity::Keypair};
 use tailcache_p2p::node::{
-    self, Client, DATA_PROTOCOL, NoPieces, NodeConfig, read_data_request, write_data_accept,
+    self, Client, DATA_PROTOCOL, NoPieces, NodeConfig, PeerAddr, read_data_request,
+    write_data_accept,
 };
 use tailcache_p2p::tracker::{FileAnnouncement, FileId};
 
@@ -42,7 +42,10 @@ impl TestPeer {
             .enable_all()
             .build()
             .unwrap();
-        let (tracker, tracker_addr) = parse_peer_addr(&server.tracker_addr()).unwrap();
+        let PeerAddr {
+            peer: tracker,
+            addr: tracker_addr,
+        } = server.tracker_addr().parse().unwrap();
         let client = rt.block_on(async {
             let mut config = NodeConfig::new(Keypair::generate_ed25519());
             config.serve_data = serve_data;

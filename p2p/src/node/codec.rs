@@ -194,7 +194,7 @@ mod tests {
     #[tokio::test]
     async fn oversized_message_is_not_written() {
         let req = ControlRequest::Withdraw {
-            files: vec![[7u8; 32]; MAX_CONTROL_REQUEST / 32 + 1],
+            files: vec![crate::FileId::from_bytes([7u8; 32]); MAX_CONTROL_REQUEST / 32 + 1],
         };
         let mut out = Vec::new();
         let e = write_frame(&mut out, &req, MAX_CONTROL_REQUEST)
@@ -206,7 +206,9 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip() {
-        let req = ControlRequest::WhoHas { file: [3u8; 32] };
+        let req = ControlRequest::WhoHas {
+            file: crate::FileId::from_bytes([3u8; 32]),
+        };
         let mut out = Vec::new();
         write_frame(&mut out, &req, MAX_CONTROL_REQUEST)
             .await
@@ -220,7 +222,9 @@ mod tests {
 
     #[tokio::test]
     async fn truncated_frame_is_an_error() {
-        let req = ControlRequest::WhoHas { file: [3u8; 32] };
+        let req = ControlRequest::WhoHas {
+            file: crate::FileId::from_bytes([3u8; 32]),
+        };
         let mut out = Vec::new();
         write_frame(&mut out, &req, MAX_CONTROL_REQUEST)
             .await

@@ -28,7 +28,8 @@ use tokio::time::{Instant, timeout};
 use super::NodeEvent;
 use super::codec::{read_frame, write_frame};
 use crate::error::{Error, Result};
-use crate::tracker::{FileId, PieceMap};
+use crate::file::FileId;
+use crate::tracker::PieceMap;
 
 /// The data protocol's name.
 pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/tailcache/data/1");
@@ -88,6 +89,24 @@ pub trait PieceSource: Send + Sync + 'static {
     fn pieces(&self, _file: &FileId) -> Option<PieceMap> {
         None
     }
+}
+
+/// `len` bytes of the file at `path` from `offset`, if the file is that long: what a
+/// [`PieceSource`] backed by files on disk hands out. The file is opened now, so unlinking
+/// it (an eviction) does not cut the upload short.
+pub fn file_range(
+    path: &std::path::Path,
+    offset: u64,
+    len: u64,
+) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+    use std::io::{Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let size = f.metadata().ok()?.len();
+    if offset.checked_add(len)? > size {
+        return None;
+    }
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    Some(Box::new(tokio::fs::File::from_std(f).take(len)))
 }
 
 /// A source that holds nothing: every request is answered [`Refusal::NotFound`].
@@ -386,44 +405,110 @@ async fn send_range(
     }
 }
 
+/// How many streams one range request may open when the peer drops them unread.
+const MAX_STREAM_ATTEMPTS: u32 = 8;
+/// The wait before opening the second stream; it doubles with each further attempt.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
+/// The longest wait between two attempts.
+const MAX_RETRY: Duration = Duration::from_millis(1000);
+
+/// How the header exchange of one stream ended, when it did not end in an answer.
+enum HeaderFailure {
+    /// The stream could not be opened at all.
+    Open(String),
+    /// The peer's node dropped or reset the stream before answering: it may never have
+    /// seen the request (libp2p-stream drops an inbound stream when the previous one has
+    /// not been taken yet), so asking again on a new stream is safe.
+    Dropped(io::Error),
+    /// The connection is gone, or the exchange stalled.
+    Transport(io::Error),
+    /// The answer was not a header: no honest node sends that.
+    Malformed(io::Error),
+}
+
+impl HeaderFailure {
+    fn of(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::InvalidData => HeaderFailure::Malformed(e),
+            io::ErrorKind::NotConnected | io::ErrorKind::TimedOut => HeaderFailure::Transport(e),
+            _ => HeaderFailure::Dropped(e),
+        }
+    }
+}
+
+/// Opens one stream, sends the request and reads the answer header.
+async fn exchange_header(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    req: &DataRequest,
+) -> std::result::Result<(Stream, DataResponse), HeaderFailure> {
+    let mut stream = control
+        .open_stream(peer, DATA_PROTOCOL)
+        .await
+        .map_err(|e| HeaderFailure::Open(e.to_string()))?;
+    let sent = write_frame(&mut stream, req, MAX_DATA_HEADER).await;
+    // A refusal may already be waiting even if the peer stopped reading our request.
+    match read_frame::<_, DataResponse>(&mut stream, MAX_DATA_HEADER).await {
+        Ok(r) => Ok((stream, r)),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(HeaderFailure::of(e)),
+        Err(e) => Err(HeaderFailure::of(sent.err().unwrap_or(e))),
+    }
+}
+
+/// The wait before attempt `attempt + 1`: doubling from [`FIRST_RETRY`], at most
+/// [`MAX_RETRY`], scaled by a random factor in [0.5, 1.5) so that requests dropped together
+/// do not collide again.
+fn retry_wait(attempt: u32) -> Duration {
+    use std::hash::BuildHasher as _;
+    let base = FIRST_RETRY
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(MAX_RETRY);
+    // RandomState is seeded afresh per instance: a cheap source of jitter.
+    let r = std::collections::hash_map::RandomState::new().hash_one(attempt);
+    base.mul_f64(0.5 + (r % 1024) as f64 / 1024.0)
+}
+
 /// Asks `peer` for a range over a new data stream. Returns once the peer has accepted (the
-/// bytes then arrive through the [`DataReader`]) or refused.
+/// bytes then arrive through the [`DataReader`]) or refused. A stream the peer drops before
+/// answering is opened again (at most [`MAX_STREAM_ATTEMPTS`] times, within
+/// [`HEADER_TIMEOUT`]); failing that, the error is [`Error::StreamFailed`] — a transport
+/// failure — and only a malformed or mismatched answer is [`Error::Protocol`].
 pub(crate) async fn request_range(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     req: DataRequest,
     counters: Arc<DataCounters>,
 ) -> Result<DataReader> {
-    let mut stream = control
-        .open_stream(peer, DATA_PROTOCOL)
+    let failed = |reason: String| Error::StreamFailed { peer, reason };
+    let attempts = async {
+        let mut attempt = 1;
+        loop {
+            match exchange_header(&mut control, peer, &req).await {
+                Err(HeaderFailure::Dropped(e)) if attempt < MAX_STREAM_ATTEMPTS => {
+                    tracing::debug!(%peer, attempt, "data stream dropped before an answer: {e}");
+                    tokio::time::sleep(retry_wait(attempt)).await;
+                    attempt += 1;
+                }
+                Err(HeaderFailure::Dropped(e)) => {
+                    return Err(failed(format!(
+                        "dropped before an answer {attempt} times, last: {e}"
+                    )));
+                }
+                Err(HeaderFailure::Transport(e)) => return Err(failed(e.to_string())),
+                Err(HeaderFailure::Open(reason)) => return Err(Error::OpenStream { peer, reason }),
+                Err(HeaderFailure::Malformed(e)) => {
+                    return Err(Error::Protocol {
+                        peer,
+                        reason: format!("data response header: {e}"),
+                    });
+                }
+                Ok(answer) => return Ok(answer),
+            }
+        }
+    };
+    let (stream, resp) = timeout(HEADER_TIMEOUT, attempts)
         .await
-        .map_err(|e| Error::OpenStream {
-            peer,
-            reason: e.to_string(),
-        })?;
-    let header = async {
-        let sent = write_frame(&mut stream, &req, MAX_DATA_HEADER).await;
-        // A refusal may already be waiting even if the peer stopped reading our request.
-        match read_frame::<_, DataResponse>(&mut stream, MAX_DATA_HEADER).await {
-            Ok(r) => Ok(r),
-            Err(e) => Err(sent.err().unwrap_or(e)),
-        }
-    };
-    let resp = match timeout(HEADER_TIMEOUT, header).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            return Err(Error::Protocol {
-                peer,
-                reason: format!("data response header: {e}"),
-            });
-        }
-        Err(_) => {
-            return Err(Error::Protocol {
-                peer,
-                reason: "no data response header in time".into(),
-            });
-        }
-    };
+        .map_err(|_| failed("no data response header in time".into()))??;
     match resp {
         DataResponse::Ok { len } if len == req.len => Ok(DataReader {
             stream,

@@ -13,6 +13,7 @@
 //! up to a 1 GiB per-connection budget, so the fixed 256 KiB window of old yamux versions no
 //! longer caps a stream. libp2p-yamux 0.48 exposes no window setting, only the stream count.
 
+mod addr;
 mod codec;
 mod data;
 
@@ -32,10 +33,11 @@ use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, connection_limits, noise, t
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
+pub use addr::{PeerAddr, PeerAddrError, loopback_listen_addrs};
 pub use codec::{CONTROL_PROTOCOL, FrameTooLarge, MAX_CONTROL_REQUEST, MAX_CONTROL_RESPONSE};
 pub use data::{
     DATA_PROTOCOL, DataReader, DataRequest, NoPieces, PieceSource, RateLimit, Refusal, TokenBucket,
-    UploadPolicy, read_data_request, write_data_accept,
+    UploadPolicy, file_range, read_data_request, write_data_accept,
 };
 
 use crate::error::{Error, Result};
@@ -281,6 +283,17 @@ impl Client {
     /// Listens on `addr` (e.g. `/ip4/127.0.0.1/udp/0/quic-v1`); returns the address bound.
     pub async fn listen(&self, addr: Multiaddr) -> Result<Multiaddr> {
         self.call(|reply| Command::Listen { addr, reply }).await?
+    }
+
+    /// Listens on every address of `addrs`; returns the addresses bound, each with the
+    /// node's `/p2p/<peer id>` appended (what a peer needs to dial it).
+    pub async fn listen_all(&self, addrs: &[Multiaddr]) -> Result<Vec<Multiaddr>> {
+        let mut out = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let bound = self.listen(addr.clone()).await?;
+            out.push(bound.with(libp2p::multiaddr::Protocol::P2p(self.peer_id)));
+        }
+        Ok(out)
     }
 
     /// The addresses the node listens on.

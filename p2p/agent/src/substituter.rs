@@ -1,72 +1,60 @@
-//! `tailcache agent` (issue 5, "Agent"): a Nix substituter on 127.0.0.1 in front of the
-//! cache server. `GET /nix-cache-info` is the server's with a priority 10 better;
-//! `GET|HEAD /<hash>.narinfo` is the server's answer byte for byte (Nix checks the
-//! server's signature itself); `GET /nar/<filehash>.nar.xz|.zst` is fetched in verified
-//! pieces from peers and the server ([`fetch`]) when a manifest signed by a trusted key
-//! exists, and proxied from the server otherwise; `GET /metrics` is Prometheus text.
-//!
-//! With `reseed` the verified files are kept ([`store`]) and announced to the tracker; a
-//! download in progress is announced as partial at once and its verified pieces are served
-//! to peers (swarming, see [`fetch`]); `metered` never uploads.
+//! The agent's HTTP side, a Nix substituter on 127.0.0.1: `GET /nix-cache-info` is the
+//! server's with a priority [`PRIORITY_LEAD`] better; `GET|HEAD /<hash>.narinfo` is the
+//! server's answer byte for byte (Nix checks the server's signature itself);
+//! `GET /nar/<filehash>.nar.xz|.zst` comes from the agent's cache or is fetched in verified
+//! pieces from peers and the server ([`crate::fetch`]) when a manifest signed by a trusted
+//! key exists, and is proxied from the server otherwise; `GET /metrics` is Prometheus text.
+//! Every byte of a NAR file the agent serves itself is verified first ([`crate::serve`]).
 
-pub mod fetch;
-pub mod http_client;
-pub mod metrics;
-pub mod store;
+use std::sync::Arc;
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-
-use anyhow::Context as _;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures::{Stream, StreamExt as _};
+use futures::StreamExt as _;
 use prometheus_client::registry::Registry;
-use tailcache_p2p::libp2p::multiaddr::Protocol;
-use tailcache_p2p::libp2p::{Multiaddr, PeerId};
+use tailcache_p2p::FileId;
 use tailcache_p2p::manifest::SignedManifest;
-use tailcache_p2p::node::{self, Client, NodeConfig, RateLimit, UploadPolicy};
-use tailcache_p2p::tracker::{FileAnnouncement, FileId};
+use tailcache_p2p::node::{Client, PeerAddr};
+use tailcache_p2p::tracker::FileAnnouncement;
 use tailcache_p2p::verify::Outboard;
-use tailcache_store::Sha256Hash;
 use tailcache_store::signing::PublicKey;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-use tokio::net::TcpListener;
+use tailcache_store::{Compression, Sha256Hash};
 use tokio::sync::watch;
 
-use crate::config::AgentConfig;
-use fetch::{Download, Progress, Scores};
-use http_client::ServerUrl;
-use metrics::AgentMetrics;
-use store::FileStore;
-use store::Partial;
+use crate::error::FetchError;
+use crate::fetch::schedule::Limits;
+use crate::fetch::{Download, Progress, Scores};
+use crate::http_client::{self, Server};
+use crate::metrics::AgentMetrics;
+use crate::serve::{CachedFile, nar_response, plain, stream_download};
+use crate::store::{FileStore, Partial};
 
 /// How much better (lower) the agent's `Priority` is than the server's.
-const PRIORITY_LEAD: u32 = 10;
+pub const PRIORITY_LEAD: u32 = 10;
 
-struct Inner {
-    server: ServerUrl,
-    node: Client,
-    tracker: Option<(PeerId, Vec<Multiaddr>)>,
-    trusted: Vec<PublicKey>,
-    store: Arc<FileStore>,
-    reseed: bool,
-    uploads: bool,
-    min_p2p_size: u64,
-    requests_per_peer: usize,
-    server_requests: usize,
-    metrics: AgentMetrics,
-    registry: Registry,
-    scores: Scores,
+/// Compressions whose files the agent fetches in pieces (those the server makes).
+const PIECEWISE: [Compression; 2] = [Compression::Xz, Compression::Zstd];
+
+/// Everything a request handler needs.
+pub(crate) struct Inner {
+    pub server: Server,
+    pub node: Client,
+    pub tracker: Option<PeerAddr>,
+    pub trusted: Vec<PublicKey>,
+    pub store: Arc<FileStore>,
+    pub reseed: bool,
+    pub uploads: bool,
+    pub min_p2p_size: u64,
+    pub limits: Limits,
+    pub metrics: AgentMetrics,
+    pub registry: Registry,
+    pub scores: Scores,
 }
 
 #[derive(Clone)]
-pub struct AgentState(Arc<Inner>);
+pub struct AgentState(pub(crate) Arc<Inner>);
 
 impl std::fmt::Debug for AgentState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,127 +64,8 @@ impl std::fmt::Debug for AgentState {
     }
 }
 
-/// `<cache>/tailcache-agent` by XDG rules.
-fn default_cache_dir() -> PathBuf {
-    let env_dir = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(d) = env_dir("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("tailcache-agent");
-    }
-    if let Some(h) = env_dir("HOME") {
-        return PathBuf::from(h).join(".cache/tailcache-agent");
-    }
-    PathBuf::from("tailcache-agent-cache")
-}
-
-/// Splits `<multiaddr>/p2p/<peer id>` into the peer and its address.
-pub fn parse_peer_addr(s: &str) -> anyhow::Result<(PeerId, Multiaddr)> {
-    let mut addr: Multiaddr = s
-        .parse()
-        .with_context(|| format!("invalid multiaddr {s:?}"))?;
-    match addr.pop() {
-        Some(Protocol::P2p(peer)) => Ok((peer, addr)),
-        _ => anyhow::bail!("{s:?} does not end in /p2p/<peer id>"),
-    }
-}
-
-/// Starts the agent and serves `listener` until `shutdown` completes.
-pub async fn run(
-    config: AgentConfig,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let server = ServerUrl::parse(&config.server)?;
-    let trusted = config
-        .trusted_keys
-        .iter()
-        .map(|k| PublicKey::parse(k).with_context(|| format!("invalid trusted key {k:?}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if trusted.is_empty() {
-        tracing::warn!("no trusted_keys: every NAR comes from the server, none from peers");
-    }
-    let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&cache_dir)
-            .with_context(|| format!("cannot create {}", cache_dir.display()))?;
-    }
-    let store = Arc::new(
-        FileStore::open(&cache_dir, config.cache_max_bytes)
-            .with_context(|| format!("cannot open the file cache in {}", cache_dir.display()))?,
-    );
-    let keypair = crate::p2p::load_or_generate_identity(&cache_dir.join("p2p-key"))?;
-    let uploads = config.reseed && !config.metered;
-    let mut node_config = NodeConfig::new(keypair);
-    node_config.upload = if uploads {
-        UploadPolicy::Enabled {
-            slots: config.upload_slots.max(1),
-            rate: (config.upload_rate > 0).then_some(RateLimit {
-                bytes_per_sec: config.upload_rate,
-                burst: config.upload_rate.max(1 << 20),
-            }),
-        }
-    } else {
-        UploadPolicy::Disabled
-    };
-    let node = node::spawn(node_config, store.clone()).context("cannot start the p2p node")?;
-    let p2p_addrs = crate::p2p::listen_all(&node, &config.listen).await?;
-    let tracker = config
-        .tracker
-        .as_deref()
-        .map(parse_peer_addr)
-        .transpose()?
-        .map(|(p, a)| (p, vec![a]));
-
-    let mut registry = Registry::default();
-    let metrics = AgentMetrics::register(&mut registry);
-    let state = AgentState(Arc::new(Inner {
-        server,
-        node: node.clone(),
-        tracker,
-        trusted,
-        store,
-        reseed: config.reseed,
-        uploads,
-        min_p2p_size: config.min_p2p_size,
-        requests_per_peer: config.requests_per_peer.max(1),
-        server_requests: config.server_requests.max(1),
-        metrics,
-        registry,
-        scores: Arc::new(Mutex::new(HashMap::new())),
-    }));
-    if let Some((peer, addrs)) = &state.0.tracker {
-        match node.dial(*peer, addrs.clone()).await {
-            Ok(()) => {
-                let _ = node.keep_connected(*peer, true).await;
-                state.announce(state.0.store.list(), true).await;
-            }
-            Err(e) => tracing::warn!("cannot reach the tracker (will retry per fetch): {e}"),
-        }
-    }
-
-    let addr = listener.local_addr()?;
-    {
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        for a in &p2p_addrs {
-            let _ = writeln!(out, "agent p2p listening on {a}");
-        }
-        let _ = writeln!(out, "agent listening on http://{addr}");
-        let _ = out.flush();
-    }
-    let app = axum::Router::new().fallback(handle).with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    let _ = node.shutdown().await;
-    Ok(())
-}
-
-fn plain(status: StatusCode, msg: &'static str) -> Response {
-    (status, msg).into_response()
+pub fn router(state: AgentState) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(state)
 }
 
 async fn handle(State(state): State<AgentState>, method: Method, uri: Uri) -> Response {
@@ -225,10 +94,8 @@ async fn handle(State(state): State<AgentState>, method: Method, uri: Uri) -> Re
 
 /// The file id (FileHash) of `<nix32 sha256>.nar.xz|.nar.zst`.
 fn compressed_file_id(file: &str) -> Option<FileId> {
-    let stem = file
-        .strip_suffix(".nar.xz")
-        .or_else(|| file.strip_suffix(".nar.zst"))?;
-    Sha256Hash::from_nix32(stem).ok().map(|h| h.0)
+    let (stem, _) = Compression::split_file_name(file, &PIECEWISE)?;
+    Sha256Hash::from_nix32(stem).ok().map(FileId::from)
 }
 
 fn bad_gateway(e: impl std::fmt::Display) -> Response {
@@ -239,8 +106,8 @@ fn bad_gateway(e: impl std::fmt::Display) -> Response {
 impl AgentState {
     /// Tells the tracker this agent holds `files` (wholly, or `complete == false`: a
     /// download in progress). Only when it uploads.
-    async fn announce(&self, files: Vec<FileId>, complete: bool) {
-        let Some((tracker, _)) = &self.0.tracker else {
+    pub(crate) async fn announce(&self, files: Vec<FileId>, complete: bool) {
+        let Some(tracker) = &self.0.tracker else {
             return;
         };
         if !self.0.uploads || files.is_empty() {
@@ -251,8 +118,17 @@ impl AgentState {
             .into_iter()
             .map(|file| FileAnnouncement { file, complete })
             .collect();
-        if let Err(e) = self.0.node.announce(*tracker, files, addrs).await {
+        if let Err(e) = self.0.node.announce(tracker.peer, files, addrs).await {
             tracing::warn!("announce to the tracker: {e}");
+        }
+    }
+
+    /// Tells the tracker this agent no longer holds `files`.
+    async fn withdraw(&self, files: Vec<FileId>) {
+        if let Some(tracker) = &self.0.tracker
+            && !files.is_empty()
+        {
+            let _ = self.0.node.withdraw(tracker.peer, files).await;
         }
     }
 
@@ -340,21 +216,58 @@ impl AgentState {
         resp.bytes().await.ok()
     }
 
-    /// A compressed NAR: from the local cache, in verified pieces, or proxied.
+    /// A compressed NAR: from the local cache (verified as it is sent), in verified pieces,
+    /// or proxied. A cached file is only served when it can be checked, so the manifest and
+    /// outboard are fetched for it as for a download.
     async fn get_nar(&self, file: &str, id: FileId) -> Response {
         let target = format!("/nar/{file}");
+        let download = self.prepare(file, id).await;
         if self.0.reseed
             && let Some(path) = self.0.store.get(&id)
-            && let Ok(f) = tokio::fs::File::open(&path).await
-            && let Ok(meta) = f.metadata().await
         {
-            let size = meta.len();
-            let (_tx, rx) = watch::channel(Progress::Verified(size));
-            return nar_response(size, stream_verified(f, size, rx));
+            let Some(download) = &download else {
+                // It cannot be checked: the server's copy is served instead.
+                return self.proxy(&Method::GET, &target, true).await;
+            };
+            match self.serve_cached(&path, id, download).await {
+                Ok(response) => return response,
+                Err(e) => self.on_corrupt(id, &e).await,
+            }
         }
-        match self.prepare(file, id).await {
+        match download {
             Some(download) => self.start(download, &target, id).await,
             None => self.proxy(&Method::GET, &target, true).await,
+        }
+    }
+
+    async fn serve_cached(
+        &self,
+        path: &std::path::Path,
+        id: FileId,
+        download: &Download,
+    ) -> Result<Response, FetchError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| FetchError::Read {
+                reason: e.to_string(),
+            })?;
+        let cached = CachedFile::open(file, download.outboard.clone()).await?;
+        let size = cached.size();
+        let this = self.clone();
+        let body = cached.into_stream(move |e| {
+            let e = e.clone();
+            tokio::spawn(async move { this.on_corrupt(id, &e).await });
+        });
+        Ok(nar_response(size, body))
+    }
+
+    /// A cached file failed its check: it is evicted (and withdrawn), so the next request
+    /// fetches it again.
+    async fn on_corrupt(&self, id: FileId, e: &FetchError) {
+        self.0.metrics.corrupt_files.inc();
+        tracing::warn!("cached file {id}: {e}");
+        if self.0.store.remove(&id) {
+            self.withdraw(vec![id]).await;
         }
     }
 
@@ -369,7 +282,7 @@ impl AgentState {
             .await?;
         let signed = SignedManifest::from_bytes(&bytes).ok()?;
         let manifest = match signed.verify(&self.0.trusted) {
-            Ok(m) if m.file_hash.0 == id => m.clone(),
+            Ok(m) if FileId::from(m.file_hash) == id => m.clone(),
             Ok(_) => {
                 self.0.metrics.manifests_refused.inc();
                 tracing::warn!("manifest for {file} names another file; fetching from the server");
@@ -406,8 +319,7 @@ impl AgentState {
             tracker: self.0.tracker.clone(),
             scores: self.0.scores.clone(),
             metrics: self.0.metrics.clone(),
-            requests_per_peer: self.0.requests_per_peer,
-            server_requests: self.0.server_requests,
+            limits: self.0.limits.clone(),
             partial: None,
         })
     }
@@ -450,33 +362,8 @@ impl AgentState {
                 this.announce(vec![id], false).await;
             }
             let ok = download.run(Arc::new(w), &tx).await;
-            let mut kept = false;
-            if ok && this.0.reseed {
-                match this.0.store.insert(&id, &partial) {
-                    Ok(evicted) => {
-                        kept = true;
-                        this.announce(vec![id], true).await;
-                        if !evicted.is_empty()
-                            && let Some((tracker, _)) = &this.0.tracker
-                        {
-                            let _ = this.0.node.withdraw(*tracker, evicted).await;
-                        }
-                    }
-                    Err(e) => tracing::warn!("keeping {}: {e}", partial.display()),
-                }
-            }
-            if let Some(p) = &shared {
-                this.0.store.unregister(&id, p);
-            }
-            if !kept {
-                // The response holds its own handle; unlinking is safe.
-                let _ = std::fs::remove_file(&partial);
-                if shared.is_some()
-                    && let Some((tracker, _)) = &this.0.tracker
-                {
-                    let _ = this.0.node.withdraw(*tracker, vec![id]).await;
-                }
-            }
+            this.finish_download(id, &partial, ok, shared.as_ref())
+                .await;
             // Only now: a client that saw the whole file may rely on it being announced.
             if ok {
                 let _ = tx.send(Progress::Verified(size));
@@ -484,8 +371,40 @@ impl AgentState {
         });
         nar_response(
             size,
-            stream_verified(tokio::fs::File::from_std(r), size, rx),
+            stream_download(tokio::fs::File::from_std(r), size, rx),
         )
+    }
+
+    /// Keeps a finished download (and announces it, withdrawing what it pushed out), or
+    /// removes its partial file.
+    async fn finish_download(
+        &self,
+        id: FileId,
+        partial: &std::path::Path,
+        ok: bool,
+        shared: Option<&Arc<Partial>>,
+    ) {
+        let mut kept = false;
+        if ok && self.0.reseed {
+            match self.0.store.insert(&id, partial) {
+                Ok(evicted) => {
+                    kept = true;
+                    self.announce(vec![id], true).await;
+                    self.withdraw(evicted).await;
+                }
+                Err(e) => tracing::warn!("keeping {}: {e}", partial.display()),
+            }
+        }
+        if let Some(p) = shared {
+            self.0.store.unregister(&id, p);
+        }
+        if !kept {
+            // The response holds its own handle; unlinking is safe.
+            let _ = std::fs::remove_file(partial);
+            if shared.is_some() {
+                self.withdraw(vec![id]).await;
+            }
+        }
     }
 }
 
@@ -511,57 +430,6 @@ fn rewrite_cache_info(text: &str) -> String {
     out
 }
 
-fn nar_response(
-    size: u64,
-    body: impl Stream<Item = std::io::Result<Bytes>> + Send + 'static,
-) -> Response {
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/x-nix-nar")
-        .header(header::CONTENT_LENGTH, size)
-        .body(Body::from_stream(body))
-        .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response\n"))
-}
-
-/// The bytes of `file` as the verified prefix (from `progress`) grows, in order.
-fn stream_verified(
-    file: tokio::fs::File,
-    size: u64,
-    progress: watch::Receiver<Progress>,
-) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    const CHUNK: u64 = 256 * 1024;
-    futures::stream::try_unfold(
-        (file, 0u64, progress),
-        move |(mut file, pos, mut progress)| async move {
-            loop {
-                if pos >= size {
-                    return Ok(None);
-                }
-                let verified = match &*progress.borrow_and_update() {
-                    Progress::Verified(n) => *n,
-                    Progress::Failed(e) => return Err(std::io::Error::other(e.clone())),
-                };
-                if pos < verified {
-                    let n = (verified - pos).min(CHUNK) as usize;
-                    let mut buf = vec![0u8; n];
-                    file.seek(std::io::SeekFrom::Start(pos)).await?;
-                    file.read_exact(&mut buf).await?;
-                    return Ok(Some((Bytes::from(buf), (file, pos + n as u64, progress))));
-                }
-                if progress.changed().await.is_err() {
-                    // The download ended: the last value is final.
-                    if let Progress::Verified(n) = &*progress.borrow()
-                        && *n > pos
-                    {
-                        continue;
-                    }
-                    return Err(std::io::Error::other("download ended before the file did"));
-                }
-            }
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,22 +449,13 @@ mod tests {
     }
 
     #[test]
-    fn tracker_addresses_need_a_peer_id() {
-        let peer = PeerId::random();
-        let (p, a) = parse_peer_addr(&format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")).unwrap();
-        assert_eq!(p, peer);
-        assert_eq!(a.to_string(), "/ip4/127.0.0.1/tcp/4001");
-        assert!(parse_peer_addr("/ip4/127.0.0.1/tcp/4001").is_err());
-        assert!(parse_peer_addr("not a multiaddr").is_err());
-    }
-
-    #[test]
     fn only_compressed_file_names_are_fetched_in_pieces() {
         let h = Sha256Hash::digest(b"x");
         let n = h.to_nix32();
-        assert_eq!(compressed_file_id(&format!("{n}.nar.xz")), Some(h.0));
-        assert_eq!(compressed_file_id(&format!("{n}.nar.zst")), Some(h.0));
+        assert_eq!(compressed_file_id(&format!("{n}.nar.xz")), Some(h.into()));
+        assert_eq!(compressed_file_id(&format!("{n}.nar.zst")), Some(h.into()));
         assert_eq!(compressed_file_id(&format!("{n}.nar")), None);
+        assert_eq!(compressed_file_id(&format!("{n}.nar.bz2")), None);
         assert_eq!(compressed_file_id("zzz.nar.xz"), None);
     }
 }

@@ -1,5 +1,6 @@
 //! The agent's Prometheus metrics (`GET /metrics` on the agent): bytes from peers and from
-//! the server, verification failures, bans, refused manifests, peers known, bytes uploaded.
+//! the server, verification failures, bans, refused manifests, cached files found corrupt,
+//! peers known, bytes uploaded.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,6 +15,8 @@ pub struct AgentMetrics {
     pub verification_failures: Counter,
     pub bans: Counter,
     pub manifests_refused: Counter,
+    /// Cached files that failed verification when served (and were evicted).
+    pub corrupt_files: Counter,
     pub peers_known: Gauge,
     pub uploaded_bytes: Gauge,
 }
@@ -42,6 +45,11 @@ impl AgentMetrics {
             "manifests_refused",
             "P2P manifests refused (bad or untrusted signature)",
             m.manifests_refused.clone(),
+        );
+        r.register(
+            "corrupt_files",
+            "Cached files that failed verification when served, and were evicted",
+            m.corrupt_files.clone(),
         );
         r.register(
             "peers_known",

@@ -14,24 +14,59 @@ const MAX_WHOLE_BODY: u64 = 256 << 20;
 /// How long connecting to the server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The server's base URL and the connection pool used to reach it.
+/// The cache server's base URL, `http://host[:port]` (no path; a trailing `/` is dropped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl(String);
+
+/// Why a string is not a [`ServerUrl`].
+#[derive(Debug, thiserror::Error)]
+#[error("server URL {url:?}: {reason}")]
+pub struct BadServerUrl {
+    url: String,
+    reason: String,
+}
+
+impl ServerUrl {
+    /// The server on this machine, at its default port.
+    pub const LOCAL_DEFAULT: &str = "http://127.0.0.1:5000";
+}
+
+impl std::str::FromStr for ServerUrl {
+    type Err = BadServerUrl;
+
+    fn from_str(url: &str) -> Result<Self, BadServerUrl> {
+        let bad = |reason: &str| BadServerUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| bad("only http:// is supported"))?;
+        let host_port = rest.trim_end_matches('/');
+        if host_port.is_empty() || host_port.contains('/') {
+            return Err(bad("expected http://host:port"));
+        }
+        let base = format!("http://{host_port}");
+        reqwest::Url::parse(&base).map_err(|e| bad(&e.to_string()))?;
+        Ok(ServerUrl(base))
+    }
+}
+
+impl std::fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The server and the connection pool used to reach it.
 #[derive(Debug, Clone)]
-pub struct ServerUrl {
+pub struct Server {
     base: String,
     client: reqwest::Client,
 }
 
-impl ServerUrl {
-    pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow::anyhow!("server URL {url:?}: only http:// is supported"))?;
-        let host_port = rest.trim_end_matches('/');
-        if host_port.is_empty() || host_port.contains('/') {
-            anyhow::bail!("server URL {url:?}: expected http://host:port");
-        }
-        let base = format!("http://{host_port}");
-        reqwest::Url::parse(&base).map_err(|e| anyhow::anyhow!("server URL {url:?}: {e}"))?;
+impl Server {
+    pub fn new(url: &ServerUrl) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -39,7 +74,10 @@ impl ServerUrl {
             .tcp_nodelay(true)
             .user_agent("tailcache-agent")
             .build()?;
-        Ok(ServerUrl { base, client })
+        Ok(Server {
+            base: url.0.clone(),
+            client,
+        })
     }
 }
 
@@ -77,7 +115,7 @@ impl Response {
 
 /// Sends one request; `range` is an inclusive-exclusive byte range.
 pub async fn request(
-    server: &ServerUrl,
+    server: &Server,
     method: &str,
     target: &str,
     range: Option<std::ops::Range<u64>>,
@@ -102,7 +140,7 @@ pub async fn request(
 
 /// GETs `range` of `target`; the body must be exactly that range (206).
 pub async fn get_range(
-    server: &ServerUrl,
+    server: &Server,
     target: &str,
     range: std::ops::Range<u64>,
 ) -> std::io::Result<Vec<u8>> {

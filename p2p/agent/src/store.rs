@@ -1,6 +1,8 @@
 //! The agent's file cache: completed, verified NAR files named `<file hash hex>` in
 //! `cache_dir/files`, partial downloads in `cache_dir/partial`, a size bound enforced by
-//! evicting the least recently used files (by modification time, refreshed on use). It is
+//! evicting the least recently used files (`tailcache_store::lru`, by modification time,
+//! refreshed on use). A cached file is checked again whenever it is served (see `serve`);
+//! one that fails is removed here ([`FileStore::remove`]). It is
 //! also the agent's [`PieceSource`]: peers are served completed files and, of a download in
 //! progress ([`Partial`]), exactly the pieces already verified and written — a range that is
 //! not wholly verified is refused.
@@ -10,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tailcache_p2p::node::PieceSource;
-use tailcache_p2p::tracker::{FileId, PieceMap};
+use tailcache_p2p::node::{PieceSource, file_range};
+use tailcache_p2p::tracker::PieceMap;
+use tailcache_p2p::{FileId, PieceSet};
+use tailcache_store::lru;
 use tokio::io::AsyncRead;
 
 #[derive(Debug)]
@@ -32,8 +36,8 @@ pub struct Partial {
     path: PathBuf,
     piece_size: u64,
     file_size: u64,
-    /// (have, fetching from the server), bitmaps as in [`PieceMap`].
-    bits: Mutex<(Vec<u8>, Vec<u8>)>,
+    /// (have, fetching from the server).
+    bits: Mutex<(PieceSet, PieceSet)>,
 }
 
 impl Partial {
@@ -43,27 +47,24 @@ impl Partial {
             path,
             piece_size: piece_size.max(1),
             file_size,
-            bits: Mutex::new((
-                PieceMap::empty_bitmap(pieces),
-                PieceMap::empty_bitmap(pieces),
-            )),
+            bits: Mutex::new((PieceSet::empty(pieces), PieceSet::empty(pieces))),
         }
     }
 
-    fn bits(&self) -> std::sync::MutexGuard<'_, (Vec<u8>, Vec<u8>)> {
+    fn bits(&self) -> std::sync::MutexGuard<'_, (PieceSet, PieceSet)> {
         self.bits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Piece `i` is verified and written: peers may be served it from now on.
     pub fn set_have(&self, i: u64) {
         let mut b = self.bits();
-        PieceMap::set_bit(&mut b.0, i, true);
-        PieceMap::set_bit(&mut b.1, i, false);
+        b.0.insert(i);
+        b.1.remove(i);
     }
 
     /// Piece `i` is (or no longer is) being fetched from the server.
     pub fn set_fetching(&self, i: u64, on: bool) {
-        PieceMap::set_bit(&mut self.bits().1, i, on);
+        self.bits().1.set(i, on);
     }
 
     /// Whether every byte of `[offset, offset + len)` lies in verified pieces.
@@ -75,7 +76,7 @@ impl Partial {
             return false;
         }
         let b = self.bits();
-        (offset / self.piece_size..=(end - 1) / self.piece_size).all(|i| PieceMap::bit(&b.0, i))
+        (offset / self.piece_size..=(end - 1) / self.piece_size).all(|i| b.0.contains(i))
     }
 
     pub fn map(&self) -> PieceMap {
@@ -86,21 +87,6 @@ impl Partial {
             fetching: b.1.clone(),
         }
     }
-}
-
-fn hex(id: &FileId) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<FileId> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 impl FileStore {
@@ -138,7 +124,7 @@ impl FileStore {
     }
 
     pub fn path(&self, id: &FileId) -> PathBuf {
-        self.files.join(hex(id))
+        self.files.join(id.to_base16())
     }
 
     /// A fresh name for a partial download.
@@ -146,7 +132,7 @@ impl FileStore {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         self.partial
-            .join(format!("{}.{}.{n}", hex(id), std::process::id()))
+            .join(format!("{}.{}.{n}", id.to_base16(), std::process::id()))
     }
 
     /// The completed file, if held; its use refreshes its place in the LRU order.
@@ -165,42 +151,40 @@ impl FileStore {
         Ok(self.evict(Some(id)))
     }
 
-    /// Every completed file held.
-    pub fn list(&self) -> Vec<FileId> {
-        self.entries().into_iter().map(|(id, _, _)| id).collect()
+    /// Removes a completed file (it failed verification); true if it was there.
+    pub fn remove(&self, id: &FileId) -> bool {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        std::fs::remove_file(self.path(id)).is_ok()
     }
 
-    fn entries(&self) -> Vec<(FileId, u64, std::time::SystemTime)> {
+    /// Every completed file held.
+    pub fn list(&self) -> Vec<FileId> {
+        self.entries().into_iter().map(|e| e.key).collect()
+    }
+
+    fn entries(&self) -> Vec<lru::Entry<FileId, std::time::SystemTime>> {
         let Ok(dir) = std::fs::read_dir(&self.files) else {
             return Vec::new();
         };
         dir.filter_map(|e| {
             let e = e.ok()?;
-            let id = unhex(e.file_name().to_str()?)?;
+            let key = FileId::from_base16(e.file_name().to_str()?)?;
             let m = e.metadata().ok()?;
-            Some((id, m.len(), m.modified().ok()?))
+            Some(lru::Entry {
+                key,
+                size: m.len(),
+                last_used: m.modified().ok()?,
+            })
         })
         .collect()
     }
 
     fn evict(&self, keep: Option<&FileId>) -> Vec<FileId> {
-        let mut entries = self.entries();
-        entries.sort_by_key(|(_, _, t)| *t);
-        let mut total: u64 = entries.iter().map(|(_, s, _)| s).sum();
-        let mut evicted = Vec::new();
-        for (id, size, _) in entries {
-            if total <= self.max_bytes {
-                break;
-            }
-            if Some(&id) == keep {
-                continue;
-            }
-            if std::fs::remove_file(self.path(&id)).is_ok() {
-                total -= size;
-                evicted.push(id);
-            }
-        }
-        evicted
+        lru::victims(self.entries(), self.max_bytes, keep)
+            .into_iter()
+            .filter(|v| std::fs::remove_file(self.path(&v.key)).is_ok())
+            .map(|v| v.key)
+            .collect()
     }
 }
 
@@ -214,21 +198,17 @@ impl PieceSource for FileStore {
         let partial = self.partials().get(file).cloned();
         if let Some(p) = partial
             && p.covers(offset, len)
-            && let Some(r) = crate::p2p::open_range(&p.path, offset, len)
+            && let Some(r) = file_range(&p.path, offset, len)
         {
             return Some(r);
         }
         // Completed (possibly just now: the partial file was renamed into the cache).
-        crate::p2p::open_range(&self.path(file), offset, len)
+        file_range(&self.path(file), offset, len)
     }
 
     fn pieces(&self, file: &FileId) -> Option<PieceMap> {
         if self.path(file).is_file() {
-            return Some(PieceMap {
-                complete: true,
-                have: Vec::new(),
-                fetching: Vec::new(),
-            });
+            return Some(PieceMap::complete());
         }
         self.partials().get(file).map(|p| p.map())
     }
@@ -242,8 +222,9 @@ mod tests {
     fn evicts_least_recently_used_beyond_the_bound() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path(), 10).unwrap();
+        let id = |n: u8| FileId::from_bytes([n; 32]);
         let put = |n: u8, len: usize| {
-            let id = [n; 32];
+            let id = id(n);
             let p = store.partial_path(&id);
             std::fs::write(&p, vec![n; len]).unwrap();
             let old =
@@ -254,12 +235,13 @@ mod tests {
         assert!(put(1, 4).is_empty());
         assert!(put(2, 4).is_empty());
         // 12 bytes > 10: the oldest goes, never the file just inserted.
-        assert_eq!(put(3, 4), vec![[1; 32]]);
+        assert_eq!(put(3, 4), vec![id(1)]);
         assert_eq!(store.list().len(), 2);
-        assert!(store.get(&[1; 32]).is_none());
-        assert!(store.get(&[3; 32]).is_some());
-        assert_eq!(hex(&[0xab; 32]).len(), 64);
-        assert_eq!(unhex(&hex(&[0xab; 32])), Some([0xab; 32]));
+        assert!(store.get(&id(1)).is_none());
+        assert!(store.get(&id(3)).is_some());
+        assert!(store.remove(&id(3)));
+        assert!(!store.remove(&id(3)));
+        assert!(store.get(&id(3)).is_none());
     }
 
     #[tokio::test]
@@ -267,7 +249,7 @@ mod tests {
         use tokio::io::AsyncReadExt as _;
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path(), 1 << 20).unwrap();
-        let id = [9u8; 32];
+        let id = FileId::from_bytes([9u8; 32]);
         let path = store.partial_path(&id);
         // 3 pieces of 10 bytes, the last one 5 bytes.
         let data: Vec<u8> = (0..25u8).collect();
@@ -280,8 +262,8 @@ mod tests {
         partial.set_have(1);
         let map = store.pieces(&id).unwrap();
         assert!(!map.complete);
-        assert!(PieceMap::bit(&map.have, 1) && !PieceMap::bit(&map.have, 0));
-        assert!(PieceMap::bit(&map.fetching, 2));
+        assert!(map.have.contains(1) && !map.have.contains(0));
+        assert!(map.fetching.contains(2));
         let mut got = Vec::new();
         store
             .open(&id, 12, 8)
@@ -295,7 +277,7 @@ mod tests {
         assert!(store.open(&id, 15, 6).is_none());
         assert!(store.open(&id, 10, 0).is_none());
         partial.set_have(2);
-        assert!(!PieceMap::bit(&store.pieces(&id).unwrap().fetching, 2));
+        assert!(!store.pieces(&id).unwrap().fetching.contains(2));
         assert!(store.open(&id, 15, 10).is_some());
         assert!(store.open(&id, 15, 11).is_none(), "past the end");
         // Completed: served as a whole, the partial forgotten.

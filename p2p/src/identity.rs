@@ -1,0 +1,95 @@
+//! A node's libp2p identity on disk: an ed25519 keypair in libp2p's protobuf encoding, in a
+//! file of mode 0600, generated on first start. The server's tracker/seed node and every
+//! agent keep theirs this way, so a restart keeps the same PeerId.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use libp2p::identity::Keypair;
+
+use crate::error::{Error, Result};
+
+/// Reads the identity at `path`, or generates one there (mode 0600) if there is none. A file
+/// readable by group or others is refused, as secret key files are.
+pub fn load_or_generate(path: &Path) -> Result<Keypair> {
+    let io = |what: &str, source| Error::Io {
+        context: format!("{what} {}", path.display()),
+        source,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let mode = std::fs::metadata(path)
+                .map_err(|e| io("cannot stat", e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(Error::InsecureKeyFile {
+                    path: path.to_owned(),
+                    mode: mode & 0o777,
+                });
+            }
+            Keypair::from_protobuf_encoding(&bytes).map_err(|e| Error::InvalidKeyFile {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| Error::InvalidKeyFile {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| io("cannot create", e))?;
+            f.write_all(&bytes)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| io("cannot write", e))?;
+            Ok(key)
+        }
+        Err(e) => Err(io("cannot read", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_once_kept_after_and_refused_when_readable_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p2p-key");
+        let first = load_or_generate(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = load_or_generate(&path).unwrap();
+        assert_eq!(first.public().to_peer_id(), again.public().to_peer_id());
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_or_generate(&path).unwrap_err();
+        assert!(
+            matches!(err, Error::InsecureKeyFile { mode: 0o644, .. }),
+            "{err}"
+        );
+
+        let junk = dir.path().join("junk");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&junk)
+            .unwrap()
+            .write_all(b"not a key")
+            .unwrap();
+        assert!(matches!(
+            load_or_generate(&junk),
+            Err(Error::InvalidKeyFile { .. })
+        ));
+    }
+}
