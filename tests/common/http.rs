@@ -77,6 +77,54 @@ pub fn get(base_url: &str, target: &str) -> Response {
     request(base_url, "GET", target, &[])
 }
 
+/// What arrived of a GET whose body may be cut short: the status, the declared
+/// `Content-Length`, and every body byte read before the connection ended or failed.
+#[derive(Debug)]
+pub struct Partial {
+    pub status: u16,
+    pub content_length: Option<usize>,
+    pub body: Vec<u8>,
+}
+
+/// A GET (`Connection: close`) that keeps whatever body bytes arrive, however the
+/// connection ends.
+pub fn get_partial(base_url: &str, target: &str) -> Partial {
+    let addr = host_port(base_url);
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("GET {target}: no complete header"));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("GET {target}: bad status line in {head:?}"));
+    let content_length = head.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())?
+    });
+    Partial {
+        status,
+        content_length,
+        body: raw[end + 4..].to_vec(),
+    }
+}
+
 pub fn head(base_url: &str, target: &str) -> Response {
     request(base_url, "HEAD", target, &[])
 }

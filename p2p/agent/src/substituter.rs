@@ -246,12 +246,7 @@ impl AgentState {
         id: FileId,
         download: &Download,
     ) -> Result<Response, FetchError> {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| FetchError::Read {
-                reason: e.to_string(),
-            })?;
-        let cached = CachedFile::open(file, download.outboard.clone()).await?;
+        let cached = CachedFile::open(path.to_owned(), download.outboard.clone()).await?;
         let size = cached.size();
         let this = self.clone();
         let body = cached.into_stream(move |e| {
