@@ -64,20 +64,9 @@ pub fn default_key_name() -> String {
 /// Reads a secret (API token, webhook secret) from a file that only its owner may read; the
 /// content is trimmed and must not be empty.
 pub fn read_secret_file(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        anyhow::bail!(
-            "secret file {} is readable by group or others (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        );
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = tailcache_store::signing::read_private_file(path)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("secret file {} is not UTF-8", path.display()))?;
     let secret = text.trim();
     if secret.is_empty() {
         anyhow::bail!("secret file {} is empty", path.display());

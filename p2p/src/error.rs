@@ -69,12 +69,9 @@ pub enum Error {
     #[error("the p2p node has stopped")]
     NodeStopped,
     // --- identity ---
-    /// A libp2p key file readable by group or others.
-    #[error(
-        "libp2p key file {path} is readable by group or others (mode {mode:o}); \
-         run `chmod 600 {path}`"
-    )]
-    InsecureKeyFile { path: std::path::PathBuf, mode: u32 },
+    /// Reading a secret file (the libp2p key file): unreadable, or readable by others.
+    #[error(transparent)]
+    Store(#[from] tailcache_store::Error),
     /// A libp2p key file that does not hold a key.
     #[error("invalid libp2p key file {path}: {reason}")]
     InvalidKeyFile {

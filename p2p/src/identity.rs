@@ -3,63 +3,62 @@
 //! agent keep theirs this way, so a restart keeps the same PeerId.
 
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use libp2p::identity::Keypair;
+use tailcache_store::signing::read_private_file;
 
 use crate::error::{Error, Result};
 
 /// Reads the identity at `path`, or generates one there (mode 0600) if there is none. A file
-/// readable by group or others is refused, as secret key files are.
+/// readable by group or others is refused, as secret key files are
+/// ([`read_private_file`]).
 pub fn load_or_generate(path: &Path) -> Result<Keypair> {
+    let bytes = match read_private_file(path) {
+        Ok(bytes) => bytes,
+        Err(tailcache_store::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return generate(path);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Keypair::from_protobuf_encoding(&bytes).map_err(|e| Error::InvalidKeyFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A new identity, written to `path` (which must not exist) with mode 0600.
+fn generate(path: &Path) -> Result<Keypair> {
+    let key = Keypair::generate_ed25519();
+    let bytes = key
+        .to_protobuf_encoding()
+        .map_err(|e| Error::InvalidKeyFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
     let io = |what: &str, source| Error::Io {
         context: format!("{what} {}", path.display()),
         source,
     };
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let mode = std::fs::metadata(path)
-                .map_err(|e| io("cannot stat", e))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(Error::InsecureKeyFile {
-                    path: path.to_owned(),
-                    mode: mode & 0o777,
-                });
-            }
-            Keypair::from_protobuf_encoding(&bytes).map_err(|e| Error::InvalidKeyFile {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = Keypair::generate_ed25519();
-            let bytes = key
-                .to_protobuf_encoding()
-                .map_err(|e| Error::InvalidKeyFile {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| io("cannot create", e))?;
-            f.write_all(&bytes)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| io("cannot write", e))?;
-            Ok(key)
-        }
-        Err(e) => Err(io("cannot read", e)),
-    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("cannot create", e))?;
+    f.write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("cannot write", e))?;
+    Ok(key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn generated_once_kept_after_and_refused_when_readable_by_others() {
@@ -74,7 +73,10 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load_or_generate(&path).unwrap_err();
         assert!(
-            matches!(err, Error::InsecureKeyFile { mode: 0o644, .. }),
+            matches!(
+                err,
+                Error::Store(tailcache_store::Error::InsecureKeyFile { mode: 0o644, .. })
+            ),
             "{err}"
         );
 

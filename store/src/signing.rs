@@ -22,6 +22,34 @@ use crate::error::{Error, Result};
 /// Mode bits that make a secret key file readable (or writable) by someone else.
 const GROUP_OTHER_BITS: u32 = 0o077;
 
+/// The bytes of a secret file (a signing key, a libp2p identity): a regular file that
+/// neither group nor others may read or write, else [`Error::InsecureKeyFile`]. The mode
+/// checked is that of the file actually opened, not of whatever the path names later.
+pub fn read_private_file(path: &Path) -> Result<Vec<u8>> {
+    let ctx = |what: &str| format!("{what} secret key file {}", path.display());
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(ctx("opening"), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(ctx("inspecting"), e))?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            ctx("reading"),
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & GROUP_OTHER_BITS != 0 {
+        return Err(Error::InsecureKeyFile {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(ctx("reading"), e))?;
+    Ok(bytes)
+}
+
 /// A named ed25519 secret key. `Debug` prints the name and public key only.
 #[derive(Clone)]
 pub struct SecretKey {
@@ -87,28 +115,10 @@ impl SecretKey {
 
     /// Reads a secret key file, refusing one that group or others may read or write.
     pub fn load(path: &Path) -> Result<Self> {
-        let ctx = |what: &str| format!("{what} secret key file {}", path.display());
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(ctx("opening"), e))?;
-        // Check the mode of the file we actually opened, not of whatever the path names later.
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(ctx("inspecting"), e))?;
-        if !meta.is_file() {
-            return Err(Error::io(
-                ctx("reading"),
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-            ));
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & GROUP_OTHER_BITS != 0 {
-            return Err(Error::InsecureKeyFile {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let mut text = String::new();
-        file.read_to_string(&mut text)
-            .map_err(|e| Error::io(ctx("reading"), e))?;
+        let bytes = read_private_file(path)?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::InvalidKey {
+            reason: format!("{}: not UTF-8", path.display()),
+        })?;
         Self::parse(&text).map_err(|e| match e {
             Error::InvalidKey { reason } => Error::InvalidKey {
                 reason: format!("{}: {reason}", path.display()),

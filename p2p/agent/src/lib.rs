@@ -59,6 +59,34 @@ fn upload_policy(config: &AgentConfig) -> UploadPolicy {
     }
 }
 
+/// Creates the cache directory (mode 0700) and opens the file cache in it.
+fn open_cache(dir: &std::path::Path, max_bytes: u64) -> Result<Arc<FileStore>> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let store = FileStore::open(dir, max_bytes).map_err(|e| {
+        Error::io(
+            format!("cannot open the file cache in {}", dir.display()),
+            e,
+        )
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// Where the agent listens, on stdout (tests and service logs read it).
+fn print_addresses(p2p: &[tailcache_p2p::libp2p::Multiaddr], http: std::net::SocketAddr) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for a in p2p {
+        let _ = writeln!(out, "agent p2p listening on {a}");
+    }
+    let _ = writeln!(out, "agent listening on http://{http}");
+    let _ = out.flush();
+}
+
 /// Starts the agent and serves `listener` until `shutdown` completes.
 pub async fn run(
     config: AgentConfig,
@@ -69,22 +97,7 @@ pub async fn run(
         tracing::warn!("no trusted_keys: every NAR comes from the server, none from peers");
     }
     let cache_dir = config.cache_dir();
-    {
-        use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&cache_dir)
-            .map_err(|e| Error::io(format!("cannot create {}", cache_dir.display()), e))?;
-    }
-    let store = Arc::new(
-        FileStore::open(&cache_dir, config.cache_max_bytes).map_err(|e| {
-            Error::io(
-                format!("cannot open the file cache in {}", cache_dir.display()),
-                e,
-            )
-        })?,
-    );
+    let store = open_cache(&cache_dir, config.cache_max_bytes)?;
     let keypair = tailcache_p2p::identity::load_or_generate(&cache_dir.join("p2p-key"))?;
     let upload = upload_policy(&config);
     let mut node_config = NodeConfig::new(keypair);
@@ -125,15 +138,7 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("listener address", e))?;
-    {
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        for a in &p2p_addrs {
-            let _ = writeln!(out, "agent p2p listening on {a}");
-        }
-        let _ = writeln!(out, "agent listening on http://{addr}");
-        let _ = out.flush();
-    }
+    print_addresses(&p2p_addrs, addr);
     axum::serve(listener, substituter::router(state))
         .with_graceful_shutdown(shutdown)
         .await
