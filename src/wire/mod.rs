@@ -1,0 +1,12 @@
+//! The wire model of the build API: the JSON that the server's build-API listener sends and
+//! the CLI (`bt`, `bs`, `bl`, `tailcache switch`) reads, defined once for both sides.
+//!
+//! # Layout
+//! - [`generation`]: a target's generation record (what was built, from which commit and
+//!   lock, the closure and what changed) and its signature by the server's key, in a
+//!   signature domain of its own.
+//! - [`hosts`]: `GET /hosts` and `GET /hosts/<name>`: each target's state and kept
+//!   generations.
+
+pub mod generation;
+pub mod hosts;
