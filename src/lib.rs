@@ -9,7 +9,6 @@
 //! - [`agent`]: `tailcache agent`, the local substituter that fetches NARs from peers.
 //! - [`server`]: the composition root — starts the actors and the listeners.
 //! - [`cli`]: the client — `bt`, `bs`, `bl`, completions, man pages, bootstrap.
-//! - [`wire`]: the build API's JSON, shared by the server and the CLI.
 
 pub mod agent;
 pub mod api;
@@ -19,4 +18,3 @@ pub mod config;
 pub mod keys;
 pub mod p2p;
 pub mod server;
-pub mod wire;

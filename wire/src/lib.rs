@@ -1,5 +1,6 @@
-//! The wire model of the build API: the JSON that the server's build-API listener sends and
-//! the CLI (`bt`, `bs`, `bl`, `tailcache switch`) reads, defined once for both sides.
+//! tailcache-wire: the wire model of the build API — the JSON that the server's build-API
+//! listener sends and the CLI (`bt`, `bs`, `bl`, `tailcache switch`) reads, defined once for
+//! both sides, apart from the actors' internals.
 //!
 //! # Layout
 //! - [`generation`]: a target's generation record (what was built, from which commit and
