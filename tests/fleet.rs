@@ -440,3 +440,37 @@ fn a_trigger_for_a_newer_commit_supersedes_the_running_build() {
     assert_eq!(record.commit.as_deref(), Some(head2.as_str()));
     assert!(record.out_path.ends_with("-nixos-system-laptop-24.05.2"));
 }
+
+#[test]
+fn readiness_is_recomputed_from_the_cache_after_a_restart() {
+    let fleet = Fleet::new(FleetVariant::FIRST);
+    let state = fleet.scratch("state");
+    let mut server = fleet
+        .server("")
+        .compression("zstd")
+        .state_dir(&state)
+        .start();
+    let (_, hosts) = server.build_fleet();
+    let key = PublicKey::parse(&fleet.key.public).unwrap();
+    let outs: Vec<String> = ["laptop", "alice@laptop"]
+        .iter()
+        .map(|n| newest(host(&hosts.hosts, n), &key).out_path)
+        .collect();
+    server.sigterm();
+    server.wait_exit(common::cache::API_TIMEOUT);
+
+    // The same state with xz configured: the zstd files do not make a generation ready;
+    // the server queues the closures again at start-up and says ready once they are xz.
+    let server = fleet.server("").compression("xz").state_dir(&state).start();
+    let hosts = server.wait_hosts("ready in xz", |h| {
+        ["laptop", "alice@laptop"]
+            .iter()
+            .all(|n| host(&h.hosts, n).state == HostState::Ready)
+    });
+    for out in &outs {
+        for p in closure(&fleet, out) {
+            assert_eq!(server.narinfo(&p).get("Compression"), Some("xz"), "{p}");
+        }
+    }
+    assert_eq!(host(&hosts.hosts, "laptop").current, Some(1));
+}

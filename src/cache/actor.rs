@@ -208,10 +208,17 @@ fn closure(store: &LazyStore, roots: &[PathBuf]) -> Vec<Compress> {
 }
 
 impl CacheServer {
-    /// Whether a path needs no compression: none is configured, or it is already done.
+    /// Whether a path needs no compression: none is configured, or it is already done in
+    /// the configured one (a file in another, from before a configuration change, is
+    /// served meanwhile and replaced).
     fn done(&self, msg: &Compress) -> bool {
         self.settings.compression == Compression::None
-            || self.nars.contains(&msg.path_hash, &msg.nar_hash)
+            || compressed_in(
+                &self.nars,
+                &msg.path_hash,
+                &msg.nar_hash,
+                self.settings.compression,
+            )
     }
 
     /// A narinfo request's path: queued behind everything else, dropped when the queue is
@@ -307,7 +314,7 @@ async fn worker(mut rx: mpsc::Receiver<Job>, nars: Arc<NarCache>, addr: MeteredA
         let path_hash = job.path_hash;
         let nars = nars.clone();
         let ok = tokio::task::spawn_blocking(move || {
-            if nars.contains(&job.path_hash, &job.nar_hash) {
+            if compressed_in(&nars, &job.path_hash, &job.nar_hash, job.compression) {
                 return true;
             }
             let started = std::time::Instant::now();
@@ -387,11 +394,19 @@ pub struct NarServable {
 impl Servable for NarServable {
     fn servable(&self, path: &StorePathHash, nar_hash: &Sha256Hash) -> bool {
         self.compression == Compression::None
-            || self
-                .nars
-                .get(path, nar_hash)
-                .is_some_and(|e| e.compression == self.compression)
+            || compressed_in(&self.nars, path, nar_hash, self.compression)
     }
+}
+
+/// Whether the index holds this NAR compressed in `compression`.
+pub fn compressed_in(
+    nars: &NarCache,
+    path: &StorePathHash,
+    nar_hash: &Sha256Hash,
+    compression: Compression,
+) -> bool {
+    nars.get(path, nar_hash)
+        .is_some_and(|e| e.compression == compression)
 }
 
 impl NewPathsSink for CacheHandle {
