@@ -416,6 +416,9 @@ pub struct ServeOverrides {
     /// File holding the GitHub webhook secret (`api.webhook_secret_file`).
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
+    /// File holding the bearer token of build notifications (`notify.token_file`).
+    #[arg(long)]
+    pub notify_token_file: Option<PathBuf>,
 }
 
 /// Command-line overrides for `agent`; each wins over the file's `[agent]` section.
@@ -504,6 +507,9 @@ impl Config {
         if let Some(v) = &o.webhook_secret_file {
             config.api.webhook_secret_file = Some(v.clone());
         }
+        if let Some(v) = &o.notify_token_file {
+            config.notify.token_file = Some(v.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -515,7 +521,7 @@ impl Config {
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> anyhow::Result<()> {
         let c = &self.cache;
         if !c.store_dir.starts_with('/') || c.store_dir.ends_with('/') || c.store_dir.len() < 2 {
             anyhow::bail!("cache.store_dir must be an absolute path without a trailing slash");
@@ -695,6 +701,70 @@ mod tests {
         assert_eq!(c.build.steps[0].capture, CaptureConfig::OutPaths);
         assert!(toml::from_str::<Config>("[[build.steps]]\nname = \"a\"\n").is_err());
         assert!(toml::from_str::<Config>("[api]\nport = 1\n").is_err());
+    }
+
+    #[test]
+    fn fleet_keys_parse_and_conflicts_are_refused() {
+        let ok = |text: &str| {
+            let c: Config = toml::from_str(text).unwrap();
+            c.validate().map(|()| c)
+        };
+        let c = ok(
+            "[build]\nrepository = \"/r\"\nhosts = \"auto\"\nkeep_generations = 5\n\
+                    supersede = true\nbuilders = \"ssh://b aarch64-linux\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.build.hosts, Some(HostsConfig::Auto));
+        assert_eq!(c.build.keep_generations, 5);
+        assert!(c.build.supersede);
+        assert_eq!(c.build.builders.as_deref(), Some("ssh://b aarch64-linux"));
+        let c = ok("[[build.targets]]\nname = \"alice@laptop\"\n\
+                    attribute = 'homeConfigurations.\"alice@laptop\".activationPackage'\nkind = \"home\"\n")
+        .unwrap();
+        assert_eq!(
+            c.build.targets[0].kind,
+            tailcache_wire::generation::TargetKind::Home
+        );
+        assert_eq!(Config::default().build.keep_generations, 3);
+        assert!(toml::from_str::<Config>("[build]\nhosts = \"all\"\n").is_err());
+        assert!(
+            toml::from_str::<Config>(
+                "[[build.targets]]\nname = \"a\"\nattribute = \"x\"\nkind = \"darwin\"\n"
+            )
+            .is_err()
+        );
+        for bad in [
+            "[build]\nhosts = \"auto\"\nattribute = \"x\"\n",
+            "[build]\nhosts = \"auto\"\n[[build.targets]]\nname = \"a\"\nattribute = \"x\"\nkind = \"nixos\"\n",
+            "[[build.targets]]\nname = \"a/b\"\nattribute = \"x\"\nkind = \"nixos\"\n",
+            "[[build.targets]]\nname = \"a\"\nattribute = \"x..y\"\nkind = \"nixos\"\n",
+            "[[build.targets]]\nname = \"a\"\nattribute = \"x\"\nkind = \"nixos\"\n[[build.targets]]\nname = \"a\"\nattribute = \"y\"\nkind = \"home\"\n",
+            "[build]\nhosts = \"auto\"\n[[build.steps]]\nname = \"s\"\nprogram = \"/bin/true\"\n",
+            "[build]\nkeep_generations = 0\n",
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn notify_section() {
+        let c: Config = toml::from_str(
+            "[notify]\nurl = \"http://ntfy.tailnet:8080/builds\"\nformat = \"json\"\nattempts = 2\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.notify.format, NotifyFormat::Json);
+        assert_eq!(c.notify.timeout_secs, 10);
+        let https: Config = toml::from_str("[notify]\nurl = \"https://ntfy.sh/x\"\n").unwrap();
+        assert!(
+            https
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("http://")
+        );
+        assert!(toml::from_str::<Config>("[notify]\nformat = \"xml\"\n").is_err());
+        assert!(toml::from_str::<Config>("[notify]\ntopic = \"x\"\n").is_err());
     }
 
     #[test]
