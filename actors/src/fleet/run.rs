@@ -320,7 +320,10 @@ impl Stage<'_> {
             build_id: self.build_id,
             commit: self.commit.clone(),
             lock_hash,
-            built_at: jiff::Timestamp::now(),
+            // Milliseconds, like every other time the API gives.
+            built_at: jiff::Timestamp::now()
+                .round(jiff::Unit::Millisecond)
+                .unwrap_or_else(|_| jiff::Timestamp::now()),
             generations,
             outcomes,
         };
