@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::api::{JsonExt, parse_json};
-use common::fleet::{git, toml_str};
+use common::fleet::{current_system, git, store_and_key, toml_str};
 use common::nix::{assert_success, is_valid, nix_copy_from};
 use common::{NixEnv, TestCache};
 
@@ -33,16 +33,7 @@ fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
             .unwrap()
             .as_nanos()
     );
-    let system = nix.run(
-        "nix",
-        &[
-            "eval",
-            "--impure",
-            "--raw",
-            "--expr",
-            "builtins.currentSystem",
-        ],
-    );
+    let system = current_system(&nix);
 
     // The repository: one commit with a flake that needs nothing from outside.
     let repo = d.path().join("repo");
@@ -71,22 +62,8 @@ fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
     git(&repo, &["commit", "-q", "-m", "a flake to build"]);
     let head = git(&repo, &["rev-parse", "HEAD"]);
 
-    // The store the server builds into and serves; it exists before the server starts,
-    // as a real one would.
-    let root = d.path().join("store");
-    let seed = d.path().join("seed");
-    std::fs::write(&seed, format!("seed {nonce}\n")).unwrap();
-    nix.run(
-        "nix-store",
-        &[
-            "--store",
-            root.to_str().unwrap(),
-            "--add",
-            seed.to_str().unwrap(),
-        ],
-    );
-    std::fs::create_dir_all(d.path().join("keys")).unwrap();
-    let key = nix.generate_key(&d.path().join("keys"), "e2e-1");
+    // The store the server builds into and serves.
+    let (root, key) = store_and_key(&nix, d.path(), "e2e-1");
 
     let build = format!(
         "[build]\nrepository = {}\nbranch = \"main\"\nattribute = \"default\"\n\

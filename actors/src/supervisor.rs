@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::fleet::generations::{BuildBegins, BuildEnds, GenerationStore};
 use crate::fleet::run::{Stage, StageEnd};
 use crate::fleet::{BuildObserver, BuildSummary, FleetSettings, TargetSummary};
-use crate::log_tail::{AppendLines, BeginLog, EndLog, LogTail};
+use crate::log_tail::{BeginLog, EndLog, LogTail};
 use crate::metrics::{ActorMetrics, Metered, MeteredAddr, Metrics, metered};
 use crate::status::{
     BuildFinished, BuildRecord, BuildResult, BuildStarted, RequestedBy, StatusStore, StepStarted,
@@ -518,13 +518,7 @@ fn exit_code(s: ExitStatus) -> Option<i32> {
 
 impl Build {
     async fn say(&self, line: String) {
-        let msg = AppendLines {
-            build_id: self.build_id,
-            lines: vec![line],
-        };
-        if let Err(e) = self.log.ask(msg).await {
-            tracing::warn!("build log: {e}");
-        }
+        crate::log_tail::say(&self.log, self.build_id, line).await;
     }
 
     /// Runs the steps (and the fleet stage); returns the record for StatusStore and how the

@@ -202,6 +202,42 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// `builtins.currentSystem` under this Nix configuration.
+pub fn current_system(nix: &NixEnv) -> String {
+    nix.run(
+        "nix",
+        &[
+            "eval",
+            "--impure",
+            "--raw",
+            "--expr",
+            "builtins.currentSystem",
+        ],
+    )
+    .trim()
+    .to_string()
+}
+
+/// A store at `<dir>/store` holding one added file (so it has a database before a server
+/// starts on it, as a real one would), and a signing key `<name>` in `<dir>/keys`.
+pub fn store_and_key(nix: &NixEnv, dir: &Path, name: &str) -> (PathBuf, KeyPair) {
+    let root = dir.join("store");
+    let seed = dir.join("seed");
+    std::fs::write(&seed, format!("seed of {}\n", dir.display())).unwrap();
+    nix.run(
+        "nix-store",
+        &[
+            "--store",
+            root.to_str().unwrap(),
+            "--add",
+            seed.to_str().unwrap(),
+        ],
+    );
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let key = nix.generate_key(&dir.join("keys"), name);
+    (root, key)
+}
+
 /// A TOML basic string.
 pub fn toml_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
@@ -230,19 +266,7 @@ impl Fleet {
             .prefix("tc-fleet.")
             .tempdir()
             .unwrap();
-        let system = nix
-            .run(
-                "nix",
-                &[
-                    "eval",
-                    "--impure",
-                    "--raw",
-                    "--expr",
-                    "builtins.currentSystem",
-                ],
-            )
-            .trim()
-            .to_string();
+        let system = current_system(&nix);
 
         let input = dir.path().join("input");
         std::fs::create_dir_all(&input).unwrap();
@@ -255,21 +279,7 @@ impl Fleet {
         std::fs::create_dir_all(&repo).unwrap();
         git(&repo, &["init", "-q", "-b", "main"]);
 
-        // The store exists (with a database) before the server starts, as a real one would.
-        let store_root = dir.path().join("store");
-        let seed = dir.path().join("seed");
-        std::fs::write(&seed, "fleet seed\n").unwrap();
-        nix.run(
-            "nix-store",
-            &[
-                "--store",
-                store_root.to_str().unwrap(),
-                "--add",
-                seed.to_str().unwrap(),
-            ],
-        );
-        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
-        let key = nix.generate_key(&dir.path().join("keys"), "fleet-1");
+        let (store_root, key) = store_and_key(&nix, dir.path(), "fleet-1");
         let fleet = Fleet {
             nix,
             dir,

@@ -26,7 +26,7 @@ use super::generations::{
 use super::lock::keep_lock;
 use super::target::{Derivation, Evaluated, TargetSpec, eval_expression, parse_eval_output};
 use super::{FleetSettings, NewGenerationSummary, TargetSummary};
-use crate::log_tail::{AppendLines, LogTail};
+use crate::log_tail::LogTail;
 use crate::metrics::MeteredAddr;
 use crate::status::{StatusStore, TargetsChanged};
 use crate::step::{Capture, RunLimits, Step, StepEnd, StopReason, run_step};
@@ -70,13 +70,7 @@ struct Judged {
 
 impl Stage<'_> {
     async fn say(&self, line: String) {
-        let msg = AppendLines {
-            build_id: self.build_id,
-            lines: vec![line],
-        };
-        if let Err(e) = self.log.ask(msg).await {
-            tracing::warn!("build log: {e}");
-        }
+        crate::log_tail::say(self.log, self.build_id, line).await;
     }
 
     async fn step(

@@ -7,6 +7,7 @@
 
 use serde::Deserialize;
 use tailcache_store::StorePath;
+use tailcache_store::nix_string::nix_string;
 use tailcache_wire::generation::TargetKind;
 
 /// One configured target.
@@ -147,23 +148,6 @@ fn attr_name(name: &str) -> String {
     } else {
         format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
     }
-}
-
-/// A Nix string literal holding `s` exactly.
-fn nix_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '$' => out.push_str("\\$"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// The expression `nix eval --impure --raw --expr` evaluates: one JSON line per target,
@@ -358,7 +342,6 @@ mod tests {
 
     #[test]
     fn strings_cannot_escape_the_expression() {
-        assert_eq!(nix_string(r#"a"b\c${d}"#), r#""a\"b\\c\${d}""#);
         let e = eval_expression(
             "/srv/x\"y",
             &Targets::List(vec![TargetSpec {
