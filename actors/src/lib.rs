@@ -1,7 +1,8 @@
 //! tailcache-actors: the build server's actix actors — BuildSupervisor runs the build
 //! pipeline as child processes, StatusStore owns and persists the build status, LogTail
-//! owns the build log and its live followers — their typed messages, their metrics, and
-//! the [`BuildHandle`] facade the HTTP layer uses instead of actix types.
+//! owns the build log and its live followers, GenerationStore owns every target's signed
+//! generations and their GC roots — their typed messages, their metrics, and the
+//! [`BuildHandle`] facade the HTTP layer uses instead of actix types.
 //!
 //! # Layout
 //! - [`handle`]: [`start_actors`], [`BuildHandle`], [`ActorsConfig`].

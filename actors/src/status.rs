@@ -287,3 +287,33 @@ impl Handler<PanicForTest> for StatusStore {
         metered(self, ctx, msg, |_, _, _| panic!("PanicForTest"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tailcache_wire::hosts::TargetOutcome;
+
+    #[test]
+    fn a_crashed_build_and_its_building_targets_become_interrupted() {
+        let target = |result: &str| TargetOutcome {
+            target: "laptop".into(),
+            build_id: 4,
+            result: result.into(),
+            generation: None,
+            failed_derivations: Vec::new(),
+            error: None,
+        };
+        let mut s = BuildStatus {
+            is_running: true,
+            build_id: Some(4),
+            current_step: Some("build".into()),
+            targets: vec![target(target_result::BUILDING)],
+            ..BuildStatus::default()
+        };
+        assert!(recover(&mut s, 20));
+        assert_eq!(s.last_status, Some(BuildResult::Interrupted));
+        assert_eq!(s.targets, [target(target_result::INTERRUPTED)]);
+        assert_eq!(s.history[0].failing_step.as_deref(), Some("build"));
+        assert!(!recover(&mut s, 20), "once");
+    }
+}
