@@ -385,8 +385,11 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn a_trigger_for_a_newer_commit_supersedes_the_running_build() {
-    let marker = u64::from(std::process::id()) << 20
-        | u64::from(Instant::now().elapsed().subsec_nanos() & 0xfffff);
+    // Unique to this test run: its process and the time it started.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let marker = u64::from(std::process::id()) << 20 | u64::from(now.subsec_nanos() & 0xfffff);
     let fleet = Fleet::new(FleetVariant::FIRST.slow(marker));
     let head1 = common::fleet::git(&fleet.repo, &["rev-parse", "HEAD"]);
     let server = fleet.server("supersede = true").start();

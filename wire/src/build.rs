@@ -85,8 +85,8 @@ pub struct BuildStatus {
     /// Most recent first.
     pub history: Vec<BuildRecord>,
     /// Per target, how the running build (once it has evaluated which targets it builds:
-    /// `building`), else the last build that got that far, went for it. Empty for a
-    /// build of explicit steps.
+    /// `building`), else the last build that got that far, went for it. Empty until a
+    /// build of the default pipeline has evaluated its targets (explicit steps have none).
     pub targets: Vec<TargetOutcome>,
 }
 
