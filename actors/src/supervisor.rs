@@ -521,27 +521,20 @@ impl Build {
         crate::log_tail::say(&self.log, self.build_id, line).await;
     }
 
-    /// Runs the steps (and the fleet stage); returns the record for StatusStore and how the
-    /// build went for each target.
-    async fn run(
-        self,
-        mut stop: watch::Receiver<Option<StopReason>>,
-    ) -> (BuildRecord, Vec<TargetSummary>) {
-        let clock = Instant::now();
+    /// Runs the steps in order until one does not succeed; returns how they went, the commit
+    /// and the out paths they captured.
+    async fn run_steps(
+        &self,
+        stop: &mut watch::Receiver<Option<StopReason>>,
+        limits: RunLimits,
+    ) -> (Outcome, Option<String>, Vec<PathBuf>) {
         let id = self.build_id;
-        let limits = RunLimits {
-            max_line_bytes: self.settings.max_line_bytes,
-            kill_grace: self.settings.kill_grace,
-        };
         let mut commit = None;
         let mut out_paths = Vec::new();
-        let mut outcome = Outcome::SUCCESS;
-        let mut targets = Vec::new();
         for step in &self.settings.steps {
             let stopped = *stop.borrow();
             if let Some(reason) = stopped {
-                outcome = stopped_outcome(reason, &step.name, None);
-                break;
+                return (stopped_outcome(reason, &step.name, None), commit, out_paths);
             }
             let msg = StepStarted {
                 build_id: id,
@@ -556,7 +549,7 @@ impl Build {
                 cmdline.push_str(a);
             }
             self.say(format!("==> [{}] {cmdline}", step.name)).await;
-            let (end, captured) = run_step(step, id, &self.log, &mut stop, limits).await;
+            let (end, captured) = run_step(step, id, &self.log, stop, limits).await;
             match end {
                 StepEnd::Exited(s) if s.success() => match &step.capture {
                     // Custom pipelines' out paths: queued for compression like a target's
@@ -572,11 +565,28 @@ impl Build {
                     Capture::Nothing | Capture::Stdout | Capture::FailedDerivations(_) => {}
                 },
                 end => {
-                    outcome = Outcome::of_step(&step.name, &step.program, end);
-                    break;
+                    let outcome = Outcome::of_step(&step.name, &step.program, end);
+                    return (outcome, commit, out_paths);
                 }
             }
         }
+        (Outcome::SUCCESS, commit, out_paths)
+    }
+
+    /// Runs the steps (and the fleet stage); returns the record for StatusStore and how the
+    /// build went for each target.
+    async fn run(
+        self,
+        mut stop: watch::Receiver<Option<StopReason>>,
+    ) -> (BuildRecord, Vec<TargetSummary>) {
+        let clock = Instant::now();
+        let id = self.build_id;
+        let limits = RunLimits {
+            max_line_bytes: self.settings.max_line_bytes,
+            kill_grace: self.settings.kill_grace,
+        };
+        let (mut outcome, commit, out_paths) = self.run_steps(&mut stop, limits).await;
+        let mut targets = Vec::new();
         if outcome.result == BuildResult::Success
             && let Some(fleet) = &self.settings.fleet
         {

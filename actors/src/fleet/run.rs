@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use super::closure::{drv_closure, out_closure};
 use super::diff::{ClosureEntry, closure_diff};
 use super::generations::{
-    CommitBuild, GenerationStore, GetPrevious, NewGeneration, OutcomeOf, TargetsEvaluated,
-    root_link,
+    CommitBuild, GenerationStore, GetPrevious, NewGeneration, OutcomeOf, Previous,
+    TargetsEvaluated, root_link,
 };
 use super::lock::keep_lock;
 use super::target::{Derivation, Evaluated, TargetSpec, eval_expression, parse_eval_output};
@@ -123,35 +123,67 @@ impl Stage<'_> {
         &self,
         stop: &mut watch::Receiver<Option<StopReason>>,
     ) -> (StageEnd, Vec<TargetSummary>) {
+        let (lock_hash, expr_file) = self.prepare().await;
+        let evaluated = match self.evaluate(expr_file, stop).await {
+            Ok(e) => e,
+            Err((end, outcomes)) => {
+                let step = "evaluate";
+                return (StageEnd::Step { step, end }, outcomes);
+            }
+        };
+        let (failed, build_end) = match self.build(&evaluated, stop).await {
+            Ok(b) => b,
+            Err((end, outcomes)) => {
+                let step = "build";
+                return (StageEnd::Step { step, end }, outcomes);
+            }
+        };
+        let judged = self.judge(evaluated, failed).await;
+        let summaries = self.record(judged, lock_hash).await;
+        let end = match build_end {
+            Some(end @ StepEnd::TimedOut(..)) => StageEnd::Step { step: "build", end },
+            _ => StageEnd::Judged,
+        };
+        (end, summaries)
+    }
+
+    /// Keeps the checkout's lock file (its hash for the records) and writes the evaluation's
+    /// expression (its file, or why it could not be written).
+    async fn prepare(&self) -> (Option<String>, std::io::Result<PathBuf>) {
         let s = self.settings;
         let (checkout, state_dir) = (s.checkout.clone(), s.state_dir.clone());
-        let lock = tokio::task::spawn_blocking(move || keep_lock(&checkout, &state_dir)).await;
+        let expr = eval_expression(&s.checkout.display().to_string(), &s.targets);
+        let work = move || {
+            let lock = keep_lock(&checkout, &state_dir);
+            let file = state_dir.join("evaluate.nix");
+            let written = crate::persist::write_atomically(&file, expr.as_bytes())
+                .map(|()| file)
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            (lock, written)
+        };
+        let (lock, written) = match tokio::task::spawn_blocking(work).await {
+            Ok(r) => r,
+            Err(e) => (Ok(None), Err(std::io::Error::other(e.to_string()))),
+        };
         let lock_hash = match lock {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
+            Ok(h) => h,
+            Err(e) => {
                 self.say(format!("==> cannot keep flake.lock: {e}")).await;
                 None
             }
-            Err(e) => {
-                tracing::error!("keeping flake.lock: {e}");
-                None
-            }
         };
+        (lock_hash, written)
+    }
 
-        // Evaluate.
+    /// The `evaluate` step: every target's derivation (or why it has none).
+    async fn evaluate(
+        &self,
+        expr_file: std::io::Result<PathBuf>,
+        stop: &mut watch::Receiver<Option<StopReason>>,
+    ) -> Result<Vec<Evaluated>, (StepEnd, Vec<TargetSummary>)> {
+        let s = self.settings;
         self.step_started("evaluate").await;
-        let expr_file = s.state_dir.join("evaluate.nix");
-        let expr = eval_expression(&s.checkout.display().to_string(), &s.targets);
-        if let Err(e) = crate::persist::write_atomically(&expr_file, expr.as_bytes()) {
-            let end = StepEnd::SpawnFailed(std::io::Error::other(e.to_string()));
-            return (
-                StageEnd::Step {
-                    step: "evaluate",
-                    end,
-                },
-                Vec::new(),
-            );
-        }
+        let expr_file = expr_file.map_err(|e| (StepEnd::SpawnFailed(e), Vec::new()))?;
         let mut args: Vec<String> = FEATURES.iter().map(|a| (*a).to_owned()).collect();
         args.extend(["eval", "--impure", "--raw", "--file"].map(str::to_owned));
         args.push(expr_file.display().to_string());
@@ -160,16 +192,10 @@ impl Stage<'_> {
         let (end, lines) = self.step(&eval, stop).await;
         if !matches!(&end, StepEnd::Exited(st) if st.success()) {
             let outcomes = self.unjudged(s.targets.listed(), &end).await;
-            return (
-                StageEnd::Step {
-                    step: "evaluate",
-                    end,
-                },
-                outcomes,
-            );
+            return Err((end, outcomes));
         }
-        let store_dir = s.store.store_dir.clone();
-        let (evaluated, refused) = parse_eval_output(&lines, &s.targets, &store_dir);
+        let store_dir = &s.store.store_dir;
+        let (evaluated, refused) = parse_eval_output(&lines, &s.targets, store_dir);
         for name in refused {
             self.say(format!(
                 "==> {name:?} cannot name a target (use letters, digits and ._@+-); skipped"
@@ -177,80 +203,71 @@ impl Stage<'_> {
             .await;
         }
         for e in &evaluated {
-            let line = match &e.result {
-                Ok(d) => format!(
-                    "==> {} ({}): {}",
-                    e.spec.name,
-                    e.spec.kind.as_str(),
-                    d.drv.to_absolute(&store_dir)
-                ),
-                Err(err) => format!("==> {} ({}): {err}", e.spec.name, e.spec.kind.as_str()),
+            let what = match &e.result {
+                Ok(d) => d.drv.to_absolute(store_dir),
+                Err(err) => err.clone(),
             };
-            self.say(line).await;
+            let kind = e.spec.kind.as_str();
+            self.say(format!("==> {} ({kind}): {what}", e.spec.name))
+                .await;
         }
         let specs: Vec<TargetSpec> = evaluated.iter().map(|e| e.spec.clone()).collect();
+        let building = specs
+            .iter()
+            .map(|t| self.outcome(t, target_result::BUILDING))
+            .collect();
         let msg = TargetsEvaluated {
             build_id: self.build_id,
-            targets: specs.clone(),
+            targets: specs,
         };
         if let Err(e) = self.generations.ask(msg).await {
             tracing::error!("build {}: {e}", self.build_id);
         }
-        self.publish(
-            specs
-                .iter()
-                .map(|t| self.outcome(t, target_result::BUILDING))
-                .collect(),
-        )
-        .await;
+        self.publish(building).await;
+        Ok(evaluated)
+    }
 
-        // Build.
+    /// The `build` step: one `nix build` of every evaluated derivation. Returns the failed
+    /// derivations Nix named and how the step ended (`None`: nothing to build).
+    async fn build(
+        &self,
+        evaluated: &[Evaluated],
+        stop: &mut watch::Receiver<Option<StopReason>>,
+    ) -> Result<(BTreeSet<String>, Option<StepEnd>), (StepEnd, Vec<TargetSummary>)> {
+        let s = self.settings;
         self.step_started("build").await;
         let drvs: Vec<&Derivation> = evaluated
             .iter()
             .filter_map(|e| e.result.as_ref().ok())
             .collect();
-        let mut failed_drvs = BTreeSet::new();
-        let mut build_end = None;
-        if !drvs.is_empty() {
-            let modern = nix_builds_drv_outputs_with_caret(&s.nix).await;
-            let mut args: Vec<String> = FEATURES.iter().map(|a| (*a).to_owned()).collect();
-            args.extend(["build", "--keep-going", "--no-link"].map(str::to_owned));
-            if let Some(b) = &s.builders {
-                args.extend(["--option".to_owned(), "builders".to_owned(), b.clone()]);
+        if drvs.is_empty() {
+            return Ok((BTreeSet::new(), None));
+        }
+        let store_dir = &s.store.store_dir;
+        let modern = nix_builds_drv_outputs_with_caret(&s.nix).await;
+        let mut args: Vec<String> = FEATURES.iter().map(|a| (*a).to_owned()).collect();
+        args.extend(["build", "--keep-going", "--no-link"].map(str::to_owned));
+        if let Some(b) = &s.builders {
+            args.extend(["--option".to_owned(), "builders".to_owned(), b.clone()]);
+        }
+        args.extend(s.nix_args.iter().cloned());
+        for d in &drvs {
+            let drv = d.drv.to_absolute(store_dir);
+            args.push(if modern { format!("{drv}^*") } else { drv });
+        }
+        let capture = Capture::FailedDerivations(store_dir.clone());
+        let build = self.nix_step("build", args, s.build_timeout, capture);
+        let (end, lines) = self.step(&build, stop).await;
+        match end {
+            StepEnd::Exited(_) | StepEnd::TimedOut(..) => {
+                Ok((lines.into_iter().collect(), Some(end)))
             }
-            args.extend(s.nix_args.iter().cloned());
-            for d in &drvs {
-                let drv = d.drv.to_absolute(&store_dir);
-                args.push(if modern { format!("{drv}^*") } else { drv });
-            }
-            let capture = Capture::FailedDerivations(store_dir.clone());
-            let build = self.nix_step("build", args, s.build_timeout, capture);
-            let (end, lines) = self.step(&build, stop).await;
-            failed_drvs.extend(lines);
-            match end {
-                StepEnd::Exited(_) | StepEnd::TimedOut(..) => build_end = Some(end),
-                other => {
-                    let outcomes = self.unjudged(&specs, &other).await;
-                    return (
-                        StageEnd::Step {
-                            step: "build",
-                            end: other,
-                        },
-                        outcomes,
-                    );
-                }
+            other => {
+                let specs: Vec<TargetSpec> = evaluated.iter().map(|e| e.spec.clone()).collect();
+                let outcomes = self.unjudged(&specs, &other).await;
+                Err((other, outcomes))
             }
         }
-
-        // Judge and record.
-        let judged = self.judge(evaluated, failed_drvs).await;
-        let summaries = self.record(judged, lock_hash).await;
-        let end = match build_end {
-            Some(end @ StepEnd::TimedOut(..)) => StageEnd::Step { step: "build", end },
-            _ => StageEnd::Judged,
-        };
-        (end, summaries)
     }
 
     fn nix_step(&self, name: &str, args: Vec<String>, timeout: Duration, capture: Capture) -> Step {
@@ -358,69 +375,24 @@ impl Stage<'_> {
                 Vec::new()
             }
         };
-        let store_dir = &self.settings.store.store_dir;
         let mut new = Vec::new();
         let mut outcomes = Vec::new();
         let mut summaries = Vec::new();
         let mut built_outs = Vec::new();
+        let store_dir = &self.settings.store.store_dir;
         for (j, prev) in judged.into_iter().zip(previous) {
-            let mut outcome = self.outcome(&j.spec, target_result::FAILED);
-            let mut summary = None;
-            match j.built {
-                Some((out, closure)) => {
-                    let out_path = out.to_absolute(store_dir);
-                    built_outs.push(PathBuf::from(&out_path));
-                    outcome.result = target_result::BUILT.to_owned();
-                    match prev.newest {
-                        Some((n, newest, _)) if newest == out_path => {
-                            outcome.generation = Some(n);
-                            self.say(format!("==> {}: unchanged, generation {n}", j.spec.name))
-                                .await;
-                        }
-                        newest => {
-                            let generation = prev.next_generation;
-                            let diff = closure_diff(
-                                newest.as_ref().map(|(n, _, c)| (*n, c.as_slice())),
-                                &closure,
-                            );
-                            let rooted = self.add_root(&j.spec.name, generation, &out_path).await;
-                            self.say(format!(
-                                "==> {}: generation {generation} {out_path} ({} paths, {} added, {} removed)",
-                                j.spec.name,
-                                closure.len(),
-                                diff.added.len(),
-                                diff.removed.len()
-                            ))
-                            .await;
-                            if !rooted {
-                                outcome.error = Some("its GC root could not be registered (see the log); older generations are kept".to_owned());
-                            }
-                            outcome.generation = Some(generation);
-                            summary = Some(NewGenerationSummary {
-                                closure_nar_size: closure.iter().map(|e| e.nar_size).sum(),
-                                diff: diff.clone(),
-                            });
-                            new.push(NewGeneration {
-                                spec: j.spec.clone(),
-                                generation,
-                                out_path,
-                                closure,
-                                diff,
-                                rooted,
-                            });
-                        }
-                    }
-                }
-                None => {
-                    outcome.failed_derivations = j.failed_derivations;
-                    outcome.error = j.error;
-                    let why = outcome.error.clone().unwrap_or_default();
-                    self.say(format!("==> {}: failed: {why}", j.spec.name))
-                        .await;
-                }
+            let spec = j.spec.clone();
+            if let Some((out, _)) = &j.built {
+                built_outs.push(PathBuf::from(out.to_absolute(store_dir)));
             }
+            let (outcome, generation) = self.verdict(j, prev).await;
+            let summary = generation.as_ref().map(|g| NewGenerationSummary {
+                closure_nar_size: g.closure.iter().map(|e| e.nar_size).sum(),
+                diff: g.diff.clone(),
+            });
+            new.extend(generation);
             outcomes.push(OutcomeOf {
-                spec: j.spec,
+                spec,
                 outcome: outcome.clone(),
             });
             summaries.push(TargetSummary {
@@ -430,9 +402,63 @@ impl Stage<'_> {
         }
         self.commit(lock_hash, new, outcomes).await;
         if !built_outs.is_empty() {
+            // Compressed first, so the new generations are servable soon.
             self.sink.new_paths(self.build_id, built_outs);
         }
         summaries
+    }
+
+    /// One target's outcome, and its new generation if it built something new (rooted).
+    async fn verdict(&self, j: Judged, prev: Previous) -> (TargetOutcome, Option<NewGeneration>) {
+        let mut outcome = self.outcome(&j.spec, target_result::FAILED);
+        let Some((out, closure)) = j.built else {
+            outcome.failed_derivations = j.failed_derivations;
+            outcome.error = j.error;
+            let why = outcome.error.clone().unwrap_or_default();
+            self.say(format!("==> {}: failed: {why}", j.spec.name))
+                .await;
+            return (outcome, None);
+        };
+        let out_path = out.to_absolute(&self.settings.store.store_dir);
+        outcome.result = target_result::BUILT.to_owned();
+        if let Some((n, newest, _)) = &prev.newest
+            && *newest == out_path
+        {
+            outcome.generation = Some(*n);
+            self.say(format!("==> {}: unchanged, generation {n}", j.spec.name))
+                .await;
+            return (outcome, None);
+        }
+        let generation = prev.next_generation;
+        let diff = closure_diff(
+            prev.newest.as_ref().map(|(n, _, c)| (*n, c.as_slice())),
+            &closure,
+        );
+        let rooted = self.add_root(&j.spec.name, generation, &out_path).await;
+        self.say(format!(
+            "==> {}: generation {generation} {out_path} ({} paths, {} added, {} removed)",
+            j.spec.name,
+            closure.len(),
+            diff.added.len(),
+            diff.removed.len()
+        ))
+        .await;
+        if !rooted {
+            outcome.error = Some(
+                "its GC root could not be registered (see the log); older generations are kept"
+                    .to_owned(),
+            );
+        }
+        outcome.generation = Some(generation);
+        let new = NewGeneration {
+            spec: j.spec,
+            generation,
+            out_path,
+            closure,
+            diff,
+            rooted,
+        };
+        (outcome, Some(new))
     }
 
     /// Registers `out` as a GC root at `gcroots/<name>/<generation>` with
