@@ -232,10 +232,7 @@ fn a_fleet_builds_into_signed_generations_and_a_second_commit_changes_one_host()
             ),
         ]
     );
-    eprintln!(
-        "GET /hosts/laptop: {}",
-        server.api_get("/hosts/laptop").text()
-    );
+    eprintln!("GET /hosts: {}", server.api_get("/hosts").text());
     let motd_delta = l2.diff.packages[0].size_delta;
     let motd = |c: &BTreeSet<String>| {
         let m: BTreeSet<String> = c
