@@ -135,7 +135,8 @@ rec {
     cfg:
     optional (cfg.signingKeyFile != null) "signing-key:${cfg.signingKeyFile}"
     ++ optional (cfg.api.tokenFile != null) "api-token:${cfg.api.tokenFile}"
-    ++ optional (cfg.build.webhookSecretFile != null) "webhook-secret:${cfg.build.webhookSecretFile}";
+    ++ optional (cfg.build.webhookSecretFile != null) "webhook-secret:${cfg.build.webhookSecretFile}"
+    ++ optional (cfg.notify.tokenFile != null) "notify-token:${cfg.notify.tokenFile}";
 
   # Arguments of `tailcache serve` after the program: the config file, and the secrets read
   # from the credentials directory (`%d` is systemd's specifier for $CREDENTIALS_DIRECTORY).
@@ -153,7 +154,8 @@ rec {
         [ "--webhook-secret-file" "%d/webhook-secret" ]
       else
         [ ]
-    );
+    )
+    ++ (if cfg.notify.tokenFile != null then [ "--notify-token-file" "%d/notify-token" ] else [ ]);
 
   # The server's TOML config (src/config.rs; unknown keys are an error there). Secrets are
   # not in it: they come from the command line (serverArgs), out of the credentials directory.
@@ -173,9 +175,20 @@ rec {
       build = {
         repository = cfg.build.repository;
         branch = cfg.build.branch;
-        attribute = cfg.build.attribute;
+        # The one-target shorthand, left out when targets are listed or discovered.
+        attribute =
+          if cfg.build.hosts == null && cfg.build.targets == [ ] then cfg.build.attribute else null;
+        hosts = cfg.build.hosts;
+        targets = cfg.build.targets;
+        keep_generations = cfg.build.keepGenerations;
+        supersede = cfg.build.supersede;
+        builders = cfg.build.builders;
         nix_args = cfg.build.nixArgs;
         coalesce = true;
+      };
+      notify = {
+        url = cfg.notify.url;
+        format = cfg.notify.format;
       };
       p2p = {
         enable = cfg.p2p.enable;

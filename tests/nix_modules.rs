@@ -213,9 +213,15 @@ const SERVER_CFG: &str = r#"{
     repository = "https://example.invalid/config.git";
     branch = "main";
     attribute = "nixosConfigurations.desktop.config.system.build.toplevel";
+    hosts = "auto";
+    targets = [ ];
+    keepGenerations = 4;
+    supersede = true;
+    builders = "ssh://arm aarch64-linux";
     nixArgs = [ "--option" "cores" "2" ];
     webhookSecretFile = null;
   };
+  notify = { url = "http://ntfy.tailnet:8080/builds"; format = "json"; tokenFile = "/var/lib/secrets/ntfy"; };
   p2p = { enable = true; listen = [ "/ip4/100.64.0.1/udp/5002/quic-v1" "/ip4/100.64.0.1/tcp/5002" ]; };
 }"#;
 
@@ -256,6 +262,19 @@ fn the_toml_the_modules_write_is_what_the_binaries_read() {
         Some("https://example.invalid/config.git")
     );
     assert_eq!(c.build.nix_args, ["--option", "cores", "2"]);
+    assert_eq!(c.build.hosts, Some(tailcache::config::HostsConfig::Auto));
+    assert_eq!(
+        c.build.attribute, "default",
+        "the shorthand is left out with hosts"
+    );
+    assert_eq!(c.build.keep_generations, 4);
+    assert!(c.build.supersede);
+    assert_eq!(c.build.builders.as_deref(), Some("ssh://arm aarch64-linux"));
+    assert_eq!(
+        c.notify.url.as_deref(),
+        Some("http://ntfy.tailnet:8080/builds")
+    );
+    assert_eq!(c.notify.format, tailcache::config::NotifyFormat::Json);
     assert!(c.p2p.enable);
     assert_eq!(c.state_dir(), Path::new("/var/lib/tailcache"));
     // Secrets are not in the file (it lands in the store); they come from credentials.
@@ -276,7 +295,9 @@ fn the_toml_the_modules_write_is_what_the_binaries_read() {
             "--secret-key-file",
             "%d/signing-key",
             "--token-file",
-            "%d/api-token"
+            "%d/api-token",
+            "--notify-token-file",
+            "%d/notify-token"
         ]
     );
     // The server's parser is strict, so a misnamed key would have been caught above.

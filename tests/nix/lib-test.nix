@@ -28,8 +28,18 @@ let
       repository = null;
       branch = "main";
       attribute = "default";
+      hosts = null;
+      targets = [ ];
+      keepGenerations = 3;
+      supersede = false;
+      builders = null;
       nixArgs = [ ];
       webhookSecretFile = "/var/lib/secrets/hook";
+    };
+    notify = {
+      url = null;
+      format = "text";
+      tokenFile = null;
     };
     p2p = {
       enable = true;
@@ -281,9 +291,13 @@ let
         build = {
           branch = "main";
           attribute = "default";
+          targets = [ ];
+          keep_generations = 3;
+          supersede = false;
           nix_args = [ ];
           coalesce = true;
         };
+        notify.format = "text";
         p2p = {
           enable = true;
           listen = server.p2p.listen;
