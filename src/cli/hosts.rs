@@ -327,6 +327,75 @@ pub fn detail(h: &HostView, style: &Style) -> String {
     out
 }
 
+/// Where one target of a build stands, for `bt --wait`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetProgress {
+    /// Still building or compressing (the word says which).
+    Pending(&'static str),
+    /// Its generation is servable.
+    Ready(Option<u64>),
+    /// It failed in this build: why.
+    Failed(String),
+}
+
+/// Each target of build `build_id` with where it stands: hosts whose last outcome is this
+/// build, and hosts still building (their outcome is not in yet). Others were not in it.
+pub fn progress(hosts: &[HostView], build_id: u64) -> Vec<(String, TargetProgress)> {
+    hosts
+        .iter()
+        .filter_map(|h| {
+            let ours = h.last_outcome.as_ref().filter(|o| o.build_id == build_id);
+            let p = match ours {
+                _ if h.state == HostState::Building => TargetProgress::Pending("building"),
+                None => return None,
+                Some(o) if o.result != "built" => TargetProgress::Failed(failure(h)),
+                Some(o) => match o.generation {
+                    Some(g) => match h.generations.iter().find(|v| v.generation == g) {
+                        Some(v) if v.state == GenerationState::Ready => {
+                            TargetProgress::Ready(Some(g))
+                        }
+                        None if h.current.is_some_and(|c| c >= g) => TargetProgress::Ready(Some(g)),
+                        _ => TargetProgress::Pending("compressing"),
+                    },
+                    // Built, but nothing new to number: as ready as the host is.
+                    None if h.state == HostState::Ready => TargetProgress::Ready(h.current),
+                    None => TargetProgress::Pending("compressing"),
+                },
+            };
+            Some((h.name.clone(), p))
+        })
+        .collect()
+}
+
+/// Why a host's last build failed for it, in one line.
+fn failure(h: &HostView) -> String {
+    let Some(o) = &h.last_outcome else {
+        return "failed".to_owned();
+    };
+    let mut s = o.result.clone();
+    if let Some(e) = &o.error {
+        s.push_str(&format!(": {e}"));
+    }
+    match o.failed_derivations.as_slice() {
+        [] => {}
+        [one] => s.push_str(&format!(" ({one})")),
+        [first, rest @ ..] => s.push_str(&format!(" ({first} and {} more)", rest.len())),
+    }
+    s
+}
+
+/// `laptop ready · alice@laptop compressing · broken failed`.
+pub fn progress_line(p: &[(String, TargetProgress)]) -> String {
+    p.iter()
+        .map(|(name, p)| match p {
+            TargetProgress::Pending(w) => format!("{name} {w}"),
+            TargetProgress::Ready(_) => format!("{name} ready"),
+            TargetProgress::Failed(_) => format!("{name} failed"),
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,5 +530,89 @@ mod tests {
         assert!(d.contains("current: generation 5"), "{d}");
         assert!(d.contains("firefox: 120.0 → 121.0"), "{d}");
         assert!(d.contains("commit 0123456789ab"), "{d}");
+    }
+
+    #[test]
+    fn a_build_is_over_when_each_of_its_targets_is_ready_or_failed() {
+        let key = tailcache_store::signing::SecretKey::generate("k-1").unwrap();
+        let signed = |g| SignedGeneration::sign(&record(g, vec![]), std::slice::from_ref(&key));
+        let outcome = |build_id, result: &str, generation| TargetOutcome {
+            build_id,
+            result: result.into(),
+            generation,
+            failed_derivations: vec![],
+            error: None,
+        };
+        let host =
+            |name: &str, state, o: Option<TargetOutcome>, gens: Vec<(u64, GenerationState)>| {
+                HostView {
+                    name: name.into(),
+                    kind: TargetKind::Nixos,
+                    attribute: String::new(),
+                    state,
+                    current: gens
+                        .iter()
+                        .find(|(_, s)| *s == GenerationState::Ready)
+                        .map(|(g, _)| *g),
+                    last_outcome: o,
+                    generations: gens
+                        .into_iter()
+                        .map(|(generation, state)| GenerationView {
+                            generation,
+                            state,
+                            signed: signed(generation),
+                        })
+                        .collect(),
+                }
+            };
+        let hosts = vec![
+            host(
+                "a",
+                HostState::Compressing,
+                Some(outcome(7, "built", Some(2))),
+                vec![
+                    (2, GenerationState::Compressing),
+                    (1, GenerationState::Ready),
+                ],
+            ),
+            host(
+                "b",
+                HostState::Failed,
+                Some(outcome(7, "failed", None)),
+                vec![],
+            ),
+            host(
+                "c",
+                HostState::Building,
+                Some(outcome(6, "built", Some(1))),
+                vec![],
+            ),
+            host(
+                "old",
+                HostState::Ready,
+                Some(outcome(5, "built", Some(1))),
+                vec![],
+            ),
+        ];
+        let p = progress(&hosts, 7);
+        assert_eq!(
+            p,
+            vec![
+                ("a".to_owned(), TargetProgress::Pending("compressing")),
+                ("b".to_owned(), TargetProgress::Failed("failed".into())),
+                ("c".to_owned(), TargetProgress::Pending("building")),
+            ]
+        );
+        assert_eq!(progress_line(&p), "a compressing · b failed · c building");
+        let ready = vec![host(
+            "a",
+            HostState::Ready,
+            Some(outcome(7, "built", Some(2))),
+            vec![(2, GenerationState::Ready)],
+        )];
+        assert_eq!(
+            progress(&ready, 7),
+            vec![("a".to_owned(), TargetProgress::Ready(Some(2)))]
+        );
     }
 }

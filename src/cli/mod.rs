@@ -79,7 +79,8 @@ pub struct ServerArgs {
 /// `bt`: trigger a build.
 #[derive(Debug, Clone, Args)]
 pub struct TriggerArgs {
-    /// Follow the build to its end; exit 0 only if it succeeded.
+    /// Follow the build until every target it built is ready or failed; exit 0 only if the
+    /// build succeeded and every target is ready.
     #[arg(short, long)]
     pub wait: bool,
     /// Print the server's JSON reply instead of a sentence.
@@ -90,9 +91,13 @@ pub struct TriggerArgs {
 /// `bs`: show the build status.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// Print the raw status model as JSON.
+    /// Print the raw status model as JSON (GET /build/status); with --host, that host's
+    /// view (GET /hosts/NAME).
     #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Show one host in detail: kept generations, what changed, the last outcome.
+    #[arg(long, value_name = "NAME", conflicts_with = "watch")]
+    pub host: Option<String>,
     /// Refresh the summary until the running build ends.
     #[arg(short, long)]
     pub watch: bool,
