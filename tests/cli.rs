@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::TestCache;
 use common::api::{Gate, build_section, sh_step};
-use tailcache_actors::status::{BuildResult, BuildStatus};
+use tailcache_wire::build::{BuildResult, BuildStatus};
 use tempfile::TempDir;
 
 const DEADLINE: Duration = Duration::from_secs(60);

@@ -212,6 +212,7 @@ impl Fixture {
                 .find(|(_, s)| *s == GenerationState::Ready)
                 .map(|(r, _)| r.parse_unverified().unwrap().generation),
             last_outcome: Some(TargetOutcome {
+                target: first.target.clone(),
                 build_id: first.build_id,
                 result: "built".into(),
                 generation: Some(first.generation),

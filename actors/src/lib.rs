@@ -8,7 +8,9 @@
 //! - [`supervisor`]: BuildSupervisor, `Trigger`/`Cancel`/`Shutdown`, [`NewPathsSink`].
 //! - [`step`]: a step and how one runs (process group, line reading, timeout, kill).
 //! - [`pipeline`]: the default pipeline (git fetch, `nix flake update`, `nix build`).
-//! - [`status`]: StatusStore and [`BuildStatus`] (`status.json`, `GET /build/status`).
+//! - [`status`]: StatusStore, which owns and persists [`BuildStatus`] (`status.json`);
+//!   the JSON model itself is `tailcache_wire::build`'s, re-exported here.
+//! - [`persist`]: atomic, durable writes of the state files.
 //! - [`log_tail`]: LogTail (log files, ring buffer, followers).
 //! - [`metrics`]: per-actor and per-build Prometheus metrics, [`metrics::metered`].
 //! - [`error`]: the crate's [`Error`].
@@ -17,6 +19,7 @@ pub mod error;
 pub mod handle;
 pub mod log_tail;
 pub mod metrics;
+pub mod persist;
 pub mod pipeline;
 pub mod status;
 pub mod step;
@@ -28,6 +31,6 @@ pub use handle::{ActorsConfig, BuildHandle, start_actors};
 pub use log_tail::{LogEvent, LogLimits};
 pub use metrics::{Metrics, TEXT_CONTENT_TYPE, encode_text};
 pub use pipeline::DefaultPipeline;
-pub use status::{BuildRecord, BuildResult, BuildStatus, RequestedBy};
+pub use status::{BuildRecord, BuildResult, BuildStatus, RequestedBy, StatusFile};
 pub use step::{Capture, Step};
 pub use supervisor::{CancelOutcome, NewPathsSink, NoSink, TriggerOutcome};

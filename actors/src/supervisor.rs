@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
+pub use tailcache_wire::build::{CancelOutcome, TriggerOutcome};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::Result;
@@ -61,33 +61,6 @@ pub struct PipelineSettings {
     pub kill_grace: Duration,
     /// Longer output lines are split.
     pub max_line_bytes: usize,
-}
-
-/// Answer to [`Trigger`] (also what `POST /build/trigger` answers, read back by the CLI).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum TriggerOutcome {
-    Triggered {
-        build_id: u64,
-    },
-    AlreadyRunning {
-        build_id: u64,
-        since: String,
-        requested_by: RequestedBy,
-    },
-    /// Coalesced: one build will run after the current one.
-    Queued {
-        after_build: u64,
-    },
-    ShuttingDown,
-}
-
-/// Answer to [`Cancel`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum CancelOutcome {
-    Cancelling { build_id: u64 },
-    NotRunning,
 }
 
 #[derive(Debug)]

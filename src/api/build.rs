@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use tailcache_actors::{BuildStatus, LogEvent, RequestedBy, TriggerOutcome};
+use tailcache_actors::LogEvent;
+use tailcache_wire::build::{BuildStatus, CancelOutcome, RequestedBy, TriggerOutcome};
 use tokio::sync::broadcast;
 
 use super::ApiState;
@@ -74,6 +75,10 @@ async fn trigger(state: &ApiState, who: RequestedBy) -> ApiResult<Response> {
         TriggerOutcome::Queued { after_build } => {
             format!("a build is running; one more will run after build {after_build}")
         }
+        TriggerOutcome::Superseding {
+            cancelled_build,
+            commit,
+        } => format!("build {cancelled_build} is being cancelled; a build of {commit} runs next"),
         TriggerOutcome::ShuttingDown => return Err(ApiError::ShuttingDown),
     };
     Ok(Json(with_message(&outcome, message)).into_response())
@@ -92,10 +97,10 @@ pub async fn post_cancel(State(state): State<ApiState>, headers: HeaderMap) -> A
     state.authorize(&headers)?;
     let outcome = state.build().cancel().await?;
     let message = match &outcome {
-        tailcache_actors::CancelOutcome::Cancelling { build_id } => {
+        CancelOutcome::Cancelling { build_id } => {
             format!("cancelling build {build_id}")
         }
-        tailcache_actors::CancelOutcome::NotRunning => "no build is running".to_owned(),
+        CancelOutcome::NotRunning => "no build is running".to_owned(),
     };
     Ok(Json(with_message(&outcome, message)).into_response())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
-use tailcache_actors::status::BuildStatus;
+use tailcache_wire::build::BuildStatus;
 use tailcache_wire::hosts::{HostView, HostsReply};
 
 use super::config::Endpoint;

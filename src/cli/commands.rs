@@ -4,8 +4,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tailcache_actors::TriggerOutcome;
-use tailcache_actors::status::{BuildResult, BuildStatus};
+use tailcache_wire::build::{BuildResult, BuildStatus, TriggerOutcome};
 
 use super::client::{CliError, Client};
 use super::hosts::{self, TargetProgress};
@@ -55,6 +54,12 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
             TriggerOutcome::Queued { after_build } => {
                 println!("build {after_build} is running; another build is queued to run after it")
             }
+            TriggerOutcome::Superseding {
+                cancelled_build,
+                commit,
+            } => println!(
+                "build {cancelled_build} is being cancelled; a build of {commit} runs after it"
+            ),
             // The server answers this one with 503, which `client.trigger()` already reports.
             TriggerOutcome::ShuttingDown => {}
         }
@@ -65,7 +70,11 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
     let target = match reply {
         TriggerOutcome::Triggered { build_id }
         | TriggerOutcome::AlreadyRunning { build_id, .. } => Target::Build(build_id),
-        TriggerOutcome::Queued { after_build } => Target::After(after_build),
+        TriggerOutcome::Queued { after_build }
+        | TriggerOutcome::Superseding {
+            cancelled_build: after_build,
+            ..
+        } => Target::After(after_build),
         TriggerOutcome::ShuttingDown => {
             return Err(CliError::BadReply {
                 url: client.url().to_owned(),

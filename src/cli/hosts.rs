@@ -4,7 +4,7 @@
 //! nothing here acts on one (acting is `switch`'s, after verifying the signature).
 
 use tailcache_wire::generation::{ClosureDiff, GenerationRecord, PackageChange};
-use tailcache_wire::hosts::{GenerationState, HostState, HostView};
+use tailcache_wire::hosts::{GenerationState, HostState, HostView, target_result};
 
 use super::output::Style;
 
@@ -348,7 +348,10 @@ pub fn progress(hosts: &[HostView], build_id: u64) -> Vec<(String, TargetProgres
             let p = match ours {
                 _ if h.state == HostState::Building => TargetProgress::Pending("building"),
                 None => return None,
-                Some(o) if o.result != "built" => TargetProgress::Failed(failure(h)),
+                Some(o) if o.result == target_result::BUILDING => {
+                    TargetProgress::Pending("building")
+                }
+                Some(o) if o.result != target_result::BUILT => TargetProgress::Failed(failure(h)),
                 Some(o) => match o.generation {
                     Some(g) => match h.generations.iter().find(|v| v.generation == g) {
                         Some(v) if v.state == GenerationState::Ready => {
@@ -502,6 +505,7 @@ mod tests {
             state: HostState::Failed,
             current: None,
             last_outcome: Some(TargetOutcome {
+                target: "broken-host".into(),
                 build_id: 3,
                 result: "failed".into(),
                 generation: None,
@@ -537,6 +541,7 @@ mod tests {
         let key = tailcache_store::signing::SecretKey::generate("k-1").unwrap();
         let signed = |g| SignedGeneration::sign(&record(g, vec![]), std::slice::from_ref(&key));
         let outcome = |build_id, result: &str, generation| TargetOutcome {
+            target: String::new(),
             build_id,
             result: result.into(),
             generation,
@@ -601,9 +606,13 @@ mod tests {
                 ("a".to_owned(), TargetProgress::Pending("compressing")),
                 ("b".to_owned(), TargetProgress::Failed("failed".into())),
                 ("c".to_owned(), TargetProgress::Pending("building")),
+                ("d".to_owned(), TargetProgress::Pending("building")),
             ]
         );
-        assert_eq!(progress_line(&p), "a compressing · b failed · c building");
+        assert_eq!(
+            progress_line(&p),
+            "a compressing · b failed · c building · d building"
+        );
         let ready = vec![host(
             "a",
             HostState::Ready,
