@@ -593,6 +593,12 @@ mod tests {
                 vec![],
             ),
             host(
+                "d",
+                HostState::Compressing,
+                Some(outcome(7, "building", None)),
+                vec![],
+            ),
+            host(
                 "old",
                 HostState::Ready,
                 Some(outcome(5, "built", Some(1))),
