@@ -8,44 +8,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::api::{JsonExt, parse_json};
+use common::fleet::{git, toml_str};
 use common::nix::{assert_success, is_valid, nix_copy_from};
 use common::{NixEnv, TestCache};
 
 /// Real Nix builds: generous, but bounded.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=tailcache itest",
-            "-c",
-            "user.email=itest@tailcache.invalid",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .unwrap_or_else(|e| panic!("git {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
 
 #[test]
 fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
