@@ -18,6 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use common::fleet::{Fleet, FleetVariant};
 use common::nix::{is_valid, path_infos};
 use common::{NixEnv, TestCache};
 use tailcache_store::signing::SecretKey;
@@ -62,6 +63,7 @@ struct Fixture {
     public: String,
     cache: TestCache,
     api: StandIn,
+    hosts: Arc<Mutex<BTreeMap<String, HostView>>>,
     paths: BTreeMap<String, String>,
 }
 
@@ -116,7 +118,8 @@ impl Fixture {
             .store_root(&server_root)
             .secret_key(&pair.secret)
             .start();
-        let api = StandIn::start();
+        let hosts = Arc::default();
+        let api = StandIn::hosts(Arc::clone(&hosts));
         Fixture {
             nix,
             dir,
@@ -124,6 +127,7 @@ impl Fixture {
             public: pair.public,
             cache,
             api,
+            hosts,
             paths,
         }
     }
@@ -228,7 +232,7 @@ impl Fixture {
                 })
                 .collect(),
         };
-        self.api.set(view);
+        self.hosts.lock().unwrap().insert(view.name.clone(), view);
     }
 
     /// `tailcache switch` against the stand-in API, substituting from the real cache into
@@ -238,28 +242,18 @@ impl Fixture {
     }
 
     fn switch_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let client = self.client_root();
-        let state = self.state_file();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tailcache"));
-        self.nix.configure(&mut c);
-        c.args(["switch", "--server", &self.api.url])
-            .arg("--store")
-            .arg(&client)
-            .arg("--state-file")
-            .arg(&state)
-            .args(["--nix-option", "substituters", self.cache.url()])
-            .args(["--nix-option", "trusted-public-keys", &self.public])
-            .args(args)
-            .env_remove("TAILCACHE_SERVER")
-            .env_remove("TAILCACHE_TOKEN")
-            .env_remove("TAILCACHE_SWITCH_STATE")
-            .env("USER", "tester")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().unwrap()
+        let machine = Machine {
+            root: self.client_root(),
+            state: self.state_file(),
+        };
+        machine.switch(
+            &self.nix,
+            &self.api.url,
+            self.cache.url(),
+            &self.public,
+            args,
+            env,
+        )
     }
 
     fn lines(&self, file: &str) -> Vec<String> {
@@ -279,6 +273,51 @@ impl Fixture {
                 .map(|d| d.map(|e| e.unwrap().file_name()).collect())
                 .unwrap_or_default(),
         }
+    }
+}
+
+/// A client machine: a chroot store of its own and its applied-generations file.
+struct Machine {
+    root: PathBuf,
+    state: PathBuf,
+}
+
+impl Machine {
+    fn profile(&self) -> PathBuf {
+        self.root.join("nix/var/nix/profiles/system")
+    }
+
+    /// `tailcache switch` against the API at `api`, substituting from the cache at `cache`
+    /// into this machine's store, with `key` the one Nix trusts (`trusted-public-keys`).
+    fn switch(
+        &self,
+        nix: &NixEnv,
+        api: &str,
+        cache: &str,
+        key: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tailcache"));
+        nix.configure(&mut c);
+        c.args(["switch", "--server", api])
+            .arg("--store")
+            .arg(&self.root)
+            .arg("--state-file")
+            .arg(&self.state)
+            .args(["--nix-option", "substituters", cache])
+            .args(["--nix-option", "trusted-public-keys", key])
+            .args(args)
+            .env_remove("TAILCACHE_SERVER")
+            .env_remove("TAILCACHE_TOKEN")
+            .env_remove("TAILCACHE_SWITCH_STATE")
+            .env("USER", "tester")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
     }
 }
 
@@ -636,18 +675,198 @@ fn a_nixos_switch_of_the_real_system_needs_root_and_nix_must_require_signatures(
     assert!(!is_valid(&f.nix, f.client_root().to_str().unwrap(), &sys1));
 }
 
-/// A stand-in for the build API's `/hosts` routes, answering from what the test sets.
+/// The whole loop with the real server: it builds the three-host test flake, and a fresh
+/// client switches its laptop and alice's home to exactly what it built; a second commit
+/// gives the laptop a new generation the client switches to; then what must be refused is.
+#[test]
+fn switch_to_what_the_real_server_built() {
+    let fleet = Fleet::new(FleetVariant::FIRST);
+    let server = fleet.start_built();
+    let api = server.api_url().to_owned();
+    let machine = Machine {
+        root: fleet.scratch("client").join("root"),
+        state: fleet.scratch("client").join("applied.json"),
+    };
+    let log = fleet.scratch("client").join("activation.log");
+    let log_s = log.to_str().unwrap().to_owned();
+    let env = [("TAILCACHE_ACTIVATION_LOG", log_s.as_str())];
+    let switch = |api: &str, args: &[&str]| {
+        machine.switch(&fleet.nix, api, server.url(), &fleet.key.public, args, &env)
+    };
+    let activations = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .map(|t| t.lines().map(|l| l.trim_end().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let root = machine.root.to_str().unwrap().to_owned();
+    let laptop1 = server.host("laptop");
+    let out1 = laptop1.generations[0]
+        .signed
+        .parse_unverified()
+        .unwrap()
+        .out_path;
+
+    let started = Instant::now();
+    let out = ok("laptop", &switch(&api, &["--host", "laptop"]));
+    let first = started.elapsed();
+    assert!(out.contains("laptop (nixos): generation 1"), "{out}");
+    assert!(out.contains("signed by fleet-1"), "{out}");
+    assert!(is_valid(&fleet.nix, &root, &out1), "{out1} not substituted");
+    assert_eq!(profile_target(&machine.profile()), out1);
+    assert_eq!(activations(), [format!("laptop {out1} switch")]);
+
+    let started = Instant::now();
+    let out = ok("laptop unchanged", &switch(&api, &["--host", "laptop"]));
+    let unchanged = started.elapsed();
+    assert!(out.contains("laptop is already at generation 1"), "{out}");
+    assert_eq!(activations().len(), 1);
+
+    let home = server.host("alice@laptop");
+    let home_out = home.generations[0]
+        .signed
+        .parse_unverified()
+        .unwrap()
+        .out_path;
+    let out = ok("home", &switch(&api, &["--home", "--host", "alice@laptop"]));
+    assert!(out.contains("alice@laptop (home): generation 1"), "{out}");
+    assert!(is_valid(&fleet.nix, &root, &home_out));
+    assert_eq!(activations()[1], format!("alice@laptop {home_out}"));
+    assert_eq!(
+        profile_target(&machine.profile()),
+        out1,
+        "home moved the system profile"
+    );
+
+    // The failing host has nothing ready.
+    let o = switch(&api, &["--host", "server"]);
+    refused("failed host", &o, 8, "server has no ready generation yet");
+
+    // A new commit changes the laptop only.
+    fleet.commit(FleetVariant::FIRST.laptop(2));
+    server.build_fleet();
+    let out2 = server.host("laptop").generations[0]
+        .signed
+        .parse_unverified()
+        .unwrap()
+        .out_path;
+    assert_ne!(out2, out1);
+    let before = machine_snapshot(&machine, &log);
+    let dry = ok("dry run", &switch(&api, &["--host", "laptop", "--dry-run"]));
+    assert!(dry.contains("laptop (nixos): generation 2"), "{dry}");
+    assert!(dry.contains("changes since generation 1"), "{dry}");
+    assert!(dry.contains("this machine: generation 1 (switch"), "{dry}");
+    assert!(dry.contains("dry run: nothing was fetched"), "{dry}");
+    assert_eq!(
+        machine_snapshot(&machine, &log),
+        before,
+        "--dry-run changed something"
+    );
+    assert!(!is_valid(&fleet.nix, &root, &out2));
+    eprintln!("tailcache switch --dry-run:\n{dry}");
+
+    // Refusals against the real server's records, each changing nothing.
+    // Another key: the client trusts someone else's.
+    let other = SecretKey::generate("someone-else-1").unwrap();
+    let other = other.public().to_nix_string();
+    let o = switch(&api, &["--host", "laptop", "--trusted-key", &other]);
+    refused(
+        "another key",
+        &o,
+        9,
+        "not signed by a trusted key (signed by: fleet-1; trusted: someone-else-1)",
+    );
+    // Tampered with on the way: a proxy edits the laptop's record.
+    let proxy = StandIn::proxy(&api, |path, body| {
+        if path == "/hosts/laptop" {
+            body.replace("nixos-system-laptop-24.05.2", "nixos-system-laptop-24.05.1")
+        } else {
+            body
+        }
+    });
+    let o = switch(&proxy.url, &["--host", "laptop"]);
+    refused(
+        "tampered",
+        &o,
+        9,
+        "the signature by fleet-1 does not match the record",
+    );
+    // Older than applied: this machine remembers a later generation of the laptop.
+    let saved = std::fs::read(&machine.state).unwrap();
+    let mut state: serde_json::Value = serde_json::from_slice(&saved).unwrap();
+    state["servers"][&fleet.key.public]["laptop"]["generation"] = 7.into();
+    let bumped = serde_json::to_vec_pretty(&state).unwrap();
+    std::fs::write(&machine.state, &bumped).unwrap();
+    let o = switch(&api, &["--host", "laptop"]);
+    refused(
+        "older",
+        &o,
+        9,
+        "generation 2 of laptop is older than generation 7, which this machine applied",
+    );
+    assert_eq!(std::fs::read(&machine.state).unwrap(), bumped);
+    std::fs::write(&machine.state, &saved).unwrap();
+    assert_eq!(
+        machine_snapshot(&machine, &log),
+        before,
+        "a refusal changed something"
+    );
+    assert!(
+        !is_valid(&fleet.nix, &root, &out2),
+        "a refused closure was fetched"
+    );
+
+    let started = Instant::now();
+    let out = ok("laptop changed", &switch(&api, &["--host", "laptop"]));
+    let changed = started.elapsed();
+    assert!(out.contains("laptop is at generation 2 (switch)"), "{out}");
+    assert!(is_valid(&fleet.nix, &root, &out2));
+    assert_eq!(profile_target(&machine.profile()), out2);
+    assert_eq!(
+        activations().last().unwrap(),
+        &format!("laptop {out2} switch")
+    );
+
+    // Rolling back on purpose to the kept generation 1 (already in the store).
+    let out = ok(
+        "rollback",
+        &switch(&api, &["--host", "laptop", "--generation", "1"]),
+    );
+    assert!(
+        out.contains("going back from generation 2 to generation 1"),
+        "{out}"
+    );
+    assert_eq!(profile_target(&machine.profile()), out1);
+
+    eprintln!(
+        "switch timings against the real server: first {:.3}s, unchanged {:.3}s, changed {:.3}s",
+        first.as_secs_f64(),
+        unchanged.as_secs_f64(),
+        changed.as_secs_f64()
+    );
+}
+
+/// The profile link, the applied file and the activation log of a machine.
+fn machine_snapshot(
+    m: &Machine,
+    log: &Path,
+) -> (Option<PathBuf>, Option<Vec<u8>>, Option<Vec<u8>>) {
+    (
+        std::fs::read_link(m.profile()).ok(),
+        std::fs::read(&m.state).ok(),
+        std::fs::read(log).ok(),
+    )
+}
+
+/// A stand-in for the build API: answers each GET with what `answer(path)` returns (a
+/// status code and a JSON body), one connection per request.
 struct StandIn {
     url: String,
-    hosts: Arc<Mutex<BTreeMap<String, HostView>>>,
 }
 
 impl StandIn {
-    fn start() -> StandIn {
+    fn start(answer: impl Fn(&str) -> (u16, String) + Send + 'static) -> StandIn {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
-        let hosts: Arc<Mutex<BTreeMap<String, HostView>>> = Arc::default();
-        let served = Arc::clone(&hosts);
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(mut s) = s else { continue };
@@ -661,34 +880,43 @@ impl StandIn {
                     }
                 }
                 let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                let hosts = served.lock().unwrap();
-                let (status, body) = if path == "/hosts" {
-                    let reply = HostsReply {
-                        hosts: hosts.values().cloned().collect(),
-                    };
-                    ("200 OK", serde_json::to_string(&reply).unwrap())
-                } else {
-                    let name = path.strip_prefix("/hosts/").unwrap_or("");
-                    match hosts.get(name) {
-                        Some(v) => ("200 OK", serde_json::to_string(v).unwrap()),
-                        None => (
-                            "404 Not Found",
-                            r#"{"status":"not_found","message":"not found"}"#.to_owned(),
-                        ),
-                    }
-                };
+                let (status, body) = answer(&path);
                 let _ = write!(
                     s,
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} -\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
             }
         });
-        StandIn { url, hosts }
+        StandIn { url }
     }
 
-    /// Serves `view` (replacing the host of that name).
-    fn set(&self, view: HostView) {
-        self.hosts.lock().unwrap().insert(view.name.clone(), view);
+    /// Serves `GET /hosts` and `GET /hosts/<name>` from `hosts`.
+    fn hosts(hosts: Arc<Mutex<BTreeMap<String, HostView>>>) -> StandIn {
+        StandIn::start(move |path| {
+            let hosts = hosts.lock().unwrap();
+            if path == "/hosts" {
+                let reply = HostsReply {
+                    hosts: hosts.values().cloned().collect(),
+                };
+                return (200, serde_json::to_string(&reply).unwrap());
+            }
+            match path.strip_prefix("/hosts/").and_then(|n| hosts.get(n)) {
+                Some(v) => (200, serde_json::to_string(v).unwrap()),
+                None => (
+                    404,
+                    r#"{"status":"not_found","message":"not found"}"#.to_owned(),
+                ),
+            }
+        })
+    }
+
+    /// A proxy of the real API at `api` that passes every reply through `edit(path, body)`.
+    fn proxy(api: &str, edit: impl Fn(&str, String) -> String + Send + 'static) -> StandIn {
+        let api = api.to_owned();
+        StandIn::start(move |path| {
+            let r = common::http::get(&api, path);
+            (r.status, edit(path, r.text()))
+        })
     }
 }
