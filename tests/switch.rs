@@ -22,9 +22,7 @@ use common::fleet::{Fleet, FleetVariant};
 use common::nix::{is_valid, path_infos};
 use common::{NixEnv, TestCache};
 use tailcache_store::signing::SecretKey;
-use tailcache_wire::generation::{
-    ClosureDiff, GenerationRecord, PackageChange, SignedGeneration, TargetKind,
-};
+use tailcache_wire::generation::{ClosureDiff, GenerationRecord, SignedGeneration, TargetKind};
 use tailcache_wire::hosts::{
     GenerationState, GenerationView, HostState, HostView, HostsReply, TargetOutcome,
 };
@@ -197,6 +195,19 @@ impl Fixture {
 
     fn signed(&self, r: &GenerationRecord) -> SignedGeneration {
         SignedGeneration::sign(r, std::slice::from_ref(&self.key))
+    }
+
+    /// Serves generation `generation` of a new target, ready, with its first record.
+    fn serve_new(
+        &self,
+        target: &str,
+        kind: TargetKind,
+        generation: u64,
+        out: &str,
+    ) -> GenerationRecord {
+        let r = self.record(target, kind, generation, out, ClosureDiff::default());
+        self.serve(&[(self.signed(&r), GenerationState::Ready)]);
+        r
     }
 
     /// Serves `records` (newest first) as the kept generations of their target, in place
@@ -374,136 +385,27 @@ fn profile_target(profile: &Path) -> String {
         .to_owned()
 }
 
-fn change(name: &str, before: &str, after: &str, size_delta: i64) -> PackageChange {
-    PackageChange {
-        name: name.into(),
-        before: vec![before.into()],
-        after: vec![after.into()],
-        size_delta,
-    }
-}
-
 #[test]
-fn switch_substitutes_sets_the_profile_and_activates() {
+fn home_targets_are_user_at_hostname_and_nixos_ones_can_boot() {
     let f = Fixture::start();
     let sys1 = f.path("system1").to_owned();
-    let r1 = f.record(
-        "laptop",
-        TargetKind::Nixos,
-        1,
-        &sys1,
-        ClosureDiff::default(),
-    );
-    f.serve(&[(f.signed(&r1), GenerationState::Ready)]);
-
-    let started = Instant::now();
-    let out = ok("first switch", &f.switch(&["--host", "laptop"]));
-    let first = started.elapsed();
-    assert!(
-        out.contains("laptop (nixos): generation 1 from build 11"),
-        "{out}"
-    );
-    assert!(out.contains("signed by switch-server-1"), "{out}");
-    assert!(out.contains("first generation of laptop"), "{out}");
-    assert!(
-        out.contains("✓ laptop is at generation 1 (switch)"),
-        "{out}"
-    );
-    let client = f.client_root();
-    for p in [&sys1, f.path("dep1"), f.path("shared")] {
-        assert!(
-            is_valid(&f.nix, client.to_str().unwrap(), p),
-            "{p} not substituted"
-        );
-    }
-    assert_eq!(profile_target(&f.profile()), sys1);
-    assert_eq!(f.lines("switch-args"), ["switch"]);
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(f.state_file()).unwrap()).unwrap();
-    let applied = &state["servers"][&f.public]["laptop"];
-    assert_eq!(applied["generation"], 1, "{state}");
-    assert_eq!(applied["out_path"], sys1.as_str(), "{state}");
-
-    // Unchanged: said so, nothing run again.
-    let before = f.snapshot();
-    let started = Instant::now();
-    let out = ok("unchanged switch", &f.switch(&["--host", "laptop"]));
-    let unchanged = started.elapsed();
-    assert!(
-        out.contains("laptop is already at generation 1") && out.contains("nothing to do"),
-        "{out}"
-    );
-    assert_eq!(f.snapshot(), before);
-
-    // A new generation: the diff is shown, the profile moves, the script runs again.
-    let sys2 = f.path("system2").to_owned();
-    let diff = ClosureDiff {
-        previous: Some(1),
-        added: vec![f.path("dep2").into(), sys2.clone()],
-        removed: vec![f.path("dep1").into(), sys1.clone()],
-        packages: vec![
-            change("dep", "1", "2", 0),
-            change("nixos-system-laptop", "1", "2", 0),
-        ],
-    };
-    let r2 = f.record("laptop", TargetKind::Nixos, 2, &sys2, diff);
-    f.serve(&[
-        (f.signed(&r2), GenerationState::Ready),
-        (f.signed(&r1), GenerationState::Ready),
-    ]);
-    let dry = ok("dry run", &f.switch(&["--host", "laptop", "--dry-run"]));
-    assert!(
-        dry.contains("changes since generation 1: 2 paths added, 2 removed"),
-        "{dry}"
-    );
-    assert!(dry.contains("dep: 1 → 2"), "{dry}");
-    assert!(dry.contains("this machine: generation 1 (switch"), "{dry}");
-    assert!(dry.contains("dry run: nothing was fetched"), "{dry}");
-    assert_eq!(f.snapshot(), before, "--dry-run changed something");
-    assert!(!is_valid(&f.nix, client.to_str().unwrap(), &sys2));
-
-    let started = Instant::now();
-    let out = ok("second switch", &f.switch(&["--host", "laptop"]));
-    let changed = started.elapsed();
-    assert!(out.contains("dep: 1 → 2"), "{out}");
-    assert_eq!(profile_target(&f.profile()), sys2);
-    assert_eq!(f.lines("switch-args"), ["switch", "switch"]);
-
-    // Back to generation 1 on purpose, as `boot`.
-    let out = ok(
-        "rollback",
-        &f.switch(&["--host", "laptop", "--generation", "1", "--action", "boot"]),
-    );
-    assert!(
-        out.contains(
-            "going back from generation 2 to generation 1 of laptop, as --generation 1 asks"
-        ),
-        "{out}"
-    );
-    assert_eq!(profile_target(&f.profile()), sys1);
-    assert_eq!(f.lines("switch-args"), ["switch", "switch", "boot"]);
-
-    // The home-manager target: $USER@hostname with --home; `activate` runs, no profile set.
+    f.serve_new("laptop", TargetKind::Nixos, 1, &sys1);
     let home_name = format!("tester@{}", hostname());
     let home = f.path("home").to_owned();
-    let rh = f.record(
-        &home_name,
-        TargetKind::Home,
-        1,
-        &home,
-        ClosureDiff::default(),
-    );
-    f.serve(&[(f.signed(&rh), GenerationState::Ready)]);
-    let profile_before = std::fs::read_link(f.profile()).unwrap();
+    f.serve_new(&home_name, TargetKind::Home, 1, &home);
+    let client = f.client_root();
+    let client = client.to_str().unwrap();
+
+    // --home: $USER@hostname; `activate` runs, no profile is set.
     let out = ok("home switch", &f.switch(&["--home"]));
     assert!(
         out.contains(&format!("{home_name} (home): generation 1")),
         "{out}"
     );
-    assert!(is_valid(&f.nix, client.to_str().unwrap(), &home));
+    assert!(out.contains("first generation of"), "{out}");
+    assert!(is_valid(&f.nix, client, &home));
     assert_eq!(f.lines("activate-args"), ["activate "]);
-    assert_eq!(std::fs::read_link(f.profile()).unwrap(), profile_before);
-    // --home refuses a NixOS target.
+    assert!(std::fs::symlink_metadata(f.profile()).is_err());
     let o = f.switch(&["--home", "--host", "laptop"]);
     refused(
         "--home on nixos",
@@ -511,13 +413,23 @@ fn switch_substitutes_sets_the_profile_and_activates() {
         2,
         "is a nixos target, not a home-manager one",
     );
+    let o = f.switch(&["--home", "--action", "boot"]);
+    refused("boot of home", &o, 2, "--action boot is for NixOS targets");
 
-    eprintln!(
-        "switch timings: first {:.3}s, unchanged {:.3}s, changed {:.3}s",
-        first.as_secs_f64(),
-        unchanged.as_secs_f64(),
-        changed.as_secs_f64()
-    );
+    // --action boot: the profile moves, switch-to-configuration gets `boot`.
+    let out = ok("boot", &f.switch(&["--host", "laptop", "--action", "boot"]));
+    assert!(out.contains("✓ laptop is at generation 1 (boot)"), "{out}");
+    assert_eq!(profile_target(&f.profile()), sys1);
+    assert_eq!(f.lines("switch-args"), ["boot"]);
+    // Booted, not switched: `switch` still has something to do.
+    ok("switch", &f.switch(&["--host", "laptop"]));
+    assert_eq!(f.lines("switch-args"), ["boot", "switch"]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.state_file()).unwrap()).unwrap();
+    let applied = &state["servers"][&f.public]["laptop"];
+    assert_eq!(applied["generation"], 1, "{state}");
+    assert_eq!(applied["action"], "switch", "{state}");
+    assert_eq!(applied["out_path"], sys1.as_str(), "{state}");
 }
 
 #[test]
@@ -657,17 +569,10 @@ fn refused_records_change_nothing() {
 }
 
 #[test]
-fn a_nixos_switch_of_the_real_system_needs_root_and_nix_must_require_signatures() {
+fn nix_must_require_signatures() {
     let f = Fixture::start();
     let sys1 = f.path("system1").to_owned();
-    let r1 = f.record(
-        "laptop",
-        TargetKind::Nixos,
-        1,
-        &sys1,
-        ClosureDiff::default(),
-    );
-    f.serve(&[(f.signed(&r1), GenerationState::Ready)]);
+    f.serve_new("laptop", TargetKind::Nixos, 1, &sys1);
     let before = f.snapshot();
     let o = f.switch(&["--host", "laptop", "--nix-option", "require-sigs", "false"]);
     refused("require-sigs false", &o, 7, "require-sigs = false");

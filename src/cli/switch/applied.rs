@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -101,28 +100,18 @@ pub fn load(path: &Path) -> Result<Applied, CliError> {
     Ok(applied)
 }
 
-/// Writes the state atomically and durably.
+/// Writes the state atomically and durably (the actors' state-file writer).
 pub fn save(path: &Path, applied: &Applied) -> Result<(), CliError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("applied.json");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let json = serde_json::to_vec_pretty(applied).map_err(std::io::Error::other)?;
-        let mut f = File::create(&tmp)?;
-        f.write_all(&json)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+    let failed = |e: String| {
+        CliError::local(
+            format!("writing {}", path.display()),
+            std::io::Error::other(e),
+        )
     };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        CliError::local(format!("writing {}", path.display()), e)
-    })
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
+    }
+    tailcache_actors::persist::write_json(path, applied).map_err(|e| failed(e.to_string()))
 }
 
 /// An exclusive lock on `<state file>.lock`, held until dropped.
