@@ -303,25 +303,28 @@ pub fn status(server: &ServerArgs, args: &StatusArgs) -> Result<u8, CliError> {
         println!("{}", to_json(&client, &s)?);
         return Ok(exit::OK);
     }
-    let frame = |s: &BuildStatus| -> Result<String, CliError> {
+    // The summary stands on its own: a per-host view that cannot be had is a note under it.
+    let frame = |s: &BuildStatus| -> String {
         let mut text = output::summary(s, &style);
-        if let Some(h) = client.hosts()?
-            && !h.hosts.is_empty()
-        {
-            text.push('\n');
-            text.push_str(&hosts::table(&h.hosts, &style));
+        match client.hosts() {
+            Ok(Some(h)) if !h.hosts.is_empty() => {
+                text.push('\n');
+                text.push_str(&hosts::table(&h.hosts, &style));
+            }
+            Ok(_) => {}
+            Err(e) => text.push_str(&format!("  (no per-host view: {e})\n")),
         }
-        Ok(text)
+        text
     };
     if !args.watch {
-        print!("{}", frame(&s)?);
+        print!("{}", frame(&s));
         return Ok(exit::OK);
     }
     let tty = output::stdout_is_tty();
     let mut shown = String::new();
     let mut s = s;
     loop {
-        let text = frame(&s)?;
+        let text = frame(&s);
         if tty {
             // Redraw in place: home, clear to the end of the screen.
             print!("\x1b[H\x1b[J{text}");
