@@ -73,6 +73,45 @@ pub struct Config {
     pub p2p: P2pConfig,
     /// `tailcache agent`: the local substituter that fetches NARs from peers.
     pub agent: AgentConfig,
+    /// Where a summary of each finished build is sent.
+    pub notify: NotifyConfig,
+}
+
+/// Build notifications: one POST per finished build (off while `url` is unset).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Where to POST, e.g. an ntfy topic on the tailnet: `http://ntfy.tailnet:8080/builds`.
+    pub url: Option<String>,
+    /// `text`: the summary as the body, one line per host, with ntfy's `Title`, `Tags` and
+    /// `Priority` headers; `json`: the summary as a JSON object.
+    pub format: NotifyFormat,
+    /// File holding a token sent as `Authorization: Bearer <token>`.
+    pub token_file: Option<PathBuf>,
+    /// Seconds one POST may take.
+    pub timeout_secs: u64,
+    /// Attempts per notification (the first and the retries, with doubling delays).
+    pub attempts: u32,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            url: None,
+            format: NotifyFormat::Text,
+            token_file: None,
+            timeout_secs: 10,
+            attempts: 4,
+        }
+    }
+}
+
+/// The body of a build notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    Text,
+    Json,
 }
 
 /// The server's P2P node (issue 5). Off by default.
@@ -196,8 +235,21 @@ pub struct BuildConfig {
     pub branch: String,
     /// Where the checkout lives (default `<state_dir>/checkout`).
     pub checkout_dir: Option<PathBuf>,
-    /// Flake attribute to build, e.g. `nixosConfigurations.desktop.config.system.build.toplevel`.
+    /// Flake attribute to build, e.g. `nixosConfigurations.desktop.config.system.build.toplevel`:
+    /// a fleet of one target (left at its default when `targets` or `hosts` is set).
     pub attribute: String,
+    /// The targets to build, from one commit and one lock file, in one `nix build`.
+    pub targets: Vec<TargetConfig>,
+    /// `"auto"`: every `nixosConfigurations.<name>` (its toplevel) and
+    /// `homeConfigurations.<name>` (its activation package) of the flake.
+    pub hosts: Option<HostsConfig>,
+    /// Generations kept (and GC-rooted) per target.
+    pub keep_generations: usize,
+    /// A trigger for a newer commit while a build runs cancels it and builds the new one.
+    pub supersede: bool,
+    /// Nix's `builders` for the build step (`--option builders …`), e.g.
+    /// `"ssh://builder aarch64-linux"`; on NixOS prefer `nix.buildMachines`.
+    pub builders: Option<String>,
     /// Extra arguments for `nix flake update` and `nix build` (e.g. `--option …`).
     pub nix_args: Vec<String>,
     /// Time limit of one step, in seconds.
@@ -220,7 +272,12 @@ impl Default for BuildConfig {
             repository: None,
             branch: "main".to_owned(),
             checkout_dir: None,
-            attribute: "default".to_owned(),
+            attribute: DEFAULT_ATTRIBUTE.to_owned(),
+            targets: Vec::new(),
+            hosts: None,
+            keep_generations: 3,
+            supersede: false,
+            builders: None,
             nix_args: Vec::new(),
             step_timeout_secs: 4 * 3600,
             kill_grace_secs: 10,
@@ -230,6 +287,28 @@ impl Default for BuildConfig {
             steps: Vec::new(),
         }
     }
+}
+
+/// The attribute the one-target shorthand builds by default.
+pub const DEFAULT_ATTRIBUTE: &str = "default";
+
+/// One build target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// The host's name (`laptop`, `alice@laptop`): letters, digits and `._@+-`.
+    pub name: String,
+    /// Flake output attribute, e.g. `nixosConfigurations.laptop.config.system.build.toplevel`.
+    pub attribute: String,
+    /// `nixos`, `home` or `package` (how a client activates it).
+    pub kind: tailcache_wire::generation::TargetKind,
+}
+
+/// `hosts = "auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostsConfig {
+    Auto,
 }
 
 /// One explicit build step.
@@ -436,7 +515,7 @@ impl Config {
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         let c = &self.cache;
         if !c.store_dir.starts_with('/') || c.store_dir.ends_with('/') || c.store_dir.len() < 2 {
             anyhow::bail!("cache.store_dir must be an absolute path without a trailing slash");
@@ -458,6 +537,50 @@ impl Config {
         let b = &self.build;
         if b.log_lines == 0 || b.log_files_kept == 0 {
             anyhow::bail!("build.log_lines and build.log_files_kept must be at least 1");
+        }
+        let fleet = !b.targets.is_empty() || b.hosts.is_some();
+        if fleet && b.attribute != DEFAULT_ATTRIBUTE {
+            anyhow::bail!(
+                "build.attribute is the one-target shorthand: leave it out with build.targets or build.hosts"
+            );
+        }
+        if !b.targets.is_empty() && b.hosts.is_some() {
+            anyhow::bail!("build.targets and build.hosts = \"auto\" exclude each other");
+        }
+        if fleet && !b.steps.is_empty() {
+            anyhow::bail!(
+                "build.targets and build.hosts apply to the default pipeline, not to build.steps"
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in &b.targets {
+            if !tailcache_actors::fleet::target::valid_target_name(&t.name) {
+                anyhow::bail!(
+                    "build.targets: {:?} cannot name a target (letters, digits and ._@+- only, not starting with . or -)",
+                    t.name
+                );
+            }
+            if tailcache_actors::fleet::target::parse_attr_path(&t.attribute).is_none() {
+                anyhow::bail!("build.targets: {:?} is not an attribute path", t.attribute);
+            }
+            if !names.insert(&t.name) {
+                anyhow::bail!("build.targets: {:?} is named twice", t.name);
+            }
+        }
+        if b.keep_generations == 0 {
+            anyhow::bail!("build.keep_generations must be at least 1");
+        }
+        let n = &self.notify;
+        if let Some(url) = &n.url
+            && !url.starts_with("http://")
+        {
+            anyhow::bail!(
+                "notify.url {url:?}: only http:// URLs are supported (this build has no TLS client); \
+                 use a receiver on the tailnet, e.g. ntfy at http://ntfy.tailnet:8080/topic"
+            );
+        }
+        if n.attempts == 0 || n.timeout_secs == 0 {
+            anyhow::bail!("notify.attempts and notify.timeout_secs must be at least 1");
         }
         for step in &b.steps {
             if step.capture == CaptureConfig::Commit && step.cwd.is_none() {

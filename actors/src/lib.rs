@@ -7,7 +7,9 @@
 //! - [`handle`]: [`start_actors`], [`BuildHandle`], [`ActorsConfig`].
 //! - [`supervisor`]: BuildSupervisor, `Trigger`/`Cancel`/`Shutdown`, [`NewPathsSink`].
 //! - [`step`]: a step and how one runs (process group, line reading, timeout, kill).
-//! - [`pipeline`]: the default pipeline (git fetch, `nix flake update`, `nix build`).
+//! - [`pipeline`]: the default pipeline (git fetch, `nix flake update`, then the targets).
+//! - [`fleet`]: the targets, their evaluation and build, GenerationStore (generations, GC
+//!   roots, signed records, `GET /hosts`), closure diffs and kept lock files.
 //! - [`status`]: StatusStore, which owns and persists [`BuildStatus`] (`status.json`);
 //!   the JSON model itself is `tailcache_wire::build`'s, re-exported here.
 //! - [`persist`]: atomic, durable writes of the state files.
@@ -16,6 +18,7 @@
 //! - [`error`]: the crate's [`Error`].
 
 pub mod error;
+pub mod fleet;
 pub mod handle;
 pub mod log_tail;
 pub mod metrics;
@@ -33,4 +36,4 @@ pub use metrics::{Metrics, TEXT_CONTENT_TYPE, encode_text};
 pub use pipeline::DefaultPipeline;
 pub use status::{BuildRecord, BuildResult, BuildStatus, RequestedBy, StatusFile};
 pub use step::{Capture, Step};
-pub use supervisor::{CancelOutcome, NewPathsSink, NoSink, TriggerOutcome};
+pub use supervisor::{BranchHead, CancelOutcome, NewPathsSink, NoSink, TriggerOutcome};

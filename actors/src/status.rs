@@ -177,6 +177,14 @@ pub struct StepStarted {
     pub step: String,
 }
 
+/// The running build evaluated its targets (all `building`), or judged them.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<()>")]
+pub struct TargetsChanged {
+    pub build_id: u64,
+    pub targets: Vec<tailcache_wire::hosts::TargetOutcome>,
+}
+
 /// A build has ended.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<()>")]
@@ -223,6 +231,18 @@ impl Handler<StepStarted> for StatusStore {
         metered(self, ctx, msg, |this, msg, _| {
             if this.status.is_running && this.status.build_id == Some(msg.build_id) {
                 this.status.current_step = Some(msg.step);
+                this.changed();
+            }
+        })
+    }
+}
+
+impl Handler<TargetsChanged> for StatusStore {
+    type Result = Result<()>;
+    fn handle(&mut self, msg: TargetsChanged, ctx: &mut Self::Context) -> Self::Result {
+        metered(self, ctx, msg, |this, msg, _| {
+            if this.status.build_id == Some(msg.build_id) {
+                this.status.targets = msg.targets;
                 this.changed();
             }
         })

@@ -1,11 +1,12 @@
-//! The CacheServer actor: owns the cache's mutable state — the compression queue and which
+//! The CacheServer actor: owns the cache's mutable state — the compression queues and which
 //! paths are pending, the size bound of the compressed-NAR directory, the counters — and
 //! its typed handle. It runs supervised (restarted after a panic) and metered like the build
 //! actors. Request handlers *tell* it about paths worth compressing through
 //! [`CacheHandle::request_compression`], which never waits: when the queue or the mailbox is
 //! full the request is dropped and made again by the next narinfo request for that path.
-//! A finished build hands it its new store paths ([`NewPathsSink`]); their closure is
-//! queued so clients find compressed NARs.
+//! A finished build hands it its new store paths ([`NewPathsSink`]); their whole closure
+//! goes into a second queue that the compression worker empties first, so a just-built
+//! generation becomes servable before older work is done.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use tailcache_actors::NewPathsSink;
+use tailcache_actors::fleet::Servable;
 use tailcache_actors::metrics::{ActorMetrics, Metered, MeteredAddr, metered};
 use tailcache_store::{Sha256Hash, StorePath, StorePathHash};
 use tokio::sync::mpsc;
@@ -27,6 +29,8 @@ use crate::config::Compression;
 pub const MAILBOX_CAPACITY: usize = 256;
 /// Most store paths one build's closure walk queues.
 const MAX_CLOSURE: usize = 100_000;
+/// Most paths waiting in the build-closure queue (several builds' closures).
+const MAX_URGENT: usize = 4 * MAX_CLOSURE;
 
 /// How NARs are compressed.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +45,14 @@ pub struct CompressionSettings {
 pub struct CacheServer {
     nars: Arc<NarCache>,
     store: Arc<LazyStore>,
+    /// To the worker; room for one job, so what it takes next is decided as late as possible.
     jobs: mpsc::Sender<Job>,
+    /// Closures of just-built paths, compressed first.
+    urgent: VecDeque<Compress>,
+    /// Paths asked for by narinfo requests, at most `queue` of them.
+    waiting: VecDeque<Compress>,
+    queue: usize,
+    /// Queued, handed to the worker or being compressed.
     pending: HashSet<StorePathHash>,
     settings: CompressionSettings,
     max_bytes: u64,
@@ -97,6 +108,13 @@ pub struct NewPaths {
     pub paths: Vec<PathBuf>,
 }
 
+/// The closure of a build's new paths, walked: compressed before anything else.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Prioritize {
+    jobs: Vec<Compress>,
+}
+
 impl Handler<Compress> for CacheServer {
     type Result = ();
 
@@ -111,6 +129,7 @@ impl Handler<Compressed> for CacheServer {
     fn handle(&mut self, msg: Compressed, ctx: &mut Self::Context) {
         let _ = metered(self, ctx, msg, |act, msg, _| {
             act.pending.remove(&msg.path_hash);
+            act.dispatch();
             act.stats.set_queue_len(act.pending.len());
             act.stats.compression_finished(msg.ok);
             let total = act.nars.total_bytes();
@@ -139,15 +158,20 @@ impl Handler<NewPaths> for CacheServer {
             let store = act.store.clone();
             let addr = MeteredAddr::new(ctx.address(), act.metrics.clone());
             // The closure walk reads the store database: a blocking thread, not the actor's.
+            // One message carries the whole closure: it must not be lost to a full mailbox.
             tokio::task::spawn_blocking(move || {
-                for c in closure(&store, &msg.paths) {
-                    if let Err(e) = addr.tell(c) {
-                        tracing::debug!("not all new paths queued for compression: {e}");
-                        break;
-                    }
-                }
+                let jobs = closure(&store, &msg.paths);
+                addr.force(Prioritize { jobs });
             });
         });
+    }
+}
+
+impl Handler<Prioritize> for CacheServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Prioritize, ctx: &mut Self::Context) {
+        let _ = metered(self, ctx, msg, |act, msg, _| act.prioritize(msg.jobs));
     }
 }
 
@@ -190,33 +214,82 @@ fn closure(store: &LazyStore, roots: &[PathBuf]) -> Vec<Compress> {
 }
 
 impl CacheServer {
-    fn enqueue(&mut self, msg: Compress) {
-        if self.settings.compression == Compression::None
+    /// Whether a path needs no (more) work: nothing to compress, already compressed, or
+    /// already queued.
+    fn settled(&self, msg: &Compress) -> bool {
+        self.settings.compression == Compression::None
             || self.pending.contains(&msg.path_hash)
             || self.nars.contains(&msg.path_hash, &msg.nar_hash)
-        {
+    }
+
+    /// A narinfo request's path: queued behind everything else, dropped when the queue is
+    /// full (the next request for it asks again).
+    fn enqueue(&mut self, msg: Compress) {
+        if self.settled(&msg) {
             return;
         }
-        let job = Job {
-            path_hash: msg.path_hash,
-            physical_path: msg.physical_path,
-            nar_hash: msg.nar_hash,
-            nar_size: msg.nar_size,
-            compression: self.settings.compression,
-            level: self.settings.level,
-            threads: self.settings.threads,
-        };
-        match self.jobs.try_send(job) {
-            Ok(()) => {
-                self.pending.insert(msg.path_hash);
-                self.stats.set_queue_len(self.pending.len());
+        if self.waiting.len() >= self.queue {
+            tracing::debug!("compression queue full; {} will be retried", msg.path_hash);
+            return;
+        }
+        self.pending.insert(msg.path_hash);
+        self.waiting.push_back(msg);
+        self.dispatch();
+        self.stats.set_queue_len(self.pending.len());
+    }
+
+    /// A build's closure: before everything else, including paths already waiting.
+    fn prioritize(&mut self, jobs: Vec<Compress>) {
+        let mut moved: HashSet<StorePathHash> = HashSet::new();
+        for job in jobs {
+            if self.urgent.len() >= MAX_URGENT {
+                tracing::warn!(
+                    "more than {MAX_URGENT} paths wait for compression; the rest of this closure is compressed on request"
+                );
+                break;
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!("compression queue full; {} will be retried", msg.path_hash);
+            if self.settings.compression == Compression::None
+                || self.nars.contains(&job.path_hash, &job.nar_hash)
+            {
+                continue;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("the compression worker has stopped");
+            if self.pending.contains(&job.path_hash) {
+                // Waiting behind narinfo requests: moved to the front queue. Already with
+                // the worker: nothing to do.
+                if self.waiting.iter().any(|w| w.path_hash == job.path_hash) {
+                    moved.insert(job.path_hash);
+                    self.urgent.push_back(job);
+                }
+                continue;
             }
+            self.pending.insert(job.path_hash);
+            self.urgent.push_back(job);
+        }
+        if !moved.is_empty() {
+            self.waiting.retain(|w| !moved.contains(&w.path_hash));
+        }
+        self.dispatch();
+        self.stats.set_queue_len(self.pending.len());
+    }
+
+    /// Hands the worker its next job while it has room: the front queue first.
+    fn dispatch(&mut self) {
+        while let Ok(permit) = self.jobs.try_reserve() {
+            let Some(msg) = self.urgent.pop_front().or_else(|| self.waiting.pop_front()) else {
+                return;
+            };
+            permit.send(Job {
+                path_hash: msg.path_hash,
+                physical_path: msg.physical_path,
+                nar_hash: msg.nar_hash,
+                nar_size: msg.nar_size,
+                compression: self.settings.compression,
+                level: self.settings.level,
+                threads: self.settings.threads,
+            });
+        }
+        if self.jobs.is_closed() {
+            tracing::error!("the compression worker has stopped");
         }
     }
 }
@@ -236,12 +309,15 @@ pub struct CacheServerParts {
 impl CacheServer {
     /// Starts the actor (supervised) and its compression worker on the current actix system.
     pub fn start(p: CacheServerParts) -> CacheHandle {
-        let (tx, rx) = mpsc::channel(p.queue);
+        let (tx, rx) = mpsc::channel(1);
         p.stats.set_nar_dir_bytes(p.nars.total_bytes());
         let actor = CacheServer {
             nars: p.nars.clone(),
             store: p.store,
             jobs: tx,
+            urgent: VecDeque::new(),
+            waiting: VecDeque::new(),
+            queue: p.queue,
             pending: HashSet::new(),
             settings: p.settings,
             max_bytes: p.max_bytes,
@@ -249,8 +325,12 @@ impl CacheServer {
             metrics: p.metrics.clone(),
         };
         let addr = MeteredAddr::new(Supervisor::start(|_| actor), p.metrics);
-        tokio::spawn(worker(rx, p.nars, addr.clone()));
-        CacheHandle { addr }
+        tokio::spawn(worker(rx, p.nars.clone(), addr.clone()));
+        CacheHandle {
+            addr,
+            nars: p.nars,
+            compression: p.settings.compression,
+        }
     }
 }
 
@@ -260,6 +340,9 @@ async fn worker(mut rx: mpsc::Receiver<Job>, nars: Arc<NarCache>, addr: MeteredA
         let path_hash = job.path_hash;
         let nars = nars.clone();
         let ok = tokio::task::spawn_blocking(move || {
+            if nars.contains(&job.path_hash, &job.nar_hash) {
+                return true;
+            }
             let started = std::time::Instant::now();
             let entry = match compress::run(&job, &nars) {
                 Ok(e) => e,
@@ -298,6 +381,8 @@ async fn worker(mut rx: mpsc::Receiver<Job>, nars: Arc<NarCache>, addr: MeteredA
 #[derive(Debug, Clone)]
 pub struct CacheHandle {
     addr: MeteredAddr<CacheServer>,
+    nars: Arc<NarCache>,
+    compression: Compression,
 }
 
 impl CacheHandle {
@@ -312,6 +397,33 @@ impl CacheHandle {
     /// Whether the actor accepts messages.
     pub fn is_running(&self) -> bool {
         self.addr.connected()
+    }
+
+    /// What a generation's readiness is judged by: servable in the configured compression.
+    pub fn servable(&self) -> NarServable {
+        NarServable {
+            nars: self.nars.clone(),
+            compression: self.compression,
+        }
+    }
+}
+
+/// Whether the cache serves a path in its configured compression: always when NARs are
+/// served uncompressed, else once the compressed file of the path's current NAR is indexed
+/// (a lookup in the in-memory index).
+#[derive(Debug, Clone)]
+pub struct NarServable {
+    nars: Arc<NarCache>,
+    compression: Compression,
+}
+
+impl Servable for NarServable {
+    fn servable(&self, path: &StorePathHash, nar_hash: &Sha256Hash) -> bool {
+        self.compression == Compression::None
+            || self
+                .nars
+                .get(path, nar_hash)
+                .is_some_and(|e| e.compression == self.compression)
     }
 }
 

@@ -1,0 +1,242 @@
+//! Build once, deploy everywhere — the server's side, with real Nix: a flake of three hosts
+//! (tests/common/fleet.rs) built by the default pipeline with `hosts = "auto"` into a
+//! throwaway store that the server's cache serves. One build gives two ready, signed
+//! generations and one failure naming the failing derivation; a second commit that changes
+//! one host gives a new generation for it alone, whose diff names exactly the changed
+//! paths; the lock file is kept and served; the numbers and sizes match what Nix says.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use common::api::JsonExt;
+use common::fleet::{Fleet, FleetVariant};
+use tailcache_store::signing::PublicKey;
+use tailcache_wire::generation::{GenerationRecord, TargetKind};
+use tailcache_wire::hosts::{GenerationState, HostState, HostView, target_result};
+
+/// `nix-store -qR` of `path` in the fleet's store.
+fn closure(fleet: &Fleet, path: &str) -> BTreeSet<String> {
+    fleet
+        .nix
+        .run(
+            "nix-store",
+            &["--store", fleet.store_root.to_str().unwrap(), "-qR", path],
+        )
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The sum of `narSize` over `paths`, from `nix path-info --json`.
+fn nar_size(fleet: &Fleet, paths: &BTreeSet<String>) -> u64 {
+    let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    common::nix::path_infos(&fleet.nix, fleet.store_root.to_str().unwrap(), &refs)
+        .iter()
+        .map(|i| i.nar_size)
+        .sum()
+}
+
+fn newest(view: &HostView, key: &PublicKey) -> GenerationRecord {
+    let g = view
+        .generations
+        .first()
+        .unwrap_or_else(|| panic!("{} has no generation: {view:#?}", view.name));
+    g.signed
+        .verify(std::slice::from_ref(key))
+        .unwrap_or_else(|e| panic!("{}: {e}", view.name))
+}
+
+fn host<'a>(hosts: &'a [HostView], name: &str) -> &'a HostView {
+    hosts
+        .iter()
+        .find(|h| h.name == name)
+        .unwrap_or_else(|| panic!("no host {name} in {hosts:#?}"))
+}
+
+#[test]
+fn a_fleet_builds_into_signed_generations_and_a_second_commit_changes_one_host() {
+    let fleet = Fleet::new(FleetVariant::FIRST);
+    let head1 = common::fleet::git(&fleet.repo, &["rev-parse", "HEAD"]);
+    let key = PublicKey::parse(&fleet.key.public).unwrap();
+    // zstd: a generation is ready only once its whole closure is compressed.
+    let server = fleet.server("").compression("zstd").start();
+
+    let before = server.hosts();
+    assert!(
+        before.hosts.is_empty(),
+        "nothing known before a build: {before:#?}"
+    );
+
+    let started = Instant::now();
+    let (id, hosts) = server.build_fleet();
+    let ready_after = started.elapsed();
+    eprintln!("build {id}: trigger → every target settled: {ready_after:.2?}");
+    let names: Vec<&str> = hosts.hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["alice@laptop", "laptop", "server"], "{hosts:#?}");
+
+    // Two ready generations, each signed by the cache's key.
+    let laptop = host(&hosts.hosts, "laptop");
+    let home = host(&hosts.hosts, "alice@laptop");
+    for (view, kind) in [(laptop, TargetKind::Nixos), (home, TargetKind::Home)] {
+        assert_eq!(view.state, HostState::Ready, "{view:#?}");
+        assert_eq!(view.kind, kind);
+        assert_eq!(view.current, Some(1));
+        assert_eq!(view.generations.len(), 1);
+        assert_eq!(view.generations[0].state, GenerationState::Ready);
+        let o = view.last_outcome.as_ref().unwrap();
+        assert_eq!((o.build_id, o.result.as_str()), (id, target_result::BUILT));
+        assert_eq!(o.generation, Some(1));
+    }
+    let l1 = newest(laptop, &key);
+    let h1 = newest(home, &key);
+    assert_eq!(
+        laptop.attribute,
+        "nixosConfigurations.laptop.config.system.build.toplevel"
+    );
+    assert_eq!(
+        home.attribute,
+        r#"homeConfigurations."alice@laptop".activationPackage"#
+    );
+    assert!(
+        l1.out_path.ends_with("-nixos-system-laptop-24.05.1"),
+        "{l1:?}"
+    );
+    assert!(h1.out_path.ends_with("-home-manager-generation"), "{h1:?}");
+    for r in [&l1, &h1] {
+        assert_eq!(r.generation, 1);
+        assert_eq!(r.build_id, id);
+        assert_eq!(r.commit.as_deref(), Some(head1.as_str()));
+        // Closure size and count as Nix reports them.
+        let c = closure(&fleet, &r.out_path);
+        assert_eq!(r.closure_paths, c.len() as u64, "{}", r.out_path);
+        assert_eq!(r.closure_nar_size, nar_size(&fleet, &c), "{}", r.out_path);
+        assert_eq!(r.diff.previous, None);
+        assert_eq!(r.diff.added.iter().cloned().collect::<BTreeSet<_>>(), c);
+        // Every path is servable compressed: the narinfo advertises zstd.
+        for p in &c {
+            assert_eq!(server.narinfo(p).get("Compression"), Some("zstd"), "{p}");
+        }
+    }
+    // Both generations come from one lock file, kept and served by its hash.
+    let lock_hash = l1
+        .lock_hash
+        .clone()
+        .expect("the flake has an input, so a lock");
+    assert_eq!(h1.lock_hash.as_deref(), Some(lock_hash.as_str()));
+    let lock = server.api_get(&format!("/locks/{lock_hash}"));
+    assert_eq!(lock.status, 200, "{}", lock.text());
+    let served = tailcache_store::Sha256Hash::digest(&lock.body).to_string();
+    assert_eq!(served, lock_hash);
+    assert!(
+        lock.text().contains(fleet.input.to_str().unwrap()),
+        "{}",
+        lock.text()
+    );
+    assert_eq!(server.api_get("/locks/sha256:not-a-hash").status, 404);
+
+    // The failure names the failing derivation, and only it.
+    let broken = host(&hosts.hosts, "server");
+    assert_eq!(broken.state, HostState::Failed, "{broken:#?}");
+    assert!(broken.generations.is_empty());
+    assert_eq!(broken.current, None);
+    let o = broken.last_outcome.as_ref().unwrap();
+    assert_eq!(o.result, target_result::FAILED);
+    assert_eq!(o.failed_derivations.len(), 1, "{o:?}");
+    assert!(
+        o.failed_derivations[0].ends_with("-fleet-broken-0.1.drv"),
+        "{o:?}"
+    );
+    // The build failed (one target did), and its status lists every target's outcome.
+    let status = server.build_status();
+    assert_eq!(status.str_of("last_status"), Some("failed"), "{status:?}");
+    assert_eq!(status.str_of("last_failing_step"), Some("build"));
+    let status: tailcache_wire::build::BuildStatus =
+        serde_json::from_slice(&server.api_get("/build/status").body).unwrap();
+    let results: Vec<(&str, &str)> = status
+        .targets
+        .iter()
+        .map(|t| (t.target.as_str(), t.result.as_str()))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("alice@laptop", "built"),
+            ("laptop", "built"),
+            ("server", "failed")
+        ]
+    );
+
+    // An unknown host is a clear 404.
+    let r = server.api_get("/hosts/desktop");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("laptop"), "{}", r.text());
+    assert_eq!(server.host("laptop"), *laptop);
+
+    // A second commit changes the laptop only.
+    let head2 = fleet.commit(FleetVariant::FIRST.laptop(2));
+    let (id2, hosts) = server.build_fleet();
+    let laptop = host(&hosts.hosts, "laptop");
+    let home = host(&hosts.hosts, "alice@laptop");
+    assert_eq!(laptop.current, Some(2), "{laptop:#?}");
+    assert_eq!(laptop.generations.len(), 2);
+    assert_eq!(home.current, Some(1), "unchanged: no new generation");
+    assert_eq!(home.generations.len(), 1);
+    let ho = home.last_outcome.as_ref().unwrap();
+    assert_eq!((ho.build_id, ho.generation), (id2, Some(1)));
+    assert_eq!(host(&hosts.hosts, "server").state, HostState::Failed);
+    let l2 = newest(laptop, &key);
+    assert_eq!(l2.generation, 2);
+    assert_eq!(l2.commit.as_deref(), Some(head2.as_str()));
+    assert_eq!(l2.diff.previous, Some(1));
+    let (c1, c2) = (closure(&fleet, &l1.out_path), closure(&fleet, &l2.out_path));
+    let added: BTreeSet<String> = c2.difference(&c1).cloned().collect();
+    let removed: BTreeSet<String> = c1.difference(&c2).cloned().collect();
+    assert_eq!(
+        l2.diff.added.iter().cloned().collect::<BTreeSet<_>>(),
+        added
+    );
+    assert_eq!(
+        l2.diff.removed.iter().cloned().collect::<BTreeSet<_>>(),
+        removed
+    );
+    // Exactly the toplevel and the motd changed.
+    let names =
+        |s: &BTreeSet<String>| -> Vec<String> { s.iter().map(|p| p[44..].to_string()).collect() };
+    assert_eq!(
+        names(&added),
+        ["fleet-motd-2", "nixos-system-laptop-24.05.2"]
+    );
+    assert_eq!(
+        names(&removed),
+        ["fleet-motd-1", "nixos-system-laptop-24.05.1"]
+    );
+    let packages: Vec<(&str, Vec<String>, Vec<String>)> = l2
+        .diff
+        .packages
+        .iter()
+        .map(|p| (p.name.as_str(), p.before.clone(), p.after.clone()))
+        .collect();
+    assert_eq!(
+        packages,
+        [
+            ("fleet-motd", vec!["1".to_string()], vec!["2".to_string()]),
+            (
+                "nixos-system-laptop",
+                vec!["24.05.1".to_string()],
+                vec!["24.05.2".to_string()]
+            ),
+        ]
+    );
+    let motd_delta = l2.diff.packages[0].size_delta;
+    let motd = |c: &BTreeSet<String>| {
+        let m: BTreeSet<String> = c
+            .iter()
+            .filter(|p| p.contains("-fleet-motd-"))
+            .cloned()
+            .collect();
+        nar_size(&fleet, &m) as i64
+    };
+    assert_eq!(motd_delta, motd(&c2) - motd(&c1));
+}
