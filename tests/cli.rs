@@ -694,7 +694,6 @@ fn bt_wait_follows_every_target_and_bs_shows_each_host() {
         ["nixos", "ready", "2"],
         "{out}"
     );
-    eprintln!("bs:\n{out}");
 }
 
 #[test]

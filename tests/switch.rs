@@ -810,7 +810,7 @@ impl StandIn {
                 Some(v) => (200, serde_json::to_string(v).unwrap()),
                 None => (
                     404,
-                    r#"{"status":"not_found","message":"not found"}"#.to_owned(),
+                    r#"{"status":"unknown_host","message":"no such host"}"#.to_owned(),
                 ),
             }
         })

@@ -314,10 +314,10 @@ impl Client {
             .send()
             .map_err(|e| self.transport_error(&e))?;
         if r.status() == StatusCode::NOT_FOUND {
-            // The API's own 404 says `not_found`; a bare 404 means the route is missing.
+            // The API's own 404 says `unknown_host`; a bare 404 means the route is missing.
             let (tag, _) = error_body(r);
             return match tag.as_deref() {
-                Some("not_found") => Ok(None),
+                Some("unknown_host" | "not_found") => Ok(None),
                 _ => Err(CliError::BadReply {
                     url: self.endpoint.url.clone(),
                     reason: "the server has no /hosts routes (is it older than this client?)"
