@@ -1,289 +1,105 @@
-//! `tailcache switch` with real Nix and real processes. The closures are built by real Nix
-//! into a throwaway server store and served by the real `tailcache serve` cache listener;
-//! the generation records come from a stand-in for the build API that serves `GET
-//! /hosts/<name>` replies the test writes (signed with the server's key, with another key,
-//! tampered with, older), so every refusal is checked against a reply crafted for it.
-//! Stock Nix substitutes into a fresh client store (a chroot store, signatures required);
-//! the NixOS-shaped toplevel's `bin/switch-to-configuration` and the home-manager-shaped
-//! `activate` record their arguments in files the test reads. A refusal must change
-//! nothing: not the profile, not the applied-generations file, not the client store.
+//! `tailcache switch` with real Nix and real processes: the real server builds the
+//! three-host test flake (`tests/common/fleet.rs`) into a throwaway store and serves it; a
+//! client machine (a fresh chroot store with signatures required, its own applied-generations
+//! file) switches to what it built, and what must be refused is: a record signed by another
+//! key, one tampered with on the way (a proxy edits the reply), a generation older than the
+//! one applied, one not ready, one of another host, an unknown host. A refusal changes
+//! nothing: not the profile, not the applied file, not the client store, no activation. The
+//! NixOS-shaped `bin/switch-to-configuration` and the home-manager-shaped `activate` log their
+//! calls to `$TAILCACHE_ACTIVATION_LOG`, which the test reads.
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use common::fleet::{Fleet, FleetVariant};
-use common::nix::{is_valid, path_infos};
+use common::nix::is_valid;
 use common::{NixEnv, TestCache};
 use tailcache_store::signing::SecretKey;
-use tailcache_wire::generation::{ClosureDiff, GenerationRecord, SignedGeneration, TargetKind};
-use tailcache_wire::hosts::{
-    GenerationState, GenerationView, HostState, HostView, HostsReply, TargetOutcome,
-};
-use tempfile::TempDir;
+use tailcache_wire::generation::SignedGeneration;
+use tailcache_wire::hosts::{GenerationState, HostView};
 
-/// Two versions of a NixOS-shaped system and a home-manager-shaped activation package,
-/// sharing a dependency; the scripts append their arguments to files under `record`.
-const CLOSURES_NIX: &str = r#"
-{ nonce, record }:
-let
-  mk = name: script: builtins.derivation {
-    inherit name nonce; system = builtins.currentSystem; builder = "/bin/sh";
-    PATH = "/usr/bin:/bin"; args = [ "-c" script ];
-  };
-  shared = mk "shared-lib-1.0" ''echo shared ${nonce} > $out'';
-  dep = v: mk "dep-${v}" ''echo ${shared} dep ${v} > $out'';
-  system = v: mk "nixos-system-laptop-${v}" ''
-    mkdir -p $out/bin
-    echo ${dep v} > $out/dep
-    printf '#!/bin/sh\necho "$*" >> ${record}/switch-args\n' > $out/bin/switch-to-configuration
-    chmod +x $out/bin/switch-to-configuration
-  '';
-  home = mk "home-manager-generation" ''
-    mkdir -p $out
-    echo ${dep "1"} > $out/dep
-    printf '#!/bin/sh\necho "activate $*" >> ${record}/activate-args\n' > $out/activate
-    chmod +x $out/activate
-  '';
-in { system1 = system "1"; system2 = system "2"; dep1 = dep "1"; dep2 = dep "2"; inherit home shared; }
-"#;
-
-struct Fixture {
-    nix: NixEnv,
-    dir: TempDir,
-    key: SecretKey,
-    public: String,
-    cache: TestCache,
-    api: StandIn,
-    hosts: Arc<Mutex<BTreeMap<String, HostView>>>,
-    paths: BTreeMap<String, String>,
+/// The fleet built once (laptop and alice's home at generation 1, the server failed), its
+/// server, and a client machine that logs activations.
+struct Built {
+    fleet: Fleet,
+    server: TestCache,
+    machine: Machine,
+    log: PathBuf,
 }
 
-impl Fixture {
-    fn start() -> Fixture {
-        let nix = NixEnv::new();
-        let dir = tempfile::Builder::new()
-            .prefix("tc-switch.")
-            .tempdir()
-            .unwrap();
-        let record = dir.path().join("record");
-        std::fs::create_dir_all(&record).unwrap();
-        let expr = dir.path().join("closures.nix");
-        std::fs::write(&expr, CLOSURES_NIX).unwrap();
-        let nonce = format!(
-            "{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        );
-        let server_root = dir.path().join("server-store");
-        let attrs = ["system1", "system2", "dep1", "dep2", "home", "shared"];
-        let mut args = vec![
-            "--store",
-            server_root.to_str().unwrap(),
-            expr.to_str().unwrap(),
-            "--no-out-link",
-            "--argstr",
-            "nonce",
-            &nonce,
-            "--argstr",
-            "record",
-            record.to_str().unwrap(),
-        ];
-        for a in attrs {
-            args.extend(["-A", a]);
+impl Built {
+    fn start() -> Built {
+        let fleet = Fleet::new(FleetVariant::FIRST);
+        let server = fleet.start_built();
+        let client = fleet.scratch("client");
+        Built {
+            machine: Machine {
+                root: client.join("root"),
+                state: client.join("applied.json"),
+            },
+            log: client.join("activation.log"),
+            fleet,
+            server,
         }
-        let outs = nix.run("nix-build", &args);
-        let paths: BTreeMap<String, String> = attrs
-            .iter()
-            .zip(outs.lines())
-            .map(|(a, p)| (a.to_string(), p.to_string()))
-            .collect();
-        assert_eq!(paths.len(), attrs.len(), "{outs}");
-        let keys = dir.path().join("keys");
-        std::fs::create_dir_all(&keys).unwrap();
-        let pair = nix.generate_key(&keys, "switch-server-1");
-        let key = SecretKey::load(&pair.secret).unwrap();
-        let cache = TestCache::builder()
-            .store_root(&server_root)
-            .secret_key(&pair.secret)
-            .start();
-        let hosts = Arc::default();
-        let api = StandIn::hosts(Arc::clone(&hosts));
-        Fixture {
-            nix,
-            dir,
-            key,
-            public: pair.public,
-            cache,
+    }
+
+    /// A commit that changes the laptop only, built: its generation 2.
+    fn change_laptop(&self) {
+        self.fleet.commit(FleetVariant::FIRST.laptop(2));
+        self.server.build_fleet();
+    }
+
+    /// `tailcache switch` of the machine against `api`.
+    fn switch(&self, api: &str, args: &[&str]) -> Output {
+        let log = self.log.to_str().unwrap();
+        self.machine.switch(
+            &self.fleet.nix,
             api,
-            hosts,
-            paths,
-        }
-    }
-
-    fn path(&self, name: &str) -> &str {
-        &self.paths[name]
-    }
-
-    fn record_dir(&self) -> PathBuf {
-        self.dir.path().join("record")
-    }
-
-    fn client_root(&self) -> PathBuf {
-        self.dir.path().join("client")
-    }
-
-    fn state_file(&self) -> PathBuf {
-        self.dir.path().join("state/applied.json")
-    }
-
-    fn profile(&self) -> PathBuf {
-        self.client_root().join("nix/var/nix/profiles/system")
-    }
-
-    /// The record of `generation` of `target` for the closure at `out`.
-    fn record(
-        &self,
-        target: &str,
-        kind: TargetKind,
-        generation: u64,
-        out: &str,
-        diff: ClosureDiff,
-    ) -> GenerationRecord {
-        let server_root = self.dir.path().join("server-store");
-        let closure: Vec<String> = self
-            .nix
-            .run(
-                "nix-store",
-                &["--store", server_root.to_str().unwrap(), "-qR", out],
-            )
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        let refs: Vec<&str> = closure.iter().map(String::as_str).collect();
-        let size = path_infos(&self.nix, server_root.to_str().unwrap(), &refs)
-            .iter()
-            .map(|i| i.nar_size)
-            .sum();
-        GenerationRecord {
-            target: target.into(),
-            kind,
-            attribute: match kind {
-                TargetKind::Home => format!("homeConfigurations.\"{target}\".activationPackage"),
-                _ => format!("nixosConfigurations.{target}.config.system.build.toplevel"),
-            },
-            generation,
-            out_path: out.into(),
-            build_id: generation + 10,
-            commit: Some(format!("{generation:0>40}")),
-            lock_hash: None,
-            built_at: "2026-12-01T12:00:00Z".parse().unwrap(),
-            closure_nar_size: size,
-            closure_paths: closure.len() as u64,
-            diff,
-        }
-    }
-
-    fn signed(&self, r: &GenerationRecord) -> SignedGeneration {
-        SignedGeneration::sign(r, std::slice::from_ref(&self.key))
-    }
-
-    /// Serves generation `generation` of a new target, ready, with its first record.
-    fn serve_new(
-        &self,
-        target: &str,
-        kind: TargetKind,
-        generation: u64,
-        out: &str,
-    ) -> GenerationRecord {
-        let r = self.record(target, kind, generation, out, ClosureDiff::default());
-        self.serve(&[(self.signed(&r), GenerationState::Ready)]);
-        r
-    }
-
-    /// Serves `records` (newest first) as the kept generations of their target, in place
-    /// of what was served for it.
-    fn serve(&self, records: &[(SignedGeneration, GenerationState)]) {
-        let first = records[0].0.parse_unverified().unwrap();
-        let view = HostView {
-            name: first.target.clone(),
-            kind: first.kind,
-            attribute: first.attribute.clone(),
-            state: match records[0].1 {
-                GenerationState::Ready => HostState::Ready,
-                GenerationState::Compressing => HostState::Compressing,
-            },
-            current: records
-                .iter()
-                .find(|(_, s)| *s == GenerationState::Ready)
-                .map(|(r, _)| r.parse_unverified().unwrap().generation),
-            last_outcome: Some(TargetOutcome {
-                target: first.target.clone(),
-                build_id: first.build_id,
-                result: "built".into(),
-                generation: Some(first.generation),
-                failed_derivations: vec![],
-                error: None,
-            }),
-            generations: records
-                .iter()
-                .map(|(signed, state)| GenerationView {
-                    generation: signed.parse_unverified().unwrap().generation,
-                    state: *state,
-                    signed: signed.clone(),
-                })
-                .collect(),
-        };
-        self.hosts.lock().unwrap().insert(view.name.clone(), view);
-    }
-
-    /// `tailcache switch` against the stand-in API, substituting from the real cache into
-    /// the client store; the keys Nix trusts are the server's.
-    fn switch(&self, args: &[&str]) -> Output {
-        self.switch_with(args, &[])
-    }
-
-    fn switch_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let machine = Machine {
-            root: self.client_root(),
-            state: self.state_file(),
-        };
-        machine.switch(
-            &self.nix,
-            &self.api.url,
-            self.cache.url(),
-            &self.public,
+            self.server.url(),
+            &self.fleet.key.public,
             args,
-            env,
+            &[("TAILCACHE_ACTIVATION_LOG", log)],
         )
     }
 
-    fn lines(&self, file: &str) -> Vec<String> {
-        std::fs::read_to_string(self.record_dir().join(file))
-            .map(|t| t.lines().map(str::to_owned).collect())
+    /// The out path of generation `generation` of `host` on the server.
+    fn out(&self, host: &str, generation: u64) -> String {
+        let view = self.server.host(host);
+        let g = view
+            .generations
+            .iter()
+            .find(|g| g.generation == generation)
+            .unwrap_or_else(|| panic!("{host} has no generation {generation}: {view:?}"));
+        g.signed.parse_unverified().unwrap().out_path
+    }
+
+    fn activations(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .map(|t| t.lines().map(|l| l.trim_end().to_owned()).collect())
             .unwrap_or_default()
     }
 
-    /// Everything a switch may change.
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            profile: std::fs::read_link(self.profile()).ok(),
-            state: std::fs::read(self.state_file()).ok(),
-            switch_args: self.lines("switch-args"),
-            activate_args: self.lines("activate-args"),
-            profiles: std::fs::read_dir(self.profile().parent().unwrap())
-                .map(|d| d.map(|e| e.unwrap().file_name()).collect())
-                .unwrap_or_default(),
-        }
+    /// The profile link, the applied file and the activation log.
+    fn snapshot(&self) -> (Option<PathBuf>, Option<Vec<u8>>, Option<Vec<u8>>) {
+        (
+            std::fs::read_link(self.machine.profile()).ok(),
+            std::fs::read(&self.machine.state).ok(),
+            std::fs::read(&self.log).ok(),
+        )
+    }
+
+    fn holds(&self, path: &str) -> bool {
+        is_valid(&self.fleet.nix, self.machine.root.to_str().unwrap(), path)
+    }
+
+    /// The server's signing key, to sign what a stand-in serves as the server would.
+    fn key(&self) -> SecretKey {
+        SecretKey::load(&self.fleet.key.secret).unwrap()
     }
 }
 
@@ -332,15 +148,6 @@ impl Machine {
     }
 }
 
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    profile: Option<PathBuf>,
-    state: Option<Vec<u8>>,
-    switch_args: Vec<String>,
-    activate_args: Vec<String>,
-    profiles: Vec<std::ffi::OsString>,
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -386,301 +193,115 @@ fn profile_target(profile: &Path) -> String {
 }
 
 #[test]
-fn home_targets_are_user_at_hostname_and_nixos_ones_can_boot() {
-    let f = Fixture::start();
-    let sys1 = f.path("system1").to_owned();
-    f.serve_new("laptop", TargetKind::Nixos, 1, &sys1);
-    let home_name = format!("tester@{}", hostname());
-    let home = f.path("home").to_owned();
-    f.serve_new(&home_name, TargetKind::Home, 1, &home);
-    let client = f.client_root();
-    let client = client.to_str().unwrap();
+fn switch_to_what_the_real_server_built() {
+    let b = Built::start();
+    let api = b.server.api_url().to_owned();
+    let out1 = b.out("laptop", 1);
 
-    // --home: $USER@hostname; `activate` runs, no profile is set.
-    let out = ok("home switch", &f.switch(&["--home"]));
+    let started = Instant::now();
+    let out = ok("laptop", &b.switch(&api, &["--host", "laptop"]));
+    let first = started.elapsed();
+    assert!(out.contains("laptop (nixos): generation 1"), "{out}");
+    assert!(out.contains("signed by fleet-1"), "{out}");
+    assert!(out.contains("first generation of laptop"), "{out}");
+    assert!(b.holds(&out1), "{out1} not substituted");
+    assert_eq!(profile_target(&b.machine.profile()), out1);
+    assert_eq!(b.activations(), [format!("laptop {out1} switch")]);
+
+    // Already there: said so, nothing run again.
+    let before = b.snapshot();
+    let started = Instant::now();
+    let out = ok("laptop unchanged", &b.switch(&api, &["--host", "laptop"]));
+    let unchanged = started.elapsed();
     assert!(
-        out.contains(&format!("{home_name} (home): generation 1")),
+        out.contains("laptop is already at generation 1") && out.contains("nothing to do"),
         "{out}"
     );
-    assert!(out.contains("first generation of"), "{out}");
-    assert!(is_valid(&f.nix, client, &home));
-    assert_eq!(f.lines("activate-args"), ["activate "]);
-    assert!(std::fs::symlink_metadata(f.profile()).is_err());
-    let o = f.switch(&["--home", "--host", "laptop"]);
+    assert_eq!(b.snapshot(), before);
+
+    // The home-manager target: `activate` runs, the system profile stays.
+    let home = b.out("alice@laptop", 1);
+    let out = ok(
+        "home",
+        &b.switch(&api, &["--home", "--host", "alice@laptop"]),
+    );
+    assert!(out.contains("alice@laptop (home): generation 1"), "{out}");
+    assert!(b.holds(&home));
+    assert_eq!(b.activations()[1], format!("alice@laptop {home}"));
+    assert_eq!(profile_target(&b.machine.profile()), out1);
+    let o = b.switch(&api, &["--home", "--host", "laptop"]);
     refused(
-        "--home on nixos",
+        "--home of a nixos target",
         &o,
         2,
-        "is a nixos target, not a home-manager one",
+        "laptop is a nixos target",
     );
-    let o = f.switch(&["--home", "--action", "boot"]);
-    refused("boot of home", &o, 2, "--action boot is for NixOS targets");
-
-    // --action boot: the profile moves, switch-to-configuration gets `boot`.
-    let out = ok("boot", &f.switch(&["--host", "laptop", "--action", "boot"]));
-    assert!(out.contains("✓ laptop is at generation 1 (boot)"), "{out}");
-    assert_eq!(profile_target(&f.profile()), sys1);
-    assert_eq!(f.lines("switch-args"), ["boot"]);
-    // Booted, not switched: `switch` still has something to do.
-    ok("switch", &f.switch(&["--host", "laptop"]));
-    assert_eq!(f.lines("switch-args"), ["boot", "switch"]);
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(f.state_file()).unwrap()).unwrap();
-    let applied = &state["servers"][&f.public]["laptop"];
-    assert_eq!(applied["generation"], 1, "{state}");
-    assert_eq!(applied["action"], "switch", "{state}");
-    assert_eq!(applied["out_path"], sys1.as_str(), "{state}");
-}
-
-#[test]
-fn refused_records_change_nothing() {
-    let f = Fixture::start();
-    let sys1 = f.path("system1").to_owned();
-    let sys2 = f.path("system2").to_owned();
-    let r1 = f.record(
-        "laptop",
-        TargetKind::Nixos,
-        1,
-        &sys1,
-        ClosureDiff::default(),
-    );
-    let r2 = f.record(
-        "laptop",
-        TargetKind::Nixos,
+    let o = b.switch(&api, &["--host", "alice@laptop", "--action", "boot"]);
+    refused(
+        "boot of a home target",
+        &o,
         2,
-        &sys2,
-        ClosureDiff::default(),
+        "--action boot is for NixOS targets",
     );
-    f.serve(&[
-        (f.signed(&r2), GenerationState::Ready),
-        (f.signed(&r1), GenerationState::Ready),
-    ]);
-    ok("switch to 2", &f.switch(&["--host", "laptop"]));
-    assert_eq!(profile_target(&f.profile()), sys2);
-    let before = f.snapshot();
-    let client = f.client_root();
-    let client = client.to_str().unwrap();
 
-    // Signed by another key.
-    let other = SecretKey::generate("someone-else-1").unwrap();
-    let r3 = f.record(
-        "laptop",
-        TargetKind::Nixos,
-        3,
-        f.path("system1"),
-        ClosureDiff::default(),
-    );
-    f.serve(&[(
-        SignedGeneration::sign(&r3, std::slice::from_ref(&other)),
-        GenerationState::Ready,
-    )]);
-    let o = f.switch(&["--host", "laptop"]);
-    refused(
-        "another key",
-        &o,
-        9,
-        "not signed by a trusted key (signed by: someone-else-1; trusted: switch-server-1)",
-    );
-    assert_eq!(f.snapshot(), before);
-
-    // Tampered with: a genuine record of generation 2 whose text now names generation 3.
-    let mut tampered = f.signed(&r2);
-    tampered.record = tampered
-        .record
-        .replace("\"generation\":2", "\"generation\":3");
-    assert!(tampered.record.contains("\"generation\":3"));
-    f.serve(&[(tampered, GenerationState::Ready)]);
-    let o = f.switch(&["--host", "laptop"]);
-    refused(
-        "tampered",
-        &o,
-        9,
-        "the signature by switch-server-1 does not match the record",
-    );
-    assert_eq!(f.snapshot(), before);
-
-    // Older than applied: the server offers generation 1 as its newest.
-    f.serve(&[(f.signed(&r1), GenerationState::Ready)]);
-    let o = f.switch(&["--host", "laptop"]);
-    refused(
-        "older",
-        &o,
-        9,
-        "generation 1 of laptop is older than generation 2, which this machine applied",
-    );
-    assert_eq!(f.snapshot(), before);
-    // Even as a dry run it says so and changes nothing.
-    let o = f.switch(&["--host", "laptop", "--dry-run"]);
-    refused("older, dry run", &o, 9, "older than generation 2");
-    assert_eq!(f.snapshot(), before);
-
-    // Not ready: generation 3 (a genuine record) is still compressing, and it is asked for.
-    let r3 = f.record(
-        "laptop",
-        TargetKind::Nixos,
-        3,
-        &sys1,
-        ClosureDiff::default(),
-    );
-    f.serve(&[
-        (f.signed(&r3), GenerationState::Compressing),
-        (f.signed(&r2), GenerationState::Ready),
-    ]);
-    let o = f.switch(&["--host", "laptop", "--generation", "3"]);
-    refused(
-        "not ready",
-        &o,
-        8,
-        "generation 3 of laptop is not ready yet",
-    );
-    assert_eq!(f.snapshot(), before);
-    // Without --generation the newest ready one (2, applied) is taken: nothing to do.
-    let out = ok("newest ready", &f.switch(&["--host", "laptop"]));
-    assert!(out.contains("already at generation 2"), "{out}");
-
-    // Unknown host: the known ones are named.
-    let o = f.switch(&["--host", "desktop"]);
+    // Nothing to switch to: the failed host, an unknown one.
+    let o = b.switch(&api, &["--host", "server"]);
+    refused("failed host", &o, 8, "server has no ready generation yet");
+    let o = b.switch(&api, &["--host", "desktop"]);
     refused(
         "unknown host",
         &o,
         8,
-        "the server builds no target named desktop; its targets: laptop (nixos)",
-    );
-    assert_eq!(f.snapshot(), before);
-
-    // A key that does not trust the server's: from the config file instead of nix.conf.
-    let cfg = f.nix.dir().join("config/tailcache");
-    std::fs::create_dir_all(&cfg).unwrap();
-    std::fs::write(
-        cfg.join("config.toml"),
-        format!("trusted_keys = [\"{}\"]\n", other.public().to_nix_string()),
-    )
-    .unwrap();
-    let o = f.switch(&["--host", "laptop"]);
-    refused("config key", &o, 9, "trusted: someone-else-1");
-    std::fs::remove_file(cfg.join("config.toml")).unwrap();
-
-    // Nothing of the refused generations reached the client store.
-    assert!(is_valid(&f.nix, client, &sys2));
-    assert!(
-        !is_valid(&f.nix, client, &sys1),
-        "a refused closure was fetched"
-    );
-}
-
-#[test]
-fn nix_must_require_signatures() {
-    let f = Fixture::start();
-    let sys1 = f.path("system1").to_owned();
-    f.serve_new("laptop", TargetKind::Nixos, 1, &sys1);
-    let before = f.snapshot();
-    let o = f.switch(&["--host", "laptop", "--nix-option", "require-sigs", "false"]);
-    refused("require-sigs false", &o, 7, "require-sigs = false");
-    assert_eq!(f.snapshot(), before);
-    assert!(!is_valid(&f.nix, f.client_root().to_str().unwrap(), &sys1));
-}
-
-/// The whole loop with the real server: it builds the three-host test flake, and a fresh
-/// client switches its laptop and alice's home to exactly what it built; a second commit
-/// gives the laptop a new generation the client switches to; then what must be refused is.
-#[test]
-fn switch_to_what_the_real_server_built() {
-    let fleet = Fleet::new(FleetVariant::FIRST);
-    let server = fleet.start_built();
-    let api = server.api_url().to_owned();
-    let machine = Machine {
-        root: fleet.scratch("client").join("root"),
-        state: fleet.scratch("client").join("applied.json"),
-    };
-    let log = fleet.scratch("client").join("activation.log");
-    let log_s = log.to_str().unwrap().to_owned();
-    let env = [("TAILCACHE_ACTIVATION_LOG", log_s.as_str())];
-    let switch = |api: &str, args: &[&str]| {
-        machine.switch(&fleet.nix, api, server.url(), &fleet.key.public, args, &env)
-    };
-    let activations = || -> Vec<String> {
-        std::fs::read_to_string(&log)
-            .map(|t| t.lines().map(|l| l.trim_end().to_owned()).collect())
-            .unwrap_or_default()
-    };
-    let root = machine.root.to_str().unwrap().to_owned();
-    let laptop1 = server.host("laptop");
-    let out1 = laptop1.generations[0]
-        .signed
-        .parse_unverified()
-        .unwrap()
-        .out_path;
-
-    let started = Instant::now();
-    let out = ok("laptop", &switch(&api, &["--host", "laptop"]));
-    let first = started.elapsed();
-    assert!(out.contains("laptop (nixos): generation 1"), "{out}");
-    assert!(out.contains("signed by fleet-1"), "{out}");
-    assert!(is_valid(&fleet.nix, &root, &out1), "{out1} not substituted");
-    assert_eq!(profile_target(&machine.profile()), out1);
-    assert_eq!(activations(), [format!("laptop {out1} switch")]);
-
-    let started = Instant::now();
-    let out = ok("laptop unchanged", &switch(&api, &["--host", "laptop"]));
-    let unchanged = started.elapsed();
-    assert!(out.contains("laptop is already at generation 1"), "{out}");
-    assert_eq!(activations().len(), 1);
-
-    let home = server.host("alice@laptop");
-    let home_out = home.generations[0]
-        .signed
-        .parse_unverified()
-        .unwrap()
-        .out_path;
-    let out = ok("home", &switch(&api, &["--home", "--host", "alice@laptop"]));
-    assert!(out.contains("alice@laptop (home): generation 1"), "{out}");
-    assert!(is_valid(&fleet.nix, &root, &home_out));
-    assert_eq!(activations()[1], format!("alice@laptop {home_out}"));
-    assert_eq!(
-        profile_target(&machine.profile()),
-        out1,
-        "home moved the system profile"
+        "the server builds no target named desktop; its targets: alice@laptop (home), laptop (nixos), server (nixos)",
     );
 
-    // The failing host has nothing ready.
-    let o = switch(&api, &["--host", "server"]);
-    refused("failed host", &o, 8, "server has no ready generation yet");
-
-    // A new commit changes the laptop only.
-    fleet.commit(FleetVariant::FIRST.laptop(2));
-    server.build_fleet();
-    let out2 = server.host("laptop").generations[0]
-        .signed
-        .parse_unverified()
-        .unwrap()
-        .out_path;
+    // A new commit changes the laptop only. The dry run shows the change and does nothing.
+    b.change_laptop();
+    let out2 = b.out("laptop", 2);
     assert_ne!(out2, out1);
-    let before = machine_snapshot(&machine, &log);
-    let dry = ok("dry run", &switch(&api, &["--host", "laptop", "--dry-run"]));
+    let before = b.snapshot();
+    let dry = ok(
+        "dry run",
+        &b.switch(&api, &["--host", "laptop", "--dry-run"]),
+    );
     assert!(dry.contains("laptop (nixos): generation 2"), "{dry}");
-    assert!(dry.contains("changes since generation 1"), "{dry}");
+    assert!(
+        dry.contains("changes since generation 1: 2 paths added, 2 removed"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("nixos-system-laptop: 24.05.1 → 24.05.2"),
+        "{dry}"
+    );
     assert!(dry.contains("this machine: generation 1 (switch"), "{dry}");
     assert!(dry.contains("dry run: nothing was fetched"), "{dry}");
-    assert_eq!(
-        machine_snapshot(&machine, &log),
-        before,
-        "--dry-run changed something"
-    );
-    assert!(!is_valid(&fleet.nix, &root, &out2));
+    assert_eq!(b.snapshot(), before, "--dry-run changed something");
+    assert!(!b.holds(&out2));
     eprintln!("tailcache switch --dry-run:\n{dry}");
 
-    // Refusals against the real server's records, each changing nothing.
-    // Another key: the client trusts someone else's.
+    // Refused, each changing nothing.
+    // Signed by another key than the one this machine trusts.
     let other = SecretKey::generate("someone-else-1").unwrap();
     let other = other.public().to_nix_string();
-    let o = switch(&api, &["--host", "laptop", "--trusted-key", &other]);
+    let o = b.switch(&api, &["--host", "laptop", "--trusted-key", &other]);
     refused(
         "another key",
         &o,
         9,
         "not signed by a trusted key (signed by: fleet-1; trusted: someone-else-1)",
     );
-    // Tampered with on the way: a proxy edits the laptop's record.
+    // The same from the config file's trusted_keys.
+    let cfg = b.fleet.nix.dir().join("config/tailcache");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("config.toml"),
+        format!("trusted_keys = [\"{other}\"]\n"),
+    )
+    .unwrap();
+    let o = b.switch(&api, &["--host", "laptop"]);
+    refused("config key", &o, 9, "trusted: someone-else-1)");
+    std::fs::remove_file(cfg.join("config.toml")).unwrap();
+    // Tampered with on the way: a proxy points the record at generation 1's system.
     let proxy = StandIn::proxy(&api, |path, body| {
         if path == "/hosts/laptop" {
             body.replace("nixos-system-laptop-24.05.2", "nixos-system-laptop-24.05.1")
@@ -688,7 +309,7 @@ fn switch_to_what_the_real_server_built() {
             body
         }
     });
-    let o = switch(&proxy.url, &["--host", "laptop"]);
+    let o = b.switch(&proxy.url, &["--host", "laptop"]);
     refused(
         "tampered",
         &o,
@@ -696,51 +317,68 @@ fn switch_to_what_the_real_server_built() {
         "the signature by fleet-1 does not match the record",
     );
     // Older than applied: this machine remembers a later generation of the laptop.
-    let saved = std::fs::read(&machine.state).unwrap();
+    let saved = std::fs::read(&b.machine.state).unwrap();
     let mut state: serde_json::Value = serde_json::from_slice(&saved).unwrap();
-    state["servers"][&fleet.key.public]["laptop"]["generation"] = 7.into();
+    state["servers"][&b.fleet.key.public]["laptop"]["generation"] = 7.into();
     let bumped = serde_json::to_vec_pretty(&state).unwrap();
-    std::fs::write(&machine.state, &bumped).unwrap();
-    let o = switch(&api, &["--host", "laptop"]);
+    std::fs::write(&b.machine.state, &bumped).unwrap();
+    let o = b.switch(&api, &["--host", "laptop"]);
     refused(
         "older",
         &o,
         9,
         "generation 2 of laptop is older than generation 7, which this machine applied",
     );
-    assert_eq!(std::fs::read(&machine.state).unwrap(), bumped);
-    std::fs::write(&machine.state, &saved).unwrap();
-    assert_eq!(
-        machine_snapshot(&machine, &log),
-        before,
-        "a refusal changed something"
+    assert_eq!(std::fs::read(&b.machine.state).unwrap(), bumped);
+    std::fs::write(&b.machine.state, &saved).unwrap();
+    // Nix without signature checks.
+    let o = b.switch(
+        &api,
+        &["--host", "laptop", "--nix-option", "require-sigs", "false"],
     );
-    assert!(
-        !is_valid(&fleet.nix, &root, &out2),
-        "a refused closure was fetched"
-    );
+    refused("require-sigs false", &o, 7, "require-sigs = false");
+    assert_eq!(b.snapshot(), before, "a refusal changed something");
+    assert!(!b.holds(&out2), "a refused closure was fetched");
 
+    // The changed host.
     let started = Instant::now();
-    let out = ok("laptop changed", &switch(&api, &["--host", "laptop"]));
+    let out = ok("laptop changed", &b.switch(&api, &["--host", "laptop"]));
     let changed = started.elapsed();
-    assert!(out.contains("laptop is at generation 2 (switch)"), "{out}");
-    assert!(is_valid(&fleet.nix, &root, &out2));
-    assert_eq!(profile_target(&machine.profile()), out2);
+    assert!(
+        out.contains("✓ laptop is at generation 2 (switch)"),
+        "{out}"
+    );
+    assert!(b.holds(&out2));
+    assert_eq!(profile_target(&b.machine.profile()), out2);
     assert_eq!(
-        activations().last().unwrap(),
+        b.activations().last().unwrap(),
         &format!("laptop {out2} switch")
     );
 
-    // Rolling back on purpose to the kept generation 1 (already in the store).
+    // Back to generation 1 on purpose, for the next boot.
     let out = ok(
         "rollback",
-        &switch(&api, &["--host", "laptop", "--generation", "1"]),
+        &b.switch(
+            &api,
+            &["--host", "laptop", "--generation", "1", "--action", "boot"],
+        ),
     );
     assert!(
-        out.contains("going back from generation 2 to generation 1"),
+        out.contains(
+            "going back from generation 2 to generation 1 of laptop, as --generation 1 asks"
+        ),
         "{out}"
     );
-    assert_eq!(profile_target(&machine.profile()), out1);
+    assert_eq!(profile_target(&b.machine.profile()), out1);
+    assert_eq!(
+        b.activations().last().unwrap(),
+        &format!("laptop {out1} boot")
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&b.machine.state).unwrap()).unwrap();
+    let applied = &state["servers"][&b.fleet.key.public]["laptop"];
+    assert_eq!(applied["generation"], 1, "{state}");
+    assert_eq!(applied["action"], "boot", "{state}");
 
     eprintln!(
         "switch timings against the real server: first {:.3}s, unchanged {:.3}s, changed {:.3}s",
@@ -750,16 +388,98 @@ fn switch_to_what_the_real_server_built() {
     );
 }
 
-/// The profile link, the applied file and the activation log of a machine.
-fn machine_snapshot(
-    m: &Machine,
-    log: &Path,
-) -> (Option<PathBuf>, Option<Vec<u8>>, Option<Vec<u8>>) {
-    (
-        std::fs::read_link(m.profile()).ok(),
-        std::fs::read(&m.state).ok(),
-        std::fs::read(log).ok(),
-    )
+/// What only a server of another shape could send, served by a stand-in in front of the
+/// real one that signs with the real server's key: a home target named after this machine
+/// (`$USER@hostname`, what `--home` takes), a generation not ready yet, and a genuine record
+/// of one host served under another host's name.
+#[test]
+fn home_is_user_at_hostname_and_what_a_server_should_not_send_is_refused() {
+    let b = Built::start();
+    let api = b.server.api_url().to_owned();
+    let home_name = format!("tester@{}", hostname());
+    let stand_in = {
+        let api = api.clone();
+        let key = b.key();
+        let home_name = home_name.clone();
+        StandIn::start(move |path| {
+            let real = |p: &str| -> HostView {
+                serde_json::from_slice(&common::http::get(&api, p).body).unwrap()
+            };
+            // The view of `host` renamed to `name`, its records re-signed under that name.
+            let renamed = |host: &str, name: &str| {
+                let mut v = real(&format!("/hosts/{host}"));
+                v.name = name.to_owned();
+                for g in &mut v.generations {
+                    let mut r = g.signed.parse_unverified().unwrap();
+                    r.target = name.to_owned();
+                    g.signed = SignedGeneration::sign(&r, std::slice::from_ref(&key));
+                }
+                v
+            };
+            let view = match path.strip_prefix("/hosts/") {
+                Some(n) if n == home_name => renamed("alice@laptop", &home_name),
+                Some("compressing") => {
+                    let mut v = renamed("laptop", "compressing");
+                    for g in &mut v.generations {
+                        g.state = GenerationState::Compressing;
+                    }
+                    v.current = None;
+                    v
+                }
+                Some("swapped") => {
+                    let mut v = real("/hosts/laptop");
+                    v.name = "swapped".to_owned();
+                    v
+                }
+                _ => {
+                    let r = common::http::get(&api, path);
+                    return (r.status, r.text());
+                }
+            };
+            (200, serde_json::to_string(&view).unwrap())
+        })
+    };
+
+    let home = b.out("alice@laptop", 1);
+    let out = ok("--home", &b.switch(&stand_in.url, &["--home"]));
+    assert!(
+        out.contains(&format!("{home_name} (home): generation 1")),
+        "{out}"
+    );
+    assert!(b.holds(&home));
+    assert_eq!(b.activations(), [format!("alice@laptop {home}")]);
+    assert!(std::fs::symlink_metadata(b.machine.profile()).is_err());
+
+    let before = b.snapshot();
+    let o = b.switch(&stand_in.url, &["--host", "compressing"]);
+    refused(
+        "no ready generation",
+        &o,
+        8,
+        "compressing has no ready generation yet",
+    );
+    let o = b.switch(
+        &stand_in.url,
+        &["--host", "compressing", "--generation", "1"],
+    );
+    refused(
+        "not ready",
+        &o,
+        8,
+        "generation 1 of compressing is not ready yet",
+    );
+    let o = b.switch(&stand_in.url, &["--host", "swapped"]);
+    refused(
+        "another host's record",
+        &o,
+        9,
+        "the server's reply for swapped carries a record of laptop",
+    );
+    assert_eq!(b.snapshot(), before, "a refusal changed something");
+    assert!(
+        !b.holds(&b.out("laptop", 1)),
+        "a refused closure was fetched"
+    );
 }
 
 /// A stand-in for the build API: answers each GET with what `answer(path)` returns (a
@@ -794,26 +514,6 @@ impl StandIn {
             }
         });
         StandIn { url }
-    }
-
-    /// Serves `GET /hosts` and `GET /hosts/<name>` from `hosts`.
-    fn hosts(hosts: Arc<Mutex<BTreeMap<String, HostView>>>) -> StandIn {
-        StandIn::start(move |path| {
-            let hosts = hosts.lock().unwrap();
-            if path == "/hosts" {
-                let reply = HostsReply {
-                    hosts: hosts.values().cloned().collect(),
-                };
-                return (200, serde_json::to_string(&reply).unwrap());
-            }
-            match path.strip_prefix("/hosts/").and_then(|n| hosts.get(n)) {
-                Some(v) => (200, serde_json::to_string(v).unwrap()),
-                None => (
-                    404,
-                    r#"{"status":"unknown_host","message":"no such host"}"#.to_owned(),
-                ),
-            }
-        })
     }
 
     /// A proxy of the real API at `api` that passes every reply through `edit(path, body)`.
