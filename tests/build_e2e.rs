@@ -1,9 +1,9 @@
 //! The default build pipeline for real (issue 3, "Done when"): a local git repository
 //! holding a flake with no inputs whose output is a `builtins.derivation` with `/bin/sh`
-//! as builder; the server clones it, runs `nix flake update` and `nix build` (real Nix,
-//! into a throwaway store that its cache listener serves), the test follows the log over
-//! SSE to the end, checks the recorded commit, and stock Nix then substitutes the built
-//! output from the cache with signatures required.
+//! as builder; the server clones it, runs `nix flake update`, `nix eval` and `nix build`
+//! (real Nix, into a throwaway store that its cache listener serves), the test follows the
+//! log over SSE to the end, checks the recorded commit and the target's generation, and
+//! stock Nix then substitutes the built output from the cache with signatures required.
 
 mod common;
 
@@ -118,13 +118,16 @@ fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
     assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
     assert_eq!(s.str_of("last_commit"), Some(head.as_str()), "{s:?}");
 
-    // The out-link in the checkout names the output; the log printed it too.
-    let out_link = server.state_dir().join("checkout/result");
-    let out = std::fs::read_link(&out_link)
-        .unwrap_or_else(|e| panic!("{}: {e}", out_link.display()))
-        .to_str()
-        .unwrap()
-        .to_string();
+    // The attribute is a fleet of one target named after it: its first generation names
+    // the output, whose GC root is registered under the state directory; the log printed
+    // it too.
+    let target = server.host("default");
+    let record = target.generations[0].signed.parse_unverified().unwrap();
+    let out = record.out_path.clone();
+    let gc_root = server.state_dir().join("gcroots/default/1");
+    let rooted =
+        std::fs::read_link(&gc_root).unwrap_or_else(|e| panic!("{}: {e}", gc_root.display()));
+    assert_eq!(rooted.to_str(), Some(out.as_str()));
     assert!(
         out.starts_with("/nix/store/") && out.ends_with("-tailcache-e2e"),
         "{out}"

@@ -202,8 +202,11 @@ fn a_fleet_builds_into_signed_generations_and_a_second_commit_changes_one_host()
         removed
     );
     // Exactly the toplevel and the motd changed.
-    let names =
-        |s: &BTreeSet<String>| -> Vec<String> { s.iter().map(|p| p[44..].to_string()).collect() };
+    let names = |s: &BTreeSet<String>| -> Vec<String> {
+        let mut v: Vec<String> = s.iter().map(|p| p[44..].to_string()).collect();
+        v.sort();
+        v
+    };
     assert_eq!(
         names(&added),
         ["fleet-motd-2", "nixos-system-laptop-24.05.2"]
@@ -239,4 +242,201 @@ fn a_fleet_builds_into_signed_generations_and_a_second_commit_changes_one_host()
         nar_size(&fleet, &m) as i64
     };
     assert_eq!(motd_delta, motd(&c2) - motd(&c1));
+}
+
+/// Whether `path` is valid in the fleet's store.
+fn valid(fleet: &Fleet, path: &str) -> bool {
+    common::nix::is_valid(&fleet.nix, fleet.store_root.to_str().unwrap(), path)
+}
+
+/// The generation numbers whose GC roots exist for `name`.
+fn roots(server: &common::TestCache, name: &str) -> BTreeSet<u64> {
+    let dir = server.state_dir().join("gcroots").join(name);
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn after_four_builds_nix_gc_keeps_the_last_three_generations_and_deletes_the_first() {
+    let fleet = Fleet::new(FleetVariant::FIRST);
+    let key = PublicKey::parse(&fleet.key.public).unwrap();
+    let server = fleet.start();
+    // Each build changes both hosts, so each gets a generation per build.
+    let mut records: Vec<(GenerationRecord, GenerationRecord)> = Vec::new();
+    for n in 1..=4 {
+        if n > 1 {
+            fleet.commit(FleetVariant::FIRST.laptop(n).home(n));
+        }
+        let (_, hosts) = server.build_fleet();
+        records.push((
+            newest(host(&hosts.hosts, "laptop"), &key),
+            newest(host(&hosts.hosts, "alice@laptop"), &key),
+        ));
+    }
+    let hosts = server.hosts();
+    for name in ["laptop", "alice@laptop"] {
+        let v = host(&hosts.hosts, name);
+        let kept: Vec<u64> = v.generations.iter().map(|g| g.generation).collect();
+        assert_eq!(kept, [4, 3, 2], "{name}: {v:#?}");
+        assert_eq!(roots(&server, name), BTreeSet::from([2, 3, 4]), "{name}");
+    }
+    let kept_closure: BTreeSet<String> = records[1..]
+        .iter()
+        .flat_map(|(l, h)| [closure(&fleet, &l.out_path), closure(&fleet, &h.out_path)])
+        .flatten()
+        .collect();
+    let (l1, h1) = &records[0];
+    let first_only: BTreeSet<String> = closure(&fleet, &l1.out_path)
+        .union(&closure(&fleet, &h1.out_path))
+        .filter(|p| !kept_closure.contains(*p))
+        .cloned()
+        .collect();
+    let first_names: BTreeSet<&str> = first_only.iter().map(|p| &p[44..]).collect();
+    assert_eq!(
+        first_names,
+        BTreeSet::from([
+            "fleet-hm-files-1",
+            "fleet-motd-1",
+            "home-manager-generation",
+            "nixos-system-laptop-24.05.1"
+        ])
+    );
+
+    let gc = || {
+        fleet.nix.run(
+            "nix-store",
+            &["--store", fleet.store_root.to_str().unwrap(), "--gc"],
+        )
+    };
+    gc();
+    for p in &kept_closure {
+        assert!(valid(&fleet, p), "{p} of a kept generation was collected");
+    }
+    for p in &first_only {
+        assert!(
+            !valid(&fleet, p),
+            "{p}, used only by generation 1, survived the GC"
+        );
+    }
+
+    // A failed build releases nothing.
+    std::fs::write(
+        fleet.repo.join("flake.nix"),
+        "{ outputs = { self }: throw \"broken on purpose\"; }\n",
+    )
+    .unwrap();
+    common::fleet::git(&fleet.repo, &["commit", "-q", "-am", "broken"]);
+    let id = server.trigger_build();
+    let s = server.wait_build_recorded(id);
+    assert_eq!(s.str_of("last_status"), Some("failed"), "{s:?}");
+    assert_eq!(s.str_of("last_failing_step"), Some("evaluate"), "{s:?}");
+    for name in ["laptop", "alice@laptop"] {
+        assert_eq!(roots(&server, name), BTreeSet::from([2, 3, 4]), "{name}");
+    }
+    gc();
+    for p in &kept_closure {
+        assert!(valid(&fleet, p), "{p} collected after a failed build");
+    }
+}
+
+/// `(pid, process group, command line)` of every process.
+fn processes() -> Vec<(u32, u32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(stat), Ok(cmd)) = (
+            std::fs::read_to_string(e.path().join("stat")),
+            std::fs::read(e.path().join("cmdline")),
+        ) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let pgrp = rest.split_whitespace().nth(2).and_then(|f| f.parse().ok());
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if let Some(pgrp) = pgrp {
+            out.push((pid, pgrp, cmd));
+        }
+    }
+    out
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + common::fleet::FLEET_TIMEOUT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen in time");
+        // Polling the machine's real state.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_trigger_for_a_newer_commit_supersedes_the_running_build() {
+    let marker = u64::from(std::process::id()) << 20
+        | u64::from(Instant::now().elapsed().subsec_nanos() & 0xfffff);
+    let fleet = Fleet::new(FleetVariant::FIRST.slow(marker));
+    let head1 = common::fleet::git(&fleet.repo, &["rev-parse", "HEAD"]);
+    let server = fleet.server("supersede = true").start();
+    let first = server.trigger_build();
+
+    // The build step runs the slow builder; its `nix build` leads the step's process group.
+    let slow = format!("tailcache-fleet-slow-{marker}");
+    let store = fleet.store_root.to_str().unwrap().to_string();
+    let group = wait_for("the slow builder to start", || {
+        let ps = processes();
+        ps.iter().any(|(_, _, c)| c.contains(&slow)).then_some(())?;
+        ps.iter()
+            .find(|(pid, pgrp, c)| pid == pgrp && c.contains("--keep-going") && c.contains(&store))
+            .map(|(pid, _, _)| *pid)
+    });
+    let s = server.build_status();
+    assert_eq!(s.str_of("current_step"), Some("build"), "{s:?}");
+
+    // Same commit: the running build goes on.
+    let t = server.trigger("itest", "laptop");
+    assert_eq!(t.str_of("status"), Some("already_running"), "{t:?}");
+
+    // A newer commit (found with git ls-remote: a plain trigger names none) supersedes it.
+    let head2 = fleet.commit(FleetVariant::FIRST.laptop(2));
+    let t = server.trigger("itest", "laptop");
+    assert_eq!(t.str_of("status"), Some("superseding"), "{t:?}");
+    assert_eq!(t.u64_of("cancelled_build"), Some(first));
+    assert_eq!(t.str_of("commit"), Some(head2.as_str()));
+
+    wait_for("the cancelled step's process group to be gone", || {
+        let ps = processes();
+        let left = ps
+            .iter()
+            .any(|(_, pgrp, c)| *pgrp == group || c.contains(&slow));
+        (!left).then_some(())
+    });
+    let s = server.wait_build_recorded(first + 1);
+    let history = s.field("history").as_array();
+    let cancelled = &history[1];
+    assert_eq!(cancelled.u64_of("build_id"), Some(first));
+    assert_eq!(cancelled.str_of("result"), Some("cancelled"), "{s:?}");
+    assert_eq!(cancelled.str_of("commit"), Some(head1.as_str()));
+    assert!(
+        cancelled
+            .str_of("error")
+            .unwrap_or("")
+            .contains("superseded"),
+        "{cancelled:?}"
+    );
+    assert_eq!(s.str_of("last_commit"), Some(head2.as_str()), "{s:?}");
+    let hosts = server.hosts();
+    let laptop = host(&hosts.hosts, "laptop");
+    let record = laptop.generations[0].signed.parse_unverified().unwrap();
+    assert_eq!(record.generation, 1, "the cancelled build recorded nothing");
+    assert_eq!(record.commit.as_deref(), Some(head2.as_str()));
+    assert!(record.out_path.ends_with("-nixos-system-laptop-24.05.2"));
 }

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::LazyStore;
 use super::compress::{self, Job};
 use super::nar_cache::NarCache;
+use super::queue::CompressionQueue;
 use super::stats::CacheStats;
 use crate::config::Compression;
 
@@ -29,8 +30,6 @@ use crate::config::Compression;
 pub const MAILBOX_CAPACITY: usize = 256;
 /// Most store paths one build's closure walk queues.
 const MAX_CLOSURE: usize = 100_000;
-/// Most paths waiting in the build-closure queue (several builds' closures).
-const MAX_URGENT: usize = 4 * MAX_CLOSURE;
 
 /// How NARs are compressed.
 #[derive(Debug, Clone, Copy)]
@@ -47,13 +46,8 @@ pub struct CacheServer {
     store: Arc<LazyStore>,
     /// To the worker; room for one job, so what it takes next is decided as late as possible.
     jobs: mpsc::Sender<Job>,
-    /// Closures of just-built paths, compressed first.
-    urgent: VecDeque<Compress>,
-    /// Paths asked for by narinfo requests, at most `queue` of them.
-    waiting: VecDeque<Compress>,
-    queue: usize,
-    /// Queued, handed to the worker or being compressed.
-    pending: HashSet<StorePathHash>,
+    /// What is compressed next: a build's closure first, then narinfo requests.
+    queue: CompressionQueue,
     settings: CompressionSettings,
     max_bytes: u64,
     stats: CacheStats,
@@ -128,9 +122,9 @@ impl Handler<Compressed> for CacheServer {
 
     fn handle(&mut self, msg: Compressed, ctx: &mut Self::Context) {
         let _ = metered(self, ctx, msg, |act, msg, _| {
-            act.pending.remove(&msg.path_hash);
+            act.queue.finished(&msg.path_hash);
             act.dispatch();
-            act.stats.set_queue_len(act.pending.len());
+            act.stats.set_queue_len(act.queue.len());
             act.stats.compression_finished(msg.ok);
             let total = act.nars.total_bytes();
             act.stats.set_nar_dir_bytes(total);
@@ -214,68 +208,44 @@ fn closure(store: &LazyStore, roots: &[PathBuf]) -> Vec<Compress> {
 }
 
 impl CacheServer {
-    /// Whether a path needs no (more) work: nothing to compress, already compressed, or
-    /// already queued.
-    fn settled(&self, msg: &Compress) -> bool {
+    /// Whether a path needs no compression: none is configured, or it is already done.
+    fn done(&self, msg: &Compress) -> bool {
         self.settings.compression == Compression::None
-            || self.pending.contains(&msg.path_hash)
             || self.nars.contains(&msg.path_hash, &msg.nar_hash)
     }
 
     /// A narinfo request's path: queued behind everything else, dropped when the queue is
     /// full (the next request for it asks again).
     fn enqueue(&mut self, msg: Compress) {
-        if self.settled(&msg) {
+        if self.done(&msg) || self.queue.is_pending(&msg.path_hash) {
             return;
         }
-        if self.waiting.len() >= self.queue {
-            tracing::debug!("compression queue full; {} will be retried", msg.path_hash);
+        let path = msg.path_hash;
+        if !self.queue.request(msg) {
+            tracing::debug!("compression queue full; {path} will be retried");
             return;
         }
-        self.pending.insert(msg.path_hash);
-        self.waiting.push_back(msg);
         self.dispatch();
-        self.stats.set_queue_len(self.pending.len());
+        self.stats.set_queue_len(self.queue.len());
     }
 
     /// A build's closure: before everything else, including paths already waiting.
     fn prioritize(&mut self, jobs: Vec<Compress>) {
-        let mut moved: HashSet<StorePathHash> = HashSet::new();
-        for job in jobs {
-            if self.urgent.len() >= MAX_URGENT {
-                tracing::warn!(
-                    "more than {MAX_URGENT} paths wait for compression; the rest of this closure is compressed on request"
-                );
-                break;
-            }
-            if self.settings.compression == Compression::None
-                || self.nars.contains(&job.path_hash, &job.nar_hash)
-            {
-                continue;
-            }
-            if self.pending.contains(&job.path_hash) {
-                // Waiting behind narinfo requests: moved to the front queue. Already with
-                // the worker: nothing to do.
-                if self.waiting.iter().any(|w| w.path_hash == job.path_hash) {
-                    moved.insert(job.path_hash);
-                    self.urgent.push_back(job);
-                }
-                continue;
-            }
-            self.pending.insert(job.path_hash);
-            self.urgent.push_back(job);
-        }
-        if !moved.is_empty() {
-            self.waiting.retain(|w| !moved.contains(&w.path_hash));
+        let todo: Vec<Compress> = jobs.into_iter().filter(|j| !self.done(j)).collect();
+        let dropped = self.queue.prioritize(todo);
+        if dropped > 0 {
+            tracing::warn!(
+                "{dropped} paths of a build's closure not queued (too many waiting); they are compressed on request"
+            );
         }
         self.dispatch();
-        self.stats.set_queue_len(self.pending.len());
+        self.stats.set_queue_len(self.queue.len());
     }
 
     /// Hands the worker its next job while it has room: the front queue first.
     fn dispatch(&mut self) {
         while let Ok(permit) = self.jobs.try_reserve() {
-            let Some(msg) = self.urgent.pop_front().or_else(|| self.waiting.pop_front()) else {
+            let Some(msg) = self.queue.take_next() else {
                 return;
             };
             permit.send(Job {
@@ -315,10 +285,7 @@ impl CacheServer {
             nars: p.nars.clone(),
             store: p.store,
             jobs: tx,
-            urgent: VecDeque::new(),
-            waiting: VecDeque::new(),
-            queue: p.queue,
-            pending: HashSet::new(),
+            queue: CompressionQueue::new(p.queue),
             settings: p.settings,
             max_bytes: p.max_bytes,
             stats: p.stats,

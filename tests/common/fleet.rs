@@ -37,6 +37,10 @@ pub struct FleetVariant {
     pub home: u32,
     /// `server` depends on `fleet-broken-0.1`, whose builder exits 1; `false` makes it build.
     pub server_fails: bool,
+    /// `Some(n)`: the laptop also depends on `fleet-slow-1.0`, whose builder prints
+    /// `tailcache-fleet-slow-<n>` (also in its command line, to find the process) and then
+    /// sleeps for an hour — a build that runs until it is cancelled.
+    pub slow: Option<u64>,
 }
 
 impl FleetVariant {
@@ -45,6 +49,7 @@ impl FleetVariant {
         laptop: 1,
         home: 1,
         server_fails: true,
+        slow: None,
     };
 
     pub fn laptop(self, rev: u32) -> Self {
@@ -56,6 +61,13 @@ impl FleetVariant {
 
     pub fn home(self, rev: u32) -> Self {
         FleetVariant { home: rev, ..self }
+    }
+
+    pub fn slow(self, marker: u64) -> Self {
+        FleetVariant {
+            slow: Some(marker),
+            ..self
+        }
     }
 }
 
@@ -85,10 +97,16 @@ const FLAKE: &str = r#"{
       motd = mk "fleet-motd-@LAPTOP@" ''
         echo "laptop revision @LAPTOP@: ${greeting}" > $out
       '';
+      slow = mk "fleet-slow-1.0" ''
+        echo "tailcache-fleet-slow-@SLOW@ started"
+        sleep 3600
+        echo done > $out
+      '';
       laptop = mk "nixos-system-laptop-24.05.@LAPTOP@" ''
         mkdir -p $out/bin $out/sw
         ln -s ${tool} $out/sw/tool
         ln -s ${motd} $out/motd
+        @SLOWREF@
         cat > $out/bin/switch-to-configuration <<EOF
       #!/bin/sh
       echo "laptop $out \$*" >> "\''${TAILCACHE_ACTIVATION_LOG:-/dev/null}"
@@ -137,6 +155,15 @@ pub fn fleet_flake(dir: &Path, input: &Path, system: &str, variant: FleetVariant
         .replace("@SYSTEM@", system)
         .replace("@LAPTOP@", &variant.laptop.to_string())
         .replace("@HOME@", &variant.home.to_string())
+        .replace("@SLOW@", &variant.slow.unwrap_or(0).to_string())
+        .replace(
+            "@SLOWREF@",
+            if variant.slow.is_some() {
+                "ln -s ${slow} $out/slow"
+            } else {
+                ""
+            },
+        )
         .replace(
             "@BROKEN@",
             if variant.server_fails {
