@@ -658,9 +658,8 @@ fn bt_wait_follows_every_target_and_bs_shows_each_host() {
 
     // The laptop changes, the server is fixed: every target ready, exit 0, and the diff.
     fleet.commit(FleetVariant {
-        laptop: 2,
-        home: 1,
         server_fails: false,
+        ..FleetVariant::FIRST.laptop(2)
     });
     let o = run(d.path(), "bt", &["--server", url, "--wait", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
