@@ -653,6 +653,22 @@ fn bt_wait_follows_every_target_and_bs_shows_each_host() {
         ),
         "{detail}"
     );
+    let o = run(
+        d.path(),
+        "bs",
+        &["--server", url, "--host", "server", "--json"],
+    );
+    let view: tailcache_wire::hosts::HostView =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "bs --host --json is not a HostView ({e}): {}",
+                text(&o.stdout)
+            )
+        });
+    assert_eq!(
+        (view.name.as_str(), view.state),
+        ("server", HostState::Failed)
+    );
     let o = run(d.path(), "bs", &["--server", url, "--host", "nowhere"]);
     assert_fails(&o, 8, "no target named nowhere (its targets: ");
 
