@@ -135,14 +135,13 @@ pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
     let started = Instant::now();
     let file = ClientConfig::load_default()?;
     let client = Client::new(config::resolve(server, |k| std::env::var(k).ok(), &file)?)?;
-    let nix = Nix {
-        store: args.store.clone(),
-        options: args
-            .nix_option
+    let nix = Nix::new(
+        args.store.clone(),
+        args.nix_option
             .chunks(2)
             .map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default()))
             .collect(),
-    };
+    );
     let style = Style::stdout();
     let who = Who::current();
     let name = match (&args.host, args.home) {

@@ -25,6 +25,8 @@ pub struct Nix {
     pub store: Option<String>,
     /// `--option NAME VALUE` pairs for every command.
     pub options: Vec<(String, String)>,
+    /// `nix show-config`'s answer, asked once.
+    trust: std::cell::OnceCell<TrustConfig>,
 }
 
 /// What `nix show-config` says about trust.
@@ -35,6 +37,14 @@ pub struct TrustConfig {
 }
 
 impl Nix {
+    pub fn new(store: Option<String>, options: Vec<(String, String)>) -> Nix {
+        Nix {
+            store,
+            options,
+            trust: std::cell::OnceCell::new(),
+        }
+    }
+
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         if let Some(s) = &self.store {
@@ -78,6 +88,14 @@ impl Nix {
     /// `nix show-config --json`: the trusted keys and `require-sigs` as Nix will apply them
     /// (nix.conf, `extra-…` settings and `--nix-option`s all merged by Nix itself).
     pub fn trust_config(&self) -> Result<TrustConfig, CliError> {
+        if let Some(t) = self.trust.get() {
+            return Ok(t.clone());
+        }
+        let t = self.ask_trust_config()?;
+        Ok(self.trust.get_or_init(|| t).clone())
+    }
+
+    fn ask_trust_config(&self) -> Result<TrustConfig, CliError> {
         let mut c = self.command("nix");
         c.args([
             "--extra-experimental-features",
@@ -239,20 +257,14 @@ mod tests {
             "local?root=/tmp/c",
             "local://?state=/x&root=/tmp/c",
         ] {
-            let n = Nix {
-                store: Some(s.into()),
-                options: vec![],
-            };
+            let n = Nix::new(Some(s.into()), vec![]);
             assert_eq!(n.chroot(), Some(PathBuf::from("/tmp/c")), "{s}");
             assert_eq!(
                 n.physical(p),
                 PathBuf::from("/tmp/c/nix/store/b370w7ihml74cy9lg6bfj80j94ycj0fr-x")
             );
         }
-        let remote = Nix {
-            store: Some("daemon".into()),
-            options: vec![],
-        };
+        let remote = Nix::new(Some("daemon".into()), vec![]);
         assert_eq!(remote.chroot(), None);
     }
 
