@@ -1,6 +1,7 @@
 # home-manager module `programs.tailcache`: bt/bs/bl and their config, the machine's
 # nix.settings (the local agent first, then the build server's cache, each key trusted), the
-# agent as a systemd user service, Atuin settings, and the `system-update` script.
+# agent as a systemd user service, Atuin settings, and the `system-update` script (which runs
+# `tailcache switch`: the machine takes what the server built, nothing is evaluated locally).
 # The decisions live in ../nix/lib.nix.
 {
   config,
@@ -156,17 +157,12 @@ in
       enable = mkOption {
         type = types.bool;
         default = true;
-        description = "Install `system-update`: flake update, switch, garbage collection.";
-      };
-      flake = mkOption {
-        type = types.str;
-        default = "${config.home.homeDirectory}/nix-config";
-        description = "Directory of this machine's flake (what bootstrap-new-machine wrote).";
+        description = "Install `system-update`: switch to what the build server built (`tailcache switch`), then collect garbage.";
       };
       nixos = mkOption {
         type = types.bool;
         default = false;
-        description = "Also run `nixos-rebuild switch` for nixosConfigurations.<hostname>.";
+        description = "Also switch the NixOS system (as root, through sudo) to the server's generation of the target named after the hostname.";
       };
       gcOlderThan = mkOption {
         type = types.str;
@@ -192,7 +188,9 @@ in
         ++ lib.optional cfg.systemUpdate.enable (
           pkgs.writeShellScriptBin "system-update" (
             tlib.systemUpdateScript {
-              inherit (cfg.systemUpdate) flake nixos gcOlderThan;
+              inherit (cfg.systemUpdate) nixos gcOlderThan;
+              tailcache = "${cfg.package}/bin/tailcache";
+              systemArgs = tlib.systemSwitchArgs cfg;
               homeManager = true;
             }
           )

@@ -135,7 +135,8 @@ rec {
     cfg:
     optional (cfg.signingKeyFile != null) "signing-key:${cfg.signingKeyFile}"
     ++ optional (cfg.api.tokenFile != null) "api-token:${cfg.api.tokenFile}"
-    ++ optional (cfg.build.webhookSecretFile != null) "webhook-secret:${cfg.build.webhookSecretFile}";
+    ++ optional (cfg.build.webhookSecretFile != null) "webhook-secret:${cfg.build.webhookSecretFile}"
+    ++ optional (cfg.notify.tokenFile != null) "notify-token:${cfg.notify.tokenFile}";
 
   # Arguments of `tailcache serve` after the program: the config file, and the secrets read
   # from the credentials directory (`%d` is systemd's specifier for $CREDENTIALS_DIRECTORY).
@@ -153,7 +154,8 @@ rec {
         [ "--webhook-secret-file" "%d/webhook-secret" ]
       else
         [ ]
-    );
+    )
+    ++ (if cfg.notify.tokenFile != null then [ "--notify-token-file" "%d/notify-token" ] else [ ]);
 
   # The server's TOML config (src/config.rs; unknown keys are an error there). Secrets are
   # not in it: they come from the command line (serverArgs), out of the credentials directory.
@@ -173,9 +175,20 @@ rec {
       build = {
         repository = cfg.build.repository;
         branch = cfg.build.branch;
-        attribute = cfg.build.attribute;
+        # The one-target shorthand, left out when targets are listed or discovered.
+        attribute =
+          if cfg.build.hosts == null && cfg.build.targets == [ ] then cfg.build.attribute else null;
+        hosts = cfg.build.hosts;
+        targets = cfg.build.targets;
+        keep_generations = cfg.build.keepGenerations;
+        supersede = cfg.build.supersede;
+        builders = cfg.build.builders;
         nix_args = cfg.build.nixArgs;
         coalesce = true;
+      };
+      notify = {
+        url = cfg.notify.url;
+        format = cfg.notify.format;
       };
       p2p = {
         enable = cfg.p2p.enable;
@@ -212,6 +225,10 @@ rec {
 
   # --- the client (programs.tailcache) -----------------------------------------------------
 
+  # The build server's substituters: the local agent first when it runs (it passes the
+  # server's narinfos through and fetches NARs from peers), then the server's cache.
+  ownSubstituters = { cacheUrl, agent }: optional agent.enable "http://${agent.bind}" ++ [ cacheUrl ];
+
   # nix.settings of a client: the local agent first (when enabled), then the server, then the
   # upstream caches; the server's keys and the upstream keys are trusted, nothing else.
   nixSettings =
@@ -222,8 +239,7 @@ rec {
       upstream,
     }:
     {
-      substituters =
-        optional agent.enable "http://${agent.bind}" ++ [ cacheUrl ] ++ map (u: u.url) upstream;
+      substituters = ownSubstituters { inherit cacheUrl agent; } ++ map (u: u.url) upstream;
       trusted-public-keys = publicKeys ++ map (u: u.key) upstream;
       require-sigs = true;
     };
@@ -246,12 +262,14 @@ rec {
       };
     };
 
-  # ~/.config/tailcache/config.toml for bt/bs/bl (src/cli/config.rs).
+  # ~/.config/tailcache/config.toml for bt/bs/bl and `tailcache switch` (src/cli/config.rs):
+  # the cache's keys are the ones a generation record must be signed by.
   clientConfig =
     cfg:
     dropNulls {
       server = cfg.server;
       token_file = cfg.tokenFile;
+      trusted_keys = cfg.publicKeys;
     };
 
   # Command lines that look like they carry a secret; Atuin never records them.
@@ -418,11 +436,40 @@ rec {
     ++ optional (t.operator != null) "--operator=${t.operator}"
     ++ t.extraUpFlags;
 
-  # The body of `system-update`: update the flake's inputs, switch to the result, collect
-  # garbage. A `path:` reference is used because secrets.nix is git-ignored.
+  # Root's `tailcache switch` of the system in system-update: root reads neither this user's
+  # config.toml nor its nix.conf, so the server, the keys the record and the paths must be
+  # signed by, and the substituters (the local agent first when it runs) are spelled out.
+  systemSwitchArgs =
+    cfg:
+    [
+      "--server"
+      cfg.server
+    ]
+    ++ concatMap (k: [
+      "--trusted-key"
+      k
+    ]) cfg.publicKeys
+    ++ [
+      "--nix-option"
+      "extra-substituters"
+      (concatStringsSep " " (ownSubstituters {
+        inherit (cfg) cacheUrl agent;
+      }))
+      "--nix-option"
+      "extra-trusted-public-keys"
+      (concatStringsSep " " cfg.publicKeys)
+    ];
+
+  # The body of `system-update`: switch this machine to exactly what the build server built
+  # for it — `tailcache switch` of the system (as root, when `nixos`), then of this user's
+  # home-manager target ($USER@hostname) — then collect garbage. Nothing is evaluated or
+  # built here, so the machine gets the server's closures even when a local lock file would
+  # name other inputs. Its arguments go to each switch (`system-update --dry-run` shows what
+  # would change, and then collects no garbage either).
   systemUpdateScript =
     {
-      flake,
+      tailcache,
+      systemArgs,
       nixos,
       homeManager,
       gcOlderThan,
@@ -430,16 +477,23 @@ rec {
     concatStringsSep "\n" (
       [
         "set -euo pipefail"
-        "flake=\"\${1:-${flake}}\""
-        "host=\"$(hostname)\""
-        "echo \"system-update: updating $flake\""
-        "(cd \"$flake\" && nix --extra-experimental-features 'nix-command flakes' flake update)"
+        "dry=0"
+        "for a in \"$@\"; do case \"$a\" in -n|--dry-run) dry=1 ;; esac; done"
+        "echo 'system-update: switching to what the build server built'"
       ]
-      ++ optional nixos "sudo nixos-rebuild switch --flake \"path:$flake#$host\""
-      ++ optional homeManager "home-manager switch --flake \"path:$flake#$USER\""
-      ++ [ "nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}" ]
-      ++ optional nixos "sudo nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}"
-      ++ [ "echo 'system-update: done'" ]
+      ++ optional nixos "sudo ${shellQuote tailcache} switch ${
+        concatStringsSep " " (map shellQuote systemArgs)
+      } \"$@\""
+      ++ optional homeManager "${shellQuote tailcache} switch --home \"$@\""
+      ++ [
+        "if [ \"$dry\" = 0 ]; then"
+        "  nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}"
+      ]
+      ++ optional nixos "  sudo nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}"
+      ++ [
+        "fi"
+        "echo 'system-update: done'"
+      ]
     )
     + "\n";
 }

@@ -139,10 +139,86 @@ in
         example = "nixosConfigurations.desktop.config.system.build.toplevel";
         description = "Flake attribute to build.";
       };
+      hosts = mkOption {
+        type = types.nullOr (types.enum [ "auto" ]);
+        default = null;
+        description = ''
+          "auto": build every nixosConfigurations.<name> (its toplevel) and
+          homeConfigurations.<name> (its activation package) of the flake, from one commit
+          and lock file in one nix build. Replaces attribute.
+        '';
+      };
+      targets = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options = {
+              name = mkOption {
+                type = types.str;
+                description = "The host's name (GET /hosts/<name>).";
+              };
+              attribute = mkOption {
+                type = types.str;
+                description = "Flake output attribute.";
+              };
+              kind = mkOption {
+                type = types.enum [
+                  "nixos"
+                  "home"
+                  "package"
+                ];
+                description = "How a client activates it.";
+              };
+            };
+          }
+        );
+        default = [ ];
+        example = [
+          {
+            name = "laptop";
+            attribute = "nixosConfigurations.laptop.config.system.build.toplevel";
+            kind = "nixos";
+          }
+        ];
+        description = "The targets to build (instead of attribute, or hosts = \"auto\").";
+      };
+      keepGenerations = mkOption {
+        type = types.ints.positive;
+        default = 3;
+        description = "Generations kept, and GC roots, per target (garbage collection never deletes them).";
+      };
+      supersede = mkOption {
+        type = types.bool;
+        default = false;
+        description = "A trigger for a newer commit while a build runs cancels it and builds the new one.";
+      };
+      builders = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "ssh://builder aarch64-linux";
+        description = "Nix builders for the build step (--option builders); on NixOS prefer buildMachines.";
+      };
+      buildMachines = mkOption {
+        type = types.listOf (types.attrsOf types.anything);
+        default = [ ];
+        example = [
+          {
+            hostName = "arm-builder";
+            system = "aarch64-linux";
+            sshUser = "nixbuild";
+            sshKey = "/var/lib/secrets/nixbuild-key";
+            maxJobs = 4;
+          }
+        ];
+        description = ''
+          Remote builders (nix.buildMachines, with nix.distributedBuilds on): the nix-daemon
+          hands them the derivations this machine cannot or should not build, e.g. an
+          aarch64 host's system.
+        '';
+      };
       nixArgs = mkOption {
         type = types.listOf types.str;
         default = [ ];
-        description = "Extra arguments for nix flake update and nix build.";
+        description = "Extra arguments for every nix command of a build (flake update, eval, build).";
       };
       schedule = mkOption {
         type = types.nullOr types.str;
@@ -151,6 +227,24 @@ in
         description = "systemd OnCalendar expression of a timer that triggers a build through the API; null: no timer.";
       };
       webhookSecretFile = secretFile "GitHub webhook secret; enables POST /build/webhook.";
+    };
+
+    notify = {
+      url = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "http://ntfy.tailnet:8080/builds";
+        description = "POST a summary of each finished build here (one line per host); http:// only.";
+      };
+      format = mkOption {
+        type = types.enum [
+          "text"
+          "json"
+        ];
+        default = "text";
+        description = "text: ntfy-compatible (Title, Tags and Priority headers); json: a JSON object.";
+      };
+      tokenFile = secretFile "Bearer token sent with notifications.";
     };
 
     p2p = {
@@ -177,7 +271,7 @@ in
       enable = mkOption {
         type = types.bool;
         default = true;
-        description = "Collect garbage weekly (nix.gc); the last build's out-link is a GC root and survives.";
+        description = "Collect garbage weekly (nix.gc); the kept generations of every target are GC roots and survive.";
       };
       dates = mkOption {
         type = types.str;
@@ -216,6 +310,7 @@ in
           (tlib.secretPathProblem "signingKeyFile" cfg.signingKeyFile)
           (tlib.secretPathProblem "api.tokenFile" cfg.api.tokenFile)
           (tlib.secretPathProblem "build.webhookSecretFile" cfg.build.webhookSecretFile)
+          (tlib.secretPathProblem "notify.tokenFile" cfg.notify.tokenFile)
           (tlib.daemonAccessProblem {
             allowedUsers = config.nix.settings.allowed-users;
             inherit (cfg) user group;
@@ -233,6 +328,10 @@ in
     # The builds go through the nix-daemon as this user: it must be allowed to connect
     # (allowed-users defaults to "*"; a machine that narrows it must name the user or group).
     nix.settings.trusted-users = lib.mkIf cfg.trusted [ cfg.user ];
+
+    # Bigger builds than one machine: Nix's own distributed builds.
+    nix.buildMachines = cfg.build.buildMachines;
+    nix.distributedBuilds = lib.mkIf (cfg.build.buildMachines != [ ]) true;
 
     nix.gc = lib.mkIf cfg.gc.enable {
       automatic = true;

@@ -52,6 +52,13 @@ enum Command {
         #[command(flatten)]
         args: cli::LogsArgs,
     },
+    /// Switch this machine to the generation the build server built for it.
+    Switch {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        args: cli::switch::SwitchArgs,
+    },
     /// Print a shell completion script.
     Completions {
         shell: clap_complete::Shell,
@@ -84,6 +91,7 @@ fn main() -> ExitCode {
         Command::Trigger { server, args } => return client(cli::commands::trigger(&server, &args)),
         Command::Status { server, args } => return client(cli::commands::status(&server, &args)),
         Command::Logs { server, args } => return client(cli::commands::logs(&server, &args)),
+        Command::Switch { server, args } => return client(cli::switch::run(&server, &args)),
         Command::Completions { shell, program } => {
             return client(cli::completions(shell, program, Cli::command()));
         }

@@ -3,7 +3,10 @@
 //! code for a failing and a succeeding build; `--json` parsing into the API's model; the
 //! documented message and exit code for a refused connection, an unresolvable host, a
 //! server that never answers, a 401, a 5xx and a server without a build; and, in a real
-//! terminal (tmux), `bs --watch` and `bl -f`.
+//! terminal (tmux), `bs --watch` and `bl -f`. With the three-host test flake built by the
+//! real server: `bt --wait` ends only when every target is ready or failed, with one line per
+//! target and exit 0 only when all are ready; `bs` shows one line per host and `bs --host`
+//! one host in detail.
 //!
 //! Builds are held in a step by gate files the test opens, so "while running" checks
 //! happen while the build really runs.
@@ -18,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::TestCache;
 use common::api::{Gate, build_section, sh_step};
-use tailcache_actors::status::{BuildResult, BuildStatus};
+use common::fleet::{Fleet, FleetVariant};
+use tailcache_wire::build::{BuildResult, BuildStatus};
+use tailcache_wire::hosts::HostState;
 use tempfile::TempDir;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -571,4 +576,161 @@ fn bt_wait_shows_the_step_in_a_terminal() {
     assert!(screen.contains("EXIT=0"), "{screen}");
     // The spinner line is cleared at the end.
     assert!(!screen.contains(": hold ·"), "{screen}");
+}
+
+// --- hosts -----------------------------------------------------------------------------
+
+/// The line of `host` in `bs`'s table, split into columns.
+fn table_row(out: &str, host: &str) -> Vec<String> {
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(host))
+        .unwrap_or_else(|| panic!("no line for {host} in:\n{out}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bt_wait_follows_every_target_and_bs_shows_each_host() {
+    let fleet = Fleet::new(FleetVariant::FIRST);
+    // zstd: a built target is `compressing` before it is `ready`.
+    let server = fleet.server("").compression("zstd").start();
+    let d = scratch();
+    let url = server.api_url();
+
+    let o = run(d.path(), "bt", &["--server", url, "--wait"]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out} {}", text(&o.stderr));
+    assert!(out.contains("  ✓ laptop: generation 1 ready"), "{out}");
+    assert!(
+        out.contains("  ✓ alice@laptop: generation 1 ready"),
+        "{out}"
+    );
+    assert!(out.contains("  ✗ server: failed"), "{out}");
+    // It ended only once the built targets were servable.
+    for h in server.hosts().hosts {
+        let want = if h.name == "server" {
+            HostState::Failed
+        } else {
+            HostState::Ready
+        };
+        assert_eq!(h.state, want, "{} when bt --wait ended: {out}", h.name);
+    }
+
+    let o = run(d.path(), "bs", &["--server", url]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(!out.contains('\x1b'), "colour on a pipe: {out:?}");
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("host "))
+        .unwrap_or_else(|| panic!("no table in:\n{out}"));
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["host", "kind", "state", "gen", "closure", "changes"]
+    );
+    let laptop = table_row(&out, "laptop");
+    assert_eq!(laptop[1..4], ["nixos", "ready", "1"], "{out}");
+    assert!(laptop[5].ends_with("B"), "closure size: {out}");
+    assert_eq!(laptop[6..], ["first", "generation"], "{out}");
+    let home = table_row(&out, "alice@laptop");
+    assert_eq!(home[1..4], ["home", "ready", "1"], "{out}");
+    let failed = table_row(&out, "server");
+    assert_eq!(failed[1..5], ["nixos", "failed", "-", "-"], "{out}");
+    assert!(out.contains("fleet-broken-0.1.drv"), "{out}");
+
+    let o = run(d.path(), "bs", &["--server", url, "--host", "server"]);
+    let detail = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        detail.contains("current: no ready generation yet"),
+        "{detail}"
+    );
+    assert!(
+        detail.lines().any(
+            |l| l.trim_start().starts_with("failed derivation: /nix/store/")
+                && l.ends_with("-fleet-broken-0.1.drv")
+        ),
+        "{detail}"
+    );
+    let o = run(
+        d.path(),
+        "bs",
+        &["--server", url, "--host", "server", "--json"],
+    );
+    let view: tailcache_wire::hosts::HostView =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "bs --host --json is not a HostView ({e}): {}",
+                text(&o.stdout)
+            )
+        });
+    assert_eq!(
+        (view.name.as_str(), view.state),
+        ("server", HostState::Failed)
+    );
+    let o = run(d.path(), "bs", &["--server", url, "--host", "nowhere"]);
+    assert_fails(&o, 8, "no target named nowhere (its targets: ");
+
+    // The laptop changes, the server is fixed: every target ready, exit 0, and the diff.
+    fleet.commit(FleetVariant {
+        server_fails: false,
+        ..FleetVariant::FIRST.laptop(2)
+    });
+    let o = run(d.path(), "bt", &["--server", url, "--wait", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let last: serde_json::Value =
+        serde_json::from_str(text(&o.stdout).lines().last().unwrap()).unwrap();
+    let states: Vec<(String, String)> = last["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(states.len(), 3, "{last}");
+    assert!(states.iter().all(|(_, s)| s == "ready"), "{last}");
+    let o = run(d.path(), "bs", &["--server", url, "--host", "laptop"]);
+    let detail = text(&o.stdout);
+    assert!(detail.contains("current: generation 2"), "{detail}");
+    assert!(detail.contains("changes since generation 1"), "{detail}");
+    assert!(
+        detail.contains("nixos-system-laptop: 24.05.1 → 24.05.2"),
+        "{detail}"
+    );
+    let o = run(d.path(), "bs", &["--server", url]);
+    let out = text(&o.stdout);
+    assert_eq!(
+        table_row(&out, "laptop")[1..4],
+        ["nixos", "ready", "2"],
+        "{out}"
+    );
+}
+
+#[test]
+fn bt_wait_shows_the_targets_in_a_terminal() {
+    let fleet = Fleet::new(FleetVariant {
+        server_fails: false,
+        ..FleetVariant::FIRST
+    });
+    let server = fleet.start();
+    let d = scratch();
+    let url = server.api_url();
+    let term = Tmux::start(
+        d.path(),
+        &in_terminal(d.path(), "bt", &["--server", url, "--wait"]),
+    );
+    let screen = term.wait_for("the end", |s| s.contains("EXIT="));
+    assert!(screen.contains("build 1 success"), "{screen}");
+    assert!(screen.contains("laptop: generation 1 ready"), "{screen}");
+    assert!(
+        screen.contains("alice@laptop: generation 1 ready"),
+        "{screen}"
+    );
+    assert!(screen.contains("server: generation 1 ready"), "{screen}");
+    assert!(screen.contains("EXIT=0"), "{screen}");
 }

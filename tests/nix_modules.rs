@@ -213,11 +213,20 @@ const SERVER_CFG: &str = r#"{
     repository = "https://example.invalid/config.git";
     branch = "main";
     attribute = "nixosConfigurations.desktop.config.system.build.toplevel";
+    hosts = "auto";
+    targets = [ ];
+    keepGenerations = 4;
+    supersede = true;
+    builders = "ssh://arm aarch64-linux";
     nixArgs = [ "--option" "cores" "2" ];
     webhookSecretFile = null;
   };
+  notify = { url = "http://ntfy.tailnet:8080/builds"; format = "json"; tokenFile = "/var/lib/secrets/ntfy"; };
   p2p = { enable = true; listen = [ "/ip4/100.64.0.1/udp/5002/quic-v1" "/ip4/100.64.0.1/tcp/5002" ]; };
 }"#;
+
+/// The key `CLIENT_CFG` trusts: a real one, since the agent parses its keys at load.
+const CLIENT_KEY: &str = "build-server-1:huc2E40Qsk/7Q6Vkp15QU2Ru5HfDeT63lhu/JJeon34=";
 
 const CLIENT_CFG: &str = r#"{
   server = "http://build-server:8000";
@@ -256,6 +265,19 @@ fn the_toml_the_modules_write_is_what_the_binaries_read() {
         Some("https://example.invalid/config.git")
     );
     assert_eq!(c.build.nix_args, ["--option", "cores", "2"]);
+    assert_eq!(c.build.hosts, Some(tailcache::config::HostsConfig::Auto));
+    assert_eq!(
+        c.build.attribute, "default",
+        "the shorthand is left out with hosts"
+    );
+    assert_eq!(c.build.keep_generations, 4);
+    assert!(c.build.supersede);
+    assert_eq!(c.build.builders.as_deref(), Some("ssh://arm aarch64-linux"));
+    assert_eq!(
+        c.notify.url.as_deref(),
+        Some("http://ntfy.tailnet:8080/builds")
+    );
+    assert_eq!(c.notify.format, tailcache::config::NotifyFormat::Json);
     assert!(c.p2p.enable);
     assert_eq!(c.state_dir(), Path::new("/var/lib/tailcache"));
     // Secrets are not in the file (it lands in the store); they come from credentials.
@@ -276,7 +298,9 @@ fn the_toml_the_modules_write_is_what_the_binaries_read() {
             "--secret-key-file",
             "%d/signing-key",
             "--token-file",
-            "%d/api-token"
+            "%d/api-token",
+            "--notify-token-file",
+            "%d/notify-token"
         ]
     );
     // The server's parser is strict, so a misnamed key would have been caught above.
@@ -292,10 +316,7 @@ fn the_toml_the_modules_write_is_what_the_binaries_read() {
     let a = tailcache_agent::AgentConfig::from_file(&path).unwrap();
     assert_eq!(a.server.to_string(), "http://build-server:5000");
     let keys: Vec<String> = a.trusted_keys.iter().map(|k| k.to_nix_string()).collect();
-    assert_eq!(
-        keys,
-        ["build-server-1:huc2E40Qsk/7Q6Vkp15QU2Ru5HfDeT63lhu/JJeon34="]
-    );
+    assert_eq!(keys, [CLIENT_KEY]);
     assert!(a.reseed && !a.metered);
     assert_eq!((a.cache_max_bytes, a.upload_rate), (1000, 500));
     assert_eq!(
@@ -316,36 +337,112 @@ fn the_toml_the_modules_write_is_what_the_binaries_read() {
         Some(Path::new("/home/alice/nix-config/secrets/token"))
     );
     assert_eq!(c.token, None);
+    assert_eq!(c.trusted_keys, [CLIENT_KEY]);
 }
 
+/// `system-update` with `sudo`, `tailcache` and `nix-collect-garbage` replaced by stubs that
+/// record their arguments: the system switch (as root, with everything spelled out), then the
+/// home switch, then garbage collection; the script's arguments reach both switches, and
+/// `--dry-run` collects no garbage. The arguments root's switch gets are accepted by the
+/// real `tailcache switch`.
 #[test]
-fn system_update_is_valid_bash_in_the_right_order() {
+fn system_update_switches_to_what_the_server_built() {
     let nix = NixEnv::new();
+    let d = scratch();
+    let bin = d.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = d.path().join("log");
+    let stub = |name: &str, body: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let log_args = format!(
+        "printf '%s|' \"$@\" >> '{}'; echo >> '{}'",
+        log.display(),
+        log.display()
+    );
+    stub(
+        "sudo",
+        &format!("printf 'sudo ' >> '{}'; exec \"$@\"", log.display()),
+    );
+    stub(
+        "tailcache",
+        &format!("printf 'tailcache|' >> '{}'; {log_args}", log.display()),
+    );
+    stub(
+        "nix-collect-garbage",
+        &format!("printf 'gc|' >> '{}'; {log_args}", log.display()),
+    );
+    let lib = lit(&repo().join("nix/lib.nix"));
     let script = eval_json(
         &nix,
         &format!(
-            "(import {}).systemUpdateScript {{ flake = \"/home/alice/nix-config\"; nixos = true; homeManager = true; gcOlderThan = \"30d\"; }}",
-            lit(&repo().join("nix/lib.nix"))
+            "let l = import {lib}; in l.systemUpdateScript {{ tailcache = {}; systemArgs = \
+             l.systemSwitchArgs {CLIENT_CFG}; nixos = true; homeManager = true; \
+             gcOlderThan = \"30d\"; }}",
+            lit(&bin.join("tailcache"))
         ),
     );
     let script = script.as_str().unwrap();
-    let d = scratch();
+    for word in [
+        "flake update",
+        "nixos-rebuild",
+        "home-manager switch",
+        "nix build",
+    ] {
+        assert!(!script.contains(word), "{word:?} in {script}");
+    }
     let path = d.path().join("system-update");
     std::fs::write(&path, script).unwrap();
-    let o = std::process::Command::new("bash")
-        .arg("-n")
-        .arg(&path)
+    let run = |args: &[&str]| {
+        let _ = std::fs::remove_file(&log);
+        let o = std::process::Command::new("bash")
+            .arg(&path)
+            .args(args)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert_success(&format!("system-update {args:?}"), &o);
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let system = format!(
+        "tailcache|switch|--server|http://build-server:8000|--trusted-key|\
+         {CLIENT_KEY}|--nix-option|extra-substituters|\
+         http://127.0.0.1:5001 http://build-server:5000|--nix-option|\
+         extra-trusted-public-keys|{CLIENT_KEY}|"
+    );
+    assert_eq!(
+        run(&[]),
+        format!(
+            "sudo {system}\ntailcache|switch|--home|\ngc|--delete-older-than|30d|\n\
+             sudo gc|--delete-older-than|30d|\n"
+        )
+    );
+    assert_eq!(
+        run(&["--dry-run"]),
+        format!("sudo {system}--dry-run|\ntailcache|switch|--home|--dry-run|\n")
+    );
+
+    // The real binary parses root's arguments: it gets as far as asking the server.
+    let args = eval_json(
+        &nix,
+        &format!("(import {lib}).systemSwitchArgs {CLIENT_CFG}"),
+    );
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tailcache"))
+        .arg("switch")
+        .args(strings(&args))
+        .args(["--dry-run", "--host", "laptop", "--timeout", "2"])
+        .env("XDG_CONFIG_HOME", d.path().join("xdg"))
         .output()
         .unwrap();
-    assert_success(&format!("bash -n {script}"), &o);
-    let at = |s: &str| {
-        script
-            .find(s)
-            .unwrap_or_else(|| panic!("{s:?} not in {script}"))
-    };
-    assert!(at("flake update") < at("nixos-rebuild switch"));
-    assert!(at("nixos-rebuild switch") < at("home-manager switch"));
-    assert!(at("home-manager switch") < at("nix-collect-garbage"));
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "tailcache switch {args}: {}",
+        stderr_of(&o)
+    );
 }
 
 fn generated_home(dir: &Path, template: Template) -> PathBuf {

@@ -107,21 +107,7 @@ pub fn default_api(cache_url: &str) -> String {
 
 /// A Nix string literal.
 pub fn nix_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '$' => out.push_str("\\$"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    tailcache_store::nix_string::nix_string(s)
 }
 
 /// The inputs of the generated files.

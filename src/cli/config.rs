@@ -28,6 +28,11 @@ pub struct ClientConfig {
     pub token: Option<String>,
     /// File holding the bearer token (first line).
     pub token_file: Option<PathBuf>,
+    /// Keys whose signature `tailcache switch` accepts on a generation record
+    /// (`name:base64`, the cache's key from `GET /pubkey`); empty: nix.conf's
+    /// `trusted-public-keys`.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
 }
 
 impl ClientConfig {
@@ -38,6 +43,14 @@ impl ClientConfig {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
         Some(base.join("tailcache").join("config.toml"))
+    }
+
+    /// Loads the file at [`ClientConfig::default_path`] (empty without a home directory).
+    pub fn load_default() -> Result<Self, CliError> {
+        match ClientConfig::default_path() {
+            Some(p) => ClientConfig::load(&p),
+            None => Ok(ClientConfig::default()),
+        }
     }
 
     /// Loads `path`; a missing file is an empty config, a malformed one an error.
@@ -102,11 +115,11 @@ pub fn resolve(
 
 /// Resolves from the real environment and config file.
 pub fn endpoint(args: &ServerArgs) -> Result<Endpoint, CliError> {
-    let file = match ClientConfig::default_path() {
-        Some(p) => ClientConfig::load(&p)?,
-        None => ClientConfig::default(),
-    };
-    resolve(args, |k| std::env::var(k).ok(), &file)
+    resolve(
+        args,
+        |k| std::env::var(k).ok(),
+        &ClientConfig::load_default()?,
+    )
 }
 
 fn read_token_file(path: &Path) -> Result<String, CliError> {
@@ -148,7 +161,7 @@ mod tests {
         let file = ClientConfig {
             server: Some("http://from-file:1".into()),
             token: Some("file-token".into()),
-            token_file: None,
+            ..Default::default()
         };
         let env = |k: &str| match k {
             ENV_SERVER => Some("http://from-env:2".to_owned()),
@@ -176,8 +189,8 @@ mod tests {
         std::fs::write(&p, "secret-1\n").unwrap();
         let file = ClientConfig {
             server: None,
-            token: None,
             token_file: Some(p),
+            ..Default::default()
         };
         let no_env = |_: &str| None;
         let r = resolve(&args(None), no_env, &file).unwrap();

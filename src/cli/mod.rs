@@ -9,14 +9,18 @@
 //! - [`sse`]: a bounded, line-by-line Server-Sent Events reader.
 //! - [`output`]: colours (NO_COLOR, non-TTY) and the human summaries.
 //! - [`commands`]: the verbs.
+//! - [`hosts`]: the per-host table and details (`bs`, `bs --host`) and closure diffs.
+//! - [`switch`]: `tailcache switch`, which puts this machine on what the server built.
 //! - [`bootstrap`]: `bootstrap-new-machine` and the Nix files it writes.
 
 pub mod bootstrap;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod hosts;
 pub mod output;
 pub mod sse;
+pub mod switch;
 
 use std::process::ExitCode;
 
@@ -42,6 +46,16 @@ pub mod exit {
     pub const NOT_CONFIGURED: u8 = 6;
     /// A local problem: a config file, writing files, a refused confirmation.
     pub const LOCAL: u8 = 7;
+    /// `tailcache switch`: nothing to switch to — no such target, no ready generation, or
+    /// the generation asked for is not kept.
+    pub const NOT_AVAILABLE: u8 = 8;
+    /// `tailcache switch`: the generation record was refused (not signed by a trusted key,
+    /// tampered with, older than the one this machine applied); nothing changed.
+    pub const REFUSED: u8 = 9;
+    /// `tailcache switch`: Nix could not substitute the closure; nothing changed.
+    pub const SUBSTITUTE_FAILED: u8 = 10;
+    /// `tailcache switch`: setting the profile or running the activation failed.
+    pub const ACTIVATION_FAILED: u8 = 11;
 }
 
 /// Options every client verb takes.
@@ -65,7 +79,8 @@ pub struct ServerArgs {
 /// `bt`: trigger a build.
 #[derive(Debug, Clone, Args)]
 pub struct TriggerArgs {
-    /// Follow the build to its end; exit 0 only if it succeeded.
+    /// Follow the build until every target it built is ready or failed; exit 0 only if the
+    /// build succeeded and every target is ready.
     #[arg(short, long)]
     pub wait: bool,
     /// Print the server's JSON reply instead of a sentence.
@@ -76,9 +91,13 @@ pub struct TriggerArgs {
 /// `bs`: show the build status.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// Print the raw status model as JSON.
+    /// Print the raw status model as JSON (GET /build/status); with --host, that host's
+    /// view (GET /hosts/NAME).
     #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Show one host in detail: kept generations, what changed, the last outcome.
+    #[arg(long, value_name = "NAME", conflicts_with = "watch")]
+    pub host: Option<String>,
     /// Refresh the summary until the running build ends.
     #[arg(short, long)]
     pub watch: bool,

@@ -1,13 +1,15 @@
 //! Shared machinery of the integration tests: throwaway Nix stores built by real
 //! Nix (`nix`), the real `tailcache serve` binary under test (`cache`), a tiny
 //! HTTP/1.1 client (`http`), Nix-compatible narinfo parsing (`narinfo`), and for the
-//! build API an SSE client (`sse`) and scenario helpers (`api`).
+//! build API an SSE client (`sse`) and scenario helpers (`api`); a flake of three hosts
+//! and a server that builds it (`fleet`).
 //! Each test file uses part of it, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
 pub mod agent;
 pub mod api;
 pub mod cache;
+pub mod fleet;
 pub mod http;
 pub mod narinfo;
 pub mod peer;

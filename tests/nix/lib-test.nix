@@ -28,8 +28,18 @@ let
       repository = null;
       branch = "main";
       attribute = "default";
+      hosts = null;
+      targets = [ ];
+      keepGenerations = 3;
+      supersede = false;
+      builders = null;
       nixArgs = [ ];
       webhookSecretFile = "/var/lib/secrets/hook";
+    };
+    notify = {
+      url = null;
+      format = "text";
+      tokenFile = null;
     };
     p2p = {
       enable = true;
@@ -97,7 +107,8 @@ let
     };
   };
   script = lib.systemUpdateScript {
-    flake = "/home/alice/nix-config";
+    tailcache = "/nix/store/x-tailcache/bin/tailcache";
+    systemArgs = lib.systemSwitchArgs client;
     nixos = true;
     homeManager = true;
     gcOlderThan = "30d";
@@ -245,7 +256,10 @@ let
     };
     client-config-no-token = {
       expr = lib.clientConfig client;
-      expected.server = "http://build-server:8000";
+      expected = {
+        server = "http://build-server:8000";
+        trusted_keys = [ "build-server-1:AAAA" ];
+      };
     };
     # The server: secrets only as credentials, read from %d ($CREDENTIALS_DIRECTORY).
     server-credentials = {
@@ -281,9 +295,13 @@ let
         build = {
           branch = "main";
           attribute = "default";
+          targets = [ ];
+          keep_generations = 3;
+          supersede = false;
           nix_args = [ ];
           coalesce = true;
         };
+        notify.format = "text";
         p2p = {
           enable = true;
           listen = server.p2p.listen;
@@ -399,21 +417,47 @@ let
         "--advertise-tags=tag:laptop"
       ];
     };
-    # system-update: update, then switch (system, then home), then collect garbage.
+    # system-update: switch the system (as root), then home, then collect garbage; it never
+    # updates a lock file, evaluates or builds.
     system-update-order = {
       expr =
         let
-          u = indexOf "flake update" script;
-          s = indexOf "nixos-rebuild switch" script;
-          h = indexOf "home-manager switch" script;
+          s = indexOf "sudo '/nix/store/x-tailcache/bin/tailcache' switch" script;
+          h = indexOf "'/nix/store/x-tailcache/bin/tailcache' switch --home" script;
           g = indexOf "nix-collect-garbage" script;
         in
-        u >= 0 && u < s && s < h && h < g;
+        s >= 0 && s < h && h < g;
       expected = true;
     };
-    system-update-path-ref = {
-      expr = indexOf "--flake \"path:$flake#$USER\"" script >= 0;
-      expected = true;
+    system-update-never-builds = {
+      expr = map (w: indexOf w script) [
+        "flake update"
+        "nixos-rebuild"
+        "home-manager switch"
+        "nix build"
+      ];
+      expected = [
+        (-1)
+        (-1)
+        (-1)
+        (-1)
+      ];
+    };
+    # Root reads neither the user's config.toml nor its nix.conf: everything is spelled out.
+    system-switch-args = {
+      expr = lib.systemSwitchArgs client;
+      expected = [
+        "--server"
+        "http://build-server:8000"
+        "--trusted-key"
+        "build-server-1:AAAA"
+        "--nix-option"
+        "extra-substituters"
+        "http://127.0.0.1:5001 http://build-server:5000"
+        "--nix-option"
+        "extra-trusted-public-keys"
+        "build-server-1:AAAA"
+      ];
     };
   };
 
