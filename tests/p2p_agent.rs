@@ -7,7 +7,8 @@
 //! mid-transfer does not stop the fetch; a manifest signed by a key the agent does not trust
 //! is refused (server only); a metered agent downloads from peers but never uploads or
 //! announces; the upload cap holds; a file evicted from the reseed cache is withdrawn; a
-//! cached file that rotted on disk never reaches the client, is evicted and fetched again.
+//! cached file that rotted on disk never reaches the client, is evicted and fetched again; a
+//! kept file is checked (and served) without the server.
 
 mod common;
 
@@ -160,6 +161,24 @@ fn a_corrupted_cached_file_never_reaches_the_client_and_is_fetched_again() {
     assert_client_matches(&s.store, &again, &[&s.big]);
     s.assert_kept_intact(&a);
     assert_eq!(a.metric("corrupt_files_total"), 2.0);
+}
+
+#[test]
+fn a_kept_file_is_checked_against_its_kept_proof_even_while_the_server_is_down() {
+    let mut s = setup();
+    let a = s.agent().start();
+    s.fetch_through(&a);
+    s.server.kill9();
+    // Checked against the manifest and outboard kept beside it: no server needed.
+    s.fetch_through(&a);
+    assert_eq!(a.metric("corrupt_files_total"), 0.0);
+    // A rotten copy is refused even when it cannot be fetched again: no byte of it goes out.
+    let truth = rot_in_the_middle(&s, &a);
+    let r = http::get_partial(a.url(), &s.nar_target());
+    assert_eq!(r.status, 502, "served {} bytes", r.body.len());
+    assert!(r.body.len() < truth.len() / 2);
+    assert_eq!(a.metric("corrupt_files_total"), 1.0);
+    assert!(!a.cached_file(&s.file_hash().to_base16()).exists());
 }
 
 #[test]

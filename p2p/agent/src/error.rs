@@ -54,6 +54,13 @@ pub enum FetchError {
     Write { index: u64, reason: String },
     #[error("cannot read the file: {reason}")]
     Read { reason: String },
+    /// A kept file without a proof, which the server no longer has either.
+    #[error("no manifest and outboard to check the cached file against")]
+    NoProof,
+    /// A kept file's manifest or outboard does not check (a key no longer trusted, or the
+    /// proof itself rotted).
+    #[error("the cached file's manifest or outboard does not check: {reason}")]
+    BadProof { reason: String },
     /// A cached file whose bytes no longer match the signed root.
     #[error("the cached file is corrupt at byte {offset}; evicted")]
     Corrupt { offset: u64 },

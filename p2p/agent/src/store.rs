@@ -1,8 +1,10 @@
 //! The agent's file cache: completed, verified NAR files named `<file hash hex>` in
-//! `cache_dir/files`, partial downloads in `cache_dir/partial`, a size bound enforced by
-//! evicting the least recently used files (`tailcache_store::lru`, by modification time,
-//! refreshed on use). A cached file is checked again whenever it is served (see `serve`);
-//! one that fails is removed here ([`FileStore::remove`]). It is
+//! `cache_dir/files`, each with its [`Proof`] beside it (`<hex>.manifest`, `<hex>.obao`: the
+//! signed manifest and the BLAKE3 outboard as the server sent them), partial downloads in
+//! `cache_dir/partial`, a size bound enforced by evicting the least recently used files
+//! (`tailcache_store::lru`, by modification time, refreshed on use). A kept file is checked
+//! against its proof whenever it is served (see `serve`), without asking the server; one
+//! that fails is removed here ([`FileStore::remove`]). It is
 //! also the agent's [`PieceSource`]: peers are served completed files and, of a download in
 //! progress ([`Partial`]), exactly the pieces already verified and written — a range that is
 //! not wholly verified is refused.
@@ -17,6 +19,19 @@ use tailcache_p2p::tracker::PieceMap;
 use tailcache_p2p::{FileId, PieceSet};
 use tailcache_store::lru;
 use tokio::io::AsyncRead;
+
+/// What a kept file is checked against: its signed manifest and its BLAKE3 outboard, as
+/// the server sent them. Not trusted as stored: the signature and the root are checked
+/// again each time the file is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    pub manifest: Vec<u8>,
+    pub outboard: Vec<u8>,
+}
+
+/// Suffixes of a kept file's proof, beside it.
+const MANIFEST_SUFFIX: &str = ".manifest";
+const OUTBOARD_SUFFIX: &str = ".obao";
 
 #[derive(Debug)]
 pub struct FileStore {
@@ -97,13 +112,33 @@ impl FileStore {
         // Partial files of an earlier run are not resumed.
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial)?;
-        Ok(FileStore {
+        let store = FileStore {
             files,
             partial,
             max_bytes,
             lock: Mutex::new(()),
             partials: Mutex::new(HashMap::new()),
-        })
+        };
+        store.remove_orphan_proofs()?;
+        Ok(store)
+    }
+
+    /// A crash between writing a proof and moving its file in leaves the proof alone.
+    fn remove_orphan_proofs(&self) -> std::io::Result<()> {
+        for e in std::fs::read_dir(&self.files)? {
+            let name = e?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let owner = name
+                .strip_suffix(MANIFEST_SUFFIX)
+                .or_else(|| name.strip_suffix(OUTBOARD_SUFFIX))
+                .and_then(FileId::from_base16);
+            if let Some(id) = owner
+                && !self.path(&id).exists()
+            {
+                let _ = std::fs::remove_file(self.files.join(name));
+            }
+        }
+        Ok(())
     }
 
     fn partials(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, Arc<Partial>>> {
@@ -143,18 +178,57 @@ impl FileStore {
         Some(p)
     }
 
-    /// Moves a verified partial file into the cache, then evicts down to the bound. Returns
-    /// the ids evicted.
-    pub fn insert(&self, id: &FileId, partial: &Path) -> std::io::Result<Vec<FileId>> {
+    fn proof_paths(&self, id: &FileId) -> (PathBuf, PathBuf) {
+        let hex = id.to_base16();
+        (
+            self.files.join(format!("{hex}{MANIFEST_SUFFIX}")),
+            self.files.join(format!("{hex}{OUTBOARD_SUFFIX}")),
+        )
+    }
+
+    /// The proof kept beside a completed file; `None` if there is none (a file kept by an
+    /// older agent) or it cannot be read.
+    pub fn proof(&self, id: &FileId) -> Option<Proof> {
+        let (m, o) = self.proof_paths(id);
+        Some(Proof {
+            manifest: std::fs::read(m).ok()?,
+            outboard: std::fs::read(o).ok()?,
+        })
+    }
+
+    /// Moves a verified partial file into the cache with its proof (written first, each
+    /// file renamed into place, so a crash leaves no file without its proof), then evicts
+    /// down to the bound. Returns the ids evicted.
+    pub fn insert(
+        &self,
+        id: &FileId,
+        partial: &Path,
+        proof: &Proof,
+    ) -> std::io::Result<Vec<FileId>> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (m, o) = self.proof_paths(id);
+        for (dest, bytes) in [(m, &proof.manifest), (o, &proof.outboard)] {
+            let tmp = self.partial_path(id);
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, dest)?;
+        }
         std::fs::rename(partial, self.path(id))?;
         Ok(self.evict(Some(id)))
     }
 
-    /// Removes a completed file (it failed verification); true if it was there.
+    /// Removes a completed file (it failed verification) and its proof; true if the file
+    /// was there.
     pub fn remove(&self, id: &FileId) -> bool {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        std::fs::remove_file(self.path(id)).is_ok()
+        self.remove_unlocked(id)
+    }
+
+    fn remove_unlocked(&self, id: &FileId) -> bool {
+        let (m, o) = self.proof_paths(id);
+        let removed = std::fs::remove_file(self.path(id)).is_ok();
+        let _ = std::fs::remove_file(m);
+        let _ = std::fs::remove_file(o);
+        removed
     }
 
     /// Every completed file held.
@@ -182,7 +256,7 @@ impl FileStore {
     fn evict(&self, keep: Option<&FileId>) -> Vec<FileId> {
         lru::victims(self.entries(), self.max_bytes, keep)
             .into_iter()
-            .filter(|v| std::fs::remove_file(self.path(&v.key)).is_ok())
+            .filter(|v| self.remove_unlocked(&v.key))
             .map(|v| v.key)
             .collect()
     }
@@ -218,6 +292,13 @@ impl PieceSource for FileStore {
 mod tests {
     use super::*;
 
+    fn proof(n: u8) -> Proof {
+        Proof {
+            manifest: vec![n; 3],
+            outboard: vec![n; 5],
+        }
+    }
+
     #[test]
     fn evicts_least_recently_used_beyond_the_bound() {
         let dir = tempfile::tempdir().unwrap();
@@ -230,7 +311,7 @@ mod tests {
             let old =
                 std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(n));
             std::fs::File::open(&p).unwrap().set_modified(old).unwrap();
-            store.insert(&id, &p).unwrap()
+            store.insert(&id, &p, &proof(n)).unwrap()
         };
         assert!(put(1, 4).is_empty());
         assert!(put(2, 4).is_empty());
@@ -238,10 +319,21 @@ mod tests {
         assert_eq!(put(3, 4), vec![id(1)]);
         assert_eq!(store.list().len(), 2);
         assert!(store.get(&id(1)).is_none());
+        assert_eq!(store.proof(&id(1)), None, "evicted with its file");
         assert!(store.get(&id(3)).is_some());
+        assert_eq!(store.proof(&id(3)), Some(proof(3)));
         assert!(store.remove(&id(3)));
         assert!(!store.remove(&id(3)));
         assert!(store.get(&id(3)).is_none());
+        assert_eq!(store.proof(&id(3)), None);
+        // A proof whose file is gone (a crash in between) is removed at the next start.
+        let (m, _) = store.proof_paths(&id(3));
+        std::fs::write(&m, b"x").unwrap();
+        drop(store);
+        let store = FileStore::open(dir.path(), 10).unwrap();
+        assert!(!m.exists());
+        assert_eq!(store.list().len(), 1);
+        assert_eq!(store.proof(&id(2)), Some(proof(2)));
     }
 
     #[tokio::test]
@@ -281,7 +373,7 @@ mod tests {
         assert!(store.open(&id, 15, 10).is_some());
         assert!(store.open(&id, 15, 11).is_none(), "past the end");
         // Completed: served as a whole, the partial forgotten.
-        store.insert(&id, &path).unwrap();
+        store.insert(&id, &path, &proof(9)).unwrap();
         store.unregister(&id, &partial);
         assert!(store.pieces(&id).unwrap().complete);
         assert!(store.open(&id, 0, 25).is_some());

@@ -4,7 +4,9 @@
 //! `GET /nar/<filehash>.nar.xz|.zst` comes from the agent's cache or is fetched in verified
 //! pieces from peers and the server ([`crate::fetch`]) when a manifest signed by a trusted
 //! key exists, and is proxied from the server otherwise; `GET /metrics` is Prometheus text.
-//! Every byte of a NAR file the agent serves itself is verified first ([`crate::serve`]).
+//! Every byte of a NAR file the agent serves itself is verified first ([`crate::serve`]): a
+//! kept file against the signed manifest and outboard kept beside it, so that it is served
+//! (checked) even when the server cannot be asked.
 
 use std::sync::Arc;
 
@@ -15,10 +17,10 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use prometheus_client::registry::Registry;
 use tailcache_p2p::FileId;
-use tailcache_p2p::manifest::SignedManifest;
+use tailcache_p2p::manifest::{P2pManifest, SignedManifest};
 use tailcache_p2p::node::{Client, PeerAddr};
 use tailcache_p2p::tracker::FileAnnouncement;
-use tailcache_p2p::verify::Outboard;
+use tailcache_p2p::verify::{Outboard, VerifiedOutboard};
 use tailcache_store::signing::PublicKey;
 use tailcache_store::{Compression, Sha256Hash};
 use tokio::sync::watch;
@@ -29,7 +31,7 @@ use crate::fetch::{Download, Progress, Scores};
 use crate::http_client::{self, Server};
 use crate::metrics::AgentMetrics;
 use crate::serve::{CachedFile, nar_response, plain, stream_download};
-use crate::store::{FileStore, Partial};
+use crate::store::{FileStore, Partial, Proof};
 
 /// How much better (lower) the agent's `Priority` is than the server's.
 pub const PRIORITY_LEAD: u32 = 10;
@@ -216,37 +218,44 @@ impl AgentState {
         resp.bytes().await.ok()
     }
 
-    /// A compressed NAR: from the local cache (verified as it is sent), in verified pieces,
-    /// or proxied. A cached file is only served when it can be checked, so the manifest and
-    /// outboard are fetched for it as for a download.
+    /// A compressed NAR: from the local cache (checked against its kept proof before and
+    /// while it is sent), in verified pieces, or proxied.
     async fn get_nar(&self, file: &str, id: FileId) -> Response {
         let target = format!("/nar/{file}");
-        let download = self.prepare(file, id).await;
         if self.0.reseed
+            && !self.0.trusted.is_empty()
             && let Some(path) = self.0.store.get(&id)
         {
-            let Some(download) = &download else {
-                // It cannot be checked: the server's copy is served instead.
-                return self.proxy(&Method::GET, &target, true).await;
-            };
-            match self.serve_cached(&path, id, download).await {
+            match self.serve_kept(&path, file, id).await {
                 Ok(response) => return response,
+                // Evicted: fetched again below, for this very request.
                 Err(e) => self.on_corrupt(id, &e).await,
             }
         }
-        match download {
-            Some(download) => self.start(download, &target, id).await,
+        match self.prepare(file, id).await {
+            Some((download, proof)) => self.start(download, proof, &target, id).await,
             None => self.proxy(&Method::GET, &target, true).await,
         }
     }
 
-    async fn serve_cached(
+    /// Serves a kept file, checked against the proof kept beside it (fetched from the
+    /// server for a file kept without one).
+    async fn serve_kept(
         &self,
         path: &std::path::Path,
+        file: &str,
         id: FileId,
-        download: &Download,
     ) -> Result<Response, FetchError> {
-        let cached = CachedFile::open(path.to_owned(), download.outboard.clone()).await?;
+        let proof = match self.0.store.proof(&id) {
+            Some(p) => p,
+            None => self.fetch_proof(file).await.ok_or(FetchError::NoProof)?,
+        };
+        let unusable = |reason| FetchError::BadProof { reason };
+        let manifest = self
+            .check_manifest(file, id, &proof.manifest)
+            .map_err(unusable)?;
+        let outboard = check_outboard(&manifest, &proof.outboard).map_err(unusable)?;
+        let cached = CachedFile::open(path.to_owned(), Arc::new(outboard)).await?;
         let size = cached.size();
         let this = self.clone();
         let body = cached.into_stream(move |e| {
@@ -256,8 +265,8 @@ impl AgentState {
         Ok(nar_response(size, body))
     }
 
-    /// A cached file failed its check: it is evicted (and withdrawn), so the next request
-    /// fetches it again.
+    /// A kept file failed its check: it is evicted (and withdrawn), so that it is fetched
+    /// again.
     async fn on_corrupt(&self, id: FileId, e: &FetchError) {
         self.0.metrics.corrupt_files.inc();
         tracing::warn!("cached file {id}: {e}");
@@ -266,45 +275,59 @@ impl AgentState {
         }
     }
 
-    /// Manifest (trusted signer only) and outboard (against the signed root); `None` means:
-    /// fetch from the server alone. Peers are found by the download itself.
-    async fn prepare(&self, file: &str, id: FileId) -> Option<Download> {
+    /// The manifest and outboard of `file` from the server, unchecked.
+    async fn fetch_proof(&self, file: &str) -> Option<Proof> {
+        Some(Proof {
+            manifest: self
+                .get_json_bytes(&format!("/p2p/manifest/{file}"))
+                .await?,
+            outboard: self
+                .get_json_bytes(&format!("/p2p/outboard/{file}"))
+                .await?,
+        })
+    }
+
+    /// The manifest in `bytes`, if a trusted key signed it for file `id`; a refusal is
+    /// counted and its reason returned.
+    fn check_manifest(&self, file: &str, id: FileId, bytes: &[u8]) -> Result<P2pManifest, String> {
+        let refused = |reason: String| {
+            self.0.metrics.manifests_refused.inc();
+            tracing::warn!("manifest for {file} refused: {reason}");
+            reason
+        };
+        let signed = SignedManifest::from_bytes(bytes).map_err(|e| refused(e.to_string()))?;
+        match signed.verify(&self.0.trusted) {
+            Ok(m) if FileId::from(m.file_hash) == id => Ok(m.clone()),
+            Ok(_) => Err(refused("it names another file".into())),
+            Err(e) => Err(refused(e.to_string())),
+        }
+    }
+
+    /// Manifest (trusted signer only) and outboard (against the signed root), and their
+    /// bytes to keep with the file; `None` means: fetch from the server alone. Peers are
+    /// found by the download itself.
+    async fn prepare(&self, file: &str, id: FileId) -> Option<(Download, Proof)> {
         if self.0.trusted.is_empty() {
             return None;
         }
-        let bytes = self
+        let manifest_bytes = self
             .get_json_bytes(&format!("/p2p/manifest/{file}"))
             .await?;
-        let signed = SignedManifest::from_bytes(&bytes).ok()?;
-        let manifest = match signed.verify(&self.0.trusted) {
-            Ok(m) if FileId::from(m.file_hash) == id => m.clone(),
-            Ok(_) => {
-                self.0.metrics.manifests_refused.inc();
-                tracing::warn!("manifest for {file} names another file; fetching from the server");
-                return None;
-            }
-            Err(e) => {
-                self.0.metrics.manifests_refused.inc();
-                tracing::warn!("manifest for {file} refused ({e}); fetching from the server");
-                return None;
-            }
-        };
+        let manifest = self.check_manifest(file, id, &manifest_bytes).ok()?;
         if manifest.file_size < self.0.min_p2p_size {
             return None;
         }
-        let ob = self
+        let outboard_bytes = self
             .get_json_bytes(&format!("/p2p/outboard/{file}"))
             .await?;
-        let outboard = match Outboard::from_bytes(manifest.file_size, manifest.block_log, ob)
-            .verify_against(&manifest.blake3_root)
-        {
+        let outboard = match check_outboard(&manifest, &outboard_bytes) {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!("outboard for {file} refused: {e}");
                 return None;
             }
         };
-        Some(Download {
+        let download = Download {
             node: self.0.node.clone(),
             server: self.0.server.clone(),
             target: format!("/nar/{file}"),
@@ -316,10 +339,21 @@ impl AgentState {
             metrics: self.0.metrics.clone(),
             limits: self.0.limits.clone(),
             partial: None,
-        })
+        };
+        let proof = Proof {
+            manifest: manifest_bytes,
+            outboard: outboard_bytes,
+        };
+        Some((download, proof))
     }
 
-    async fn start(&self, mut download: Download, target: &str, id: FileId) -> Response {
+    async fn start(
+        &self,
+        mut download: Download,
+        proof: Proof,
+        target: &str,
+        id: FileId,
+    ) -> Response {
         let size = download.manifest.file_size;
         let partial = self.0.store.partial_path(&id);
         let opened = (|| -> std::io::Result<(std::fs::File, std::fs::File)> {
@@ -357,7 +391,7 @@ impl AgentState {
                 this.announce(vec![id], false).await;
             }
             let ok = download.run(Arc::new(w), &tx).await;
-            this.finish_download(id, &partial, ok, shared.as_ref())
+            this.finish_download(id, &partial, ok, shared.as_ref(), &proof)
                 .await;
             // Only now: a client that saw the whole file may rely on it being announced.
             if ok {
@@ -378,10 +412,11 @@ impl AgentState {
         partial: &std::path::Path,
         ok: bool,
         shared: Option<&Arc<Partial>>,
+        proof: &Proof,
     ) {
         let mut kept = false;
         if ok && self.0.reseed {
-            match self.0.store.insert(&id, partial) {
+            match self.0.store.insert(&id, partial, proof) {
                 Ok(evicted) => {
                     kept = true;
                     self.announce(vec![id], true).await;
@@ -401,6 +436,13 @@ impl AgentState {
             }
         }
     }
+}
+
+/// The outboard in `bytes`, if it hashes to the manifest's signed root.
+fn check_outboard(manifest: &P2pManifest, bytes: &[u8]) -> Result<VerifiedOutboard, String> {
+    Outboard::from_bytes(manifest.file_size, manifest.block_log, bytes.to_vec())
+        .verify_against(&manifest.blake3_root)
+        .map_err(|e| e.to_string())
 }
 
 /// The server's `nix-cache-info` with a priority [`PRIORITY_LEAD`] better (lower), so Nix
