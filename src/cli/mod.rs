@@ -12,12 +12,14 @@
 //! - [`hosts`]: the per-host table and details (`bs`, `bs --host`) and closure diffs.
 //! - [`switch`]: `tailcache switch`, which puts this machine on what the server built.
 //! - [`bootstrap`]: `bootstrap-new-machine` and the Nix files it writes.
+//! - [`links`]: `bt`, `bs`, `bl` as links to `tailcache`, and `tailcache install-links`.
 
 pub mod bootstrap;
 pub mod client;
 pub mod commands;
 pub mod config;
 pub mod hosts;
+pub mod links;
 pub mod output;
 pub mod sse;
 pub mod switch;
