@@ -15,7 +15,7 @@ pub mod narinfo;
 pub mod peer;
 pub mod sse;
 
-pub use tailcache_testkit::{json, nix};
+pub use tailcache_testkit::nix;
 
 pub use cache::{TestCache, decompress};
 pub use narinfo::NarInfo;
