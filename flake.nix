@@ -56,6 +56,9 @@
         services = ./home/bootstrap-services.nix;
       };
 
+      # The per-machine flake that `tailcache bootstrap-new-machine` writes, rendered with
+      # example values from its one source, src/cli/bootstrap/*.in (tests/nix_modules.rs
+      # checks that these directories match it).
       templates = {
         laptop = {
           path = ./home/templates/laptop;

@@ -1,7 +1,8 @@
-//! `tailcache bootstrap-new-machine` (issue 4) against the real server: the files it
-//! writes parse with `nix-instantiate --parse`, evaluate to the server's real key and
-//! addresses, set exactly the home-manager options listed in `OPTIONS_USED`, and are not
-//! overwritten without `--force`; without `--yes` and without a terminal it refuses.
+//! `tailcache bootstrap-new-machine` against the real server: the files it writes parse
+//! with `nix-instantiate --parse`, evaluate to the server's real key and addresses and to
+//! this user, home and system, set exactly the home-manager options listed in
+//! `OPTIONS_USED`, and are not overwritten without `--force`; without `--yes` and without a
+//! terminal it refuses.
 
 mod common;
 
@@ -61,10 +62,19 @@ fn eval_json(scratch: &Path, expr: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// Dotted paths of the leaves of a JSON object (lists are leaves).
+/// The machine flake written to `dir` as tests/nix/machine.nix evaluates it, with a
+/// stand-in for the tailcache flake: `{ name; system; home; }`.
+fn machine(dir: &str) -> String {
+    format!(
+        "(import {}/tests/nix/machine.nix {{ dir = {dir}; tailcache = {{ homeManagerModules.default = {{}}; }}; }})",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// Dotted paths of the leaves of a JSON object (lists and empty objects are leaves).
 fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
-        serde_json::Value::Object(m) => {
+        serde_json::Value::Object(m) if !m.is_empty() => {
             for (k, v) in m {
                 let p = if prefix.is_empty() {
                     k.clone()
@@ -152,21 +162,27 @@ fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
     assert_eq!(secrets["cacheUrl"], server.url().trim_end_matches('/'));
     assert_eq!(secrets["server"], api.trim_end_matches('/'));
 
-    // home.nix with a stand-in for the tailcache flake: the options it sets.
-    let home = eval_json(
+    // The flake's one home configuration, for this user and system, and what its home.nix
+    // sets with a stand-in for the tailcache flake.
+    let m = eval_json(
         d.path(),
         &format!(
-            "removeAttrs (import {out_s}/home.nix {{ tailcache = {{ homeManagerModules.default = {{}}; }}; }}) [ \"imports\" ]"
+            "let m = {}; in {{ inherit (m) name system; home = removeAttrs m.home [ \"imports\" ]; }}",
+            machine(out_s)
         ),
     );
+    assert_eq!(m["name"], "alice");
+    assert_eq!(m["system"], format!("{}-linux", std::env::consts::ARCH));
+    let home = &m["home"];
     assert_eq!(
         home["programs"]["tailcache"]["publicKeys"],
         serde_json::json!([pubkey])
     );
     assert_eq!(home["programs"]["tailcache"]["agent"]["enable"], true);
     assert_eq!(home["home"]["username"], "alice");
+    assert_eq!(home["home"]["homeDirectory"], "/home/alice");
     let mut used = Vec::new();
-    leaves("", &home, &mut used);
+    leaves("", home, &mut used);
     used.retain(|p| p.starts_with("programs.") || p.starts_with("services."));
     used.sort();
     let mut listed: Vec<String> = OPTIONS_USED.iter().map(|s| s.to_string()).collect();
@@ -214,7 +230,8 @@ fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
     let home = eval_json(
         d.path(),
         &format!(
-            "(import {out_s}/home.nix {{ tailcache = {{ homeManagerModules.default = {{}}; }}; }}).services.bootstrap-services.template"
+            "{}.home.services.bootstrap-services.template",
+            machine(out_s)
         ),
     );
     assert_eq!(home, "server");

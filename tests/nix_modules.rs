@@ -437,6 +437,17 @@ fn system_update_switches_to_what_the_server_built() {
     );
 }
 
+/// The machine flake in `dir` as tests/nix/machine.nix evaluates it, with `tailcache` as the
+/// tailcache flake: `{ name; system; home; }`.
+fn machine(dir: &Path, tailcache: &str) -> String {
+    format!(
+        "(import {} {{ dir = /. + {}; tailcache = {tailcache}; }})",
+        lit(&repo().join("tests/nix/machine.nix")),
+        lit(dir)
+    )
+}
+
+/// What bootstrap writes for alice's machine, written into `dir`; returns its home.nix.
 fn generated_home(dir: &Path, template: Template) -> PathBuf {
     let key = tailcache_store::signing::SecretKey::generate("build-server-tailcache-1")
         .unwrap()
@@ -461,10 +472,10 @@ fn generated_home(dir: &Path, template: Template) -> PathBuf {
 fn bootstrap_output_uses_only_declared_options() {
     let nix = NixEnv::new();
     let d = scratch();
-    let args = format!("{{ tailcache = {}; }}", flake_stub());
     for template in [Template::Laptop, Template::Desktop, Template::Server] {
         let home = generated_home(&d.path().join(template.name()), template);
-        let (declared, mut used, unknown) = check_names(&nix, &lit(&home), &args);
+        let config = format!("{}.home", machine(home.parent().unwrap(), &flake_stub()));
+        let (declared, mut used, unknown) = check_names(&nix, &config, "{ }");
         assert_eq!(unknown, Vec::<String>::new(), "{}", home.display());
         used.sort();
         let mut listed: Vec<String> = OPTIONS_USED.iter().map(|s| s.to_string()).collect();
@@ -485,7 +496,8 @@ fn bootstrap_output_uses_only_declared_options() {
             .replace("agent.enable = true;", "agent.enable = \"yes\";"),
     )
     .unwrap();
-    let (_, _, unknown) = check_names(&nix, &lit(&home), &args);
+    let config = format!("{}.home", machine(home.parent().unwrap(), &flake_stub()));
+    let (_, _, unknown) = check_names(&nix, &config, "{ }");
     assert_eq!(
         unknown,
         [
@@ -509,8 +521,8 @@ fn the_generated_flake_matches_this_flake() {
     let imported = eval_json(
         &nix,
         &format!(
-            "let outputs = {outputs}; in map toString (import {} {{ tailcache = outputs; }}).imports",
-            lit(&home)
+            "let outputs = {outputs}; in map toString {}.home.imports",
+            machine(dir, "outputs")
         ),
     );
     assert_eq!(strings(&imported), [repo().join("home").to_str().unwrap()]);
@@ -546,6 +558,40 @@ fn the_generated_flake_matches_this_flake() {
     assert_eq!(names["nixos"], true);
 }
 
+/// The flake templates are bootstrap's files rendered with example values, so there is one
+/// place to edit them (src/cli/bootstrap/*.in). After editing it,
+/// `TAILCACHE_WRITE_TEMPLATES=1 cargo test --test nix_modules flake_templates` rewrites them.
+#[test]
+fn flake_templates_are_rendered_from_the_bootstrap_source() {
+    let write = std::env::var_os("TAILCACHE_WRITE_TEMPLATES").is_some();
+    let mut stale = Vec::new();
+    for t in [Template::Laptop, Template::Desktop, Template::Server] {
+        let dir = repo().join("home/templates").join(t.name());
+        let files = bootstrap::render_template(t);
+        for (name, text) in &files {
+            let path = dir.join(name);
+            if write {
+                std::fs::write(&path, text).unwrap();
+            } else if std::fs::read_to_string(&path).ok().as_ref() != Some(text) {
+                stale.push(path);
+            }
+        }
+        let mut expected: Vec<&str> = files.iter().map(|(name, _)| *name).collect();
+        expected.sort_unstable();
+        let mut present: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        present.sort_unstable();
+        assert_eq!(present, expected, "files in {}", dir.display());
+    }
+    assert!(
+        stale.is_empty(),
+        "{stale:?} differ from what src/cli/bootstrap/*.in renders; edit those, then run \
+         TAILCACHE_WRITE_TEMPLATES=1 cargo test --test nix_modules flake_templates"
+    );
+}
+
 #[test]
 fn templates_use_only_declared_options() {
     let nix = NixEnv::new();
@@ -562,23 +608,30 @@ fn templates_use_only_declared_options() {
         let ignore = std::fs::read_to_string(dir.join(".gitignore")).unwrap();
         assert!(ignore.lines().any(|l| l == "secrets.nix"), "{ignore}");
         std::fs::copy(dir.join("secrets.example.nix"), dir.join("secrets.nix")).unwrap();
-        let args = format!("{{ tailcache = {}; user = \"alice\"; }}", flake_stub());
-        let (_, used, unknown) = check_names(&nix, &lit(&dir.join("home.nix")), &args);
+        let m = machine(&dir, &flake_stub());
+        let (_, mut used, unknown) = check_names(&nix, &format!("{m}.home"), "{ }");
         assert_eq!(unknown, Vec::<String>::new(), "template {t}");
-        assert!(
-            used.iter()
-                .any(|u| u == "services.bootstrap-services.template"),
-            "{used:?}"
-        );
+        // The same options as bootstrap's output: both are rendered from one source.
+        used.sort();
+        let mut listed: Vec<String> = OPTIONS_USED.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(used, listed, "template {t}");
         let chosen = eval_json(
             &nix,
             &format!(
-                "(import {} {{ tailcache = {}; user = \"alice\"; }}).services.bootstrap-services.template",
-                lit(&dir.join("home.nix")),
-                flake_stub()
+                "let m = {m}; in {{ inherit (m) name system; inherit (m.home.home) username homeDirectory; template = m.home.services.bootstrap-services.template; }}"
             ),
         );
-        assert_eq!(chosen, t);
+        assert_eq!(
+            chosen,
+            serde_json::json!({
+                "name": "me",
+                "system": "x86_64-linux",
+                "username": "me",
+                "homeDirectory": "/home/me",
+                "template": t,
+            })
+        );
 
         // What the template sets through the module: folder and Tailscale fields it declares.
         let (_, used, unknown) = check_names(

@@ -300,12 +300,13 @@ let
     else
       wrong;
 
-  # Dotted names of the leaves a configuration sets (for the report).
+  # Dotted names of the leaves a configuration sets (for the report); an empty set is a leaf
+  # (an attrsOf option set to nothing).
   usedNames =
     prefix: v:
     concatMap (
       d:
-      if computable d && isAttrs d && !(d ? _type) then
+      if computable d && isAttrs d && !(d ? _type) && d != { } then
         concatMap (n: usedNames (prefix ++ [ n ]) d.${n}) (attrNames d)
       else
         [ (concatStringsSep "." prefix) ]

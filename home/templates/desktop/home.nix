@@ -2,7 +2,12 @@
 # Tailscale accepts routes and runs Tailscale SSH. The agent reseeds what it fetched.
 # Any template value can be overridden field by field below; the rest of the field's folder
 # is kept (setting folders.documents.path keeps folders.documents.devices).
-{ tailcache, user, ... }:
+{
+  tailcache,
+  user,
+  homeDirectory,
+  ...
+}:
 let
   secrets = import ./secrets.nix;
 in
@@ -10,7 +15,7 @@ in
   imports = [ tailcache.homeManagerModules.default ];
 
   home.username = user;
-  home.homeDirectory = "/home/${user}";
+  home.homeDirectory = homeDirectory;
   home.stateVersion = "25.05";
 
   programs.tailcache = {

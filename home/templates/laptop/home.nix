@@ -1,9 +1,14 @@
-# tailcache laptop template: documents (~/Documents) and notes (~/Notes), shared with the desktop and the server;
-# Tailscale accepts subnet routes, no Tailscale SSH. The agent fetches from peers but does not
-# reseed (battery, hotel wifi).
+# tailcache laptop template: documents (~/Documents) and notes (~/Notes), shared with the desktop
+# and the server; Tailscale accepts subnet routes, no Tailscale SSH. The agent fetches
+# from peers but does not reseed (battery, hotel wifi).
 # Any template value can be overridden field by field below; the rest of the field's folder
 # is kept (setting folders.documents.path keeps folders.documents.devices).
-{ tailcache, user, ... }:
+{
+  tailcache,
+  user,
+  homeDirectory,
+  ...
+}:
 let
   secrets = import ./secrets.nix;
 in
@@ -11,7 +16,7 @@ in
   imports = [ tailcache.homeManagerModules.default ];
 
   home.username = user;
-  home.homeDirectory = "/home/${user}";
+  home.homeDirectory = homeDirectory;
   home.stateVersion = "25.05";
 
   programs.tailcache = {

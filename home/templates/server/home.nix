@@ -1,8 +1,14 @@
 # tailcache server template: the hub: documents, notes, photos under ~/sync, plus a receive-only
-# ~/sync/backups; Tailscale SSH on, routes not accepted. No agent: this machine is the cache.
+# ~/sync/backups; Tailscale SSH on, routes not accepted. No agent: this machine is the
+# cache.
 # Any template value can be overridden field by field below; the rest of the field's folder
 # is kept (setting folders.documents.path keeps folders.documents.devices).
-{ tailcache, user, ... }:
+{
+  tailcache,
+  user,
+  homeDirectory,
+  ...
+}:
 let
   secrets = import ./secrets.nix;
 in
@@ -10,7 +16,7 @@ in
   imports = [ tailcache.homeManagerModules.default ];
 
   home.username = user;
-  home.homeDirectory = "/home/${user}";
+  home.homeDirectory = homeDirectory;
   home.stateVersion = "25.05";
 
   programs.tailcache = {
