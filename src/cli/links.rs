@@ -12,16 +12,6 @@ use super::{CliError, Program, exit};
 pub const LINKED: [Program; 3] = [Program::Bt, Program::Bs, Program::Bl];
 
 impl Program {
-    /// The program's command name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Program::Tailcache => "tailcache",
-            Program::Bt => "bt",
-            Program::Bs => "bs",
-            Program::Bl => "bl",
-        }
-    }
-
     /// The program a process started as `arg0` runs: `bt`, `bs` or `bl` by the file name of
     /// `arg0` (however it was reached: `bt`, `~/.cargo/bin/bt`, a link's path), else
     /// `tailcache`.

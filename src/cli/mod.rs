@@ -26,7 +26,7 @@ pub mod switch;
 
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser};
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 pub use client::CliError;
 
@@ -116,42 +116,31 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-/// `bt`
+/// `bt`, `bs` or `bl`: the options every client verb takes and the verb's own (`A`).
 #[derive(Debug, Parser)]
-#[command(
-    name = "bt",
-    version,
-    about = "Trigger a build on the tailcache build server"
-)]
-pub struct BtCli {
+#[command(version)]
+pub struct ShortCli<A: Args> {
     #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
-    pub args: TriggerArgs,
+    pub args: A,
 }
 
-/// `bs`
-#[derive(Debug, Parser)]
-#[command(
-    name = "bs",
-    version,
-    about = "Show the status of the tailcache build server"
-)]
-pub struct BsCli {
-    #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub args: StatusArgs,
+/// The clap command of a short program, named and described as `program`.
+fn short_command<A: Args>(program: Program) -> clap::Command {
+    ShortCli::<A>::command()
+        .name(program.name())
+        .about(program.about())
 }
 
-/// `bl`
-#[derive(Debug, Parser)]
-#[command(name = "bl", version, about = "Show the log of the tailcache build")]
-pub struct BlCli {
-    #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub args: LogsArgs,
+/// Parses this process's arguments as `program` and runs `verb` with them.
+fn run_short<A: Args + FromArgMatches>(
+    program: Program,
+    verb: fn(&ServerArgs, &A) -> Result<u8, CliError>,
+) -> ExitCode {
+    let matches = short_command::<A>(program).get_matches();
+    let cli = ShortCli::<A>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    finish(program.name(), verb(&cli.server, &cli.args))
 }
 
 /// Ends the process with the command's outcome: the error on one line, no backtrace.
@@ -167,18 +156,15 @@ pub fn finish(prog: &str, result: Result<u8, CliError>) -> ExitCode {
 }
 
 pub fn run_bt() -> ExitCode {
-    let cli = BtCli::parse();
-    finish("bt", commands::trigger(&cli.server, &cli.args))
+    run_short::<TriggerArgs>(Program::Bt, commands::trigger)
 }
 
 pub fn run_bs() -> ExitCode {
-    let cli = BsCli::parse();
-    finish("bs", commands::status(&cli.server, &cli.args))
+    run_short::<StatusArgs>(Program::Bs, commands::status)
 }
 
 pub fn run_bl() -> ExitCode {
-    let cli = BlCli::parse();
-    finish("bl", commands::logs(&cli.server, &cli.args))
+    run_short::<LogsArgs>(Program::Bl, commands::logs)
 }
 
 /// The programs `completions` and `man` know about.
@@ -190,13 +176,35 @@ pub enum Program {
     Bl,
 }
 
+impl Program {
+    /// The program's command name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Tailcache => "tailcache",
+            Program::Bt => "bt",
+            Program::Bs => "bs",
+            Program::Bl => "bl",
+        }
+    }
+
+    /// What `--help` says the program does.
+    fn about(self) -> &'static str {
+        match self {
+            Program::Tailcache => "Build server and Nix binary cache for a tailnet",
+            Program::Bt => "Trigger a build on the tailcache build server",
+            Program::Bs => "Show the status of the tailcache build server",
+            Program::Bl => "Show the log of the tailcache build",
+        }
+    }
+}
+
 /// The clap command of `program`; `tailcache` is the caller's (it lives in `main.rs`).
 pub fn command_of(program: Program, tailcache: clap::Command) -> clap::Command {
     match program {
         Program::Tailcache => tailcache,
-        Program::Bt => BtCli::command(),
-        Program::Bs => BsCli::command(),
-        Program::Bl => BlCli::command(),
+        Program::Bt => short_command::<TriggerArgs>(program),
+        Program::Bs => short_command::<StatusArgs>(program),
+        Program::Bl => short_command::<LogsArgs>(program),
     }
 }
 
