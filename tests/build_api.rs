@@ -1,4 +1,4 @@
-//! The build API over HTTP (issue 3) with shell-script build steps (`[[build.steps]]`):
+//! The build API over HTTP with shell-script build steps (`[[build.steps]]`):
 //! trigger → status → logs → live logs as Server-Sent Events until `end`; success, failure
 //! and timeout as recorded; `already_running` naming who asked; cancel; 50 concurrent
 //! triggers running exactly one build; the bearer token; the GitHub webhook's HMAC;

@@ -1,4 +1,4 @@
-//! The default build pipeline for real (issue 3, "Done when"): a local git repository
+//! The default build pipeline for real: a local git repository
 //! holding a flake with no inputs whose output is a `builtins.derivation` with `/bin/sh`
 //! as builder; the server clones it, runs `nix flake update`, `nix eval` and `nix build`
 //! (real Nix, into a throwaway store that its cache listener serves), the test follows the

@@ -1,4 +1,4 @@
-//! The `bt`, `bs` and `bl` binaries (issue 4) against the real server on `127.0.0.1:0`:
+//! `bt`, `bs` and `bl` (links to the `tailcache` binary) against the real server on `127.0.0.1:0`:
 //! trigger → status → logs → follow until the end; `already_running`; `bt --wait`'s exit
 //! code for a failing and a succeeding build; `--json` parsing into the API's model; the
 //! documented message and exit code for a refused connection, an unresolvable host, a

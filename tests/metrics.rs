@@ -1,4 +1,4 @@
-//! `GET /metrics` (issue 3): after a build and some cache traffic, the exposition passes
+//! `GET /metrics`: after a build and some cache traffic, the exposition passes
 //! `promtool check metrics` (Prometheus' own parser and linter; Debian `prometheus`) and
 //! holds the actor families for all four actors, the build counts by result and the
 //! cache's counters (narinfo hits and misses, NAR bytes by compression, the compression

@@ -1,4 +1,4 @@
-//! The Nix side of the deployment (issue 6), checked with the Nix this machine has and without
+//! The Nix side of the deployment, checked with the Nix this machine has and without
 //! nixpkgs or home-manager: every `.nix` file parses; the modules' pure decisions
 //! (`nix/lib.nix`) hold under `nix-instantiate --eval` (tests/nix/lib-test.nix), and a broken
 //! decision is caught; the TOML the modules write is accepted by the server's, the agent's and
