@@ -1,7 +1,8 @@
 //! The `tailcache` binary: `serve` (the build server and binary cache), `agent` (the local
 //! peer-assisted substituter), `keygen`, and the client verbs of [`tailcache::cli`]
-//! (`trigger`, `status`, `logs`, `completions`, `man`, `bootstrap-new-machine`,
-//! `install-links`). Started as `bt`, `bs` or `bl` (links to it), it is that program.
+//! (`trigger`, `status`, `logs`, `switch`, `prefetch`, `completions`, `man`,
+//! `bootstrap-new-machine`, `install-links`). Started as `bt`, `bs` or `bl` (links to it), it is
+//! that program.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,14 @@ enum Command {
         #[command(flatten)]
         args: cli::switch::SwitchArgs,
     },
+    /// Follow this machine's target on the build server: substitute each new ready
+    /// generation in the background (and with --auto-switch apply it).
+    Prefetch {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        args: cli::switch::prefetch::PrefetchArgs,
+    },
     /// Print a shell completion script.
     Completions {
         shell: clap_complete::Shell,
@@ -100,6 +109,9 @@ fn main() -> ExitCode {
         Command::Status { server, args } => return client(cli::commands::status(&server, &args)),
         Command::Logs { server, args } => return client(cli::commands::logs(&server, &args)),
         Command::Switch { server, args } => return client(cli::switch::run(&server, &args)),
+        Command::Prefetch { server, args } => {
+            return client(cli::switch::prefetch::run(&server, &args));
+        }
         Command::Completions { shell, program } => {
             return client(cli::completions(shell, program, Cli::command()));
         }

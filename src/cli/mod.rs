@@ -63,10 +63,19 @@ pub mod exit {
 /// Options every client verb takes.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// Build-server API URL [default: env TAILCACHE_SERVER, then `server` in
-    /// $XDG_CONFIG_HOME/tailcache/config.toml, then http://build-server:8000].
+    /// Build-server API URL [default: env TAILCACHE_SERVER, then `server` in the config
+    /// file, then http://build-server:8000].
     #[arg(long, value_name = "URL", global = true)]
     pub server: Option<String>,
+    /// The client config file [default: $XDG_CONFIG_HOME/tailcache/config.toml when it
+    /// exists, else /etc/tailcache/config.toml].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TAILCACHE_CLIENT_CONFIG",
+        global = true
+    )]
+    pub config: Option<std::path::PathBuf>,
     /// Seconds to wait for the server to connect and to answer.
     #[arg(
         long,
