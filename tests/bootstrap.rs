@@ -1,8 +1,8 @@
 //! `tailcache bootstrap-new-machine` against the real server: the files it writes parse
-//! with `nix-instantiate --parse`, evaluate to the server's real key and addresses and to
-//! this user, home and system, set exactly the home-manager options listed in
-//! `OPTIONS_USED`, and are not overwritten without `--force`; without `--yes` and without a
-//! terminal it refuses.
+//! with `nix-instantiate --parse` and, under the real module system (`common::modules`),
+//! give this user, home and system a home-manager configuration with the server's real key
+//! and addresses (and with `--nixos` the system side, a NixOS client configuration); they are
+//! not overwritten without `--force`; without `--yes` and without a terminal it refuses.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::TestCache;
-use tailcache::cli::bootstrap::OPTIONS_USED;
+use common::modules::{Modules, path_expr};
 use tempfile::TempDir;
 
 fn scratch() -> TempDir {
@@ -62,30 +62,19 @@ fn eval_json(scratch: &Path, expr: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// The machine flake written to `dir` as tests/nix/machine.nix evaluates it, with a
-/// stand-in for the tailcache flake: `{ name; system; home; }`.
-fn machine(dir: &str) -> String {
-    format!(
-        "(import {}/tests/nix/machine.nix {{ dir = {dir}; tailcache = {{ homeManagerModules.default = {{}}; }}; }})",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-/// Dotted paths of the leaves of a JSON object (lists and empty objects are leaves).
-fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-    match v {
-        serde_json::Value::Object(m) if !m.is_empty() => {
-            for (k, v) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                leaves(&p, v, out);
-            }
-        }
-        _ => out.push(prefix.to_owned()),
-    }
+/// What the real module system makes of the machine flake in `dir`: its home
+/// configuration's name, system and the values bootstrap sets.
+fn machine(m: &Modules, dir: &Path) -> serde_json::Value {
+    m.json(&format!(
+        "let mc = t.machine {}; c = mc.config; in {{ inherit (mc) name system; \
+           inherit (c.home) username homeDirectory; \
+           tailcache = {{ inherit (c.programs.tailcache) server cacheUrl publicKeys; agent = c.programs.tailcache.agent.enable; }}; \
+           template = c.services.bootstrap-services.template; \
+           substituters = c.nix.settings.substituters; \
+           nixos = if mc.nixosModule == null then null else \
+             (t.nixos {{ modules = [ mc.nixosModule {{ networking.hostName = \"laptop\"; }} ]; }}).nix.settings.substituters; }}",
+        path_expr(dir)
+    ))
 }
 
 #[test]
@@ -162,32 +151,28 @@ fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
     assert_eq!(secrets["cacheUrl"], server.url().trim_end_matches('/'));
     assert_eq!(secrets["server"], api.trim_end_matches('/'));
 
-    // The flake's one home configuration, for this user and system, and what its home.nix
-    // sets with a stand-in for the tailcache flake.
-    let m = eval_json(
-        d.path(),
-        &format!(
-            "let m = {}; in {{ inherit (m) name system; home = removeAttrs m.home [ \"imports\" ]; }}",
-            machine(out_s)
-        ),
-    );
-    assert_eq!(m["name"], "alice");
-    assert_eq!(m["system"], format!("{}-linux", std::env::consts::ARCH));
-    let home = &m["home"];
+    // The flake's one home configuration, for this user and system, under the real module
+    // system with the real key and addresses.
+    let m = Modules::new();
+    let c = machine(&m, &out);
+    assert_eq!(c["name"], "alice");
+    assert_eq!(c["system"], format!("{}-linux", std::env::consts::ARCH));
+    assert_eq!(c["username"], "alice");
+    assert_eq!(c["homeDirectory"], "/home/alice");
+    assert_eq!(c["tailcache"]["publicKeys"], serde_json::json!([pubkey]));
+    assert_eq!(c["tailcache"]["server"], api.trim_end_matches('/'));
     assert_eq!(
-        home["programs"]["tailcache"]["publicKeys"],
-        serde_json::json!([pubkey])
+        c["tailcache"]["cacheUrl"],
+        server.url().trim_end_matches('/')
     );
-    assert_eq!(home["programs"]["tailcache"]["agent"]["enable"], true);
-    assert_eq!(home["home"]["username"], "alice");
-    assert_eq!(home["home"]["homeDirectory"], "/home/alice");
-    let mut used = Vec::new();
-    leaves("", home, &mut used);
-    used.retain(|p| p.starts_with("programs.") || p.starts_with("services."));
-    used.sort();
-    let mut listed: Vec<String> = OPTIONS_USED.iter().map(|s| s.to_string()).collect();
-    listed.sort();
-    assert_eq!(used, listed);
+    assert_eq!(c["tailcache"]["agent"], true);
+    assert_eq!(c["template"], "laptop");
+    assert_eq!(
+        c["substituters"][1],
+        server.url().trim_end_matches('/'),
+        "{c}"
+    );
+    assert_eq!(c["nixos"], serde_json::Value::Null);
     let flake = eval_json(d.path(), &format!("(import {out_s}/flake.nix).inputs"));
     assert_eq!(flake["tailcache"]["url"], "github:tailcache/tailcache");
     assert!(flake["home-manager"]["url"].is_string());
@@ -227,14 +212,63 @@ fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let home = eval_json(
+    let c = machine(&m, &out);
+    assert_eq!(c["template"], "server");
+    assert_eq!(c["tailcache"]["agent"], false);
+
+    // A NixOS machine: the system side too, and the home agent left to the system.
+    let nixos = d.path().join("nixos-machine");
+    let o = bootstrap(
         d.path(),
-        &format!(
-            "{}.home.services.bootstrap-services.template",
-            machine(out_s)
-        ),
+        &[
+            "--server",
+            server.url(),
+            "--template",
+            "desktop",
+            "--dir",
+            nixos.to_str().unwrap(),
+            "--yes",
+            "--nixos",
+        ],
     );
-    assert_eq!(home, "server");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("nixos-client.nix"),
+        "{}",
+        text(&o.stdout)
+    );
+    let snippet = std::fs::read_to_string(nixos.join("nixos-client.nix")).unwrap();
+    assert!(
+        snippet.contains(&format!("path:{}", nixos.display())),
+        "{snippet}"
+    );
+    let c = machine(&m, &nixos);
+    assert_eq!(c["tailcache"]["agent"], false);
+    assert_eq!(
+        c["nixos"],
+        serde_json::json!([
+            "http://127.0.0.1:5001",
+            server.url().trim_end_matches('/'),
+            "https://cache.nixos.org/"
+        ])
+    );
+    // --home-only keeps to the home-manager files.
+    let home_only = d.path().join("home-only");
+    let o = bootstrap(
+        d.path(),
+        &[
+            "--server",
+            server.url(),
+            "--template",
+            "desktop",
+            "--dir",
+            home_only.to_str().unwrap(),
+            "--yes",
+            "--home-only",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(!home_only.join("nixos-client.nix").exists());
 }
 
 #[test]

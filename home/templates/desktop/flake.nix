@@ -5,6 +5,8 @@
 # (after `nix flake init`, copy secrets.example.nix to it and fill it in), so apply with a
 # `path:` reference, which includes untracked files:
 #   home-manager switch --flake path:.#<user>
+# On NixOS, bootstrap-new-machine --nixos also writes nixos-client.nix (the system side),
+# exported below as nixosModules.default.
 {
   description = "Home configuration (tailcache desktop template)";
 

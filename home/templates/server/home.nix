@@ -13,7 +13,7 @@ let
   secrets = import ./secrets.nix;
 in
 {
-  imports = [ tailcache.homeManagerModules.default ];
+  imports = [ tailcache.homeModules.default ];
 
   home.username = user;
   home.homeDirectory = homeDirectory;
@@ -26,7 +26,12 @@ in
     publicKeys = secrets.publicKeys;
     agent.enable = false;
     agent.reseed = false;
+    # Substitute each new generation of this user's home-manager target in the background,
+    # so that `tailcache switch --home` (and system-update) has nothing left to download.
+    prefetch.enable = true;
+    # autoSwitch = true;   # and activate it as well
     atuin.enable = true;
+    # atuin.selfHosted = true;   # the build server runs the Atuin server (services.tailcache.server.atuin)
   };
 
   services.bootstrap-services = {
