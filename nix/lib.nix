@@ -218,6 +218,43 @@ rec {
       udp = p2p.udp;
     };
 
+  # The hardening of tailcache's long-running units (the server, the agent): no privileges,
+  # a read-only system, nothing of the kernel, the network families libp2p and the nix-daemon
+  # need, and the system-service syscalls.
+  serviceHardening = {
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    RemoveIPC = true;
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+      "AF_NETLINK"
+    ];
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+    ];
+  };
+
   # systemd's StateDirectory= for a state directory under /var/lib, else null (the module
   # then creates it with tmpfiles and allows writing there).
   stateDirectoryName =

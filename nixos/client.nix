@@ -138,40 +138,10 @@ in
             Restart = "on-failure";
             RestartSec = 5;
             UMask = "0077";
-            # Hardening: the agent serves HTTP on loopback and talks to peers; nothing more.
-            NoNewPrivileges = true;
-            ProtectSystem = "strict";
-            ProtectHome = true;
-            PrivateTmp = true;
-            PrivateDevices = true;
-            ProtectKernelTunables = true;
-            ProtectKernelModules = true;
-            ProtectKernelLogs = true;
-            ProtectControlGroups = true;
-            ProtectClock = true;
-            ProtectHostname = true;
-            ProtectProc = "invisible";
-            RestrictNamespaces = true;
-            RestrictRealtime = true;
-            RestrictSUIDSGID = true;
-            LockPersonality = true;
-            MemoryDenyWriteExecute = true;
-            RemoveIPC = true;
-            CapabilityBoundingSet = "";
-            AmbientCapabilities = "";
-            # inet: the substituter, the server, peers; netlink: libp2p watches addresses.
-            RestrictAddressFamilies = [
-              "AF_UNIX"
-              "AF_INET"
-              "AF_INET6"
-              "AF_NETLINK"
-            ];
-            SystemCallArchitectures = "native";
-            SystemCallFilter = [
-              "@system-service"
-              "~@privileged"
-            ];
-          };
+          }
+          # The agent serves HTTP on loopback and talks to the server and peers (inet;
+          # netlink: libp2p watches interface addresses).
+          // tlib.serviceHardening;
         };
       })
 

@@ -461,41 +461,10 @@ in
         KillSignal = "SIGTERM";
         TimeoutStopSec = 30;
         UMask = "0077";
-        # Hardening: the server reads the store and talks to the nix-daemon; nothing more.
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        ProtectProc = "invisible";
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        RemoveIPC = true;
-        CapabilityBoundingSet = "";
-        AmbientCapabilities = "";
-        # Unix: the nix-daemon socket; inet: listeners, git fetches, libp2p; netlink: libp2p
-        # watches interface addresses.
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_INET"
-          "AF_INET6"
-          "AF_NETLINK"
-        ];
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
-      };
+      }
+      # The server reads the store and talks to the nix-daemon (unix), listens, fetches with
+      # git and runs libp2p (inet; netlink: libp2p watches interface addresses).
+      // tlib.serviceHardening;
     };
 
     # See keepStoreDbOpen. sqlite3 opens the database read-only and waits; it can create

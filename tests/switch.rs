@@ -69,13 +69,7 @@ impl Built {
 
     /// The out path of generation `generation` of `host` on the server.
     fn out(&self, host: &str, generation: u64) -> String {
-        let view = self.server.host(host);
-        let g = view
-            .generations
-            .iter()
-            .find(|g| g.generation == generation)
-            .unwrap_or_else(|| panic!("{host} has no generation {generation}: {view:?}"));
-        g.signed.parse_unverified().unwrap().out_path
+        self.server.out_path(host, generation)
     }
 
     fn activations(&self) -> Vec<String> {

@@ -367,6 +367,17 @@ impl TestCache {
             .unwrap_or_else(|e| panic!("GET /hosts/{name} does not parse ({e}): {}", r.text()))
     }
 
+    /// The out path of generation `generation` of `host` (from its record, unverified).
+    pub fn out_path(&self, host: &str, generation: u64) -> String {
+        let view = self.host(host);
+        let g = view
+            .generations
+            .iter()
+            .find(|g| g.generation == generation)
+            .unwrap_or_else(|| panic!("{host} has no generation {generation}: {view:?}"));
+        g.signed.parse_unverified().unwrap().out_path
+    }
+
     /// Polls `GET /hosts` until `pred` holds; panics after [`FLEET_TIMEOUT`].
     pub fn wait_hosts(&self, what: &str, pred: impl Fn(&HostsReply) -> bool) -> HostsReply {
         let deadline = Instant::now() + FLEET_TIMEOUT;
