@@ -198,6 +198,7 @@ in
               tailcache = "${cfg.package}/bin/tailcache";
               systemArgs = tlib.systemSwitchArgs cfg;
               homeManager = true;
+              homeHost = cfg.host;
             }
           )
         );
@@ -260,6 +261,9 @@ in
                 autoSwitch = if cfg.autoSwitch then "switch" else null;
               }
             );
+            # A user manager's PATH has no Nix outside NixOS (a multi-user install keeps it in
+            # /nix/var/nix/profiles/default/bin); the activation looks for nix-env there too.
+            Environment = [ "PATH=${lib.makeBinPath [ config.nix.package ]}:/usr/bin:/bin" ];
             Restart = "always";
             RestartSec = 30;
             Nice = 19;

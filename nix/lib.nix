@@ -649,6 +649,8 @@ rec {
       nixos,
       homeManager,
       gcOlderThan,
+      # The home target, when it is not $USER@hostname.
+      homeHost ? null,
     }:
     concatStringsSep "\n" (
       [
@@ -660,7 +662,9 @@ rec {
       ++ optional nixos "sudo ${shellQuote tailcache} switch ${
         concatStringsSep " " (map shellQuote systemArgs)
       } \"$@\""
-      ++ optional homeManager "${shellQuote tailcache} switch --home \"$@\""
+      ++ optional homeManager "${shellQuote tailcache} switch --home${
+        if homeHost == null then "" else " --host ${shellQuote homeHost}"
+      } \"$@\""
       ++ [
         "if [ \"$dry\" = 0 ]; then"
         "  nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}"

@@ -78,15 +78,20 @@ fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// A client command with a clean environment: no config file, no server/token variables,
-/// a known user.
+/// A client command with a clean environment: no config file (the user's or the system's),
+/// no server/token variables, a known user.
 fn cmd(dir: &Path, name: &str, args: &[&str]) -> Command {
     let mut c = Command::new(bin(name));
     c.args(args)
         .env_remove("TAILCACHE_SERVER")
         .env_remove("TAILCACHE_TOKEN")
         .env_remove("TAILCACHE_TIMEOUT")
+        .env_remove("TAILCACHE_CLIENT_CONFIG")
         .env("XDG_CONFIG_HOME", dir.join("xdg"))
+        .env(
+            "TAILCACHE_SYSTEM_CONFIG",
+            dir.join("etc/tailcache/config.toml"),
+        )
         .env("USER", "tester")
         .stdin(Stdio::null());
     c
@@ -336,6 +341,42 @@ fn unreachable_servers_say_what_to_check() {
         .unwrap();
     assert_fails(&o, 3, "did not answer within 0.5s");
     drop(silent);
+}
+
+/// Where the server is comes from the user's config file, else the system's (as the NixOS
+/// client module writes it), else `--config FILE`; a file named with `--config` must exist.
+#[test]
+fn the_users_config_else_the_systems() {
+    let d = scratch();
+    let server = start(d.path(), None, None);
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let write = |path: PathBuf, url: &str| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("server = \"{url}\"\n")).unwrap();
+    };
+    // Only the system's file: it is read.
+    write(d.path().join("etc/tailcache/config.toml"), server.api_url());
+    let o = run(d.path(), "bs", &["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // The user's file wins, whole.
+    write(d.path().join("xdg/tailcache/config.toml"), &dead);
+    let o = run(d.path(), "bs", &[]);
+    assert_fails(&o, 3, "connection refused");
+    // --config names another one.
+    let other = d.path().join("other.toml");
+    write(other.clone(), server.api_url());
+    let o = run(
+        d.path(),
+        "bs",
+        &["--json", "--config", other.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let missing = d.path().join("missing.toml");
+    let o = run(d.path(), "bs", &["--config", missing.to_str().unwrap()]);
+    assert_fails(&o, 7, "no such file");
 }
 
 /// Answers every request with `status` and `body`, `n` times.

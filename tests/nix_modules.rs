@@ -283,6 +283,7 @@ fn home_manager_client_renders_nix_conf_and_units() {
          \n\
          [Service]\n\
          CPUSchedulingPolicy=idle\n\
+         Environment=PATH=/nix/store/…-nix-2.28.4/bin:/usr/bin:/bin\n\
          ExecStart=/nix/store/…-tailcache-0.1.0/bin/tailcache prefetch --config /nix/store/…-tailcache-client.toml --home --interval 30 --auto-switch switch\n\
          IOSchedulingClass=idle\n\
          Nice=19\n\

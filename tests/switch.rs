@@ -132,6 +132,11 @@ impl Machine {
             .env_remove("TAILCACHE_SERVER")
             .env_remove("TAILCACHE_TOKEN")
             .env_remove("TAILCACHE_SWITCH_STATE")
+            .env_remove("TAILCACHE_CLIENT_CONFIG")
+            .env(
+                "TAILCACHE_SYSTEM_CONFIG",
+                self.root.join("etc/tailcache/config.toml"),
+            )
             .env("USER", "tester")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());

@@ -557,6 +557,20 @@ let
         s >= 0 && s < h && h < g;
       expected = true;
     };
+    system-update-home-host = {
+      expr =
+        indexOf "switch --home --host 'alice@laptop' \"$@\"" (
+          lib.systemUpdateScript {
+            tailcache = "tailcache";
+            systemArgs = [ ];
+            nixos = false;
+            homeManager = true;
+            gcOlderThan = "30d";
+            homeHost = "alice@laptop";
+          }
+        ) > 0;
+      expected = true;
+    };
     system-update-never-builds = {
       expr = map (w: indexOf w script) [
         "flake update"
