@@ -1,8 +1,12 @@
-# home-manager module `programs.tailcache`: bt/bs/bl and their config, the machine's
-# nix.settings (the local agent first, then the build server's cache, each key trusted), the
-# agent as a systemd user service, Atuin settings, and the `system-update` script (which runs
-# `tailcache switch`: the machine takes what the server built, nothing is evaluated locally).
-# The decisions live in ../nix/lib.nix.
+# home-manager module `programs.tailcache`: bt/bs/bl and their config, the user's
+# nix.settings (the local agent first, then the build server's cache, each key trusted, a short
+# negative narinfo TTL), the agent and the prefetch/autoSwitch follower of the home target as
+# systemd user services, Atuin settings (Atuin's server or the build server's own), the
+# home-manager CLI, and the `system-update` script (which runs `tailcache switch`: the machine
+# takes what the server built, nothing is evaluated locally). Run as a NixOS module, it warns
+# when the system's nix-daemon would ignore those settings (use nixosModules.client there).
+# The options shared with the NixOS client are in ../nix/client-options.nix, the decisions in
+# ../nix/lib.nix.
 {
   config,
   lib,

@@ -210,15 +210,18 @@ fn the_prefetch_unit_fetches_each_new_generation_and_switch_then_downloads_nothi
         .as_str()
         .unwrap();
     eprintln!("tailcache-prefetch.service:\n{unit}");
-    let exec = unit_value(unit, "ExecStart");
-    assert!(exec.ends_with(" --host laptop --interval 1"), "{exec}");
+    let exec_nixos = unit_value(unit, "ExecStart");
+    assert!(
+        exec_nixos.ends_with(" --host laptop --interval 1"),
+        "{exec_nixos}"
+    );
     let dir = fleet.scratch("laptop");
     let machine = Machine::new(&dir, summary["nixConf"].as_str().unwrap());
 
     let out1 = server.out_path("laptop", 1);
     assert!(!machine.holds(&out1));
     let mut follower = Follower::start(
-        machine.command(&m, exec, &dir.join("client.toml")),
+        machine.command(&m, exec_nixos, &dir.join("client.toml")),
         dir.join("prefetch.log"),
     );
     follower.wait_until("generation 1 prefetched", |said| {
@@ -288,6 +291,32 @@ fn the_prefetch_unit_fetches_each_new_generation_and_switch_then_downloads_nothi
         nar_bytes_served(&server),
         served,
         "the switch downloaded from the server"
+    );
+
+    // --once looks once: nothing left to fetch; a record this machine cannot trust is
+    // refused (and ends a single look with the switch's exit code).
+    let once = |extra: &[&str]| {
+        let mut c = machine.command(&m, exec_nixos, &dir.join("once.toml"));
+        c.arg("--once").args(extra).output().unwrap()
+    };
+    let o = once(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains(&format!("laptop: generation 2 is in the store ({out2})")),
+        "{}",
+        text(&o)
+    );
+    let stranger = tailcache_store::signing::SecretKey::generate("stranger-1")
+        .unwrap()
+        .public()
+        .to_nix_string();
+    let o = once(&["--trusted-key", &stranger]);
+    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not signed by a trusted key"),
+        "{}",
+        text(&o)
     );
 
     // The home-manager module's unit with autoSwitch: it fetches and activates alice's home

@@ -238,13 +238,6 @@ impl Modules {
     }
 }
 
-/// The string at `key` of a JSON object.
-pub fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("{key} is not a string in {v}"))
-}
-
 /// A JSON list of strings.
 pub fn strings(v: &Value) -> Vec<String> {
     v.as_array()

@@ -59,10 +59,6 @@ let
   };
   flake = (import ../../flake.nix).outputs (flakeInputs // { self = flake; });
 
-  # Text the stand-in wrote into the store, for the test to read back (a path below a text
-  # file's out path, as home-manager makes for units, names that file).
-  storeText = p: toString p;
-
   failed = assertions: map (a: a.message) (lib.filter (a: !a.assertion) assertions);
 in
 rec {
@@ -144,7 +140,8 @@ rec {
       nixosModule = outputs.nixosModules.default or null;
     };
 
-  # What the tests assert on for a home-manager configuration.
+  # What the tests assert on for a home-manager configuration. Files are their store paths,
+  # where the stand-in wrote their text (tests/common/modules.rs reads them back).
   homeSummary =
     c:
     let
@@ -153,17 +150,17 @@ rec {
     {
       warnings = c.warnings;
       failedAssertions = failed c.assertions;
-      nixConf = storeText files."nix/nix.conf".source;
+      nixConf = toString files."nix/nix.conf".source;
       nixSettings = c.nix.settings;
       configFiles = builtins.attrNames files;
       # Every user unit file, by name.
-      units = lib.mapAttrs' (n: f: lib.nameValuePair (lib.removePrefix "systemd/user/" n) (storeText f.source)) (
+      units = lib.mapAttrs' (n: f: lib.nameValuePair (lib.removePrefix "systemd/user/" n) (toString f.source)) (
         lib.filterAttrs (
           n: _: lib.hasPrefix "systemd/user/" n && !(lib.hasInfix ".wants/" n) && !(lib.hasSuffix ".target" n)
         ) files
       );
       wants = builtins.filter (n: lib.hasInfix ".wants/" n) (builtins.attrNames files);
-      tailcacheConfig = storeText (files."tailcache/config.toml".source or null);
+      tailcacheConfig = toString (files."tailcache/config.toml".source or "");
       atuin = c.programs.atuin.settings or null;
       atuinEnabled = c.programs.atuin.enable;
       packages = map (p: p.name) c.home.packages;
@@ -178,7 +175,7 @@ rec {
     nixSettings = c.nix.settings;
     units = lib.mapAttrs (_: u: u.text) c.systemd.units;
     wantedBy = lib.mapAttrs (_: u: u.wantedBy) c.systemd.units;
-    etc = lib.mapAttrs (_: e: storeText e.source) (lib.filterAttrs (_: e: e.enable) c.environment.etc);
+    etc = lib.mapAttrs (_: e: toString e.source) (lib.filterAttrs (_: e: e.enable) c.environment.etc);
     packages = map (p: p.name) c.environment.systemPackages;
     users = lib.mapAttrs (_: u: { inherit (u) isSystemUser group home; }) c.users.users;
     groups = builtins.attrNames c.users.groups;

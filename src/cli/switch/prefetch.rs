@@ -94,6 +94,14 @@ impl Look {
             Look::Present { out_path, .. } | Look::Fetched { out_path, .. } => Some(out_path),
         }
     }
+
+    /// What a log line about it would be about: a steady state is reported once.
+    fn topic(&self) -> &str {
+        match self {
+            Look::NothingReady(m) => m,
+            Look::Present { out_path, .. } | Look::Fetched { out_path, .. } => out_path,
+        }
+    }
 }
 
 /// Whether following goes on after `e` (the server or Nix may do better next time), or the
@@ -108,7 +116,8 @@ pub fn run(server: &ServerArgs, args: &PrefetchArgs) -> Result<u8, CliError> {
     follow.require_sigs()?;
     let root = gc_root(&args.target, &follow.name);
     let mut backoff = Backoff::new(Duration::from_secs(args.interval), MAX_BACKOFF);
-    // The out path last reported and last handed to the switch, so a steady state is quiet.
+    // What was last reported and the out path last handed to the switch, so a steady state
+    // is quiet.
     let mut reported: Option<String> = None;
     let mut switched: Option<String> = None;
     println!(
@@ -120,9 +129,9 @@ pub fn run(server: &ServerArgs, args: &PrefetchArgs) -> Result<u8, CliError> {
     loop {
         let (found, wait) = match look(&follow, args, &trusted, root.as_ref()) {
             Ok(l) => {
-                if l.out_path() != reported.as_deref() {
+                if reported.as_deref() != Some(l.topic()) {
                     report(&follow.name, &l);
-                    reported = l.out_path().map(str::to_owned);
+                    reported = Some(l.topic().to_owned());
                 }
                 (Some(l), backoff.success())
             }
