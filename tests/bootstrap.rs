@@ -218,20 +218,7 @@ fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
 
     // A NixOS machine: the system side too, and the home agent left to the system.
     let nixos = d.path().join("nixos-machine");
-    let o = bootstrap(
-        d.path(),
-        &[
-            "--server",
-            server.url(),
-            "--template",
-            "desktop",
-            "--dir",
-            nixos.to_str().unwrap(),
-            "--yes",
-            "--nixos",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = desktop(d.path(), server.url(), &nixos, "--nixos");
     assert!(
         text(&o.stdout).contains("nixos-client.nix"),
         "{}",
@@ -254,21 +241,27 @@ fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
     );
     // --home-only keeps to the home-manager files.
     let home_only = d.path().join("home-only");
+    desktop(d.path(), server.url(), &home_only, "--home-only");
+    assert!(!home_only.join("nixos-client.nix").exists());
+}
+
+/// Bootstraps a desktop into `out` with `flag`, which must succeed.
+fn desktop(scratch: &Path, cache: &str, out: &Path, flag: &str) -> Output {
     let o = bootstrap(
-        d.path(),
+        scratch,
         &[
             "--server",
-            server.url(),
+            cache,
             "--template",
             "desktop",
             "--dir",
-            home_only.to_str().unwrap(),
+            out.to_str().unwrap(),
             "--yes",
-            "--home-only",
+            flag,
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    assert!(!home_only.join("nixos-client.nix").exists());
+    o
 }
 
 #[test]
