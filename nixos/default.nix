@@ -1,9 +1,12 @@
 # NixOS module `services.tailcache.server`: the build server and binary cache as a hardened
 # systemd service under its own user, secrets passed with LoadCredential (never in the store),
-# the firewall opened on tailscale0 only, a build timer, weekly GC and store optimisation.
+# the firewall opened on tailscale0 only, a build timer, weekly GC and store optimisation, and
+# optionally the Atuin sync server of the machines' shell history (registration closed after
+# the first account).
 # The decisions (TOML config, command line, credentials, ports) live in ../nix/lib.nix.
 {
   config,
+  options,
   lib,
   pkgs,
   ...
@@ -16,6 +19,13 @@ let
   configFile = (pkgs.formats.toml { }).generate "tailcache-server.toml" (tlib.serverConfig cfg);
   stateDirectoryName = tlib.stateDirectoryName cfg.stateDir;
   ports = tlib.serverFirewall cfg;
+  atuinGate = cfg.atuin.enable && cfg.atuin.registration == "first-user";
+  atuinRegistrationFile = "/run/tailcache-atuin/registration";
+  atuinGateScript = pkgs.writeShellScript "tailcache-atuin-registration" tlib.atuinRegistrationScript;
+  atuinGatePath = [
+    pkgs.util-linux
+    config.services.postgresql.package
+  ];
   secretFile =
     description:
     mkOption {
@@ -267,6 +277,32 @@ in
       };
     };
 
+    atuin = {
+      enable = mkEnableOption ''
+        an Atuin sync server for the machines' shell history (nixpkgs' services.atuin, with its
+        PostgreSQL database), listening on the API's address (the tailnet's) at `port`;
+        clients point at it with programs.tailcache.atuin.selfHosted
+      '';
+      port = mkOption {
+        type = types.port;
+        default = 8888;
+        description = "The Atuin server's port (opened on tailscale0 with openFirewall).";
+      };
+      registration = mkOption {
+        type = types.enum [
+          "first-user"
+          "open"
+          "closed"
+        ];
+        default = "first-user";
+        description = ''
+          Who may register: "first-user" keeps registration open until the first account
+          exists and closes it from then on (checked when the server starts and every minute;
+          your other machines log in to that account); "open" or "closed" fix it.
+        '';
+      };
+    };
+
     gc = {
       enable = mkOption {
         type = types.bool;
@@ -327,11 +363,49 @@ in
 
     # The builds go through the nix-daemon as this user: it must be allowed to connect
     # (allowed-users defaults to "*"; a machine that narrows it must name the user or group).
-    nix.settings.trusted-users = lib.mkIf cfg.trusted [ cfg.user ];
+    # Before NixOS 24.11, [ "root" ] was the option's default, which any definition replaces:
+    # keep what the declaration defaults to (nothing since, when NixOS defines root itself).
+    nix.settings.trusted-users = lib.mkIf cfg.trusted (
+      ((options.nix.settings.type.getSubOptions [ ]).trusted-users.default or [ ]) ++ [ cfg.user ]
+    );
 
     # Bigger builds than one machine: Nix's own distributed builds.
     nix.buildMachines = cfg.build.buildMachines;
     nix.distributedBuilds = lib.mkIf (cfg.build.buildMachines != [ ]) true;
+
+    # The self-hosted Atuin server; see atuin.registration for how "first-user" works.
+    services.atuin = lib.mkIf cfg.atuin.enable {
+      enable = true;
+      host = tlib.listenHost cfg.api.listen;
+      inherit (cfg.atuin) port;
+      openRegistration = cfg.atuin.registration == "open";
+    };
+    systemd.services.atuin = lib.mkIf atuinGate {
+      # The gate writes the EnvironmentFile (read after ExecStartPre), which overrides the
+      # unit's ATUIN_OPEN_REGISTRATION; `+` runs it as root, outside the dynamic user.
+      path = atuinGatePath;
+      serviceConfig = {
+        ExecStartPre = [ "+${atuinGateScript} gate ${atuinRegistrationFile}" ];
+        EnvironmentFile = [ "-${atuinRegistrationFile}" ];
+      };
+    };
+    systemd.services.tailcache-atuin-registration = lib.mkIf atuinGate {
+      description = "Close the Atuin server's registration once its first account exists";
+      after = [ "atuin.service" ];
+      path = atuinGatePath;
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${atuinGateScript} close ${atuinRegistrationFile}";
+      };
+    };
+    systemd.timers.tailcache-atuin-registration = lib.mkIf atuinGate {
+      description = "Close the Atuin server's registration once its first account exists";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnBootSec = "1min";
+        OnUnitActiveSec = "1min";
+      };
+    };
 
     nix.gc = lib.mkIf cfg.gc.enable {
       automatic = true;
@@ -343,7 +417,7 @@ in
     };
 
     networking.firewall.interfaces.tailscale0 = lib.mkIf cfg.openFirewall {
-      allowedTCPPorts = ports.tcp;
+      allowedTCPPorts = ports.tcp ++ lib.optional cfg.atuin.enable cfg.atuin.port;
       allowedUDPPorts = ports.udp;
     };
 
@@ -387,41 +461,10 @@ in
         KillSignal = "SIGTERM";
         TimeoutStopSec = 30;
         UMask = "0077";
-        # Hardening: the server reads the store and talks to the nix-daemon; nothing more.
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        ProtectProc = "invisible";
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        RemoveIPC = true;
-        CapabilityBoundingSet = "";
-        AmbientCapabilities = "";
-        # Unix: the nix-daemon socket; inet: listeners, git fetches, libp2p; netlink: libp2p
-        # watches interface addresses.
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_INET"
-          "AF_INET6"
-          "AF_NETLINK"
-        ];
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
-      };
+      }
+      # The server reads the store and talks to the nix-daemon (unix), listens, fetches with
+      # git and runs libp2p (inet; netlink: libp2p watches interface addresses).
+      // tlib.serviceHardening;
     };
 
     # See keepStoreDbOpen. sqlite3 opens the database read-only and waits; it can create

@@ -118,7 +118,7 @@ pub enum NotifyFormat {
     Json,
 }
 
-/// The server's P2P node (issue 5). Off by default.
+/// The server's P2P node. Off by default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct P2pConfig {

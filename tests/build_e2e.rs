@@ -1,4 +1,4 @@
-//! The default build pipeline for real (issue 3, "Done when"): a local git repository
+//! The default build pipeline for real: a local git repository
 //! holding a flake with no inputs whose output is a `builtins.derivation` with `/bin/sh`
 //! as builder; the server clones it, runs `nix flake update`, `nix eval` and `nix build`
 //! (real Nix, into a throwaway store that its cache listener serves), the test follows the
@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::api::{JsonExt, parse_json};
+use common::api::parse_json;
 use common::fleet::{current_system, git, store_and_key, toml_str};
 use common::nix::{assert_success, is_valid, nix_copy_from};
 use common::{NixEnv, TestCache};
@@ -79,21 +79,21 @@ fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
         .start();
 
     let t = server.trigger("e2e", "itest");
-    assert_eq!(t.str_of("status"), Some("triggered"), "{t:?}");
-    let id = t.u64_of("build_id").expect("build_id");
+    assert_eq!(t["status"].as_str(), Some("triggered"), "{t:?}");
+    let id = t["build_id"].as_u64().expect("build_id");
     let mut follow = server.follow(Some(1000));
     let (lines, end) = follow.until_end(BUILD_TIMEOUT);
     let end = parse_json("end event", &end.data);
     assert_eq!(
-        end.str_of("result"),
+        end["result"].as_str(),
         Some("success"),
         "build {id} ended {end:?}; log:\n{}\nstderr:\n{}",
         lines.join("\n"),
         server.stderr()
     );
     let s = server.wait_finished(id);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
-    assert_eq!(s.str_of("last_commit"), Some(head.as_str()), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
+    assert_eq!(s["last_commit"].as_str(), Some(head.as_str()), "{s:?}");
 
     // The attribute is a fleet of one target named after it: its first generation names
     // the output, whose GC root is registered under the state directory; the log printed

@@ -10,7 +10,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use common::api::JsonExt;
 use common::fleet::{Fleet, FleetVariant};
 use tailcache_store::signing::PublicKey;
 use tailcache_wire::generation::{GenerationRecord, TargetKind};
@@ -150,8 +149,8 @@ fn a_fleet_builds_into_signed_generations_and_a_second_commit_changes_one_host()
     );
     // The build failed (one target did), and its status lists every target's outcome.
     let status = server.build_status();
-    assert_eq!(status.str_of("last_status"), Some("failed"), "{status:?}");
-    assert_eq!(status.str_of("last_failing_step"), Some("build"));
+    assert_eq!(status["last_status"].as_str(), Some("failed"), "{status:?}");
+    assert_eq!(status["last_failing_step"].as_str(), Some("build"));
     let status: tailcache_wire::build::BuildStatus =
         serde_json::from_slice(&server.api_get("/build/status").body).unwrap();
     let results: Vec<(&str, &str)> = status
@@ -331,8 +330,8 @@ fn after_four_builds_nix_gc_keeps_the_last_three_generations_and_deletes_the_fir
     common::fleet::git(&fleet.repo, &["commit", "-q", "-am", "broken"]);
     let id = server.trigger_build();
     let s = server.wait_build_recorded(id);
-    assert_eq!(s.str_of("last_status"), Some("failed"), "{s:?}");
-    assert_eq!(s.str_of("last_failing_step"), Some("evaluate"), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("failed"), "{s:?}");
+    assert_eq!(s["last_failing_step"].as_str(), Some("evaluate"), "{s:?}");
     for name in ["laptop", "alice@laptop"] {
         assert_eq!(roots(&server, name), BTreeSet::from([2, 3, 4]), "{name}");
     }
@@ -403,18 +402,18 @@ fn a_trigger_for_a_newer_commit_supersedes_the_running_build() {
             .map(|(pid, _, _)| *pid)
     });
     let s = server.build_status();
-    assert_eq!(s.str_of("current_step"), Some("build"), "{s:?}");
+    assert_eq!(s["current_step"].as_str(), Some("build"), "{s:?}");
 
     // Same commit: the running build goes on.
     let t = server.trigger("itest", "laptop");
-    assert_eq!(t.str_of("status"), Some("already_running"), "{t:?}");
+    assert_eq!(t["status"].as_str(), Some("already_running"), "{t:?}");
 
     // A newer commit (found with git ls-remote: a plain trigger names none) supersedes it.
     let head2 = fleet.commit(FleetVariant::FIRST.laptop(2));
     let t = server.trigger("itest", "laptop");
-    assert_eq!(t.str_of("status"), Some("superseding"), "{t:?}");
-    assert_eq!(t.u64_of("cancelled_build"), Some(first));
-    assert_eq!(t.str_of("commit"), Some(head2.as_str()));
+    assert_eq!(t["status"].as_str(), Some("superseding"), "{t:?}");
+    assert_eq!(t["cancelled_build"].as_u64(), Some(first));
+    assert_eq!(t["commit"].as_str(), Some(head2.as_str()));
 
     wait_for("the cancelled step's process group to be gone", || {
         let ps = processes();
@@ -424,19 +423,18 @@ fn a_trigger_for_a_newer_commit_supersedes_the_running_build() {
         (!left).then_some(())
     });
     let s = server.wait_build_recorded(first + 1);
-    let history = s.field("history").as_array();
-    let cancelled = &history[1];
-    assert_eq!(cancelled.u64_of("build_id"), Some(first));
-    assert_eq!(cancelled.str_of("result"), Some("cancelled"), "{s:?}");
-    assert_eq!(cancelled.str_of("commit"), Some(head1.as_str()));
+    let cancelled = &s["history"][1];
+    assert_eq!(cancelled["build_id"].as_u64(), Some(first));
+    assert_eq!(cancelled["result"].as_str(), Some("cancelled"), "{s:?}");
+    assert_eq!(cancelled["commit"].as_str(), Some(head1.as_str()));
     assert!(
-        cancelled
-            .str_of("error")
+        cancelled["error"]
+            .as_str()
             .unwrap_or("")
             .contains("superseded"),
         "{cancelled:?}"
     );
-    assert_eq!(s.str_of("last_commit"), Some(head2.as_str()), "{s:?}");
+    assert_eq!(s["last_commit"].as_str(), Some(head2.as_str()), "{s:?}");
     let hosts = server.hosts();
     let laptop = host(&hosts.hosts, "laptop");
     let record = laptop.generations[0].signed.parse_unverified().unwrap();

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::TestCache;
-use common::api::{JsonExt, build_section, parse_json, sh_step};
+use common::api::{build_section, parse_json, sh_step};
 use common::fleet::{Fleet, FleetVariant, toml_str};
 
 /// How the receiver answers.
@@ -204,13 +204,13 @@ fn a_receiver_that_never_answers_holds_up_no_build() {
     let first = server.trigger_build();
     let held = receiver.wait(1);
     let body = parse_json("the notification", &held[0].body);
-    assert_eq!(body.u64_of("build_id"), Some(first));
-    assert_eq!(body.str_of("result"), Some("success"));
+    assert_eq!(body["build_id"].as_u64(), Some(first));
+    assert_eq!(body["result"].as_str(), Some("success"));
     assert_eq!(held[0].header("content-type"), Some("application/json"));
     // The receiver holds that request; the next build runs and is recorded all the same.
     let second = server.trigger_build();
     let s = server.wait_finished(second);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
     assert_eq!(
         receiver.requests().len(),
         1,
@@ -224,7 +224,7 @@ fn a_receiver_that_answers_500_gets_every_attempt_and_the_build_is_unaffected() 
     let (server, _root) = quick_server(&receiver.url, "attempts = 3");
     let id = server.trigger_build();
     let s = server.wait_finished(id);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
     let r = receiver.wait(3);
     assert!(
         r.iter().all(|q| q.body == format!("build {id} success")),
@@ -243,5 +243,5 @@ fn a_receiver_that_answers_500_gets_every_attempt_and_the_build_is_unaffected() 
     // The next build is not held up either.
     let next = server.trigger_build();
     let s = server.wait_finished(next);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
 }

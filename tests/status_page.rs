@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestCache;
-use common::api::{Gate, JsonExt, build_section, sh_step};
+use common::api::{Gate, build_section, sh_step};
 use common::fleet::{Fleet, FleetVariant};
 
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -139,7 +139,7 @@ fn the_status_page_shows_the_key_and_live_log_lines_in_chromium() {
     assert!(pubkey.contains(':'), "public key {pubkey:?}");
 
     let t = server.trigger("page-tester", "itest-host");
-    let id = t.u64_of("build_id").expect("build_id");
+    let id = t["build_id"].as_u64().expect("build_id");
     server.wait_step(id, "live");
     server.wait_log_line(&format!("page-before-{nonce}"));
 
@@ -161,7 +161,7 @@ fn the_status_page_shows_the_key_and_live_log_lines_in_chromium() {
     }
     gate.open();
     let s = server.wait_finished(id);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
     let dom = finish(browser);
 
     for id_attr in ["id=\"pubkey\"", "id=\"status\"", "id=\"log\""] {

@@ -69,13 +69,7 @@ impl Built {
 
     /// The out path of generation `generation` of `host` on the server.
     fn out(&self, host: &str, generation: u64) -> String {
-        let view = self.server.host(host);
-        let g = view
-            .generations
-            .iter()
-            .find(|g| g.generation == generation)
-            .unwrap_or_else(|| panic!("{host} has no generation {generation}: {view:?}"));
-        g.signed.parse_unverified().unwrap().out_path
+        self.server.out_path(host, generation)
     }
 
     fn activations(&self) -> Vec<String> {
@@ -138,6 +132,11 @@ impl Machine {
             .env_remove("TAILCACHE_SERVER")
             .env_remove("TAILCACHE_TOKEN")
             .env_remove("TAILCACHE_SWITCH_STATE")
+            .env_remove("TAILCACHE_CLIENT_CONFIG")
+            .env(
+                "TAILCACHE_SYSTEM_CONFIG",
+                self.root.join("etc/tailcache/config.toml"),
+            )
             .env("USER", "tester")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());

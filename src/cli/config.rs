@@ -1,7 +1,9 @@
 //! Where the build server is and which token to send: `--server URL` > env
-//! `TAILCACHE_SERVER` > `server` in `$XDG_CONFIG_HOME/tailcache/config.toml` (else
-//! `~/.config/…`) > `http://build-server:8000`; the token from env `TAILCACHE_TOKEN` >
-//! `token` > `token_file` in the config file.
+//! `TAILCACHE_SERVER` > `server` in the config file > `http://build-server:8000`; the token
+//! from env `TAILCACHE_TOKEN` > `token` > `token_file` in the config file. The config file:
+//! `--config FILE` (env `TAILCACHE_CLIENT_CONFIG`), else `$XDG_CONFIG_HOME/tailcache/config.toml`
+//! (else `~/.config/…`) when it exists, else the system-wide `/etc/tailcache/config.toml`
+//! that the NixOS client module writes (root and system services read that one).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +19,10 @@ pub const DEFAULT_SERVER: &str = "http://build-server:8000";
 pub const ENV_SERVER: &str = "TAILCACHE_SERVER";
 /// Environment variable holding the bearer token.
 pub const ENV_TOKEN: &str = "TAILCACHE_TOKEN";
+/// The system-wide config file, read when the user has none.
+pub const SYSTEM_CONFIG: &str = "/etc/tailcache/config.toml";
+/// Environment variable naming another system-wide config file (for tests and odd set-ups).
+pub const ENV_SYSTEM_CONFIG: &str = "TAILCACHE_SYSTEM_CONFIG";
 
 /// `config.toml` of the client.
 #[derive(Debug, Default, Deserialize)]
@@ -36,8 +42,9 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// The config file's path: `$XDG_CONFIG_HOME/tailcache/config.toml`, else under `~/.config`.
-    pub fn default_path() -> Option<PathBuf> {
+    /// The user's config file: `$XDG_CONFIG_HOME/tailcache/config.toml`, else under
+    /// `~/.config`.
+    pub fn user_path() -> Option<PathBuf> {
         let base = std::env::var_os("XDG_CONFIG_HOME")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
@@ -45,11 +52,39 @@ impl ClientConfig {
         Some(base.join("tailcache").join("config.toml"))
     }
 
-    /// Loads the file at [`ClientConfig::default_path`] (empty without a home directory).
-    pub fn load_default() -> Result<Self, CliError> {
-        match ClientConfig::default_path() {
-            Some(p) => ClientConfig::load(&p),
-            None => Ok(ClientConfig::default()),
+    /// The system-wide config file ([`SYSTEM_CONFIG`], or `$TAILCACHE_SYSTEM_CONFIG`).
+    pub fn system_path() -> PathBuf {
+        std::env::var_os(ENV_SYSTEM_CONFIG)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(SYSTEM_CONFIG), PathBuf::from)
+    }
+
+    /// The file to read: `explicit` (`--config`), else the user's when it exists, else the
+    /// system's. Not merged: a user who writes their own file says everything in it.
+    pub fn choose(explicit: Option<&Path>, user: Option<PathBuf>, system: PathBuf) -> PathBuf {
+        if let Some(p) = explicit {
+            return p.to_owned();
+        }
+        match user {
+            Some(u) if u.exists() => u,
+            _ => system,
+        }
+    }
+
+    /// Loads the file [`ClientConfig::choose`] picks for these arguments.
+    pub fn load_for(args: &ServerArgs) -> Result<Self, CliError> {
+        let path = ClientConfig::choose(
+            args.config.as_deref(),
+            ClientConfig::user_path(),
+            ClientConfig::system_path(),
+        );
+        match (&args.config, ClientConfig::load(&path)) {
+            // A file named on the command line must be there.
+            (Some(p), Ok(_)) if !p.exists() => Err(CliError::Config(format!(
+                "--config {}: no such file",
+                p.display()
+            ))),
+            (_, r) => r,
         }
     }
 
@@ -118,7 +153,7 @@ pub fn endpoint(args: &ServerArgs) -> Result<Endpoint, CliError> {
     resolve(
         args,
         |k| std::env::var(k).ok(),
-        &ClientConfig::load_default()?,
+        &ClientConfig::load_for(args)?,
     )
 }
 
@@ -153,7 +188,33 @@ mod tests {
         ServerArgs {
             server: server.map(str::to_owned),
             timeout: 10.0,
+            config: None,
         }
+    }
+
+    #[test]
+    fn the_users_file_else_the_systems() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("user.toml");
+        let system = dir.path().join("system.toml");
+        let named = dir.path().join("named.toml");
+        let pick = |explicit: Option<&Path>| {
+            ClientConfig::choose(explicit, Some(user.clone()), system.clone())
+        };
+        // No user file: the system's (also without a home directory at all).
+        assert_eq!(pick(None), system);
+        assert_eq!(ClientConfig::choose(None, None, system.clone()), system);
+        std::fs::write(&user, "server = \"http://user:1\"\n").unwrap();
+        assert_eq!(pick(None), user);
+        assert_eq!(pick(Some(&named)), named);
+        std::fs::write(&system, "server = \"http://system:2\"\n").unwrap();
+        let c = ClientConfig::load(&ClientConfig::choose(None, None, system.clone())).unwrap();
+        assert_eq!(c.server.as_deref(), Some("http://system:2"));
+        // A --config file that is not there is an error, not an empty config.
+        let mut a = args(None);
+        a.config = Some(dir.path().join("missing.toml"));
+        let e = ClientConfig::load_for(&a).unwrap_err();
+        assert!(e.to_string().contains("no such file"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The everyday client of the build server: `bt` (trigger), `bs` (status) and `bl` (logs),
 //! also reachable as `tailcache trigger|status|logs`, plus `tailcache completions`,
 //! `tailcache man` and `tailcache bootstrap-new-machine`. Speaks the build API of
-//! `src/api/build.rs` (issue 4).
+//! `src/api/build.rs`.
 //!
 //! # Layout
 //! - [`config`]: where the server is (flag > env > config file > default) and the token.
@@ -12,19 +12,21 @@
 //! - [`hosts`]: the per-host table and details (`bs`, `bs --host`) and closure diffs.
 //! - [`switch`]: `tailcache switch`, which puts this machine on what the server built.
 //! - [`bootstrap`]: `bootstrap-new-machine` and the Nix files it writes.
+//! - [`links`]: `bt`, `bs`, `bl` as links to `tailcache`, and `tailcache install-links`.
 
 pub mod bootstrap;
 pub mod client;
 pub mod commands;
 pub mod config;
 pub mod hosts;
+pub mod links;
 pub mod output;
 pub mod sse;
 pub mod switch;
 
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser};
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 pub use client::CliError;
 
@@ -61,10 +63,19 @@ pub mod exit {
 /// Options every client verb takes.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// Build-server API URL [default: env TAILCACHE_SERVER, then `server` in
-    /// $XDG_CONFIG_HOME/tailcache/config.toml, then http://build-server:8000].
+    /// Build-server API URL [default: env TAILCACHE_SERVER, then `server` in the config
+    /// file, then http://build-server:8000].
     #[arg(long, value_name = "URL", global = true)]
     pub server: Option<String>,
+    /// The client config file [default: $XDG_CONFIG_HOME/tailcache/config.toml when it
+    /// exists, else /etc/tailcache/config.toml].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TAILCACHE_CLIENT_CONFIG",
+        global = true
+    )]
+    pub config: Option<std::path::PathBuf>,
     /// Seconds to wait for the server to connect and to answer.
     #[arg(
         long,
@@ -114,42 +125,31 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-/// `bt`
+/// `bt`, `bs` or `bl`: the options every client verb takes and the verb's own (`A`).
 #[derive(Debug, Parser)]
-#[command(
-    name = "bt",
-    version,
-    about = "Trigger a build on the tailcache build server"
-)]
-pub struct BtCli {
+#[command(version)]
+pub struct ShortCli<A: Args> {
     #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
-    pub args: TriggerArgs,
+    pub args: A,
 }
 
-/// `bs`
-#[derive(Debug, Parser)]
-#[command(
-    name = "bs",
-    version,
-    about = "Show the status of the tailcache build server"
-)]
-pub struct BsCli {
-    #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub args: StatusArgs,
+/// The clap command of a short program, named and described as `program`.
+fn short_command<A: Args>(program: Program) -> clap::Command {
+    ShortCli::<A>::command()
+        .name(program.name())
+        .about(program.about())
 }
 
-/// `bl`
-#[derive(Debug, Parser)]
-#[command(name = "bl", version, about = "Show the log of the tailcache build")]
-pub struct BlCli {
-    #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub args: LogsArgs,
+/// Parses this process's arguments as `program` and runs `verb` with them.
+fn run_short<A: Args + FromArgMatches>(
+    program: Program,
+    verb: fn(&ServerArgs, &A) -> Result<u8, CliError>,
+) -> ExitCode {
+    let matches = short_command::<A>(program).get_matches();
+    let cli = ShortCli::<A>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    finish(program.name(), verb(&cli.server, &cli.args))
 }
 
 /// Ends the process with the command's outcome: the error on one line, no backtrace.
@@ -165,18 +165,15 @@ pub fn finish(prog: &str, result: Result<u8, CliError>) -> ExitCode {
 }
 
 pub fn run_bt() -> ExitCode {
-    let cli = BtCli::parse();
-    finish("bt", commands::trigger(&cli.server, &cli.args))
+    run_short::<TriggerArgs>(Program::Bt, commands::trigger)
 }
 
 pub fn run_bs() -> ExitCode {
-    let cli = BsCli::parse();
-    finish("bs", commands::status(&cli.server, &cli.args))
+    run_short::<StatusArgs>(Program::Bs, commands::status)
 }
 
 pub fn run_bl() -> ExitCode {
-    let cli = BlCli::parse();
-    finish("bl", commands::logs(&cli.server, &cli.args))
+    run_short::<LogsArgs>(Program::Bl, commands::logs)
 }
 
 /// The programs `completions` and `man` know about.
@@ -188,13 +185,35 @@ pub enum Program {
     Bl,
 }
 
+impl Program {
+    /// The program's command name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Tailcache => "tailcache",
+            Program::Bt => "bt",
+            Program::Bs => "bs",
+            Program::Bl => "bl",
+        }
+    }
+
+    /// What `--help` says the program does.
+    fn about(self) -> &'static str {
+        match self {
+            Program::Tailcache => "Build server and Nix binary cache for a tailnet",
+            Program::Bt => "Trigger a build on the tailcache build server",
+            Program::Bs => "Show the status of the tailcache build server",
+            Program::Bl => "Show the log of the tailcache build",
+        }
+    }
+}
+
 /// The clap command of `program`; `tailcache` is the caller's (it lives in `main.rs`).
 pub fn command_of(program: Program, tailcache: clap::Command) -> clap::Command {
     match program {
         Program::Tailcache => tailcache,
-        Program::Bt => BtCli::command(),
-        Program::Bs => BsCli::command(),
-        Program::Bl => BlCli::command(),
+        Program::Bt => short_command::<TriggerArgs>(program),
+        Program::Bs => short_command::<StatusArgs>(program),
+        Program::Bl => short_command::<LogsArgs>(program),
     }
 }
 

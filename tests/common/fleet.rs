@@ -19,10 +19,9 @@ use std::time::{Duration, Instant};
 use tailcache_wire::hosts::{HostState, HostView, HostsReply};
 use tempfile::TempDir;
 
-use super::api::JsonExt as _;
 use super::cache::{TestCache, TestCacheBuilder};
-use super::json::Json;
 use super::nix::{KeyPair, NixEnv};
+use serde_json::Value;
 
 /// Real Nix builds of the fleet: generous, but bounded.
 pub const FLEET_TIMEOUT: Duration = Duration::from_secs(300);
@@ -368,6 +367,17 @@ impl TestCache {
             .unwrap_or_else(|e| panic!("GET /hosts/{name} does not parse ({e}): {}", r.text()))
     }
 
+    /// The out path of generation `generation` of `host` (from its record, unverified).
+    pub fn out_path(&self, host: &str, generation: u64) -> String {
+        let view = self.host(host);
+        let g = view
+            .generations
+            .iter()
+            .find(|g| g.generation == generation)
+            .unwrap_or_else(|| panic!("{host} has no generation {generation}: {view:?}"));
+        g.signed.parse_unverified().unwrap().out_path
+    }
+
     /// Polls `GET /hosts` until `pred` holds; panics after [`FLEET_TIMEOUT`].
     pub fn wait_hosts(&self, what: &str, pred: impl Fn(&HostsReply) -> bool) -> HostsReply {
         let deadline = Instant::now() + FLEET_TIMEOUT;
@@ -402,16 +412,12 @@ impl TestCache {
 
     /// Waits (up to [`FLEET_TIMEOUT`], real builds take a while) until build `id` is over
     /// and recorded in the history; returns the status.
-    pub fn wait_build_recorded(&self, id: u64) -> Json {
+    pub fn wait_build_recorded(&self, id: u64) -> Value {
         let deadline = Instant::now() + FLEET_TIMEOUT;
         loop {
             let s = self.build_status();
-            let newest = s
-                .field("history")
-                .as_array()
-                .first()
-                .and_then(|r| r.u64_of("build_id"));
-            if s.bool_of("is_running") == Some(false) && newest == Some(id) {
+            let newest = s["history"][0]["build_id"].as_u64();
+            if s["is_running"].as_bool() == Some(false) && newest == Some(id) {
                 return s;
             }
             assert!(

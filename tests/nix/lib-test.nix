@@ -215,7 +215,15 @@ let
     };
     # nix.settings: agent first, then the server, then upstream; keys in the same order.
     substituters-agent-first = {
-      expr = lib.nixSettings { inherit (client) cacheUrl publicKeys agent upstream; };
+      expr = lib.nixSettings {
+        inherit (client)
+          cacheUrl
+          publicKeys
+          agent
+          upstream
+          ;
+        negativeTtl = 60;
+      };
       expected = {
         substituters = [
           "http://127.0.0.1:5001"
@@ -227,12 +235,29 @@ let
           "cache.nixos.org-1:KEY"
         ];
         require-sigs = true;
+        narinfo-cache-negative-ttl = 60;
+      };
+    };
+    # The system's (NixOS lists cache.nixos.org itself).
+    system-substituters-agent-first = {
+      expr = lib.systemNixSettings {
+        inherit (client) cacheUrl publicKeys agent;
+        negativeTtl = 30;
+      };
+      expected = {
+        substituters = [
+          "http://127.0.0.1:5001"
+          "http://build-server:5000"
+        ];
+        trusted-public-keys = [ "build-server-1:AAAA" ];
+        narinfo-cache-negative-ttl = 30;
       };
     };
     substituters-without-agent = {
       expr =
         (lib.nixSettings {
           inherit (client) cacheUrl publicKeys upstream;
+          negativeTtl = 60;
           agent = client.agent // {
             enable = false;
           };
@@ -384,6 +409,109 @@ let
         true
       ];
     };
+    # The daemon honours a user's own substituters and keys when the user is trusted (by
+    # name or by a group the user is in), or when the system lists them itself.
+    daemon-honours-user = {
+      expr =
+        map
+          (
+            settings:
+            lib.daemonHonoursUser {
+              inherit settings;
+              user = "alice";
+              groups = [ "users" ];
+              substituters = [ "http://build-server:5000" ];
+              keys = [ "srv-1:AAAA" ];
+            }
+          )
+          [
+            { trusted-users = [ "root" ]; }
+            { trusted-users = [ "alice" ]; }
+            { trusted-users = [ "@users" ]; }
+            { trusted-users = [ "@wheel" ]; }
+            {
+              trusted-users = [ "root" ];
+              trusted-substituters = [ "http://build-server:5000" ];
+              trusted-public-keys = [ "srv-1:AAAA" ];
+            }
+            {
+              trusted-users = [ "root" ];
+              trusted-substituters = [ "http://build-server:5000" ];
+              trusted-public-keys = [ ];
+            }
+          ];
+      expected = [
+        false
+        true
+        true
+        false
+        true
+        false
+      ];
+    };
+    prefetch-args = {
+      expr = [
+        (lib.prefetchArgs {
+          configFile = "/etc/c.toml";
+          host = "laptop";
+          home = false;
+          interval = 60;
+          autoSwitch = "boot";
+        })
+        (lib.prefetchArgs {
+          configFile = "/etc/c.toml";
+          host = null;
+          home = true;
+          interval = 5;
+          autoSwitch = null;
+        })
+      ];
+      expected = [
+        [
+          "prefetch"
+          "--config"
+          "/etc/c.toml"
+          "--host"
+          "laptop"
+          "--interval"
+          "60"
+          "--auto-switch"
+          "boot"
+        ]
+        [
+          "prefetch"
+          "--config"
+          "/etc/c.toml"
+          "--home"
+          "--interval"
+          "5"
+        ]
+      ];
+    };
+    listen-hosts = {
+      expr = map lib.listenHost [
+        "100.64.0.1:8000"
+        "[fd7a:115c::1]:8000"
+        "build-server:8000"
+      ];
+      expected = [
+        "100.64.0.1"
+        "fd7a:115c::1"
+        "build-server"
+      ];
+    };
+    self-hosted-atuin = {
+      expr = map (server: lib.selfHostedAtuin { inherit server; port = 8888; }) [
+        "http://build-server:8000"
+        "https://100.64.0.1:8000/"
+        "http://[fd7a::1]:8000"
+      ];
+      expected = [
+        "http://build-server:8888"
+        "http://100.64.0.1:8888"
+        "http://[fd7a::1]:8888"
+      ];
+    };
     atuin = {
       expr = lib.atuinSettings {
         autoSync = true;
@@ -427,6 +555,20 @@ let
           g = indexOf "nix-collect-garbage" script;
         in
         s >= 0 && s < h && h < g;
+      expected = true;
+    };
+    system-update-home-host = {
+      expr =
+        indexOf "switch --home --host 'alice@laptop' \"$@\"" (
+          lib.systemUpdateScript {
+            tailcache = "tailcache";
+            systemArgs = [ ];
+            nixos = false;
+            homeManager = true;
+            gcOlderThan = "30d";
+            homeHost = "alice@laptop";
+          }
+        ) > 0;
       expected = true;
     };
     system-update-never-builds = {

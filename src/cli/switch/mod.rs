@@ -4,15 +4,19 @@
 //! applied, shows what changes, has stock Nix substitute the out path (signatures required),
 //! then sets the profile and activates: `switch-to-configuration` for NixOS, `activate` for
 //! home-manager. It never evaluates Nix code. Every refusal happens before anything changes.
+//! `tailcache prefetch` follows the same target and substitutes each new ready generation
+//! ahead of the switch (and, asked to, applies it through the switch).
 //!
 //! # Layout
 //! - [`decide`]: which generation, whether its record is one to act on (pure).
 //! - [`applied`]: the file remembering what this machine applied, per server key and target.
 //! - [`nix`]: the Nix commands (show-config, realise, set a profile) and the activation.
+//! - [`prefetch`]: `tailcache prefetch`, the follower.
 
 pub mod applied;
 pub mod decide;
 pub mod nix;
+pub mod prefetch;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -52,38 +56,21 @@ impl Action {
     }
 }
 
-/// `tailcache switch`.
-#[derive(Debug, Clone, Args)]
-pub struct SwitchArgs {
-    /// The target to switch to [default: this machine's hostname; with --home,
-    /// $USER@hostname].
+/// What `tailcache switch` and `tailcache prefetch` share: the target, the keys a record
+/// must be signed by, what this machine applied, and how to run Nix.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TargetArgs {
+    /// The target [default: this machine's hostname; with --home, $USER@hostname].
     #[arg(long, value_name = "NAME")]
     pub host: Option<String>,
-    /// Switch the home-manager target ($USER@hostname unless --host names one); a target of
+    /// The home-manager target ($USER@hostname unless --host names one); a target of
     /// another kind is refused.
     #[arg(long)]
     pub home: bool,
-    /// Take this kept generation instead of the newest ready one (rolls back on purpose).
-    #[arg(long, value_name = "N")]
-    pub generation: Option<u64>,
-    /// Accept a generation older than the one this machine applied last.
-    #[arg(long)]
-    pub allow_older: bool,
-    /// Show what would change and stop: nothing is fetched, set, activated or remembered.
-    #[arg(short = 'n', long)]
-    pub dry_run: bool,
-    /// For a NixOS target: `switch` (set the profile, activate now), `boot` (set the
-    /// profile, activate at the next boot) or `test` (activate now, profile unchanged).
-    #[arg(long, value_enum, default_value = "switch")]
-    pub action: Action,
     /// A key (`name:base64`) whose signature on the record is accepted; repeatable
     /// [default: `trusted_keys` in config.toml, else nix.conf's trusted-public-keys].
     #[arg(long = "trusted-key", value_name = "KEY")]
     pub trusted_keys: Vec<String>,
-    /// The profile to point at the generation [default: /nix/var/nix/profiles/system for
-    /// NixOS; a home-manager target's `activate` sets its own; a package target needs one].
-    #[arg(long, value_name = "PATH")]
-    pub profile: Option<PathBuf>,
     /// The file remembering what this machine applied [default: as root
     /// /var/lib/tailcache-switch/applied.json, else $XDG_STATE_HOME/tailcache/applied.json].
     #[arg(long, value_name = "FILE", env = "TAILCACHE_SWITCH_STATE")]
@@ -97,6 +84,156 @@ pub struct SwitchArgs {
     /// `--nix-option substituters http://build-server:5000`; repeatable.
     #[arg(long, num_args = 2, value_names = ["NAME", "VALUE"])]
     pub nix_option: Vec<String>,
+}
+
+impl TargetArgs {
+    /// The applied-generations file.
+    pub fn state_path(&self) -> Result<PathBuf, CliError> {
+        match &self.state_file {
+            Some(p) => Ok(p.clone()),
+            None => applied::default_path().ok_or_else(|| {
+                CliError::Config(
+                    "no place for the applied-generations file: set HOME, XDG_STATE_HOME or \
+                     --state-file"
+                        .to_owned(),
+                )
+            }),
+        }
+    }
+}
+
+/// `tailcache switch`.
+#[derive(Debug, Clone, Args)]
+pub struct SwitchArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Take this kept generation instead of the newest ready one (rolls back on purpose).
+    #[arg(long, value_name = "N")]
+    pub generation: Option<u64>,
+    /// Accept a generation older than the one this machine applied last.
+    #[arg(long)]
+    pub allow_older: bool,
+    /// Show what would change and stop: nothing is fetched, set, activated or remembered.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// For a NixOS target: `switch` (set the profile, activate now), `boot` (set the
+    /// profile, activate at the next boot) or `test` (activate now, profile unchanged).
+    #[arg(long, value_enum, default_value = "switch")]
+    pub action: Action,
+    /// The profile to point at the generation [default: /nix/var/nix/profiles/system for
+    /// NixOS; a home-manager target's `activate` sets its own; a package target needs one].
+    #[arg(long, value_name = "PATH")]
+    pub profile: Option<PathBuf>,
+}
+
+impl SwitchArgs {
+    /// A plain switch of `target` with `action` (what `prefetch --auto-switch` applies).
+    pub fn of(target: TargetArgs, action: Action) -> SwitchArgs {
+        SwitchArgs {
+            target,
+            generation: None,
+            allow_older: false,
+            dry_run: false,
+            action,
+            profile: None,
+        }
+    }
+}
+
+/// Following one target of the build server: the client, its config file, Nix, the name.
+#[derive(Debug)]
+pub struct Follow {
+    pub client: Client,
+    pub file: ClientConfig,
+    pub nix: Nix,
+    pub name: String,
+}
+
+impl Follow {
+    pub fn new(server: &ServerArgs, t: &TargetArgs) -> Result<Follow, CliError> {
+        let file = ClientConfig::load_for(server)?;
+        let client = Client::new(config::resolve(server, |k| std::env::var(k).ok(), &file)?)?;
+        let nix = Nix::new(
+            t.store.clone(),
+            t.nix_option
+                .chunks(2)
+                .map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default()))
+                .collect(),
+        );
+        let who = Who::current();
+        let name = match (&t.host, t.home) {
+            (Some(h), _) => h.clone(),
+            (None, false) => who.host.clone(),
+            (None, true) => format!("{}@{}", who.user, who.host),
+        };
+        Ok(Follow {
+            client,
+            file,
+            nix,
+            name,
+        })
+    }
+
+    /// The target's view on the server (an unknown name is an error listing the known ones).
+    pub fn view(&self, home: bool) -> Result<HostView, CliError> {
+        let view = match self.client.host(&self.name)? {
+            Some(v) => v,
+            None => return Err(unknown_host(&self.client, &self.name, home)),
+        };
+        if home && view.kind != TargetKind::Home {
+            return Err(CliError::Usage(format!(
+                "--home: {} is a {} target, not a home-manager one",
+                self.name,
+                view.kind.as_str()
+            )));
+        }
+        Ok(view)
+    }
+
+    /// The keys a record must be signed by: `--trusted-key`s, else the config file's, else
+    /// the ones Nix trusts for substitution (the server signs records with its cache key).
+    pub fn trusted_keys(&self, t: &TargetArgs) -> Result<Vec<PublicKey>, CliError> {
+        let (keys, from) = if !t.trusted_keys.is_empty() {
+            (t.trusted_keys.clone(), "--trusted-key")
+        } else if !self.file.trusted_keys.is_empty() {
+            (
+                self.file.trusted_keys.clone(),
+                "trusted_keys in config.toml",
+            )
+        } else {
+            let from_nix = self.nix.trust_config()?.trusted_public_keys;
+            // nix.conf may hold keys in forms this parser does not know; those cannot sign.
+            let keys: Vec<PublicKey> = from_nix
+                .iter()
+                .filter_map(|k| PublicKey::parse(k).ok())
+                .collect();
+            if keys.is_empty() {
+                return Err(CliError::Config(
+                    "no trusted keys: Nix trusts none, and neither --trusted-key nor \
+                     trusted_keys in config.toml names one"
+                        .to_owned(),
+                ));
+            }
+            return Ok(keys);
+        };
+        keys.iter()
+            .map(|k| {
+                PublicKey::parse(k).map_err(|e| CliError::Config(format!("{from}: {k:?}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Nix requires signatures, or nothing is substituted.
+    pub fn require_sigs(&self) -> Result<(), CliError> {
+        if self.nix.trust_config()?.require_sigs {
+            return Ok(());
+        }
+        Err(CliError::Config(
+            "Nix is configured with require-sigs = false, so it would install unsigned paths; \
+             tailcache only substitutes with signatures required (nothing was changed)"
+                .to_owned(),
+        ))
+    }
 }
 
 /// What the record's kind and the flags make of the activation.
@@ -133,50 +270,18 @@ impl Activation {
 
 pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
     let started = Instant::now();
-    let file = ClientConfig::load_default()?;
-    let client = Client::new(config::resolve(server, |k| std::env::var(k).ok(), &file)?)?;
-    let nix = Nix::new(
-        args.store.clone(),
-        args.nix_option
-            .chunks(2)
-            .map(|p| (p[0].clone(), p.get(1).cloned().unwrap_or_default()))
-            .collect(),
-    );
+    let follow = Follow::new(server, &args.target)?;
+    let Follow { client, nix, .. } = &follow;
     let style = Style::stdout();
-    let who = Who::current();
-    let name = match (&args.host, args.home) {
-        (Some(h), _) => h.clone(),
-        (None, false) => who.host.clone(),
-        (None, true) => format!("{}@{}", who.user, who.host),
-    };
-
-    let view = match client.host(&name)? {
-        Some(v) => v,
-        None => return Err(unknown_host(&client, &name, args.home)),
-    };
-    if args.home && view.kind != TargetKind::Home {
-        return Err(CliError::Usage(format!(
-            "--home: {name} is a {} target, not a home-manager one",
-            view.kind.as_str()
-        )));
-    }
-    let activation = activation_of(view.kind, args, &nix)?;
+    let view = follow.view(args.target.home)?;
+    let activation = activation_of(view.kind, args, nix)?;
 
     // Refusals first: nothing below changes anything until the record has passed.
-    let trusted = trusted_keys(args, &file, &nix)?;
+    let trusted = follow.trusted_keys(&args.target)?;
     let g = decide::select(&view, args.generation)?;
     let (record, key) = decide::verify(&view, g, &trusted)?;
     let key_id = key.to_nix_string();
-    let state_path = match &args.state_file {
-        Some(p) => p.clone(),
-        None => applied::default_path().ok_or_else(|| {
-            CliError::Config(
-                "no place for the applied-generations file: set HOME, XDG_STATE_HOME or \
-                 --state-file"
-                    .to_owned(),
-            )
-        })?,
-    };
+    let state_path = args.target.state_path()?;
     let _lock = if args.dry_run {
         None
     } else {
@@ -214,7 +319,7 @@ pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
         println!("dry run: nothing was fetched, set or activated");
         return Ok(exit::OK);
     }
-    if needs_root(&activation, &nix, args) && proc_uid(1) != Some(0) {
+    if needs_root(&activation, nix, args) && proc_uid(1) != Some(0) {
         return Err(CliError::Usage(format!(
             "switching the NixOS system {} needs root: run `sudo tailcache switch` (nothing was \
              changed)",
@@ -222,23 +327,16 @@ pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
         )));
     }
 
-    let trust = nix.trust_config()?;
-    if !trust.require_sigs {
-        return Err(CliError::Config(
-            "Nix is configured with require-sigs = false, so it would install unsigned paths; \
-             `tailcache switch` only runs with signatures required (nothing was changed)"
-                .to_owned(),
-        ));
-    }
+    follow.require_sigs()?;
     let fetch_started = Instant::now();
     if nix.is_valid(&record.out_path) {
         println!("{} is already in the store", record.out_path);
     } else {
         println!("substituting {} …", record.out_path);
-        nix.realise(&record.out_path)?;
+        nix.realise(&record.out_path, None)?;
     }
     let fetched = fetch_started.elapsed();
-    apply(&activation, &nix, &record)?;
+    apply(&activation, nix, &record)?;
 
     state.set(
         &key_id,
@@ -262,38 +360,6 @@ pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
         output::duration(started.elapsed().as_secs_f64())
     );
     Ok(exit::OK)
-}
-
-/// The keys a record must be signed by: `--trusted-key`s, else the config file's, else
-/// the ones Nix trusts for substitution (the server signs records with its cache key).
-fn trusted_keys(
-    args: &SwitchArgs,
-    file: &ClientConfig,
-    nix: &Nix,
-) -> Result<Vec<PublicKey>, CliError> {
-    let (keys, from) = if !args.trusted_keys.is_empty() {
-        (args.trusted_keys.clone(), "--trusted-key")
-    } else if !file.trusted_keys.is_empty() {
-        (file.trusted_keys.clone(), "trusted_keys in config.toml")
-    } else {
-        let from_nix = nix.trust_config()?.trusted_public_keys;
-        // nix.conf may hold keys in forms this parser does not know; those cannot sign.
-        let keys: Vec<PublicKey> = from_nix
-            .iter()
-            .filter_map(|k| PublicKey::parse(k).ok())
-            .collect();
-        if keys.is_empty() {
-            return Err(CliError::Config(
-                "no trusted keys: Nix trusts none, and neither --trusted-key nor trusted_keys \
-                 in config.toml names one"
-                    .to_owned(),
-            ));
-        }
-        return Ok(keys);
-    };
-    keys.iter()
-        .map(|k| PublicKey::parse(k).map_err(|e| CliError::Config(format!("{from}: {k:?}: {e}"))))
-        .collect()
 }
 
 fn activation_of(kind: TargetKind, args: &SwitchArgs, nix: &Nix) -> Result<Activation, CliError> {

@@ -1,8 +1,8 @@
-//! The stock Nix commands `tailcache switch` runs — never an evaluation: `nix show-config`
-//! (which keys this machine trusts, whether signatures are required), `nix-store --realise`
-//! (substitute the closure from the configured substituters, the local agent first when the
-//! modules put it there), `nix-env --set` (point a profile at it) and the activation script
-//! the closure itself carries.
+//! The stock Nix commands `tailcache switch` and `tailcache prefetch` run — never an
+//! evaluation: `nix show-config` (which keys this machine trusts, whether signatures are
+//! required), `nix-store --realise` (substitute the closure from the configured substituters,
+//! the local agent first when the modules put it there, optionally rooted), `nix-env --set`
+//! (point a profile at it) and the activation script the closure itself carries.
 //!
 //! `--store DIR` (a chroot store, as the tests use) keeps paths at `DIR/nix/store/…`: scripts
 //! are then run from there, and the default system profile is the chroot's.
@@ -142,9 +142,18 @@ impl Nix {
 
     /// `nix-store --realise OUT`: substitutes the closure (Nix checks every narinfo's
     /// signature against its trusted keys). Nix's progress goes to our stderr as it comes.
-    pub fn realise(&self, store_path: &str) -> Result<(), CliError> {
+    /// With `root`, the closure is kept from garbage collection by a root at that path
+    /// (`--add-root`, registered with Nix), replacing the one there.
+    pub fn realise(&self, store_path: &str, root: Option<&Path>) -> Result<(), CliError> {
         let mut c = self.command("nix-store");
         c.args(["--realise", store_path]);
+        if let Some(r) = root {
+            if let Some(dir) = r.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| CliError::local(format!("creating {}", dir.display()), e))?;
+            }
+            c.arg("--add-root").arg(r);
+        }
         run_teed(c, "nix-store --realise").map_err(|e| {
             CliError::Substitute(format!(
                 "Nix could not substitute {store_path}: {e}; nothing was changed (check that \
