@@ -8,9 +8,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tailcache_p2p::FileId;
 use tailcache_p2p::libp2p::Multiaddr;
-use tailcache_p2p::node::{self, Client, NodeConfig, PieceSource};
+use tailcache_p2p::node::{self, Client, NodeConfig, PieceSource, RangeReader};
 use tailcache_p2p::tracker::TrackerLimits;
-use tokio::io::AsyncRead;
 
 use crate::cache::nar_cache::NarCache;
 use crate::config::{Compression, P2pConfig};
@@ -22,12 +21,7 @@ struct NarSource {
 }
 
 impl PieceSource for NarSource {
-    fn open(
-        &self,
-        file: &FileId,
-        offset: u64,
-        len: u64,
-    ) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+    fn open(&self, file: &FileId, offset: u64, len: u64) -> Option<RangeReader> {
         let hash = file.hash();
         [Compression::Xz, Compression::Zstd]
             .into_iter()

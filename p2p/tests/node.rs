@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use support::*;
 use tailcache_p2p::Error;
 use tailcache_p2p::node::{
-    Client, DATA_PROTOCOL, NoPieces, NodeEvent, PieceSource, RateLimit, Refusal, UploadPolicy,
-    read_data_request,
+    Client, DATA_PROTOCOL, NoPieces, NodeEvent, PieceSource, RangeReader, RateLimit, Refusal,
+    UploadPolicy, read_data_request,
 };
 use tailcache_p2p::tracker::FileId;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const F: FileId = FileId::from_bytes([7; 32]);
 const MIB: usize = 1024 * 1024;
@@ -121,12 +121,7 @@ struct GatedSource {
 }
 
 impl PieceSource for GatedSource {
-    fn open(
-        &self,
-        file: &FileId,
-        offset: u64,
-        len: u64,
-    ) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+    fn open(&self, file: &FileId, offset: u64, len: u64) -> Option<RangeReader> {
         if let Some(pipe) = self.gate.lock().unwrap().take() {
             return Some(Box::new(pipe));
         }
@@ -375,7 +370,7 @@ async fn dialing_nobody_fails_with_a_dial_error() {
 struct PartialSource;
 
 impl PieceSource for PartialSource {
-    fn open(&self, _: &FileId, _: u64, _: u64) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+    fn open(&self, _: &FileId, _: u64, _: u64) -> Option<RangeReader> {
         None
     }
 

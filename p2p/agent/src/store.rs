@@ -14,11 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tailcache_p2p::node::{PieceSource, file_range};
+use tailcache_p2p::node::{PieceSource, RangeReader, file_range};
 use tailcache_p2p::tracker::PieceMap;
 use tailcache_p2p::{FileId, PieceSet};
 use tailcache_store::lru;
-use tokio::io::AsyncRead;
 
 /// What a kept file is checked against: its signed manifest and its BLAKE3 outboard, as
 /// the server sent them. Not trusted as stored: the signature and the root are checked
@@ -263,12 +262,7 @@ impl FileStore {
 }
 
 impl PieceSource for FileStore {
-    fn open(
-        &self,
-        file: &FileId,
-        offset: u64,
-        len: u64,
-    ) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+    fn open(&self, file: &FileId, offset: u64, len: u64) -> Option<RangeReader> {
         let partial = self.partials().get(file).cloned();
         if let Some(p) = partial
             && p.covers(offset, len)

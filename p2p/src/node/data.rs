@@ -72,17 +72,15 @@ enum DataResponse {
     Refused(Refusal),
 }
 
+/// The bytes of one range an upload sends: exactly the length asked for.
+pub type RangeReader = Box<dyn AsyncRead + Send + Unpin>;
+
 /// Where a node's uploads come from. `open` is called on the runtime for each accepted data
 /// request, so it must not block for long (opening a file and seeking is fine). It returns a
 /// reader of exactly `len` bytes from `offset`, or `None` if this node does not hold them
 /// (a source holding part of a file must refuse any range not wholly verified).
 pub trait PieceSource: Send + Sync + 'static {
-    fn open(
-        &self,
-        file: &FileId,
-        offset: u64,
-        len: u64,
-    ) -> Option<Box<dyn AsyncRead + Send + Unpin>>;
+    fn open(&self, file: &FileId, offset: u64, len: u64) -> Option<RangeReader>;
 
     /// Which pieces of `file` this node holds, for [`crate::tracker::ControlRequest::Pieces`]
     /// (called on the node's event loop: must be quick). `None`: none of it.
@@ -94,11 +92,7 @@ pub trait PieceSource: Send + Sync + 'static {
 /// `len` bytes of the file at `path` from `offset`, if the file is that long: what a
 /// [`PieceSource`] backed by files on disk hands out. The file is opened now, so unlinking
 /// it (an eviction) does not cut the upload short.
-pub fn file_range(
-    path: &std::path::Path,
-    offset: u64,
-    len: u64,
-) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+pub fn file_range(path: &std::path::Path, offset: u64, len: u64) -> Option<RangeReader> {
     use std::io::{Seek as _, SeekFrom};
     let mut f = std::fs::File::open(path).ok()?;
     let size = f.metadata().ok()?.len();
@@ -114,7 +108,7 @@ pub fn file_range(
 pub struct NoPieces;
 
 impl PieceSource for NoPieces {
-    fn open(&self, _: &FileId, _: u64, _: u64) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+    fn open(&self, _: &FileId, _: u64, _: u64) -> Option<RangeReader> {
         None
     }
 }
@@ -350,7 +344,7 @@ pub async fn write_data_accept(stream: &mut Stream, len: u64) -> io::Result<()> 
 /// bytes went out.
 async fn send_range(
     stream: &mut Stream,
-    mut reader: Box<dyn AsyncRead + Send + Unpin>,
+    mut reader: RangeReader,
     len: u64,
     server: &Server,
 ) -> std::result::Result<u64, (u64, io::Error)> {

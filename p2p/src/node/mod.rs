@@ -36,8 +36,8 @@ use tokio::time::Instant;
 pub use addr::{PeerAddr, PeerAddrError, loopback_listen_addrs};
 pub use codec::{CONTROL_PROTOCOL, FrameTooLarge, MAX_CONTROL_REQUEST, MAX_CONTROL_RESPONSE};
 pub use data::{
-    DATA_PROTOCOL, DataReader, DataRequest, NoPieces, PieceSource, RateLimit, Refusal, TokenBucket,
-    UploadPolicy, file_range, read_data_request, write_data_accept,
+    DATA_PROTOCOL, DataReader, DataRequest, NoPieces, PieceSource, RangeReader, RateLimit, Refusal,
+    TokenBucket, UploadPolicy, file_range, read_data_request, write_data_accept,
 };
 
 use crate::error::{Error, Result};

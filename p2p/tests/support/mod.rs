@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
-use tailcache_p2p::node::{self, Client, NodeConfig, NodeEvent, PieceSource};
+use tailcache_p2p::node::{self, Client, NodeConfig, NodeEvent, PieceSource, RangeReader};
 use tailcache_p2p::tracker::FileId;
 use tokio::io::AsyncRead;
 use tokio::sync::broadcast;
@@ -69,12 +69,7 @@ impl MemSource {
 }
 
 impl PieceSource for MemSource {
-    fn open(
-        &self,
-        file: &FileId,
-        offset: u64,
-        len: u64,
-    ) -> Option<Box<dyn AsyncRead + Send + Unpin>> {
+    fn open(&self, file: &FileId, offset: u64, len: u64) -> Option<RangeReader> {
         let data = self.files.get(file)?;
         let end = offset.checked_add(len)?;
         if end > data.len() as u64 {
