@@ -293,39 +293,33 @@ fn nix_system() -> String {
     format!("{}-linux", std::env::consts::ARCH)
 }
 
-/// Runs the command.
-pub fn run(a: &BootstrapArgs) -> Result<u8, CliError> {
-    let cache_url = config::normalise_url(&a.server)?;
-    let api_url = match &a.api {
-        Some(u) => config::normalise_url(u)?,
-        None => default_api(&cache_url),
-    };
-    let nixos = a.nixos || (!a.home_only && is_nixos(Path::new(NIXOS_MARKER)));
+/// Refuses to overwrite files a run would write, unless `--force`.
+fn refuse_to_overwrite(a: &BootstrapArgs, nixos: bool) -> Result<(), CliError> {
     let files_exist: Vec<PathBuf> = ["secrets.nix", ".gitignore", "flake.nix", "home.nix"]
         .into_iter()
         .chain(nixos.then_some(NIXOS_FILE))
         .map(|f| a.dir.join(f))
         .filter(|p| p.exists())
         .collect();
-    if !files_exist.is_empty() && !a.force {
-        let names: Vec<String> = files_exist
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        return Err(CliError::NotConfirmed(format!(
-            "{} already exist(s); pass --force to overwrite",
-            names.join(", ")
-        )));
+    if files_exist.is_empty() || a.force {
+        return Ok(());
     }
-    if !(a.timeout.is_finite() && a.timeout > 0.0) {
-        return Err(CliError::Usage(
-            "--timeout must be a positive number".into(),
-        ));
-    }
+    let names: Vec<String> = files_exist
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    Err(CliError::NotConfirmed(format!(
+        "{} already exist(s); pass --force to overwrite",
+        names.join(", ")
+    )))
+}
+
+/// The cache's signing keys, from its `/pubkey` (at least one).
+fn fetch_keys(cache_url: &str, timeout_secs: f64) -> Result<Vec<PublicKey>, CliError> {
     let endpoint = Endpoint {
-        url: cache_url.clone(),
+        url: cache_url.to_owned(),
         token: None,
-        timeout: std::time::Duration::from_secs_f64(a.timeout),
+        timeout: std::time::Duration::from_secs_f64(timeout_secs),
     };
     let text = client::get_text(&endpoint, "/pubkey")?;
     let keys = text
@@ -334,41 +328,66 @@ pub fn run(a: &BootstrapArgs) -> Result<u8, CliError> {
         .map(PublicKey::parse)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CliError::BadReply {
-            url: cache_url.clone(),
+            url: cache_url.to_owned(),
             reason: format!("/pubkey: {e}"),
         })?;
     if keys.is_empty() {
         return Err(CliError::BadReply {
-            url: cache_url,
+            url: cache_url.to_owned(),
             reason: "/pubkey lists no key".into(),
         });
     }
+    Ok(keys)
+}
+
+/// Asks on the terminal whether to trust the keys shown and write to `dir`.
+fn confirm(dir: &Path) -> Result<(), CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::NotConfirmed(
+            "cannot ask for confirmation: stdin is not a terminal; check the key above and pass --yes".into(),
+        ));
+    }
+    print!(
+        "Trust this key and write the configuration to {}? [y/N] ",
+        dir.display()
+    );
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::local("reading the answer", e))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes") {
+        Ok(())
+    } else {
+        Err(CliError::NotConfirmed(
+            "not confirmed; nothing written".into(),
+        ))
+    }
+}
+
+/// Runs the command.
+pub fn run(a: &BootstrapArgs) -> Result<u8, CliError> {
+    let cache_url = config::normalise_url(&a.server)?;
+    let api_url = match &a.api {
+        Some(u) => config::normalise_url(u)?,
+        None => default_api(&cache_url),
+    };
+    let nixos = a.nixos || (!a.home_only && is_nixos(Path::new(NIXOS_MARKER)));
+    refuse_to_overwrite(a, nixos)?;
+    if !(a.timeout.is_finite() && a.timeout > 0.0) {
+        return Err(CliError::Usage(
+            "--timeout must be a positive number".into(),
+        ));
+    }
+    let keys = fetch_keys(&cache_url, a.timeout)?;
     println!("The cache at {cache_url} signs with:");
     for k in &keys {
         println!("  {}", k.to_nix_string());
         println!("  fingerprint {}", fingerprint(k));
     }
     if !a.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(CliError::NotConfirmed(
-                "cannot ask for confirmation: stdin is not a terminal; check the key above and pass --yes".into(),
-            ));
-        }
-        print!(
-            "Trust this key and write the configuration to {}? [y/N] ",
-            a.dir.display()
-        );
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .map_err(|e| CliError::local("reading the answer", e))?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes" | "Yes") {
-            return Err(CliError::NotConfirmed(
-                "not confirmed; nothing written".into(),
-            ));
-        }
+        confirm(&a.dir)?;
     }
     let machine = Machine {
         api_url,

@@ -38,31 +38,7 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
     if args.json {
         println!("{raw}");
     } else {
-        match &reply {
-            TriggerOutcome::Triggered { build_id } => {
-                println!("{} build {build_id} triggered", style.green("✓"));
-            }
-            TriggerOutcome::AlreadyRunning {
-                build_id,
-                since,
-                requested_by,
-            } => println!(
-                "build {build_id} already running since {} (triggered by {})",
-                output::clock(since),
-                output::who(requested_by)
-            ),
-            TriggerOutcome::Queued { after_build } => {
-                println!("build {after_build} is running; another build is queued to run after it")
-            }
-            TriggerOutcome::Superseding {
-                cancelled_build,
-                commit,
-            } => println!(
-                "build {cancelled_build} is being cancelled; a build of {commit} runs after it"
-            ),
-            // The server answers this one with 503, which `client.trigger()` already reports.
-            TriggerOutcome::ShuttingDown => {}
-        }
+        print_trigger_outcome(&reply, &style);
     }
     if !args.wait {
         return Ok(exit::OK);
@@ -88,41 +64,9 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
         .iter()
         .all(|(_, p)| matches!(p, TargetProgress::Ready(_)));
     if args.json {
-        let targets: Vec<serde_json::Value> = targets
-            .iter()
-            .map(|(name, p)| match p {
-                TargetProgress::Ready(g) => {
-                    serde_json::json!({ "name": name, "state": "ready", "generation": g })
-                }
-                TargetProgress::Failed(why) => {
-                    serde_json::json!({ "name": name, "state": "failed", "error": why })
-                }
-                TargetProgress::Pending(w) => serde_json::json!({ "name": name, "state": w }),
-            })
-            .collect();
-        let end = serde_json::json!({
-            "build_id": build_id,
-            "result": result.as_str(),
-            "targets": targets,
-        });
-        println!("{end}");
+        println!("{}", build_end_json(build_id, result, &targets));
     } else {
-        let mark = if result == BuildResult::Success {
-            style.green("✓")
-        } else {
-            style.red("✗")
-        };
-        println!("{mark} build {build_id} {}", style.result(result));
-        for (name, p) in &targets {
-            match p {
-                TargetProgress::Ready(Some(g)) => {
-                    println!("  {} {name}: generation {g} ready", style.green("✓"))
-                }
-                TargetProgress::Ready(None) => println!("  {} {name}: ready", style.green("✓")),
-                TargetProgress::Failed(why) => println!("  {} {name}: {why}", style.red("✗")),
-                TargetProgress::Pending(w) => println!("  {name}: {w}"),
-            }
-        }
+        print_build_end(build_id, result, &targets, &style);
     }
     if result == BuildResult::Success && all_ready {
         Ok(exit::OK)
@@ -136,6 +80,85 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
             }
         }
         Ok(exit::BUILD_FAILED)
+    }
+}
+
+/// The server's answer to a trigger, for a person.
+fn print_trigger_outcome(reply: &TriggerOutcome, style: &Style) {
+    match reply {
+        TriggerOutcome::Triggered { build_id } => {
+            println!("{} build {build_id} triggered", style.green("✓"));
+        }
+        TriggerOutcome::AlreadyRunning {
+            build_id,
+            since,
+            requested_by,
+        } => println!(
+            "build {build_id} already running since {} (triggered by {})",
+            output::clock(since),
+            output::who(requested_by)
+        ),
+        TriggerOutcome::Queued { after_build } => {
+            println!("build {after_build} is running; another build is queued to run after it")
+        }
+        TriggerOutcome::Superseding {
+            cancelled_build,
+            commit,
+        } => println!(
+            "build {cancelled_build} is being cancelled; a build of {commit} runs after it"
+        ),
+        // The server answers this one with 503, which `client.trigger()` already reports.
+        TriggerOutcome::ShuttingDown => {}
+    }
+}
+
+/// `trigger --wait --json`'s last line: the build's result and each target's state.
+fn build_end_json(
+    build_id: u64,
+    result: BuildResult,
+    targets: &[(String, TargetProgress)],
+) -> serde_json::Value {
+    let targets: Vec<serde_json::Value> = targets
+        .iter()
+        .map(|(name, p)| match p {
+            TargetProgress::Ready(g) => {
+                serde_json::json!({ "name": name, "state": "ready", "generation": g })
+            }
+            TargetProgress::Failed(why) => {
+                serde_json::json!({ "name": name, "state": "failed", "error": why })
+            }
+            TargetProgress::Pending(w) => serde_json::json!({ "name": name, "state": w }),
+        })
+        .collect();
+    serde_json::json!({
+        "build_id": build_id,
+        "result": result.as_str(),
+        "targets": targets,
+    })
+}
+
+/// `trigger --wait`'s end for a person: the build's result and each target's state.
+fn print_build_end(
+    build_id: u64,
+    result: BuildResult,
+    targets: &[(String, TargetProgress)],
+    style: &Style,
+) {
+    let mark = if result == BuildResult::Success {
+        style.green("✓")
+    } else {
+        style.red("✗")
+    };
+    println!("{mark} build {build_id} {}", style.result(result));
+    for (name, p) in targets {
+        match p {
+            TargetProgress::Ready(Some(g)) => {
+                println!("  {} {name}: generation {g} ready", style.green("✓"))
+            }
+            TargetProgress::Ready(None) => println!("  {} {name}: ready", style.green("✓")),
+            TargetProgress::Failed(why) => println!("  {} {name}: {why}", style.red("✗")),
+            TargetProgress::Pending(w) => println!("  {name}: {w}"),
+        }
     }
 }
 

@@ -78,19 +78,7 @@ impl NarInfo {
     /// Parses narinfo text, validating StorePath against `store_dir`.
     pub fn parse(text: &str, store_dir: &str) -> Result<Self> {
         let corrupt = |reason: String| Error::InvalidNarInfo { reason };
-
-        let mut store_path = None;
-        let mut url = String::new();
-        let mut compression = Compression::NARINFO_DEFAULT;
-        let mut file_hash = None;
-        let mut file_size = None;
-        let mut nar_hash = None;
-        let mut nar_size = 0u64;
-        let mut references: Vec<StorePath> = Vec::new();
-        let mut deriver = None;
-        let mut sigs: Vec<String> = Vec::new();
-        let mut ca: Option<String> = None;
-
+        let mut fields = Fields::new();
         let mut rest = text;
         let mut line_no = 0usize;
         while !rest.is_empty() {
@@ -107,82 +95,11 @@ impl NarInfo {
             let value = value.strip_prefix(' ').ok_or_else(|| {
                 corrupt(format!("line {line_no}: {key:?} is not followed by \": \""))
             })?;
-            let field = |e: Error| corrupt(format!("line {line_no}: {key}: {e}"));
-            let number = |e: String| corrupt(format!("line {line_no}: {key}: {e}"));
-            match key {
-                "StorePath" => {
-                    store_path = Some(StorePath::from_absolute(store_dir, value).map_err(field)?);
-                }
-                "URL" => url = value.to_owned(),
-                "Compression" => {
-                    // Nix's default for narinfos older than the field, also when empty.
-                    compression = if value.is_empty() {
-                        Compression::NARINFO_DEFAULT
-                    } else {
-                        value.parse().map_err(field)?
-                    };
-                }
-                "FileHash" => file_hash = Some(Sha256Hash::parse(value).map_err(field)?),
-                "FileSize" => file_size = Some(parse_u64(value).map_err(number)?),
-                "NarHash" => nar_hash = Some(Sha256Hash::parse(value).map_err(field)?),
-                "NarSize" => nar_size = parse_u64(value).map_err(number)?,
-                "References" => {
-                    // Nix accepts a second References line only if the first one was empty.
-                    if !references.is_empty() {
-                        return Err(corrupt(format!("line {line_no}: References repeated")));
-                    }
-                    for r in value.split(' ').filter(|r| !r.is_empty()) {
-                        references.push(StorePath::from_base_name(r).map_err(field)?);
-                    }
-                }
-                "Deriver" => {
-                    deriver = if value == UNKNOWN_DERIVER {
-                        None
-                    } else {
-                        Some(StorePath::from_base_name(value).map_err(field)?)
-                    };
-                }
-                "Sig" => sigs.push(value.to_owned()),
-                "CA" => {
-                    if ca.is_some() {
-                        return Err(corrupt(format!("line {line_no}: CA repeated")));
-                    }
-                    // Nix reads an empty CA as "not content-addressed".
-                    if !value.is_empty() {
-                        validate_ca(value).map_err(|r| corrupt(format!("line {line_no}: {r}")))?;
-                        ca = Some(value.to_owned());
-                    }
-                }
-                _ => {}
-            }
+            fields
+                .set(key, value, store_dir)
+                .map_err(|e| corrupt(format!("line {line_no}: {e}")))?;
         }
-
-        let store_path = store_path.ok_or_else(|| corrupt("no StorePath".to_owned()))?;
-        let nar_hash = nar_hash.ok_or_else(|| corrupt("no NarHash".to_owned()))?;
-        if url.is_empty() {
-            return Err(corrupt("no URL".to_owned()));
-        }
-        if nar_size == 0 {
-            return Err(corrupt("no NarSize, or NarSize 0".to_owned()));
-        }
-        references.sort();
-        references.dedup();
-        // Nix keeps signatures in a set; keep the first of each, in file order.
-        let mut seen = std::collections::HashSet::new();
-        sigs.retain(|s| seen.insert(s.clone()));
-        Ok(NarInfo {
-            store_path,
-            url,
-            compression,
-            file_hash,
-            file_size,
-            nar_hash,
-            nar_size,
-            references,
-            deriver,
-            sigs,
-            ca,
-        })
+        fields.finish().map_err(|e| corrupt(e.to_owned()))
     }
 
     /// The signature fingerprint of this narinfo.
@@ -242,6 +159,124 @@ fn sorted_base_names(paths: &[StorePath]) -> Vec<String> {
     sorted.sort_unstable();
     sorted.dedup();
     sorted.into_iter().map(StorePath::base_name).collect()
+}
+
+/// What [`NarInfo::parse`] has read so far, one `Key: value` line at a time.
+struct Fields {
+    store_path: Option<StorePath>,
+    url: String,
+    compression: Compression,
+    file_hash: Option<Sha256Hash>,
+    file_size: Option<u64>,
+    nar_hash: Option<Sha256Hash>,
+    nar_size: u64,
+    references: Vec<StorePath>,
+    deriver: Option<StorePath>,
+    sigs: Vec<String>,
+    ca: Option<String>,
+}
+
+impl Fields {
+    fn new() -> Self {
+        Self {
+            store_path: None,
+            url: String::new(),
+            compression: Compression::NARINFO_DEFAULT,
+            file_hash: None,
+            file_size: None,
+            nar_hash: None,
+            nar_size: 0,
+            references: Vec::new(),
+            deriver: None,
+            sigs: Vec::new(),
+            ca: None,
+        }
+    }
+
+    /// Takes one line's value; an error says what is wrong with the line. Unknown keys are
+    /// ignored, as Nix does.
+    fn set(&mut self, key: &str, value: &str, store_dir: &str) -> std::result::Result<(), String> {
+        let field = |e: Error| format!("{key}: {e}");
+        let number = |e: String| format!("{key}: {e}");
+        match key {
+            "StorePath" => {
+                self.store_path = Some(StorePath::from_absolute(store_dir, value).map_err(field)?);
+            }
+            "URL" => self.url = value.to_owned(),
+            "Compression" => {
+                // Nix's default for narinfos older than the field, also when empty.
+                self.compression = if value.is_empty() {
+                    Compression::NARINFO_DEFAULT
+                } else {
+                    value.parse().map_err(field)?
+                };
+            }
+            "FileHash" => self.file_hash = Some(Sha256Hash::parse(value).map_err(field)?),
+            "FileSize" => self.file_size = Some(parse_u64(value).map_err(number)?),
+            "NarHash" => self.nar_hash = Some(Sha256Hash::parse(value).map_err(field)?),
+            "NarSize" => self.nar_size = parse_u64(value).map_err(number)?,
+            "References" => {
+                // Nix accepts a second References line only if the first one was empty.
+                if !self.references.is_empty() {
+                    return Err("References repeated".to_owned());
+                }
+                for r in value.split(' ').filter(|r| !r.is_empty()) {
+                    self.references
+                        .push(StorePath::from_base_name(r).map_err(field)?);
+                }
+            }
+            "Deriver" => {
+                self.deriver = if value == UNKNOWN_DERIVER {
+                    None
+                } else {
+                    Some(StorePath::from_base_name(value).map_err(field)?)
+                };
+            }
+            "Sig" => self.sigs.push(value.to_owned()),
+            "CA" => {
+                if self.ca.is_some() {
+                    return Err("CA repeated".to_owned());
+                }
+                // Nix reads an empty CA as "not content-addressed".
+                if !value.is_empty() {
+                    validate_ca(value)?;
+                    self.ca = Some(value.to_owned());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The narinfo, once every required field was read; the error names the missing one.
+    fn finish(mut self) -> std::result::Result<NarInfo, &'static str> {
+        let store_path = self.store_path.ok_or("no StorePath")?;
+        let nar_hash = self.nar_hash.ok_or("no NarHash")?;
+        if self.url.is_empty() {
+            return Err("no URL");
+        }
+        if self.nar_size == 0 {
+            return Err("no NarSize, or NarSize 0");
+        }
+        self.references.sort();
+        self.references.dedup();
+        // Nix keeps signatures in a set; keep the first of each, in file order.
+        let mut seen = std::collections::HashSet::new();
+        self.sigs.retain(|s| seen.insert(s.clone()));
+        Ok(NarInfo {
+            store_path,
+            url: self.url,
+            compression: self.compression,
+            file_hash: self.file_hash,
+            file_size: self.file_size,
+            nar_hash,
+            nar_size: self.nar_size,
+            references: self.references,
+            deriver: self.deriver,
+            sigs: self.sigs,
+            ca: self.ca,
+        })
+    }
 }
 
 /// Decimal digits only (no sign, no spaces), as Nix writes sizes.

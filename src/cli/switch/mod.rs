@@ -307,7 +307,6 @@ pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
         );
         return Ok(exit::OK);
     }
-
     print!(
         "{}",
         describe(&record, &key, before.as_ref(), &view, &style)
@@ -320,22 +319,11 @@ pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
         return Ok(exit::OK);
     }
     if needs_root(&activation, nix, args) && proc_uid(1) != Some(0) {
-        return Err(CliError::Usage(format!(
-            "switching the NixOS system {} needs root: run `sudo tailcache switch` (nothing was \
-             changed)",
-            record.target
-        )));
+        return Err(needs_sudo(&record.target));
     }
 
     follow.require_sigs()?;
-    let fetch_started = Instant::now();
-    if nix.is_valid(&record.out_path) {
-        println!("{} is already in the store", record.out_path);
-    } else {
-        println!("substituting {} …", record.out_path);
-        nix.realise(&record.out_path, None)?;
-    }
-    let fetched = fetch_started.elapsed();
+    let fetched = substitute(nix, &record.out_path)?;
     apply(&activation, nix, &record)?;
 
     state.set(
@@ -360,6 +348,26 @@ pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
         output::duration(started.elapsed().as_secs_f64())
     );
     Ok(exit::OK)
+}
+
+fn needs_sudo(target: &str) -> CliError {
+    CliError::Usage(format!(
+        "switching the NixOS system {target} needs root: run `sudo tailcache switch` (nothing \
+         was changed)"
+    ))
+}
+
+/// Brings `out_path` into the store (through the substituters) unless it is there; returns
+/// how long that took.
+fn substitute(nix: &Nix, out_path: &str) -> Result<std::time::Duration, CliError> {
+    let started = Instant::now();
+    if nix.is_valid(out_path) {
+        println!("{out_path} is already in the store");
+    } else {
+        println!("substituting {out_path} …");
+        nix.realise(out_path, None)?;
+    }
+    Ok(started.elapsed())
 }
 
 fn activation_of(kind: TargetKind, args: &SwitchArgs, nix: &Nix) -> Result<Activation, CliError> {

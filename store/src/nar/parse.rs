@@ -300,34 +300,8 @@ impl<S: Sink> Parser<S> {
                 self.expect(tok, b"type", at)?;
                 Want::TypeVal
             }
-            Want::TypeVal => match tok {
-                b"regular" => Want::RegularNext,
-                b"symlink" => Want::TargetKw,
-                b"directory" => {
-                    if self.dirs.len() >= MAX_DEPTH {
-                        return Err(self.invalid_at(at, "directories nested too deeply"));
-                    }
-                    self.dirs.push(None);
-                    self.sink.directory()?;
-                    Want::DirNext
-                }
-                _ => {
-                    return Err(self.invalid_at(
-                        at,
-                        format!("unknown node type {:?}", String::from_utf8_lossy(tok)),
-                    ));
-                }
-            },
-            Want::RegularNext => match tok {
-                b"executable" => Want::ExecEmpty,
-                b"contents" => {
-                    self.executable = false;
-                    Want::Contents
-                }
-                _ => {
-                    return Err(self.invalid_at(at, "expected \"executable\" or \"contents\""));
-                }
-            },
+            Want::TypeVal => self.on_type(tok, at)?,
+            Want::RegularNext => self.on_regular(tok, at)?,
             Want::ExecEmpty => {
                 self.expect(tok, b"", at)?;
                 Want::ContentsKw
@@ -349,13 +323,7 @@ impl<S: Sink> Parser<S> {
                 self.expect(tok, b"target", at)?;
                 Want::Target
             }
-            Want::Target => {
-                if tok.is_empty() || tok.contains(&0) {
-                    return Err(self.invalid_at(at, "symlink target is empty or contains NUL"));
-                }
-                self.sink.symlink(tok)?;
-                Want::NodeClose
-            }
+            Want::Target => self.on_target(tok, at)?,
             Want::DirNext => match tok {
                 b"entry" => Want::EntryOpen,
                 b")" => {
@@ -391,6 +359,47 @@ impl<S: Sink> Parser<S> {
             }
         };
         Ok(())
+    }
+
+    /// The value after `type`: what kind of node starts.
+    fn on_type(&mut self, tok: &[u8], at: u64) -> Result<Want> {
+        match tok {
+            b"regular" => Ok(Want::RegularNext),
+            b"symlink" => Ok(Want::TargetKw),
+            b"directory" => {
+                if self.dirs.len() >= MAX_DEPTH {
+                    return Err(self.invalid_at(at, "directories nested too deeply"));
+                }
+                self.dirs.push(None);
+                self.sink.directory()?;
+                Ok(Want::DirNext)
+            }
+            _ => Err(self.invalid_at(
+                at,
+                format!("unknown node type {:?}", String::from_utf8_lossy(tok)),
+            )),
+        }
+    }
+
+    /// What follows `type regular`: the executable flag or the contents.
+    fn on_regular(&mut self, tok: &[u8], at: u64) -> Result<Want> {
+        match tok {
+            b"executable" => Ok(Want::ExecEmpty),
+            b"contents" => {
+                self.executable = false;
+                Ok(Want::Contents)
+            }
+            _ => Err(self.invalid_at(at, "expected \"executable\" or \"contents\"")),
+        }
+    }
+
+    /// A symlink's target: neither empty nor holding a NUL.
+    fn on_target(&mut self, tok: &[u8], at: u64) -> Result<Want> {
+        if tok.is_empty() || tok.contains(&0) {
+            return Err(self.invalid_at(at, "symlink target is empty or contains NUL"));
+        }
+        self.sink.symlink(tok)?;
+        Ok(Want::NodeClose)
     }
 
     /// Validates an entry name and that it sorts strictly after the previous one, then
