@@ -339,32 +339,15 @@ impl TrackerState {
 /// PeerId on the wire: its multihash bytes.
 mod peer_id_bytes {
     use libp2p::PeerId;
-    use serde::{Deserializer, Serializer, de::Error as _};
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
 
     pub fn serialize<S: Serializer>(p: &PeerId, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&p.to_bytes())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PeerId, D::Error> {
-        let bytes: Vec<u8> = serde_bytes_vec(d)?;
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
         PeerId::from_bytes(&bytes).map_err(D::Error::custom)
-    }
-
-    pub(super) fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-        }
-        d.deserialize_bytes(V)
     }
 }
 
@@ -374,17 +357,7 @@ mod multiaddrs_bytes {
     use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 
     #[derive(Serialize, Deserialize)]
-    struct Raw(#[serde(with = "raw_bytes")] Vec<u8>);
-
-    mod raw_bytes {
-        use serde::{Deserializer, Serializer};
-        pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(v)
-        }
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-            super::super::peer_id_bytes::serde_bytes_vec(d)
-        }
-    }
+    struct Raw(#[serde(with = "serde_bytes")] Vec<u8>);
 
     pub fn serialize<S: Serializer>(addrs: &[Multiaddr], s: S) -> Result<S::Ok, S::Error> {
         let raw: Vec<Raw> = addrs.iter().map(|a| Raw(a.to_vec())).collect();
