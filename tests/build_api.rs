@@ -250,6 +250,7 @@ fn already_running_names_who_asked_and_cancel_stops_the_build() {
     let t = server.trigger("alice", "laptop");
     let id = t["build_id"].as_u64().expect("build_id");
     server.wait_step(id, "wait");
+    pids.wait_for(1);
 
     let again = server.trigger("bob", "desktop");
     assert_eq!(

@@ -343,6 +343,25 @@ impl StepPids {
     pub fn pids(&self) -> Vec<u32> {
         recorded_pids(&self.path)
     }
+
+    /// Waits (with a deadline) until `n` steps have recorded their pid. The status says a
+    /// step runs once it is spawned, which on a busy machine can be before its shell has
+    /// run its first line.
+    pub fn wait_for(&self, n: usize) -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pids = self.pids();
+            if pids.len() >= n {
+                return pids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} step pid(s) never recorded: {pids:?}"
+            );
+            // Polling the file the steps write.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for StepPids {
