@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::TestCache;
 use common::api::{
-    Gate, JsonExt, StepPids, build_section, hex, hmac_sha256, parse_json, process_exists,
+    Gate, JsonExt, StepPids, build_section, hmac_sha256, parse_json, process_exists,
     read_status_file, sh_step,
 };
 use common::json::Json;
@@ -424,11 +424,17 @@ fn the_webhook_needs_a_valid_signature() {
         .webhook_secret(secret)
         .start();
     let body = push_payload();
-    let good = format!("sha256={}", hex(&hmac_sha256(secret.as_bytes(), &body)));
-    let wrong_key = format!("sha256={}", hex(&hmac_sha256(b"not-the-secret", &body)));
+    let good = format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(secret.as_bytes(), &body))
+    );
+    let wrong_key = format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(b"not-the-secret", &body))
+    );
     let other_body = format!(
         "sha256={}",
-        hex(&hmac_sha256(
+        hex::encode(hmac_sha256(
             secret.as_bytes(),
             b"{\"ref\":\"refs/heads/other\"}"
         ))
@@ -455,6 +461,20 @@ fn the_webhook_needs_a_valid_signature() {
             "signature {sig:?} answered {status}"
         );
     }
+    // A signature spelled with a sign: `u8::from_str_radix` read "+a" as 0x0a, so a MAC
+    // byte below 0x10 could be written "+X" and still matched. The body gets trailing
+    // spaces (still the same JSON) until its MAC has such a byte.
+    let (signed, plus) = (0..64)
+        .find_map(|n| {
+            let mut b = body.clone();
+            b.extend(std::iter::repeat_n(b' ', n));
+            let h = hex::encode(hmac_sha256(secret.as_bytes(), &b));
+            let i = (0..h.len()).step_by(2).find(|&i| h.as_bytes()[i] == b'0')?;
+            Some((b, format!("sha256={}+{}", &h[..i], &h[i + 1..])))
+        })
+        .unwrap();
+    let status = post_webhook(&server, Some(&plus), &signed);
+    assert!(status == 401 || status == 403, "{plus}: {status}");
     // A valid signature over a different body.
     let mut tampered = body.clone();
     tampered.extend_from_slice(b" ");

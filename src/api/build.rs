@@ -234,7 +234,7 @@ pub async fn post_webhook(
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("sha256="))
-        .and_then(decode_hex)
+        .and_then(|h| hex::decode(h).ok())
         .ok_or(ApiError::BadSignature)?;
     let mut mac =
         Hmac::<sha2::Sha256>::new_from_slice(secret).map_err(|_| ApiError::BadSignature)?;
@@ -271,16 +271,6 @@ pub async fn post_webhook(
     }
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,13 +281,6 @@ mod tests {
         assert_eq!(sse_data("10%\r50%\r100%"), "100%");
         assert_eq!(sse_data("done\r"), "done");
         assert_eq!(sse_data(""), "");
-    }
-
-    #[test]
-    fn hex() {
-        assert_eq!(decode_hex("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(decode_hex("0"), None);
-        assert_eq!(decode_hex("zz"), None);
     }
 
     #[test]
