@@ -172,6 +172,8 @@ pub struct ApiConfig {
     /// File holding the GitHub webhook secret; when set, `POST /build/webhook` accepts push
     /// events signed with it (`X-Hub-Signature-256`).
     pub webhook_secret_file: Option<PathBuf>,
+    /// Connection limit and timeouts of this listener (`[api.connections]`).
+    pub connections: ConnectionConfig,
 }
 
 impl Default for ApiConfig {
@@ -180,6 +182,45 @@ impl Default for ApiConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
             token_file: None,
             webhook_secret_file: None,
+            connections: ConnectionConfig::default(),
+        }
+    }
+}
+
+/// How many connections one listener serves and how long it waits for their clients
+/// (`[cache.connections]`, `[api.connections]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionConfig {
+    /// Connections served at once. At the limit, a new connection makes the server close
+    /// the connection that has been idle the longest; with none idle it waits. Unset:
+    /// derived from the file descriptor limit (so descriptors never run out first), at most
+    /// [`ConnectionConfig::DEFAULT_MAX`].
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a whole request head once its first byte arrived
+    /// (slowloris clients are closed after this).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight: before its first
+    /// byte, and between requests on a kept-alive connection.
+    pub idle_timeout_secs: u64,
+    /// Seconds a response may wait for its client to take more bytes; a reader that
+    /// stalls longer is disconnected.
+    pub send_timeout_secs: u64,
+}
+
+impl ConnectionConfig {
+    /// Upper bound of the derived connection limit: far above what a tailnet's machines
+    /// open (Nix uses up to 25 connections per client), and an idle connection costs ~10 KiB.
+    pub const DEFAULT_MAX: usize = 1024;
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            max_connections: None,
+            header_read_timeout_secs: 15,
+            idle_timeout_secs: 60,
+            send_timeout_secs: 60,
         }
     }
 }
@@ -287,6 +328,12 @@ pub struct CacheConfig {
     pub nar_cache_max_bytes: u64,
     /// Paths that may wait for compression; more requests are dropped and retried later.
     pub compression_queue: usize,
+    /// Blocking reads (of NARs being dumped, compressed files, build logs) running at once
+    /// for all downloads together. A download holds a thread only while one chunk is read,
+    /// so stalled clients hold none.
+    pub read_threads: usize,
+    /// Connection limit and timeouts of this listener (`[cache.connections]`).
+    pub connections: ConnectionConfig,
 }
 
 impl Default for CacheConfig {
@@ -302,6 +349,8 @@ impl Default for CacheConfig {
             secret_key_files: Vec::new(),
             nar_cache_max_bytes: 20 << 30,
             compression_queue: 1024,
+            read_threads: 16,
+            connections: ConnectionConfig::default(),
         }
     }
 }
@@ -454,6 +503,18 @@ impl Config {
         }
         if c.compression_queue == 0 {
             anyhow::bail!("cache.compression_queue must be at least 1");
+        }
+        if c.read_threads == 0 {
+            anyhow::bail!("cache.read_threads must be at least 1");
+        }
+        for (name, l) in [("cache", &c.connections), ("api", &self.api.connections)] {
+            if l.max_connections == Some(0)
+                || l.header_read_timeout_secs == 0
+                || l.idle_timeout_secs == 0
+                || l.send_timeout_secs == 0
+            {
+                anyhow::bail!("{name}.connections: limits and timeouts must be at least 1");
+            }
         }
         let b = &self.build;
         if b.log_lines == 0 || b.log_files_kept == 0 {

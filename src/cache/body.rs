@@ -1,61 +1,133 @@
 //! Serving bytes from a blocking reader (a NAR being dumped, a compressed file, a build log)
-//! as an HTTP body with bounded memory, and single-range `Range` requests (RFC 9110 §14).
+//! as an HTTP body with memory and threads bounded by configuration, not by the number of
+//! clients, and single-range `Range` requests (RFC 9110 §14).
 //!
-//! The reader runs on a blocking thread and hands chunks to the response through a channel
-//! of [`CHANNEL_CHUNKS`] chunks of [`CHUNK`] bytes, so one download holds at most about
-//! 1 MiB whatever the size of the NAR, and a slow client slows the reader instead of
-//! filling memory.
+//! The body is pulled: only when the connection asks for the next chunk does a blocking
+//! thread read one [`CHUNK`] and hand the reader back. A client that stops reading stops
+//! the pulling, so a stalled download holds its reader's small state and the one chunk the
+//! connection buffers, but no thread (the listener's send timeout then drops it). The reads
+//! of all downloads together run on at most [`ReadPool`]'s number of threads.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Semaphore;
 
 use super::error::{CacheError, CacheResult};
 
-/// Bytes per chunk read from the source.
-pub const CHUNK: usize = 256 * 1024;
-/// Chunks that may wait for the client.
-pub const CHANNEL_CHUNKS: usize = 4;
+/// Bytes per chunk read from the source: what one download holds in memory at a time
+/// (with the connection's buffer of the same size), so hundreds of stalled readers stay
+/// within tens of MiB.
+pub const CHUNK: usize = 64 * 1024;
 
-/// A body fed by `reader` on a blocking thread. `on_bytes` is called with each chunk's size
-/// once the chunk has been handed to the connection (for counters).
-pub fn body_from_reader<R, F>(mut reader: R, on_bytes: F) -> Body
-where
-    R: Read + Send + 'static,
-    F: Fn(u64) + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(CHANNEL_CHUNKS);
-    tokio::task::spawn_blocking(move || {
-        loop {
-            let mut buf = BytesMut::zeroed(CHUNK);
-            let n = match read_full(&mut reader, &mut buf) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!("stream aborted: {e}");
-                    // The client sees a truncated body (its length no longer matches), which
-                    // Nix reports as a failed download rather than accepting corrupt data.
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            buf.truncate(n);
-            if tx.blocking_send(Ok(buf.freeze())).is_err() {
-                return; // client went away
-            }
-            on_bytes(n as u64);
-        }
-    });
-    Body::from_stream(tokio_stream_from(rx))
+/// Runs the blocking reads of response bodies, at most `threads` at once.
+#[derive(Debug, Clone)]
+pub struct ReadPool {
+    slots: Arc<Semaphore>,
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+impl ReadPool {
+    pub fn new(threads: usize) -> Self {
+        ReadPool {
+            slots: Arc::new(Semaphore::new(threads.max(1))),
+        }
+    }
+
+    /// A body fed by `reader`, one chunk per request of the connection. `on_bytes` is
+    /// called with each chunk's size as it is handed to the connection (for counters).
+    pub fn body<R, F>(&self, reader: R, on_bytes: F) -> Body
+    where
+        R: Read + Send + 'static,
+        F: Fn(u64) + Send + 'static,
+    {
+        let slots = self.slots.clone();
+        let chunks = futures::stream::unfold(Some(reader), move |reader| {
+            let slots = slots.clone();
+            async move {
+                let mut reader = reader?;
+                let Ok(slot) = slots.acquire_owned().await else {
+                    return None;
+                };
+                let read = tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    let mut buf = BytesMut::zeroed(CHUNK);
+                    let r = read_full(&mut reader, &mut buf).map(|n| {
+                        buf.truncate(n);
+                        buf.freeze()
+                    });
+                    (reader, r)
+                })
+                .await;
+                match read {
+                    Ok((_, Ok(chunk))) if chunk.is_empty() => None,
+                    Ok((reader, Ok(chunk))) => {
+                        Some((Ok::<Bytes, std::io::Error>(chunk), Some(reader)))
+                    }
+                    // The client sees a truncated body (its length no longer matches), which
+                    // Nix reports as a failed download rather than accepting corrupt data.
+                    Ok((_, Err(e))) => {
+                        tracing::warn!("stream aborted: {e}");
+                        Some((Err(e), None))
+                    }
+                    Err(e) => Some((Err(std::io::Error::other(e)), None)),
+                }
+            }
+        });
+        let counted = futures::StreamExt::inspect(chunks, move |c| {
+            if let Ok(c) = c {
+                on_bytes(c.len() as u64);
+            }
+        });
+        Body::from_stream(counted)
+    }
+
+    /// Builds a 200/206 response for `resource`, honouring `Range`, with an empty body for
+    /// HEAD. `open(offset)` returns a reader positioned at `offset`; it runs on a read
+    /// thread.
+    pub fn respond<R, O, F>(
+        &self,
+        headers: &HeaderMap,
+        head: bool,
+        resource: Resource,
+        open: O,
+        on_bytes: F,
+    ) -> CacheResult<Response>
+    where
+        R: Read + Send + 'static,
+        O: FnOnce(u64) -> std::io::Result<R> + Send + 'static,
+        F: Fn(u64) + Send + 'static,
+    {
+        let span = parse_range(headers, resource.size)?;
+        let (status, start, len) = match span {
+            Span::Full => (StatusCode::OK, 0, resource.size),
+            Span::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        };
+        let body = if head {
+            Body::empty()
+        } else {
+            self.body(LazyReader::new(move || open(start)).take(len), on_bytes)
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(resource.content_type),
+        );
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let Span::Partial { start, end } = span {
+            let v = format!("bytes {start}-{end}/{}", resource.size);
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        Ok(response)
+    }
 }
 
 /// Reads until `buf` is full or the source ends, so chunks are large even when the source
@@ -139,50 +211,8 @@ pub struct Resource {
     pub content_type: &'static str,
 }
 
-/// Builds a 200/206 response for `resource`, honouring `Range`, with an empty body for HEAD.
-/// `open(offset)` returns a reader positioned at `offset`; it runs on a blocking thread.
-pub fn respond<R, O, F>(
-    headers: &HeaderMap,
-    head: bool,
-    resource: Resource,
-    open: O,
-    on_bytes: F,
-) -> CacheResult<Response>
-where
-    R: Read + Send + 'static,
-    O: FnOnce(u64) -> std::io::Result<R> + Send + 'static,
-    F: Fn(u64) + Send + 'static,
-{
-    let span = parse_range(headers, resource.size)?;
-    let (status, start, len) = match span {
-        Span::Full => (StatusCode::OK, 0, resource.size),
-        Span::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
-    };
-    let body = if head {
-        Body::empty()
-    } else {
-        body_from_reader(LazyReader::new(move || open(start)).take(len), on_bytes)
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(resource.content_type),
-    );
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if let Span::Partial { start, end } = span {
-        let v = format!("bytes {start}-{end}/{}", resource.size);
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(header::CONTENT_RANGE, v);
-        }
-    }
-    Ok(response)
-}
-
-/// Opens its source on the first read, i.e. on the blocking thread rather than the
-/// request's async task (opening a NAR stream stats files and may seek).
+/// Opens its source on the first read, i.e. on a read thread rather than the request's
+/// async task (opening a NAR stream stats files and may seek).
 struct LazyReader<R, O> {
     open: Option<O>,
     inner: Option<R>,
@@ -265,10 +295,14 @@ mod tests {
         let data: Vec<u8> = (0..(3 * CHUNK + 17)).map(|i| (i % 251) as u8).collect();
         let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let c = counted.clone();
-        let body = body_from_reader(std::io::Cursor::new(data.clone()), move |n| {
+        let body = ReadPool::new(1).body(std::io::Cursor::new(data.clone()), move |n| {
             c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         });
         let got = body.collect().await.unwrap().to_bytes();
         assert_eq!(got.as_ref(), data.as_slice());
+        assert_eq!(
+            counted.load(std::sync::atomic::Ordering::Relaxed),
+            data.len() as u64
+        );
     }
 }
