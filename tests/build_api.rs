@@ -661,3 +661,78 @@ fn kill9_during_a_burst_of_status_writes_leaves_a_parsable_status() {
         );
     }
 }
+
+/// Sends a request head (plus `body`, which may be only the start of what the head
+/// declares) and reads the answer's status line; the server may answer before the body.
+fn status_of_raw(base_url: &str, head: &str, body: &[u8]) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(common::http::host_port(base_url)).unwrap();
+    s.set_read_timeout(Some(END_TIMEOUT)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may already have answered and closed: a failed write is fine.
+    let _ = s.write_all(body);
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        line.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&line).into_owned();
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"))
+}
+
+#[test]
+fn oversized_bodies_are_refused_with_413() {
+    let d = scratch();
+    let count = d.path().join("runs");
+    let steps = [sh_step(
+        "count",
+        &format!("echo run >> '{}'", count.display()),
+        "",
+    )];
+    let server = builder(d.path(), &build_section(SETTINGS, &steps))
+        .webhook_secret("hook-secret")
+        .start();
+    let api = server.api_url();
+    let some = vec![b'x'; 64 << 10];
+    // Declared sizes: refused before the body is read.
+    for (method, target, declared) in [
+        ("POST", "/build/trigger", 8 << 20),
+        ("POST", "/build/trigger", 5000),
+        ("POST", "/build/cancel", 8 << 20),
+        ("GET", "/build/status", 8 << 20),
+        ("GET", "/health", 8 << 20),
+        ("POST", "/build/webhook", (1 << 20) + 1),
+    ] {
+        let head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\
+             X-GitHub-Event: push\r\n\r\n"
+        );
+        let status = status_of_raw(api, &head, &some[..some.len().min(declared)]);
+        assert_eq!(status, 413, "{method} {target} with {declared} bytes");
+    }
+    // A chunked body has no declared size: refused once more than the limit was read.
+    let mut chunked = Vec::new();
+    for _ in 0..16 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 1024).as_bytes());
+        chunked.extend_from_slice(&[b'x'; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let head = "POST /build/trigger HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(status_of_raw(api, head, &chunked), 413);
+    let s = server.build_status();
+    assert_eq!(
+        s.field("build_id"),
+        &Json::Null,
+        "an oversized trigger ran: {s:?}"
+    );
+    // Within the limits everything works as before.
+    let r = server.api_post("/build/trigger", &[], b"{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = parse_json("trigger", &r.text()).u64_of("build_id").unwrap();
+    server.wait_finished(id);
+    assert_eq!(lines_of(&count), 1);
+}

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -17,8 +18,8 @@ use serde::Deserialize;
 use tailcache_actors::{BuildStatus, LogEvent, RequestedBy, TriggerOutcome};
 use tokio::sync::broadcast;
 
-use super::ApiState;
 use super::error::{ApiError, ApiResult};
+use super::{ApiState, BODY_LIMIT, WEBHOOK_BODY_LIMIT, read_body};
 
 /// Header naming the user who asks (the CLI sends `$USER`).
 pub const HEADER_USER: &str = "x-tailcache-user";
@@ -51,8 +52,11 @@ pub async fn post_trigger(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     state.authorize(&headers)?;
+    // Read (and so limited) although unused: an oversized body is refused, not ignored.
+    read_body(body, BODY_LIMIT)?;
     trigger(&state, requested_by(&headers, peer)).await
 }
 
@@ -88,8 +92,13 @@ fn with_message(value: &impl serde::Serialize, message: String) -> serde_json::V
     v
 }
 
-pub async fn post_cancel(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn post_cancel(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     state.authorize(&headers)?;
+    read_body(body, BODY_LIMIT)?;
     let outcome = state.build().cancel().await?;
     let message = match &outcome {
         tailcache_actors::CancelOutcome::Cancelling { build_id } => {
@@ -223,8 +232,9 @@ struct Pusher {
 pub async fn post_webhook(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let body = read_body(body, WEBHOOK_BODY_LIMIT)?;
     let secret = state
         .inner
         .webhook_secret

@@ -19,6 +19,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("not found")]
     NotFound,
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("{0}")]
@@ -33,6 +35,7 @@ impl IntoResponse for ApiError {
             ApiError::NotConfigured => (StatusCode::CONFLICT, "not_configured"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Actors(_) => (StatusCode::INTERNAL_SERVER_ERROR, "error"),
         };

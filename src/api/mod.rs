@@ -18,7 +18,11 @@ pub mod page;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::HeaderMap;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use tailcache_actors::BuildHandle;
@@ -105,17 +109,59 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The API listener's routes.
+/// Largest request body of every route but the webhook: triggers and cancels carry none
+/// (or an empty JSON object), GET requests none at all.
+pub const BODY_LIMIT: usize = 4 << 10;
+/// Largest webhook body. A push event to a configuration repository is a few KiB; one
+/// that lists thousands of changed files reaches hundreds of KiB (GitHub caps each list at
+/// 5000 paths and whole payloads at 25 MB). 1 MiB holds any push such a repository sees,
+/// and is what services taking GitHub pushes commonly allow.
+pub const WEBHOOK_BODY_LIMIT: usize = 1 << 20;
+
+/// The API listener's routes, each with its body-size limit.
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/", get(page::get_status_page))
         .route("/build/trigger", post(build::post_trigger))
         .route("/build/cancel", post(build::post_cancel))
-        .route("/build/webhook", post(build::post_webhook))
         .route("/build/status", get(build::get_status))
         .route("/build/logs", get(build::get_logs))
         .route("/health", get(health::get_health))
         .route("/metrics", get(health::get_metrics))
+        .layer(middleware::from_fn_with_state(BODY_LIMIT, limit_body))
+        .route(
+            "/build/webhook",
+            post(build::post_webhook).layer(middleware::from_fn_with_state(
+                WEBHOOK_BODY_LIMIT,
+                limit_body,
+            )),
+        )
+}
+
+/// Refuses a body larger than `limit` bytes: at once when its `Content-Length` says so,
+/// else as a handler reads it (see [`read_body`]).
+async fn limit_body(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return axum::response::IntoResponse::into_response(ApiError::BodyTooLarge { limit });
+    }
+    next.run(req.map(|b| Body::new(http_body_util::Limited::new(b, limit))))
+        .await
+}
+
+/// A handler's body, read within the route's `limit` (413 beyond it).
+pub fn read_body(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|e| match e.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit },
+        _ => ApiError::BadRequest(e.body_text()),
+    })
 }
 
 #[cfg(test)]
