@@ -286,7 +286,13 @@ in
         Restart = "on-failure";
         RestartSec = 5;
         KillSignal = "SIGTERM";
+        # systemd's default, stated because it matters: when the server stops or dies, every
+        # process of the unit goes with it, build steps and whatever they started included.
+        KillMode = "control-group";
         TimeoutStopSec = 30;
+        # systemd's soft limit is 1024 whatever the hard one; the server raises soft to hard
+        # and derives its connection limits from it.
+        LimitNOFILE = 65536;
         UMask = "0077";
         # Hardening: the server reads the store and talks to the nix-daemon; nothing more.
         NoNewPrivileges = true;

@@ -10,6 +10,7 @@ use actix::Supervisor;
 use tokio::sync::{broadcast, watch};
 
 use crate::error::Result;
+use crate::groups::StepGroups;
 use crate::log_tail::{FlushLog, Follow, GetLines, LogEvent, LogLimits, LogTail};
 use crate::metrics::{MeteredAddr, Metrics};
 use crate::status::{BuildStatus, FlushStatus, GetStatus, PanicForTest, RequestedBy, StatusStore};
@@ -70,21 +71,30 @@ pub fn start_actors(
     metrics: Metrics,
     sink: Arc<dyn NewPathsSink>,
 ) -> Result<BuildHandle> {
-    let store = StatusStore::open(
+    // Before anything else: steps a previous server left running are ended first.
+    let groups = StepGroups::open(&config.state_dir)?;
+    let survivors = groups.end_survivors();
+    let mut store = StatusStore::open(
         &config.state_dir,
         config.history_len,
         metrics.actors.clone(),
     )?;
+    let mut tail = LogTail::open(&config.state_dir, config.log, metrics.actors.clone())?;
+    for s in &survivors {
+        let note = s.note();
+        store.note(s.build_id, note.clone())?;
+        tail.note(s.build_id, &format!("==> {note}"))?;
+    }
     let next_id = store.status().next_build_id();
     let status_rx = store.subscribe();
     let status = MeteredAddr::new(Supervisor::start(|_| store), metrics.actors.clone());
-    let tail = LogTail::open(&config.state_dir, config.log, metrics.actors.clone())?;
     let log = MeteredAddr::new(Supervisor::start(|_| tail), metrics.actors.clone());
     let settings = PipelineSettings {
         steps: config.steps,
         coalesce: config.coalesce,
         kill_grace: config.kill_grace,
         max_line_bytes: config.max_line_bytes,
+        groups: Some(groups),
     };
     let sup = BuildSupervisor::new(
         settings,

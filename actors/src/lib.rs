@@ -7,13 +7,16 @@
 //! - [`handle`]: [`start_actors`], [`BuildHandle`], [`ActorsConfig`].
 //! - [`supervisor`]: BuildSupervisor, `Trigger`/`Cancel`/`Shutdown`, [`NewPathsSink`].
 //! - [`step`]: a step and how one runs (process group, line reading, timeout, kill).
+//! - [`groups`]: running steps' process groups on disk; survivors killed at start-up.
 //! - [`pipeline`]: the default pipeline (git fetch, `nix flake update`, `nix build`).
 //! - [`status`]: StatusStore and [`BuildStatus`] (`status.json`, `GET /build/status`).
 //! - [`log_tail`]: LogTail (log files, ring buffer, followers).
 //! - [`metrics`]: per-actor and per-build Prometheus metrics, [`metrics::metered`].
 //! - [`error`]: the crate's [`Error`].
 
+mod atomic_file;
 pub mod error;
+pub mod groups;
 pub mod handle;
 pub mod log_tail;
 pub mod metrics;

@@ -5,15 +5,14 @@
 //! or the new file. A status found `is_running` at start-up was cut short by a crash and
 //! becomes `interrupted`. [`BuildStatus`] is the JSON of `GET /build/status`.
 
-use std::fs::{self, File};
-use std::io::Write as _;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::atomic_file;
 use crate::error::{Error, Result};
 use crate::metrics::{ActorMetrics, Metered, metered};
 use crate::time::now_rfc3339;
@@ -71,6 +70,10 @@ pub struct BuildRecord {
     /// A short human-readable reason (`timed out after 30s`, `cannot start git: …`).
     pub error: Option<String>,
     pub duration_seconds: f64,
+    /// What else happened to the build, e.g. a step that outlived the server and was
+    /// killed at its next start (absent in files written before notes existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The whole status: `status.json` and the body of `GET /build/status`.
@@ -111,31 +114,12 @@ impl BuildStatus {
 
     /// Writes the status to `path` atomically and durably.
     pub fn persist(&self, path: &Path) -> Result<()> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("status");
-        let tmp = dir.join(format!(
-            ".{name}.tmp-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            // Serialising into memory first keeps a serde error from leaving a half file.
-            let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-            f.write_all(&json)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io(format!("cannot write {}", path.display()), e)
-        })
+        // Serialising into memory first keeps a serde error from leaving a half file.
+        let mut json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e.into()))?;
+        json.push(b'\n');
+        atomic_file::write(path, &json)
+            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
     }
 
     /// The id the next build gets.
@@ -169,6 +153,7 @@ impl BuildStatus {
                     exit_status: None,
                     error: self.last_error.clone(),
                     duration_seconds: 0.0,
+                    notes: Vec::new(),
                 },
                 history_len,
             );
@@ -199,6 +184,13 @@ impl StatusStore {
     /// Loads (and if needed recovers and rewrites) `<state_dir>/status.json`.
     pub fn open(state_dir: &Path, history_len: usize, metrics: ActorMetrics) -> Result<Self> {
         let path = state_dir.join("status.json");
+        let stale = atomic_file::remove_leftovers(state_dir);
+        if stale > 0 {
+            tracing::info!(
+                "removed {stale} temp file(s) a crash left in {}",
+                state_dir.display()
+            );
+        }
         let mut status = BuildStatus::load(&path)?;
         if status.recover(history_len) {
             tracing::warn!("the previous build was interrupted by a server stop");
@@ -212,6 +204,21 @@ impl StatusStore {
             publish,
             metrics,
         })
+    }
+
+    /// Adds `note` to build `build_id`'s record in the history (start-up only).
+    pub fn note(&mut self, build_id: u64, note: String) -> Result<()> {
+        if let Some(r) = self
+            .status
+            .history
+            .iter_mut()
+            .find(|r| r.build_id == build_id)
+        {
+            r.notes.push(note);
+            self.status.persist(&self.path)?;
+            self.publish.send_replace(self.status.clone());
+        }
+        Ok(())
     }
 
     /// A receiver that sees every new status.

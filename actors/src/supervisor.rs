@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::Result;
+use crate::groups::StepGroups;
 use crate::log_tail::{AppendLines, BeginLog, EndLog, LogTail};
 use crate::metrics::{ActorMetrics, Metered, MeteredAddr, Metrics, metered};
 use crate::status::{
@@ -61,6 +62,8 @@ pub struct PipelineSettings {
     pub kill_grace: Duration,
     /// Longer output lines are split.
     pub max_line_bytes: usize,
+    /// Where running steps' process groups are recorded.
+    pub groups: Option<StepGroups>,
 }
 
 /// Answer to [`Trigger`] (also what `POST /build/trigger` answers, read back by the CLI).
@@ -361,6 +364,7 @@ impl Build {
         let limits = RunLimits {
             max_line_bytes: self.settings.max_line_bytes,
             kill_grace: self.settings.kill_grace,
+            groups: self.settings.groups.clone(),
         };
         let mut commit = None;
         let mut out_paths = Vec::new();
@@ -389,7 +393,7 @@ impl Build {
                 cmdline.push_str(a);
             }
             self.say(format!("==> [{}] {cmdline}", step.name)).await;
-            let (end, captured) = run_step(step, id, &self.log, &mut stop, limits).await;
+            let (end, captured) = run_step(step, id, &self.log, &mut stop, limits.clone()).await;
             let failed = |status: Option<ExitStatus>, error: String| Outcome {
                 result: BuildResult::Failed,
                 failing_step: Some(step.name.clone()),
@@ -443,6 +447,7 @@ impl Build {
             exit_status: outcome.exit_status,
             error: outcome.error,
             duration_seconds: seconds,
+            notes: Vec::new(),
         };
         let end = EndLog {
             build_id: id,
