@@ -119,6 +119,16 @@ in
         description = "Address of the build API listener.";
       };
       tokenFile = secretFile "Bearer token the POST routes require (and the build timer sends).";
+      allow = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "user:alice@example.com"
+          "tag:ci"
+          "local"
+        ];
+        description = "Who may trigger and cancel builds, as tailscaled's whois names callers: user:<login>, node:<name>, tag:<tag>, and local (this machine: the build timer needs it). Empty: everyone with the token.";
+      };
     };
 
     build = {

@@ -174,6 +174,13 @@ pub struct ApiConfig {
     pub webhook_secret_file: Option<PathBuf>,
     /// Connection limit and timeouts of this listener (`[api.connections]`).
     pub connections: ConnectionConfig,
+    /// tailscaled's LocalAPI socket; when it answers, each caller of trigger and cancel is
+    /// identified with `whois` (node, user, tags) and recorded as such.
+    pub tailscale_socket: PathBuf,
+    /// Who may trigger and cancel builds: `user:<login>`, `node:<name>`, `tag:<tag>`, and
+    /// `local` (callers on this machine, e.g. the build timer). Empty: everyone who passes
+    /// the token check. Needs the LocalAPI: without it nobody but `local` can be checked.
+    pub allow: Vec<AllowEntry>,
 }
 
 impl Default for ApiConfig {
@@ -183,7 +190,42 @@ impl Default for ApiConfig {
             token_file: None,
             webhook_secret_file: None,
             connections: ConnectionConfig::default(),
+            tailscale_socket: PathBuf::from("/run/tailscale/tailscaled.sock"),
+            allow: Vec::new(),
         }
+    }
+}
+
+/// One entry of `[api] allow`, parsed from `user:…`, `node:…`, `tag:…` or `local`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AllowEntry {
+    /// A tailnet user's login name (`alice@example.com`, `alice@github`).
+    User(String),
+    /// A node's short name, as `tailscale status` shows it.
+    Node(String),
+    /// An ACL tag, with its `tag:` prefix.
+    Tag(String),
+    /// A caller on a loopback address.
+    Local,
+}
+
+impl TryFrom<String> for AllowEntry {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let entry = match s.split_once(':') {
+            _ if s == "local" => AllowEntry::Local,
+            Some(("user", v)) if !v.is_empty() => AllowEntry::User(v.to_owned()),
+            Some(("node", v)) if !v.is_empty() => AllowEntry::Node(v.to_owned()),
+            Some(("tag", v)) if !v.is_empty() => AllowEntry::Tag(s.clone()),
+            _ => {
+                return Err(format!(
+                    "api.allow entry {s:?}: expected user:<login>, node:<name>, tag:<tag> or local"
+                ));
+            }
+        };
+        Ok(entry)
     }
 }
 
@@ -633,6 +675,49 @@ mod tests {
         assert_eq!(c.build.steps[0].capture, CaptureConfig::OutPaths);
         assert!(toml::from_str::<Config>("[[build.steps]]\nname = \"a\"\n").is_err());
         assert!(toml::from_str::<Config>("[api]\nport = 1\n").is_err());
+    }
+
+    #[test]
+    fn allow_entries_parse_and_typos_are_errors() {
+        let c: Config = toml::from_str(
+            "[api]\nallow = [\"user:alice@github\", \"node:laptop\", \"tag:ci\", \"local\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.api.allow,
+            [
+                AllowEntry::User("alice@github".into()),
+                AllowEntry::Node("laptop".into()),
+                AllowEntry::Tag("tag:ci".into()),
+                AllowEntry::Local,
+            ]
+        );
+        for bad in ["alice", "users:alice", "tag:", "node:"] {
+            let err = toml::from_str::<Config>(&format!("[api]\nallow = [{bad:?}]\n")).unwrap_err();
+            assert!(err.to_string().contains("expected user:"), "{bad}: {err}");
+        }
+        let c = Config::default();
+        assert!(c.api.allow.is_empty());
+        assert_eq!(
+            c.api.tailscale_socket,
+            Path::new("/run/tailscale/tailscaled.sock")
+        );
+    }
+
+    #[test]
+    fn connection_settings_parse_per_listener() {
+        let c: Config = toml::from_str(
+            "[cache.connections]\nmax_connections = 10\nidle_timeout_secs = 5\n\
+             [api.connections]\nsend_timeout_secs = 7\n",
+        )
+        .unwrap();
+        assert_eq!(c.cache.connections.max_connections, Some(10));
+        assert_eq!(c.cache.connections.idle_timeout_secs, 5);
+        assert_eq!(c.api.connections.send_timeout_secs, 7);
+        assert_eq!(c.api.connections.max_connections, None);
+        assert!(toml::from_str::<Config>("[api.connections]\nidle_timeout = 5\n").is_err());
+        let zero: Config = toml::from_str("[cache.connections]\nidle_timeout_secs = 0\n").unwrap();
+        assert!(zero.validate().is_err());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use tailcache_actors::{
 use tailcache_store::db::StoreLayout;
 use tokio::net::TcpListener;
 
-use crate::api::{self, ApiParts, ApiState};
+use crate::api::tailnet::{Allow, LocalApi};
+use crate::api::{self, ApiParts, ApiState, ApiStats};
 use crate::cache::actor::{CacheServer, CacheServerParts, CompressionSettings};
 use crate::cache::nar_cache::NarCache;
 use crate::cache::stats::CacheStats;
@@ -89,6 +90,7 @@ pub async fn run(
     let metrics = Metrics::register(&mut registry);
     let stats = CacheStats::register(&mut registry);
     let http_stats = HttpStats::register(&mut registry);
+    let api_stats = ApiStats::register(&mut registry);
     // A cache connection may hold a socket and a file (a NAR being streamed).
     let cache_limits = Limits::new("cache", &c.connections, nofile, 2.0 / 3.0, 2);
     let api_limits = Limits::new("api", &config.api.connections, nofile, 1.0 / 3.0, 1);
@@ -157,6 +159,14 @@ pub async fn run(
         api_addr,
         keys.generated.as_deref(),
     );
+    let local_api = LocalApi::new(config.api.tailscale_socket.clone());
+    // Says once, in the log, whether callers will be named by the tailnet.
+    if local_api.reachable().await {
+        tracing::info!(
+            "callers of trigger and cancel are identified by tailscaled's whois ({})",
+            config.api.tailscale_socket.display()
+        );
+    }
     let api_state = ApiState::new(ApiParts {
         build: build.clone(),
         cache: cache_state.clone(),
@@ -166,6 +176,9 @@ pub async fn run(
         build_configured,
         branch: b.branch.clone(),
         cache_url: format!("http://{cache_addr}"),
+        local_api,
+        allow: Allow::new(config.api.allow.clone()),
+        stats: api_stats,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

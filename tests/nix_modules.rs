@@ -208,7 +208,7 @@ const SERVER_CFG: &str = r#"{
   stateDir = "/var/lib/tailcache";
   signingKeyFile = "/var/lib/secrets/key";
   cache = { listen = "100.64.0.1:5000"; priority = 30; compression = "zstd"; maxBytes = 1073741824; };
-  api = { listen = "100.64.0.1:8000"; tokenFile = "/var/lib/secrets/token"; };
+  api = { listen = "100.64.0.1:8000"; tokenFile = "/var/lib/secrets/token"; allow = [ "user:alice@example.com" "local" ]; };
   build = {
     repository = "https://example.invalid/config.git";
     branch = "main";
@@ -249,6 +249,13 @@ fn the_toml_the_modules_write_is_what_the_binaries_read() {
     let c = tailcache::config::Config::from_file(&path).unwrap();
     assert_eq!(c.cache.bind.to_string(), "100.64.0.1:5000");
     assert_eq!(c.api.bind.to_string(), "100.64.0.1:8000");
+    assert_eq!(
+        c.api.allow,
+        [
+            tailcache::config::AllowEntry::User("alice@example.com".into()),
+            tailcache::config::AllowEntry::Local
+        ]
+    );
     assert_eq!(c.cache.compression, tailcache::config::Compression::Zstd);
     assert_eq!(c.cache.nar_cache_max_bytes, 1 << 30);
     assert_eq!(

@@ -121,9 +121,9 @@ impl BuildHandle {
         self.supervisor.ask(Trigger { requested_by }).await
     }
 
-    /// Cancels the running build.
-    pub async fn cancel(&self) -> Result<CancelOutcome> {
-        self.supervisor.ask(Cancel).await
+    /// Cancels the running build; `by` is recorded as who cancelled it.
+    pub async fn cancel(&self, by: RequestedBy) -> Result<CancelOutcome> {
+        self.supervisor.ask(Cancel { by }).await
     }
 
     /// The current status.

@@ -31,6 +31,6 @@ pub use handle::{ActorsConfig, BuildHandle, start_actors};
 pub use log_tail::{LogEvent, LogLimits};
 pub use metrics::{Metrics, TEXT_CONTENT_TYPE, encode_text};
 pub use pipeline::DefaultPipeline;
-pub use status::{BuildRecord, BuildResult, BuildStatus, RequestedBy};
+pub use status::{BuildRecord, BuildResult, BuildStatus, RequestedBy, TailnetIdentity};
 pub use step::{Capture, Step};
 pub use supervisor::{CancelOutcome, NewPathsSink, NoSink, TriggerOutcome};

@@ -17,11 +17,39 @@ use crate::error::{Error, Result};
 use crate::metrics::{ActorMetrics, Metered, metered};
 use crate::time::now_rfc3339;
 
-/// Who asked for a build (from the HTTP request: the peer's host and the user it names).
+/// Who asked for a build (or cancelled one). `host` and `user` are what the request
+/// claims (the CLI's headers, else the peer's address); `tailnet` is who tailscaled says
+/// the caller is, when it could be asked.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestedBy {
     pub host: String,
     pub user: String,
+    /// Absent in files written before identities came from the tailnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tailnet: Option<TailnetIdentity>,
+}
+
+/// A caller as tailscaled's `whois` names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailnetIdentity {
+    /// The node's short name (MagicDNS host name).
+    pub node: String,
+    /// The login of the node's user (`tagged-devices` for a tagged node).
+    pub user: String,
+    /// The node's ACL tags (`tag:ci`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl std::fmt::Display for RequestedBy {
+    /// `login@node` when the tailnet said who it is (with its tags), else the claim.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tailnet {
+            Some(t) if t.tags.is_empty() => write!(f, "{}@{}", t.user, t.node),
+            Some(t) => write!(f, "{} [{}]", t.node, t.tags.join(", ")),
+            None => write!(f, "{}@{}", self.user, self.host),
+        }
+    }
 }
 
 /// How a build ended.
@@ -70,6 +98,9 @@ pub struct BuildRecord {
     /// A short human-readable reason (`timed out after 30s`, `cannot start git: …`).
     pub error: Option<String>,
     pub duration_seconds: f64,
+    /// Who cancelled the build (absent unless it was cancelled through the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<RequestedBy>,
     /// What else happened to the build, e.g. a step that outlived the server and was
     /// killed at its next start (absent in files written before notes existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -153,6 +184,7 @@ impl BuildStatus {
                     exit_status: None,
                     error: self.last_error.clone(),
                     duration_seconds: 0.0,
+                    cancelled_by: None,
                     notes: Vec::new(),
                 },
                 history_len,
@@ -375,5 +407,59 @@ impl Handler<PanicForTest> for StatusStore {
     type Result = Result<()>;
     fn handle(&mut self, msg: PanicForTest, ctx: &mut Self::Context) -> Self::Result {
         metered(self, ctx, msg, |_, _, _| panic!("PanicForTest"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status.json written before tailnet identities, cancellers and notes existed.
+    const OLD: &str = r#"{
+  "is_running": false,
+  "build_id": 3,
+  "last_status": "cancelled",
+  "requested_by": { "host": "laptop", "user": "alice" },
+  "history": [
+    {
+      "build_id": 3,
+      "requested_by": { "host": "laptop", "user": "alice" },
+      "started": "2026-01-01T00:00:00Z",
+      "finished": "2026-01-01T00:01:00Z",
+      "result": "cancelled",
+      "commit": null,
+      "failing_step": "build",
+      "exit_status": 143,
+      "error": "cancelled",
+      "duration_seconds": 60.0
+    }
+  ]
+}"#;
+
+    #[test]
+    fn old_status_files_still_load_and_new_fields_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        fs::write(&path, OLD).unwrap();
+        let mut s = BuildStatus::load(&path).unwrap();
+        let who = s.requested_by.clone().unwrap();
+        assert_eq!((who.user.as_str(), who.tailnet.as_ref()), ("alice", None));
+        assert_eq!(who.to_string(), "alice@laptop");
+        assert!(s.history[0].notes.is_empty() && s.history[0].cancelled_by.is_none());
+
+        s.history[0].cancelled_by = Some(RequestedBy {
+            tailnet: Some(TailnetIdentity {
+                node: "ci-runner".into(),
+                user: "tagged-devices".into(),
+                tags: vec!["tag:ci".into()],
+            }),
+            ..who
+        });
+        s.history[0].notes.push("a note".into());
+        s.persist(&path).unwrap();
+        let again = BuildStatus::load(&path).unwrap();
+        assert_eq!(again, s);
+        let by = again.history[0].cancelled_by.as_ref().unwrap();
+        assert_eq!(by.to_string(), "ci-runner [tag:ci]");
     }
 }

@@ -98,6 +98,8 @@ struct Running {
     build_id: u64,
     since: String,
     requested_by: RequestedBy,
+    /// Who cancelled it first, for its record.
+    cancelled_by: Option<RequestedBy>,
     stop: watch::Sender<Option<StopReason>>,
     done: watch::Sender<bool>,
 }
@@ -148,6 +150,7 @@ impl BuildSupervisor {
             build_id,
             since: since.clone(),
             requested_by: requested_by.clone(),
+            cancelled_by: None,
             stop,
             done,
         });
@@ -209,10 +212,13 @@ pub struct Trigger {
     pub requested_by: RequestedBy,
 }
 
-/// Stop the running build (recorded `cancelled`) and drop a scheduled follow-up.
+/// Stop the running build (recorded `cancelled`, with who asked) and drop a scheduled
+/// follow-up.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<CancelOutcome>")]
-pub struct Cancel;
+pub struct Cancel {
+    pub by: RequestedBy,
+}
 
 /// Refuse new builds, stop the running one (recorded `interrupted`) and answer once it has
 /// been recorded.
@@ -257,16 +263,19 @@ impl Handler<Trigger> for BuildSupervisor {
 impl Handler<Cancel> for BuildSupervisor {
     type Result = Result<CancelOutcome>;
     fn handle(&mut self, msg: Cancel, ctx: &mut Self::Context) -> Self::Result {
-        metered(self, ctx, msg, |this, _, _| {
+        metered(self, ctx, msg, |this, msg, _| {
             this.follow_up = None;
-            match &this.running {
+            match &mut this.running {
                 Some(r) => {
                     // A shutdown already under way stays a shutdown (`interrupted`).
-                    r.stop.send_if_modified(|s| {
+                    let first = r.stop.send_if_modified(|s| {
                         let first = s.is_none();
                         s.get_or_insert(StopReason::Cancel);
                         first
                     });
+                    if first {
+                        r.cancelled_by = Some(msg.by);
+                    }
                     CancelOutcome::Cancelling {
                         build_id: r.build_id,
                     }
@@ -305,9 +314,13 @@ impl Handler<BuildDone> for BuildSupervisor {
             // Recorded from here, not by the task, so that StatusStore sees this build end
             // before a follow-up starts, and a client that sees it ended may trigger at once.
             // `force` because a finished build must not be lost to a full mailbox.
-            let build_id = msg.record.build_id;
-            this.status.force(BuildFinished { record: msg.record });
-            if let Some(r) = this.running.take_if(|r| r.build_id == build_id) {
+            let mut record = msg.record;
+            let running = this.running.take_if(|r| r.build_id == record.build_id);
+            if record.result == BuildResult::Cancelled {
+                record.cancelled_by = running.as_ref().and_then(|r| r.cancelled_by.clone());
+            }
+            this.status.force(BuildFinished { record });
+            if let Some(r) = running {
                 r.done.send_replace(true);
             }
             if this.running.is_none()
@@ -447,6 +460,7 @@ impl Build {
             exit_status: outcome.exit_status,
             error: outcome.error,
             duration_seconds: seconds,
+            cancelled_by: None,
             notes: Vec::new(),
         };
         let end = EndLog {

@@ -28,7 +28,7 @@ pub const HEADER_HOST: &str = "x-tailcache-host";
 /// Lines `GET /build/logs` returns when `lines` is not given.
 const DEFAULT_LINES: usize = 50;
 
-/// Who asks: the CLI's headers, else the peer's address.
+/// Who the request claims to come from: the CLI's headers, else the peer's address.
 fn requested_by(headers: &HeaderMap, peer: SocketAddr) -> RequestedBy {
     let header = |name| {
         headers
@@ -45,6 +45,7 @@ fn requested_by(headers: &HeaderMap, peer: SocketAddr) -> RequestedBy {
     RequestedBy {
         host: header(HEADER_HOST).unwrap_or_else(|| peer.ip().to_string()),
         user: header(HEADER_USER).unwrap_or_else(|| "unknown".to_owned()),
+        tailnet: None,
     }
 }
 
@@ -54,10 +55,12 @@ pub async fn post_trigger(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    state.authorize(&headers)?;
+    let who = state
+        .caller(&headers, peer, requested_by(&headers, peer))
+        .await?;
     // Read (and so limited) although unused: an oversized body is refused, not ignored.
     read_body(body, BODY_LIMIT)?;
-    trigger(&state, requested_by(&headers, peer)).await
+    trigger(&state, who).await
 }
 
 async fn trigger(state: &ApiState, who: RequestedBy) -> ApiResult<Response> {
@@ -71,10 +74,9 @@ async fn trigger(state: &ApiState, who: RequestedBy) -> ApiResult<Response> {
             build_id,
             since,
             requested_by,
-        } => format!(
-            "build {build_id} already running since {since} (triggered by {}@{})",
-            requested_by.user, requested_by.host
-        ),
+        } => {
+            format!("build {build_id} already running since {since} (triggered by {requested_by})")
+        }
         TriggerOutcome::Queued { after_build } => {
             format!("a build is running; one more will run after build {after_build}")
         }
@@ -94,12 +96,15 @@ fn with_message(value: &impl serde::Serialize, message: String) -> serde_json::V
 
 pub async fn post_cancel(
     State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    state.authorize(&headers)?;
+    let who = state
+        .caller(&headers, peer, requested_by(&headers, peer))
+        .await?;
     read_body(body, BODY_LIMIT)?;
-    let outcome = state.build().cancel().await?;
+    let outcome = state.build().cancel(who).await?;
     let message = match &outcome {
         tailcache_actors::CancelOutcome::Cancelling { build_id } => {
             format!("cancelling build {build_id}")
@@ -273,6 +278,7 @@ pub async fn post_webhook(
                 RequestedBy {
                     host: "github-webhook".to_owned(),
                     user,
+                    tailnet: None,
                 },
             )
             .await

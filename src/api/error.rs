@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 pub enum ApiError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("webhook signature missing or invalid")]
     BadSignature,
     #[error("no build is configured: set build.repository (or build.steps) in the config file")]
@@ -31,6 +33,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, tag) = match &self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotAllowed(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::BadSignature => (StatusCode::UNAUTHORIZED, "bad_signature"),
             ApiError::NotConfigured => (StatusCode::CONFLICT, "not_configured"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),

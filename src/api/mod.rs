@@ -5,6 +5,7 @@
 //! - [`build`]: `POST /build/trigger|cancel|webhook`, `GET /build/status`, `GET /build/logs`.
 //! - [`health`]: `GET /health` and `GET /metrics`.
 //! - [`page`]: `GET /`, the HTML status page (no external assets).
+//! - [`tailnet`]: who calls, from tailscaled's `whois`, and `[api] allow`.
 //! - [`error`]: the one place that maps failures to statuses.
 //!
 //! Handlers use [`tailcache_actors::BuildHandle`] and the cache's read handle, never actix
@@ -14,7 +15,9 @@ pub mod build;
 pub mod error;
 pub mod health;
 pub mod page;
+pub mod tailnet;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -24,11 +27,15 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tailcache_actors::BuildHandle;
+use tailcache_actors::{BuildHandle, RequestedBy};
 
 use crate::cache::CacheState;
 use error::ApiError;
+use tailnet::{Allow, LocalApi, Whois};
 
 /// What every API handler reads. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -46,6 +53,9 @@ struct Shared {
     build_configured: bool,
     branch: String,
     cache_url: String,
+    local_api: LocalApi,
+    allow: Allow,
+    stats: ApiStats,
 }
 
 /// Everything needed to build an [`ApiState`].
@@ -61,6 +71,11 @@ pub struct ApiParts {
     pub branch: String,
     /// How clients reach the cache (for the nix.conf lines on the status page).
     pub cache_url: String,
+    /// tailscaled's LocalAPI, to identify callers.
+    pub local_api: LocalApi,
+    /// Who may trigger and cancel.
+    pub allow: Allow,
+    pub stats: ApiStats,
 }
 
 impl ApiState {
@@ -75,6 +90,9 @@ impl ApiState {
                 build_configured: p.build_configured,
                 branch: p.branch,
                 cache_url: p.cache_url,
+                local_api: p.local_api,
+                allow: p.allow,
+                stats: p.stats,
             }),
         }
     }
@@ -97,16 +115,100 @@ impl ApiState {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        if bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            token.as_bytes(),
+        )) {
             Ok(())
         } else {
+            self.inner.stats.refused("token");
             Err(ApiError::Unauthorized)
         }
     }
+
+    /// Who calls a route that changes builds: the token checked, the caller named by the
+    /// tailnet when tailscaled can be asked (the headers' `claim` kept beside it), and
+    /// `[api] allow` enforced.
+    pub async fn caller(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        claim: RequestedBy,
+    ) -> Result<RequestedBy, ApiError> {
+        self.authorize(headers)?;
+        let whois = self.inner.local_api.whois(peer).await;
+        let tailnet = match &whois {
+            Whois::Known(id) => Some(id.clone()),
+            Whois::NotOnTailnet | Whois::Unavailable(_) => None,
+        };
+        if !self.inner.allow.admits(peer, tailnet.as_ref()) {
+            let (reason, message) = match (&whois, &tailnet) {
+                (Whois::Unavailable(why), _) => (
+                    "unidentified",
+                    format!(
+                        "cannot tell who {peer} is: tailscaled's LocalAPI did not answer \
+                         ({why}); [api] allow admits only callers it names"
+                    ),
+                ),
+                (_, Some(id)) => (
+                    "not_allowed",
+                    format!(
+                        "{} ({peer}) may not trigger or cancel builds: [api] allow lists \
+                         neither user:{}, node:{} nor any of its tags",
+                        RequestedBy {
+                            tailnet: Some(id.clone()),
+                            ..claim
+                        },
+                        id.user,
+                        id.node
+                    ),
+                ),
+                (_, None) => (
+                    "not_allowed",
+                    format!(
+                        "{peer} is not a tailnet node, and [api] allow does not admit it \
+                         (`local` admits callers on this machine)"
+                    ),
+                ),
+            };
+            self.inner.stats.refused(reason);
+            return Err(ApiError::NotAllowed(message));
+        }
+        Ok(RequestedBy { tailnet, ..claim })
+    }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+/// The API's own metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ApiStats {
+    refusals: Family<RefusalLabels, Counter>,
+}
+
+impl ApiStats {
+    /// Creates the metrics and registers them under `tailcache_api_*`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let s = ApiStats::default();
+        for reason in ["token", "not_allowed", "unidentified"] {
+            let _ = s.refusals.get_or_create(&RefusalLabels { reason });
+        }
+        registry.sub_registry_with_prefix("tailcache_api").register(
+            "refusals",
+            "trigger and cancel requests refused, by reason (token: missing or wrong bearer \
+             token; not_allowed: not admitted by [api] allow; unidentified: tailscaled could \
+             not be asked while [api] allow is set)",
+            s.refusals.clone(),
+        );
+        s
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&RefusalLabels { reason }).inc();
+    }
 }
 
 /// Largest request body of every route but the webhook: triggers and cancels carry none
@@ -162,17 +264,4 @@ pub fn read_body(
         axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit },
         _ => ApiError::BadRequest(e.body_text()),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 }

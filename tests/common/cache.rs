@@ -58,6 +58,7 @@ pub struct TestCacheBuilder<'a> {
     nix: Option<&'a NixEnv>,
     p2p: bool,
     extra_toml: String,
+    api_extra: String,
     nofile: Option<u64>,
 }
 
@@ -161,6 +162,12 @@ impl<'a> TestCacheBuilder<'a> {
         self
     }
 
+    /// More keys of the `[api]` table (TOML lines).
+    pub fn api_extra(mut self, toml: &str) -> Self {
+        self.api_extra.push_str(toml);
+        self
+    }
+
     /// Starts the server with both its soft and hard `RLIMIT_NOFILE` at `n` (through
     /// `prlimit`), so that raising soft to hard at start-up gains nothing.
     pub fn nofile(mut self, n: u64) -> Self {
@@ -214,6 +221,7 @@ impl<'a> TestCacheBuilder<'a> {
         }
         // Every server runs the API listener, and its default port is fixed.
         cfg.push_str("\n[api]\nbind = \"127.0.0.1:0\"\n");
+        cfg.push_str(&self.api_extra);
         {
             if let Some(token) = &self.api_token {
                 let f = dir.path().join("api-token");
@@ -406,6 +414,7 @@ impl TestCache {
             nix: None,
             p2p: false,
             extra_toml: String::new(),
+            api_extra: String::new(),
             nofile: None,
         }
     }

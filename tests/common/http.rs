@@ -49,7 +49,45 @@ pub fn request_with_body(
     body: &[u8],
 ) -> Response {
     let addr = host_port(base_url);
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    exchange(s, addr, method, target, extra, body)
+}
+
+/// One request from the local address `source` (any of 127.0.0.0/8 reaches a server on
+/// 127.0.0.1, so a test can play several peers).
+pub fn request_from(
+    source: std::net::IpAddr,
+    base_url: &str,
+    method: &str,
+    target: &str,
+    extra: &[(&str, &str)],
+) -> Response {
+    let addr = host_port(base_url);
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket
+        .bind(&std::net::SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    socket
+        .connect(&to.into())
+        .unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"));
+    exchange(socket.into(), addr, method, target, extra, b"")
+}
+
+/// Sends the request on `s` (`Connection: close`) and reads the whole answer.
+fn exchange(
+    mut s: TcpStream,
+    addr: &str,
+    method: &str,
+    target: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in extra {
