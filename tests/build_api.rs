@@ -50,6 +50,11 @@ fn start(dir: &Path, build: &str) -> TestCache {
 
 const SETTINGS: &str = "kill_grace_secs = 2\nlog_lines = 1000";
 
+/// A step that appends a line to `count` each time it runs.
+fn count_step(count: &Path) -> String {
+    sh_step("count", &format!("echo run >> '{}'", count.display()), "")
+}
+
 fn lines_of(path: &Path) -> usize {
     std::fs::read_to_string(path)
         .map(|s| s.lines().count())
@@ -354,11 +359,7 @@ fn fifty_concurrent_triggers_run_exactly_one_build() {
 fn the_token_guards_post_routes() {
     let d = scratch();
     let count = d.path().join("runs");
-    let steps = [sh_step(
-        "count",
-        &format!("echo run >> '{}'", count.display()),
-        "",
-    )];
+    let steps = [count_step(&count)];
     let server = builder(d.path(), &build_section(SETTINGS, &steps))
         .api_token("tok-3f9a7c")
         .start();
@@ -414,11 +415,7 @@ fn post_webhook(server: &TestCache, signature: Option<&str>, body: &[u8]) -> u16
 fn the_webhook_needs_a_valid_signature() {
     let d = scratch();
     let count = d.path().join("runs");
-    let steps = [sh_step(
-        "count",
-        &format!("echo run >> '{}'", count.display()),
-        "",
-    )];
+    let steps = [count_step(&count)];
     let secret = "hook-secret-8d1e";
     let server = builder(d.path(), &build_section(SETTINGS, &steps))
         .webhook_secret(secret)
@@ -687,11 +684,7 @@ fn status_of_raw(base_url: &str, head: &str, body: &[u8]) -> u16 {
 fn oversized_bodies_are_refused_with_413() {
     let d = scratch();
     let count = d.path().join("runs");
-    let steps = [sh_step(
-        "count",
-        &format!("echo run >> '{}'", count.display()),
-        "",
-    )];
+    let steps = [count_step(&count)];
     let server = builder(d.path(), &build_section(SETTINGS, &steps))
         .webhook_secret("hook-secret")
         .start();

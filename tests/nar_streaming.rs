@@ -13,6 +13,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::http::host_port;
+use common::proc::{proc_status, raise_own_nofile};
 use common::{TestCache, TestStore};
 use sha2::Digest as _;
 
@@ -21,27 +22,6 @@ const DEADLINE: Duration = Duration::from_secs(300);
 const MAX_RSS_KB: u64 = 128 * 1024;
 /// `cache.read_threads` in these tests (the default).
 const READ_THREADS: u64 = 16;
-
-/// `/proc/<pid>/status` field (`VmRSS` in kB, `Threads`).
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-fn raise_own_nofile(needed: u64) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    assert!(
-        hard >= needed,
-        "this test needs {needed} descriptors; hard limit {hard}"
-    );
-    if soft < needed {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
-    }
-}
 
 /// Sends `GET target` and never reads the answer.
 fn stalled_reader(base_url: &str, target: &str) -> TcpStream {
@@ -63,9 +43,22 @@ fn uncompressed_url(server: &TestCache, store_path: &str) -> (String, u64, Strin
     (url, size, nar_hash)
 }
 
-/// Downloads `target` completely; returns the body's size, its SHA-256 in nix32 and the
-/// time it took.
-fn download(base_url: &str, target: &str) -> (u64, String, Duration) {
+/// How a download reads: as fast as it can, or pausing `pause` before each of its first
+/// `pauses` reads (of at most 64 KiB).
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    pause: Duration,
+    pauses: u32,
+}
+
+const FAST: Pace = Pace {
+    pause: Duration::ZERO,
+    pauses: 0,
+};
+
+/// Downloads `target` completely at `pace`; returns the body's size (checked against its
+/// Content-Length), its SHA-256 in nix32 and the time it took.
+fn download(base_url: &str, target: &str, pace: Pace) -> (u64, String, Duration) {
     let start = Instant::now();
     let addr = host_port(base_url);
     let mut s = TcpStream::connect(addr).unwrap();
@@ -95,9 +88,15 @@ fn download(base_url: &str, target: &str) -> (u64, String, Duration) {
     let mut hasher = sha2::Sha256::new();
     let mut got = 0u64;
     let mut buf = vec![0u8; 1 << 20];
-    loop {
+    for read in 0u32.. {
+        let want = if read < pace.pauses {
+            std::thread::sleep(pace.pause); // the slow client's pace
+            64 << 10
+        } else {
+            buf.len()
+        };
         let n = s
-            .read(&mut buf)
+            .read(&mut buf[..want])
             .unwrap_or_else(|e| panic!("GET {target}: {e}"));
         if n == 0 {
             break;
@@ -201,7 +200,7 @@ fn hundreds_of_stalled_nar_readers_hold_memory_and_threads_bounded() {
         start.elapsed().as_secs_f64(),
         last / f64::from(1 << 20)
     );
-    let (size, hash, took) = download(server.url(), &hundred_url);
+    let (size, hash, took) = download(server.url(), &hundred_url, FAST);
     assert_eq!(size, hundred_size);
     assert_eq!(
         format!("sha256:{hash}"),
@@ -260,7 +259,11 @@ fn readers_that_stall_past_the_send_timeout_are_disconnected() {
     let slow = std::thread::spawn({
         let base = server.url().to_string();
         let url = nar_url.clone();
-        move || slow_download(&base, &url, Duration::from_secs(1), 5)
+        let pace = Pace {
+            pause: Duration::from_secs(1),
+            pauses: 5,
+        };
+        move || download(&base, &url, pace)
     });
     let start = Instant::now();
     let closed = || {
@@ -286,37 +289,7 @@ fn readers_that_stall_past_the_send_timeout_are_disconnected() {
         took.as_secs_f64()
     );
     let (_, size, hash) = uncompressed_url(&server, &big);
-    let (got, got_hash) = slow.join().unwrap();
+    let (got, got_hash, _) = slow.join().unwrap();
     assert_eq!((got, format!("sha256:{got_hash}")), (size, hash));
     assert_eq!(closed(), 20.0, "only the stalled readers are disconnected");
-}
-
-/// Downloads `target`, pausing `pause` between reads of 64 KiB `pauses` times, then
-/// reading the rest at once; returns the body's size and SHA-256 (nix32).
-fn slow_download(base_url: &str, target: &str, pause: Duration, pauses: u32) -> (u64, String) {
-    let addr = host_port(base_url);
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let mut buf = vec![0u8; 64 << 10];
-    for _ in 0..pauses {
-        std::thread::sleep(pause); // the slow client's pace
-        let n = s.read(&mut buf).unwrap();
-        raw.extend_from_slice(&buf[..n]);
-    }
-    s.read_to_end(&mut raw).unwrap();
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert!(
-        raw.starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&raw[..end])
-    );
-    let body = &raw[end..];
-    let digest: [u8; 32] = sha2::Sha256::digest(body).into();
-    (
-        body.len() as u64,
-        tailcache_store::nixbase32::encode(&digest),
-    )
 }

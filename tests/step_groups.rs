@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::TestCache;
-use common::api::{JsonExt, StepPids, build_section, group_members, process_alive, sh_step};
+use common::api::{JsonExt, StepPids, build_section, sh_step};
+use common::proc::{group_members, process_alive};
 
 const ROUNDS: usize = 20;
 const DEADLINE: Duration = Duration::from_secs(60);

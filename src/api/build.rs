@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -49,17 +49,32 @@ fn requested_by(headers: &HeaderMap, peer: SocketAddr) -> RequestedBy {
     }
 }
 
+/// Who calls a route that changes builds — token checked, named by the tailnet, admitted
+/// by `[api] allow` (see [`ApiState::caller`]) — once the request's body was read within
+/// its limit: unused, but an oversized body is refused, not ignored.
+#[derive(Debug)]
+pub struct Caller(pub RequestedBy);
+
+impl FromRequest<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let claim = requested_by(&parts.headers, peer);
+        let who = state.caller(&parts.headers, peer, claim).await?;
+        let body = Bytes::from_request(Request::from_parts(parts, body), state).await;
+        read_body(body, BODY_LIMIT)?;
+        Ok(Caller(who))
+    }
+}
+
 pub async fn post_trigger(
     State(state): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Caller(who): Caller,
 ) -> ApiResult<Response> {
-    let who = state
-        .caller(&headers, peer, requested_by(&headers, peer))
-        .await?;
-    // Read (and so limited) although unused: an oversized body is refused, not ignored.
-    read_body(body, BODY_LIMIT)?;
     trigger(&state, who).await
 }
 
@@ -96,14 +111,8 @@ fn with_message(value: &impl serde::Serialize, message: String) -> serde_json::V
 
 pub async fn post_cancel(
     State(state): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Caller(who): Caller,
 ) -> ApiResult<Response> {
-    let who = state
-        .caller(&headers, peer, requested_by(&headers, peer))
-        .await?;
-    read_body(body, BODY_LIMIT)?;
     let outcome = state.build().cancel(who).await?;
     let message = match &outcome {
         tailcache_actors::CancelOutcome::Cancelling { build_id } => {

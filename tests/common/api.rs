@@ -384,29 +384,3 @@ impl Drop for StepPids {
         kill_step_groups(&self.path);
     }
 }
-
-/// The live (not zombie) processes whose process group is `pgid`, from `/proc`.
-pub fn group_members(pgid: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            proc_state_and_group(pid).is_some_and(|(state, group)| group == pgid && state != "Z")
-        })
-        .collect()
-}
-
-/// Whether `pid` runs (exists and is not a zombie).
-pub fn process_alive(pid: u32) -> bool {
-    proc_state_and_group(pid).is_some_and(|(state, _)| state != "Z")
-}
-
-/// State and process group of `pid` (`/proc/<pid>/stat` fields 3 and 5; the command name
-/// before them may hold spaces, so fields are counted after its closing parenthesis).
-fn proc_state_and_group(pid: u32) -> Option<(String, u32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = text[text.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.to_string();
-    let group = fields.nth(1)?.parse().ok()?;
-    Some((state, group))
-}

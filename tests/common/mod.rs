@@ -1,7 +1,8 @@
 //! Shared machinery of the integration tests: throwaway Nix stores built by real
 //! Nix (`nix`), the real `tailcache serve` binary under test (`cache`), a tiny
-//! HTTP/1.1 client (`http`), Nix-compatible narinfo parsing (`narinfo`), and for the
-//! build API an SSE client (`sse`) and scenario helpers (`api`).
+//! HTTP/1.1 client (`http`), Nix-compatible narinfo parsing (`narinfo`), processes seen
+//! through `/proc` (`proc`), and for the build API an SSE client (`sse`) and scenario
+//! helpers (`api`).
 //! Each test file uses part of it, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
@@ -11,6 +12,7 @@ pub mod cache;
 pub mod http;
 pub mod narinfo;
 pub mod peer;
+pub mod proc;
 pub mod sse;
 
 pub use tailcache_testkit::{json, nix};
