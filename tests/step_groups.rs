@@ -1,7 +1,8 @@
 //! No build step outlives the server: after `kill -9` of the server during a step that
 //! started children of its own, the kernel ends the step's leader at once, and the next
 //! start kills what is left of its process group and says so in the build's record and
-//! log. Repeated, since a race would show only in some rounds.
+//! log, and removes the temp files a killed status write leaves. Repeated, since a race
+//! would show only in some rounds.
 
 mod common;
 
@@ -63,8 +64,19 @@ fn no_step_outlives_a_kill9_of_the_server() {
             !process_alive(pgid)
         });
         leader_gone.push(start.elapsed());
+        // A temp file a kill in the middle of a status write would leave.
+        let stale = d
+            .path()
+            .join("state")
+            .join(format!(".status.json.tmp-99999-{round}"));
+        std::fs::write(&stale, b"{\"is_run").unwrap();
         // The next start kills the rest of the group before it listens.
         let next = builder(d.path(), &build).start();
+        assert!(
+            !stale.exists(),
+            "round {round}: {} is left",
+            stale.display()
+        );
         let left = group_members(pgid);
         assert!(
             left.is_empty(),
