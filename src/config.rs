@@ -254,6 +254,8 @@ impl ConnectionConfig {
     /// Upper bound of the derived connection limit: far above what a tailnet's machines
     /// open (Nix uses up to 25 connections per client), and an idle connection costs ~10 KiB.
     pub const DEFAULT_MAX: usize = 1024;
+    /// The most `max_connections` may be set to.
+    pub const MAX: usize = 1 << 20;
 }
 
 impl Default for ConnectionConfig {
@@ -551,11 +553,16 @@ impl Config {
         }
         for (name, l) in [("cache", &c.connections), ("api", &self.api.connections)] {
             if l.max_connections == Some(0)
+                || l.max_connections > Some(ConnectionConfig::MAX)
                 || l.header_read_timeout_secs == 0
                 || l.idle_timeout_secs == 0
                 || l.send_timeout_secs == 0
             {
-                anyhow::bail!("{name}.connections: limits and timeouts must be at least 1");
+                anyhow::bail!(
+                    "{name}.connections: limits and timeouts must be at least 1, and \
+                     max_connections at most {}",
+                    ConnectionConfig::MAX
+                );
             }
         }
         let b = &self.build;
