@@ -1,21 +1,24 @@
 # benches/lib.sh — what the benchmark scripts share: log/die, the tailcache binary to measure
-# (TAILCACHE_BIN or a fresh `cargo build --release`), and a private Nix configuration for
-# throwaway chroot stores (no daemon, no substituters, signatures required). Sourced, not run.
+# (TAILCACHE_BIN or a fresh `cargo build --profile $TAILCACHE_PROFILE`, release by default), a
+# private Nix configuration for throwaway chroot stores (no daemon, no substituters,
+# signatures required), and removing the run's temp dir. Sourced, not run.
 
 log() { printf '# %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# tailcache_bin ROOT: sets BIN to TAILCACHE_BIN, or builds the release binary of ROOT.
+# tailcache_bin ROOT: sets BIN to TAILCACHE_BIN, or builds the binary of ROOT with the cargo
+# profile TAILCACHE_PROFILE: `release` (default) is what users get; `profiling` is the same with
+# debug line tables and symbols, for perf.
 tailcache_bin() {
-    local root=$1 target_dir
+    local root=$1 profile=${TAILCACHE_PROFILE:-release} target_dir
     if [ -n "${TAILCACHE_BIN:-}" ]; then
         BIN=$TAILCACHE_BIN
     else
-        log "cargo build --release"
-        (cd "$root" && cargo build --release --locked --quiet --bin tailcache) || die "cargo build failed"
+        log "cargo build --profile $profile"
+        (cd "$root" && cargo build --profile "$profile" --locked --quiet --bin tailcache) || die "cargo build failed"
         target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
             | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-        BIN=$target_dir/release/tailcache
+        BIN=$target_dir/$profile/tailcache
     fi
     [ -x "$BIN" ] || die "no tailcache binary at $BIN"
     BIN=$(readlink -f "$BIN")
@@ -48,4 +51,18 @@ NIXCONF
     export NIX_CONF_DIR=$dir/conf NIX_USER_CONF_FILES=$dir/conf/empty.conf
     export XDG_CONFIG_HOME=$dir/xdg-config XDG_CACHE_HOME=$dir/xdg-cache
     unset NIX_CONFIG NIX_REMOTE NIX_PATH NIX_STORE_DIR NIX_STATE_DIR 2>/dev/null || true
+}
+
+# remove_workdir DIR: removes a run's temp dir (builds leave read-only directories in the
+# throwaway store), or with KEEP=1 says where it is.
+remove_workdir() {
+    local dir=$1
+    if [ -n "$dir" ] && [ -d "$dir" ]; then
+        if [ "${KEEP:-0}" = 1 ]; then
+            log "kept $dir"
+        else
+            chmod -R u+w "$dir" 2>/dev/null || true
+            rm -rf "$dir"
+        fi
+    fi
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::TestCache;
-use common::api::{JsonExt, StepPids, build_section, sh_step};
+use common::api::{StepPids, build_section, sh_step};
 use common::proc::{group_members, process_alive};
 
 const ROUNDS: usize = 20;
@@ -83,10 +83,10 @@ fn no_step_outlives_a_kill9_of_the_server() {
             "round {round}: {left:?} of group {pgid} survived"
         );
         let s = next.build_status();
-        let last = &s.field("history").as_array()[0];
-        assert_eq!(last.u64_of("build_id"), Some(id), "{s:?}");
-        assert_eq!(last.str_of("result"), Some("interrupted"), "{s:?}");
-        let notes = last.field("notes").as_array();
+        let last = &s["history"].as_array().unwrap()[0];
+        assert_eq!(last["build_id"].as_u64(), Some(id), "{s:?}");
+        assert_eq!(last["result"].as_str(), Some("interrupted"), "{s:?}");
+        let notes = last["notes"].as_array().unwrap();
         let note = notes.first().and_then(|n| n.as_str()).unwrap_or("");
         assert!(
             note.contains("outlived the server") && note.contains(&format!("group {pgid}")),

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use common::TestCache;
-use common::api::{Gate, JsonExt, StepPids, build_section, parse_json, sh_step};
+use common::api::{Gate, StepPids, build_section, parse_json, sh_step};
 use common::http::{self, Response};
 
 const ALICE: &str = "127.0.0.2";
@@ -167,7 +167,7 @@ fn callers_are_named_by_the_tailnet_and_the_allow_list_holds() {
     let r = post(&server, BOB, "/build/trigger", ("alice", "laptop"));
     assert_eq!(r.status, 403, "{}", r.text());
     let j = parse_json("403", &r.text());
-    let message = j.str_of("message").unwrap_or("");
+    let message = j["message"].as_str().unwrap_or("");
     assert!(
         message.contains("bob@example.com") && message.contains("[api] allow"),
         "{message}"
@@ -181,29 +181,31 @@ fn callers_are_named_by_the_tailnet_and_the_allow_list_holds() {
     // Alice is allowed; her claims stay next to what the tailnet says.
     let r = post(&server, ALICE, "/build/trigger", ("mallory", "somewhere"));
     assert_eq!(r.status, 200, "{}", r.text());
-    let id = parse_json("trigger", &r.text()).u64_of("build_id").unwrap();
+    let id = parse_json("trigger", &r.text())["build_id"]
+        .as_u64()
+        .unwrap();
     let s = server.wait_step(id, "wait");
-    let by = s.field("requested_by");
-    assert_eq!(by.str_of("user"), Some("mallory"), "{s:?}");
-    assert_eq!(by.str_of("host"), Some("somewhere"), "{s:?}");
-    let tailnet = by.field("tailnet");
-    assert_eq!(tailnet.str_of("user"), Some("alice@example.com"), "{s:?}");
-    assert_eq!(tailnet.str_of("node"), Some("laptop"), "{s:?}");
+    let by = &s["requested_by"];
+    assert_eq!(by["user"].as_str(), Some("mallory"), "{s:?}");
+    assert_eq!(by["host"].as_str(), Some("somewhere"), "{s:?}");
+    let tailnet = &by["tailnet"];
+    assert_eq!(tailnet["user"].as_str(), Some("alice@example.com"), "{s:?}");
+    assert_eq!(tailnet["node"].as_str(), Some("laptop"), "{s:?}");
 
     // Bob may not cancel; the tagged CI node may, and is recorded as who did.
     let r = post(&server, BOB, "/build/cancel", ("bob", "desktop"));
     assert_eq!(r.status, 403, "{}", r.text());
-    assert_eq!(server.build_status().bool_of("is_running"), Some(true));
+    assert_eq!(server.build_status()["is_running"].as_bool(), Some(true));
     let r = post(&server, CI, "/build/cancel", ("ci", "runner"));
     assert_eq!(r.status, 200, "{}", r.text());
     let s = server.wait_finished(id);
-    let record = &s.field("history").as_array()[0];
-    assert_eq!(record.str_of("result"), Some("cancelled"), "{s:?}");
-    let cancelled = record.field("cancelled_by").field("tailnet");
-    assert_eq!(cancelled.str_of("node"), Some("ci-runner"), "{s:?}");
-    let tags: Vec<&str> = cancelled
-        .field("tags")
+    let record = &s["history"].as_array().unwrap()[0];
+    assert_eq!(record["result"].as_str(), Some("cancelled"), "{s:?}");
+    let cancelled = &record["cancelled_by"]["tailnet"];
+    assert_eq!(cancelled["node"].as_str(), Some("ci-runner"), "{s:?}");
+    let tags: Vec<&str> = cancelled["tags"]
         .as_array()
+        .unwrap()
         .iter()
         .filter_map(|t| t.as_str())
         .collect();
@@ -238,10 +240,12 @@ fn without_the_local_api_callers_are_known_by_their_headers() {
     for _ in 0..2 {
         let r = post(&server, "127.0.0.1", "/build/trigger", ("alice", "laptop"));
         assert_eq!(r.status, 200, "{}", r.text());
-        let id = parse_json("trigger", &r.text()).u64_of("build_id").unwrap();
+        let id = parse_json("trigger", &r.text())["build_id"]
+            .as_u64()
+            .unwrap();
         let s = server.wait_finished(id);
-        let by = s.field("requested_by");
-        assert_eq!(by.str_of("user"), Some("alice"), "{s:?}");
+        let by = &s["requested_by"];
+        assert_eq!(by["user"].as_str(), Some("alice"), "{s:?}");
         assert!(by.get("tailnet").is_none(), "{s:?}");
     }
     let said = server.stderr().matches("cannot be asked").count();

@@ -15,8 +15,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::atomic_file;
 use crate::error::{Error, Result};
+use crate::persist;
 
 /// How long start-up waits for a killed group's members to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -69,7 +69,7 @@ impl StepGroups {
         let dir = state_dir.join("steps");
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-        atomic_file::remove_leftovers(&dir);
+        persist::remove_leftovers(&dir);
         Ok(StepGroups { dir })
     }
 
@@ -89,8 +89,7 @@ impl StepGroups {
         };
         let path = self.path(pgid);
         let json = serde_json::to_vec(&record).map_err(|e| Error::io("step record", e.into()))?;
-        atomic_file::write(&path, &json)
-            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        persist::write_atomically(&path, &json)?;
         Ok(Recorded { path })
     }
 

@@ -23,6 +23,8 @@ pub enum ApiError {
     NotFound,
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("no host named {name:?}; the server builds: {known}")]
+    UnknownHost { name: String, known: String },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("{0}")]
@@ -39,6 +41,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::UnknownHost { .. } => (StatusCode::NOT_FOUND, "unknown_host"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Actors(_) => (StatusCode::INTERNAL_SERVER_ERROR, "error"),
         };

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`build`]: `POST /build/trigger|cancel|webhook`, `GET /build/status`, `GET /build/logs`.
+//! - [`hosts`]: `GET /hosts`, `GET /hosts/<name>` (generations, signed records, readiness)
+//!   and `GET /locks/<hash>` (the lock files builds used).
 //! - [`health`]: `GET /health` and `GET /metrics`.
 //! - [`page`]: `GET /`, the HTML status page (no external assets).
 //! - [`tailnet`]: who calls, from tailscaled's `whois`, and `[api] allow`.
@@ -14,6 +16,7 @@
 pub mod build;
 pub mod error;
 pub mod health;
+pub mod hosts;
 pub mod page;
 pub mod tailnet;
 
@@ -228,6 +231,9 @@ pub fn router() -> Router<ApiState> {
         .route("/build/cancel", post(build::post_cancel))
         .route("/build/status", get(build::get_status))
         .route("/build/logs", get(build::get_logs))
+        .route("/hosts", get(hosts::get_hosts))
+        .route("/hosts/{name}", get(hosts::get_host))
+        .route("/locks/{hash}", get(hosts::get_lock))
         .route("/health", get(health::get_health))
         .route("/metrics", get(health::get_metrics))
         .layer(middleware::from_fn_with_state(BODY_LIMIT, limit_body))
