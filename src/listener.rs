@@ -334,15 +334,42 @@ impl http_body::Body for TrackedBody {
 
 /// The socket as hyper sees it: reads mark the start of a request head, and a write that
 /// cannot make progress for the send timeout fails with `TimedOut`.
+///
+/// A write hands the kernel at most [`MAX_BUF`] bytes, whatever the size of the body chunk,
+/// so the socket of a stalled reader holds at most that beyond [`NOTSENT_LOWAT`].
 struct Watched {
     inner: TcpStream,
     state: Arc<ConnState>,
     send_timeout: Duration,
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// Armed while writes wait: the timer, and the bytes the kernel still held for the
+    /// client when it was armed.
+    stalled: Option<(Pin<Box<Sleep>>, Option<usize>)>,
+}
+
+/// Bytes the kernel holds for the peer, sent but not acknowledged or not yet sent
+/// (`SIOCOUTQ`); `None` where it cannot be asked.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn unsent_bytes(stream: &TcpStream) -> Option<usize> {
+    use std::os::fd::AsRawFd as _;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one c_int through the pointer,
+    // which points to a live c_int; the descriptor is the stream's own, open while
+    // `stream` is borrowed.
+    let r = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (r == 0).then(|| usize::try_from(n).ok()).flatten()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unsent_bytes(_: &TcpStream) -> Option<usize> {
+    None
 }
 
 impl Watched {
     /// Maps a write's poll result: progress disarms the stall timer, `Pending` arms it.
+    /// When it fires, the client is dropped only if the kernel holds as many bytes for it as
+    /// when it was armed: a client that takes bytes slowly (too slowly to make the socket
+    /// writable again within the timeout) is still taking them, and the timer starts over.
     fn check_stall<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -353,17 +380,25 @@ impl Watched {
             return r;
         }
         let timeout = self.send_timeout;
-        let sleep = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if sleep.as_mut().poll(cx).is_ready() {
-            self.state.send_timed_out.store(1, Ordering::SeqCst);
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client took no bytes for the send timeout",
-            )));
+        loop {
+            let (sleep, queued) = self.stalled.get_or_insert_with(|| {
+                let queued = unsent_bytes(&self.inner);
+                (Box::pin(tokio::time::sleep(timeout)), queued)
+            });
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = unsent_bytes(&self.inner);
+            match (*queued, now) {
+                (Some(before), Some(now)) if now < before => self.stalled = None,
+                _ => break,
+            }
         }
-        Poll::Pending
+        self.state.send_timed_out.store(1, Ordering::SeqCst);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client took no bytes for the send timeout",
+        )))
     }
 }
 
@@ -388,6 +423,7 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let buf = &buf[..buf.len().min(MAX_BUF)];
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.check_stall(cx, r)
     }
@@ -397,7 +433,18 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        // The slices that fit in MAX_BUF, and the part of the next one that does.
+        let mut room = MAX_BUF;
+        let mut capped = Vec::with_capacity(bufs.len());
+        for b in bufs {
+            if room == 0 {
+                break;
+            }
+            let take = b.len().min(room);
+            capped.push(io::IoSlice::new(&b[..take]));
+            room -= take;
+        }
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, &capped);
         self.check_stall(cx, r)
     }
 
