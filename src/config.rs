@@ -455,6 +455,9 @@ pub struct CacheConfig {
     /// for all downloads together. A download holds a thread only while one chunk is read,
     /// so stalled clients hold none.
     pub read_threads: usize,
+    /// Memory for big (256 KiB) body chunks, all downloads together; beyond it downloads
+    /// read 64 KiB at a time. Bounds what stalled clients hold, with 64 KiB each.
+    pub read_buffer_bytes: usize,
     /// Connection limit and timeouts of this listener (`[cache.connections]`).
     pub connections: ConnectionConfig,
 }
@@ -473,6 +476,7 @@ impl Default for CacheConfig {
             nar_cache_max_bytes: 20 << 30,
             compression_queue: 1024,
             read_threads: 16,
+            read_buffer_bytes: 16 << 20,
             connections: ConnectionConfig::default(),
         }
     }

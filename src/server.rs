@@ -118,6 +118,7 @@ pub async fn run(
         actor: cache_actor.clone(),
         stats,
         read_threads: c.read_threads,
+        read_buffer_bytes: c.read_buffer_bytes,
     });
 
     let pipeline = build_pipeline(&config.build, &state_dir, &layout);

@@ -2,11 +2,18 @@
 //! as an HTTP body with memory and threads bounded by configuration, not by the number of
 //! clients, and single-range `Range` requests (RFC 9110 §14).
 //!
-//! The body is pulled: only when the connection asks for the next chunk does a blocking
-//! thread read one [`CHUNK`] and hand the reader back. A client that stops reading stops
-//! the pulling, so a stalled download holds its reader's small state and the one chunk the
-//! connection buffers, but no thread (the listener's send timeout then drops it). The reads
-//! of all downloads together run on at most [`ReadPool`]'s number of threads.
+//! The body is pulled: one of [`ReadPool`]'s threads reads a chunk when the connection asks
+//! for one and hands the reader back, so a download holds a thread only while a chunk is
+//! read, and the reads of all downloads together run on the pool's fixed set of threads
+//! (its own, not tokio's blocking pool, whose thread count drifts above any bound when
+//! many short jobs follow each other).
+//!
+//! Chunks are [`BIG_CHUNK`] while a shared byte budget allows (a chunk returns its share
+//! when the connection has sent it), and then the next one is read ahead while this one is
+//! sent; beyond the budget they are [`SMALL_CHUNK`], read only when asked for. So a few
+//! downloads go as fast as big pipelined reads allow, and however many clients stall
+//! (the listener's send timeout drops them), all they hold together is the budget plus a
+//! small chunk each.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -14,26 +21,139 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use bytes::{Bytes, BytesMut};
-use tokio::sync::Semaphore;
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{CacheError, CacheResult};
 
-/// Bytes per chunk read from the source: what one download holds in memory at a time
-/// (with the connection's buffer of the same size), so hundreds of stalled readers stay
-/// within tens of MiB.
-pub const CHUNK: usize = 64 * 1024;
+/// Bytes per chunk while the budget allows: big reads and writes, few thread hops.
+pub const BIG_CHUNK: usize = 256 * 1024;
+/// Bytes per chunk beyond the budget: what each stalled download holds at most, so
+/// hundreds of them stay within tens of MiB.
+pub const SMALL_CHUNK: usize = 64 * 1024;
 
-/// Runs the blocking reads of response bodies, at most `threads` at once.
+/// Runs the blocking reads of response bodies on `threads` threads of its own, and hands
+/// out the byte budget for big chunks.
 #[derive(Debug, Clone)]
 pub struct ReadPool {
+    /// One per thread: a read holds one from before it is queued until it has run, so the
+    /// queue never holds more jobs than there are threads.
     slots: Arc<Semaphore>,
+    jobs: Jobs,
+    budget: Arc<Semaphore>,
+}
+
+/// A read to run, with the slot it holds.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The queue of the pool's threads; they end when the last handle is dropped.
+#[derive(Clone)]
+struct Jobs(std::sync::mpsc::SyncSender<Job>);
+
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Jobs")
+    }
+}
+
+impl Jobs {
+    fn start(threads: usize) -> Jobs {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(threads);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tailcache-read-{i}"))
+                .spawn(move || {
+                    loop {
+                        // One thread waits on the queue at a time; the others on the lock.
+                        let job = match rx.lock() {
+                            Ok(q) => q.recv(),
+                            Err(poisoned) => poisoned.into_inner().recv(),
+                        };
+                        let Ok(job) = job else { break };
+                        // A panicking read ends its download (its result is never sent),
+                        // not the thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a read thread: {e}");
+            }
+        }
+        Jobs(tx)
+    }
+}
+
+/// A chunk's bytes and its share of the budget, returned when hyper drops the chunk.
+struct Chunk {
+    data: Vec<u8>,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+/// [`BIG_CHUNK`] in budget permits.
+const BIG_CHUNK_U32: u32 = BIG_CHUNK as u32;
+
+/// A chunk being read on a read thread: the reader back, and the chunk with whether it
+/// was a full big one (so the next may be read ahead).
+type Reading<R> = tokio::sync::oneshot::Receiver<(R, std::io::Result<(Bytes, bool)>)>;
+
+/// Where a body's reader is between chunks.
+enum Next<R> {
+    /// Waiting for the connection to ask for more.
+    Idle(R),
+    /// Reading ahead.
+    Reading(Reading<R>),
+    Done,
+}
+
+/// Reads one chunk on a read thread (holding `slot`); big if it has a budget `share`.
+fn start_read<R: Read + Send + 'static>(
+    jobs: &Jobs,
+    mut reader: R,
+    slot: OwnedSemaphorePermit,
+    share: Option<OwnedSemaphorePermit>,
+) -> Reading<R> {
+    let (done, reading) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _slot = slot;
+        let size = if share.is_some() {
+            BIG_CHUNK
+        } else {
+            SMALL_CHUNK
+        };
+        let mut data = vec![0; size];
+        let r = read_full(&mut reader, &mut data).map(|n| {
+            data.truncate(n);
+            let full_big = n == BIG_CHUNK;
+            let chunk = Bytes::from_owner(Chunk {
+                data,
+                _share: share,
+            });
+            (chunk, full_big)
+        });
+        // The download may have gone meanwhile.
+        let _ = done.send((reader, r));
+    });
+    // Never full (a slot per queued job, as many slots as room); if the threads are gone,
+    // the dropped job drops `done` and the download ends with an error.
+    let _ = jobs.0.try_send(job);
+    reading
 }
 
 impl ReadPool {
-    pub fn new(threads: usize) -> Self {
+    /// `threads` blocking reads at once; `budget` bytes of big chunks at once.
+    pub fn new(threads: usize, budget: usize) -> Self {
         ReadPool {
             slots: Arc::new(Semaphore::new(threads.max(1))),
+            jobs: Jobs::start(threads.max(1)),
+            budget: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
         }
     }
 
@@ -44,36 +164,45 @@ impl ReadPool {
         R: Read + Send + 'static,
         F: Fn(u64) + Send + 'static,
     {
-        let slots = self.slots.clone();
-        let chunks = futures::stream::unfold(Some(reader), move |reader| {
-            let slots = slots.clone();
+        let (slots, jobs, budget) = (self.slots.clone(), self.jobs.clone(), self.budget.clone());
+        let chunks = futures::stream::unfold(Next::Idle(reader), move |next| {
+            let (slots, jobs, budget) = (slots.clone(), jobs.clone(), budget.clone());
             async move {
-                let mut reader = reader?;
-                let Ok(slot) = slots.acquire_owned().await else {
-                    return None;
+                let read = match next {
+                    Next::Idle(reader) => {
+                        let slot = slots.clone().acquire_owned().await.ok()?;
+                        let share = budget.clone().try_acquire_many_owned(BIG_CHUNK_U32).ok();
+                        start_read(&jobs, reader, slot, share)
+                    }
+                    Next::Reading(read) => read,
+                    Next::Done => return None,
                 };
-                let read = tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    let mut buf = BytesMut::zeroed(CHUNK);
-                    let r = read_full(&mut reader, &mut buf).map(|n| {
-                        buf.truncate(n);
-                        buf.freeze()
-                    });
-                    (reader, r)
-                })
-                .await;
-                match read {
-                    Ok((_, Ok(chunk))) if chunk.is_empty() => None,
-                    Ok((reader, Ok(chunk))) => {
-                        Some((Ok::<Bytes, std::io::Error>(chunk), Some(reader)))
+                match read.await {
+                    Ok((_, Ok((chunk, _)))) if chunk.is_empty() => None,
+                    Ok((reader, Ok((chunk, full_big)))) => {
+                        // Within the budget, read the next chunk while this one is sent.
+                        let ahead = full_big
+                            .then(|| {
+                                let slot = slots.try_acquire_owned().ok()?;
+                                let share = budget.try_acquire_many_owned(BIG_CHUNK_U32).ok()?;
+                                Some((slot, share))
+                            })
+                            .flatten();
+                        let next = match ahead {
+                            Some((slot, share)) => {
+                                Next::Reading(start_read(&jobs, reader, slot, Some(share)))
+                            }
+                            None => Next::Idle(reader),
+                        };
+                        Some((Ok(chunk), next))
                     }
                     // The client sees a truncated body (its length no longer matches), which
                     // Nix reports as a failed download rather than accepting corrupt data.
                     Ok((_, Err(e))) => {
                         tracing::warn!("stream aborted: {e}");
-                        Some((Err(e), None))
+                        Some((Err(e), Next::Done))
                     }
-                    Err(e) => Some((Err(std::io::Error::other(e)), None)),
+                    Err(e) => Some((Err(std::io::Error::other(e)), Next::Done)),
                 }
             }
         });
@@ -292,10 +421,11 @@ mod tests {
     #[tokio::test]
     async fn body_streams_everything_in_order() {
         use http_body_util::BodyExt as _;
-        let data: Vec<u8> = (0..(3 * CHUNK + 17)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..(3 * BIG_CHUNK + 17)).map(|i| (i % 251) as u8).collect();
         let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let c = counted.clone();
-        let body = ReadPool::new(1).body(std::io::Cursor::new(data.clone()), move |n| {
+        // Budget for one big chunk: the others are small.
+        let body = ReadPool::new(1, BIG_CHUNK).body(std::io::Cursor::new(data.clone()), move |n| {
             c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         });
         let got = body.collect().await.unwrap().to_bytes();

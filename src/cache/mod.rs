@@ -114,6 +114,8 @@ pub struct CacheParts {
     pub stats: CacheStats,
     /// Blocking reads of response bodies at once (`cache.read_threads`).
     pub read_threads: usize,
+    /// Bytes of big body chunks at once (`cache.read_buffer_bytes`).
+    pub read_buffer_bytes: usize,
 }
 
 impl CacheState {
@@ -133,7 +135,7 @@ impl CacheState {
                 nars: p.nars,
                 actor: p.actor,
                 stats: p.stats,
-                reads: body::ReadPool::new(p.read_threads),
+                reads: body::ReadPool::new(p.read_threads, p.read_buffer_bytes),
             }),
         }
     }
