@@ -116,8 +116,8 @@ impl LocalApi {
                 if !self.said_unreachable.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         "tailscaled's LocalAPI at {} cannot be asked ({why}): callers are \
-                         known by the headers they send only, and [api] allow admits only \
-                         `local` callers",
+                         known by the headers they send only, and an [api] allow list admits \
+                         only `local` callers",
                         self.socket.display()
                     );
                 }
