@@ -8,6 +8,7 @@
 //! - [`notify`]: POSTing a summary of each finished build (`[notify]`).
 //! - [`p2p`]: the server's libp2p tracker/seed node.
 //! - [`server`]: the composition root — starts the actors and the listeners.
+//! - [`listener`]: serving one listener — connection limit, timeouts, accept errors.
 //! - [`cli`]: the client — `bt`, `bs`, `bl`, completions, man pages, bootstrap.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod listener;
 pub mod notify;
 pub mod p2p;
 pub mod server;
