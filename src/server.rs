@@ -23,11 +23,11 @@ use tokio::net::TcpListener;
 
 use crate::api::tailnet::{Allow, LocalApi};
 use crate::api::{self, ApiParts, ApiState, ApiStats};
-use crate::cache::actor::{CacheServer, CacheServerParts, CompressionSettings};
+use crate::cache::actor::{CacheHandle, CacheServer, CacheServerParts, CompressionSettings};
 use crate::cache::nar_cache::NarCache;
 use crate::cache::stats::CacheStats;
 use crate::cache::{self, CacheParts, CacheState, LazyStore};
-use crate::config::{BuildConfig, CaptureConfig, Config, HostsConfig};
+use crate::config::{BuildConfig, CacheConfig, CaptureConfig, Config, HostsConfig};
 use crate::keys;
 use crate::listener::{self, HttpStats, Limits};
 
@@ -56,113 +56,24 @@ pub async fn run(
         .create(&state_dir)
         .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
     let keys = keys::load_or_generate(&config.cache.secret_key_files, &state_dir)?;
-    let token = config
-        .api
-        .token_file
-        .as_deref()
-        .map(keys::read_secret_file)
-        .transpose()?;
-    let webhook_secret = config
-        .api
-        .webhook_secret_file
-        .as_deref()
-        .map(keys::read_secret_file)
-        .transpose()?;
-
-    let c = &config.cache;
-    let layout = StoreLayout {
-        store_dir: c.store_dir.clone(),
-        root: c.store_root.clone(),
-    };
-    if !layout.db_path().exists() {
-        tracing::warn!(
-            "no store database found at {}: is Nix installed? Every narinfo request will be \
-             answered 404 until it exists.",
-            layout.db_path().display()
-        );
-    }
-    let store = Arc::new(LazyStore::new(layout.clone()));
-    let nar_dir = state_dir.join("nar");
-    let nars = Arc::new(
-        NarCache::open(&nar_dir)
-            .with_context(|| format!("cannot open NAR directory {}", nar_dir.display()))?,
-    );
+    let read_secret =
+        |file: &Option<std::path::PathBuf>| file.as_deref().map(keys::read_secret_file).transpose();
+    let token = read_secret(&config.api.token_file)?;
+    let webhook_secret = read_secret(&config.api.webhook_secret_file)?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let stats = CacheStats::register(&mut registry);
+    let cache = start_cache(&config.cache, &state_dir, &keys, &metrics, &mut registry)?;
     let http_stats = HttpStats::register(&mut registry);
     let api_stats = ApiStats::register(&mut registry);
     // A cache connection may hold a socket and a file (a NAR being streamed).
+    let c = &config.cache;
     let cache_limits = Limits::new("cache", &c.connections, nofile, 2.0 / 3.0, 2);
     let api_limits = Limits::new("api", &config.api.connections, nofile, 1.0 / 3.0, 1);
-    let cache_actor = CacheServer::start(CacheServerParts {
-        nars: nars.clone(),
-        store: store.clone(),
-        settings: CompressionSettings {
-            compression: c.compression,
-            level: c.compression_level,
-            threads: c.compression_threads,
-        },
-        max_bytes: c.nar_cache_max_bytes,
-        queue: c.compression_queue,
-        stats: stats.clone(),
-        metrics: metrics.actors.clone(),
-    });
-    let cache_state = CacheState::new(CacheParts {
-        store,
-        keys: keys.secret.clone(),
-        priority: c.priority,
-        compression: c.compression,
-        nars: nars.clone(),
-        actor: cache_actor.clone(),
-        stats,
-        read_threads: c.read_threads,
-        read_buffer_bytes: c.read_buffer_bytes,
-    });
-
-    let pipeline = build_pipeline(&config.build, &state_dir, &layout);
-    let build_configured = pipeline.configured;
-    if !build_configured {
-        tracing::warn!(
-            "no build configured (build.repository or build.steps): triggers are refused"
-        );
-    }
-    let b = &config.build;
-    let mut actors_config = ActorsConfig::new(&state_dir, pipeline.steps);
-    actors_config.fleet = pipeline.fleet;
-    actors_config.configured_targets = pipeline.configured_targets;
-    actors_config.branch_head = pipeline.branch_head;
-    actors_config.supersede = b.supersede;
-    actors_config.keep_generations = b.keep_generations;
-    actors_config.keys = keys.secret.clone();
-    actors_config.servable = Arc::new(cache_actor.servable());
-    actors_config.store_dir = layout.store_dir.clone();
-    actors_config.observer = crate::notify::start(&config.notify)?;
-    actors_config.coalesce = b.coalesce;
-    actors_config.kill_grace = Duration::from_secs(b.kill_grace_secs);
-    actors_config.log = LogLimits {
-        ring_lines: b.log_lines,
-        files_kept: b.log_files_kept,
-        ..LogLimits::default()
-    };
-    let build = start_actors(actors_config, metrics, Arc::new(cache_actor.clone()))
-        .context("cannot start the build actors")?;
-
+    let (build, build_configured) = start_build(&config, &state_dir, &cache, &keys, metrics)?;
     // Kept alive for the server's life: dropping the last client stops the node.
-    let _p2p_node = if config.p2p.enable {
-        let (node, addrs) =
-            crate::p2p::start_server_node(&config.p2p, &state_dir, nars.clone()).await?;
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        for a in &addrs {
-            let _ = writeln!(out, "p2p listening on {a}");
-        }
-        let _ = out.flush();
-        Some(node)
-    } else {
-        None
-    };
+    let _p2p_node = start_p2p(&config, &state_dir, &cache.nars).await?;
+    let cache_state = cache.state;
 
     let cache_addr = listeners.cache.local_addr()?;
     let api_addr = listeners.api.local_addr()?;
@@ -187,13 +98,161 @@ pub async fn run(
         token,
         webhook_secret: webhook_secret.map(String::into_bytes),
         build_configured,
-        branch: b.branch.clone(),
+        branch: config.build.branch.clone(),
         cache_url: format!("http://{cache_addr}"),
         local_api,
         allow: Allow::new(config.api.allow.clone()),
         stats: api_stats,
     });
+    let apps = Apps {
+        cache: (cache::router().with_state(cache_state), cache_limits),
+        api: (api::router().with_state(api_state), api_limits),
+        stats: http_stats,
+    };
+    serve_until(listeners, apps, &build, shutdown).await;
+    Ok(())
+}
 
+/// What the cache side of `serve` is made of.
+struct Cache {
+    layout: StoreLayout,
+    nars: Arc<NarCache>,
+    actor: CacheHandle,
+    state: CacheState,
+}
+
+/// The store, the compressed-NAR directory, the CacheServer actor and the cache listener's
+/// state.
+fn start_cache(
+    c: &CacheConfig,
+    state_dir: &Path,
+    keys: &keys::Keys,
+    metrics: &Metrics,
+    registry: &mut Registry,
+) -> anyhow::Result<Cache> {
+    let layout = StoreLayout {
+        store_dir: c.store_dir.clone(),
+        root: c.store_root.clone(),
+    };
+    if !layout.db_path().exists() {
+        tracing::warn!(
+            "no store database found at {}: is Nix installed? Every narinfo request will be \
+             answered 404 until it exists.",
+            layout.db_path().display()
+        );
+    }
+    let store = Arc::new(LazyStore::new(layout.clone()));
+    let nar_dir = state_dir.join("nar");
+    let nars = Arc::new(
+        NarCache::open(&nar_dir)
+            .with_context(|| format!("cannot open NAR directory {}", nar_dir.display()))?,
+    );
+    let stats = CacheStats::register(registry);
+    let cache_actor = CacheServer::start(CacheServerParts {
+        nars: nars.clone(),
+        store: store.clone(),
+        settings: CompressionSettings {
+            compression: c.compression,
+            level: c.compression_level,
+            threads: c.compression_threads,
+        },
+        max_bytes: c.nar_cache_max_bytes,
+        queue: c.compression_queue,
+        stats: stats.clone(),
+        metrics: metrics.actors.clone(),
+    });
+    let cache_state = CacheState::new(CacheParts {
+        store,
+        keys: keys.secret.clone(),
+        priority: c.priority,
+        compression: c.compression,
+        nars: nars.clone(),
+        actor: cache_actor.clone(),
+        stats,
+        read_threads: c.read_threads,
+        read_buffer_bytes: c.read_buffer_bytes,
+    });
+    Ok(Cache {
+        layout,
+        nars,
+        actor: cache_actor,
+        state: cache_state,
+    })
+}
+
+/// The build actors; also whether a build is configured at all.
+fn start_build(
+    config: &Config,
+    state_dir: &Path,
+    cache: &Cache,
+    keys: &keys::Keys,
+    metrics: Metrics,
+) -> anyhow::Result<(BuildHandle, bool)> {
+    let (layout, cache_actor) = (&cache.layout, &cache.actor);
+    let pipeline = build_pipeline(&config.build, state_dir, layout);
+    let build_configured = pipeline.configured;
+    if !build_configured {
+        tracing::warn!(
+            "no build configured (build.repository or build.steps): triggers are refused"
+        );
+    }
+    let b = &config.build;
+    let mut actors_config = ActorsConfig::new(state_dir, pipeline.steps);
+    actors_config.fleet = pipeline.fleet;
+    actors_config.configured_targets = pipeline.configured_targets;
+    actors_config.branch_head = pipeline.branch_head;
+    actors_config.supersede = b.supersede;
+    actors_config.keep_generations = b.keep_generations;
+    actors_config.keys = keys.secret.clone();
+    actors_config.servable = Arc::new(cache_actor.servable());
+    actors_config.store_dir = layout.store_dir.clone();
+    actors_config.observer = crate::notify::start(&config.notify)?;
+    actors_config.coalesce = b.coalesce;
+    actors_config.kill_grace = Duration::from_secs(b.kill_grace_secs);
+    actors_config.log = LogLimits {
+        ring_lines: b.log_lines,
+        files_kept: b.log_files_kept,
+        ..LogLimits::default()
+    };
+    let build = start_actors(actors_config, metrics, Arc::new(cache_actor.clone()))
+        .context("cannot start the build actors")?;
+    Ok((build, build_configured))
+}
+
+/// The tracker/seed node when `[p2p]` enables it; prints its addresses on stdout.
+async fn start_p2p(
+    config: &Config,
+    state_dir: &Path,
+    nars: &Arc<NarCache>,
+) -> anyhow::Result<Option<tailcache_p2p::node::Client>> {
+    if !config.p2p.enable {
+        return Ok(None);
+    }
+    let (node, addrs) = crate::p2p::start_server_node(&config.p2p, state_dir, nars.clone()).await?;
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for a in &addrs {
+        let _ = writeln!(out, "p2p listening on {a}");
+    }
+    let _ = out.flush();
+    Ok(Some(node))
+}
+
+/// Each listener's routes and limits, and the counters they share.
+struct Apps {
+    cache: (axum::Router, Limits),
+    api: (axum::Router, Limits),
+    stats: HttpStats,
+}
+
+/// Serves both listeners until `shutdown`; then stops the build, and lets open connections
+/// drain for at most [`DRAIN_TIMEOUT`].
+async fn serve_until(
+    listeners: Listeners,
+    apps: Apps,
+    build: &BuildHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -201,35 +260,36 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let (cache_app, cache_limits) = apps.cache;
+    let (api_app, api_limits) = apps.api;
     let cache_server = listener::serve(
         "cache",
         listeners.cache,
-        cache::router().with_state(cache_state),
+        cache_app,
         cache_limits,
-        http_stats.clone(),
+        apps.stats.clone(),
         stopped(),
     );
     let api_server = listener::serve(
         "api",
         listeners.api,
-        api::router().with_state(api_state),
+        api_app,
         api_limits,
-        http_stats,
+        apps.stats,
         stopped(),
     );
     let servers = async { tokio::join!(cache_server, api_server) };
     tokio::pin!(servers);
 
     tokio::select! {
-        _ = &mut servers => return Ok(()),
+        _ = &mut servers => return,
         () = shutdown => {}
     }
-    stop_build(&build).await;
+    stop_build(build).await;
     let _ = stop_tx.send(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, servers).await.is_err() {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; exiting");
     }
-    Ok(())
 }
 
 /// Cancels a running build (recorded `interrupted`) and flushes status and log.
