@@ -1,6 +1,7 @@
 # The tailcache flake: the package (tailcache, bt, bs, bl with completions and man pages), its
-# overlay, the NixOS server module, the home-manager client modules, machine templates, the
-# checks (module evaluation, the Nix library's tests, the NixOS VM test) and a dev shell.
+# overlay, the NixOS server and client modules, the home-manager client modules, machine
+# templates, the checks (module evaluation, the Nix library's tests, the NixOS VM test) and a
+# dev shell.
 {
   description = "Build server and Nix binary cache for a person's machines on a tailnet";
 
@@ -45,17 +46,28 @@
         tailcache = final.callPackage ./nix/package.nix { };
       };
 
-      # services.tailcache.server; its package defaults to pkgs.tailcache (this overlay) or,
-      # without the overlay, the same package built with the machine's nixpkgs.
-      nixosModules.default = ./nixos;
+      # The package of each module defaults to pkgs.tailcache (this overlay) or, without the
+      # overlay, the same package built with the machine's nixpkgs.
+      nixosModules = {
+        # services.tailcache.server: the build server and binary cache.
+        default = ./nixos;
+        server = ./nixos;
+        # services.tailcache.client: a machine that takes what the server built.
+        client = ./nixos/client.nix;
+      };
 
-      homeManagerModules = {
-        # programs.tailcache and services.bootstrap-services.
+      # programs.tailcache and services.bootstrap-services. home-manager now looks for
+      # `homeModules`; `homeManagerModules` is the older name, kept for configurations using it.
+      homeModules = {
         default = ./home;
         tailcache = ./home/tailcache.nix;
         services = ./home/bootstrap-services.nix;
       };
+      homeManagerModules = self.homeModules;
 
+      # The per-machine flake that `tailcache bootstrap-new-machine` writes, rendered with
+      # example values from its one source, src/cli/bootstrap/*.in (tests/nix_modules.rs
+      # checks that these directories match it).
       templates = {
         laptop = {
           path = ./home/templates/laptop;

@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the cache's hot functions (issue 2, "Benchmark"): NAR
+//! Criterion micro-benchmarks of the cache's hot functions: NAR
 //! serialisation of a 2000-small-file tree and of one 64 MiB file into `io::sink`, NAR
 //! verification, narinfo rendering and parsing, and ed25519 signing of the fingerprint.
 //!

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # http-vs-nginx.sh — end-to-end benchmark of tailcache's binary cache against nginx serving the same store
 # paths from a `nix copy --to file://` cache (the physical reference), side by side in one
-# run. Implements the "Benchmark" section of issue 2: narinfo latency over one keep-alive
+# run: narinfo latency over one keep-alive
 # connection, NAR download time (100 MiB path, 2000-small-file path; 1 and 16 connections;
 # uncompressed and precompressed xz) and server RSS while 16 clients download 100 MiB.
 #
@@ -22,6 +22,7 @@
 #   RSS_ROUNDS=3         back-to-back rounds of 16 downloads while sampling RSS
 #   COMPRESS_TIMEOUT=900 seconds to wait for tailcache's background xz jobs
 #   TAILCACHE_BIN=…      use this binary instead of `cargo build --release`
+#   TAILCACHE_PROFILE=release  the cargo profile to build; `profiling` keeps symbols (for perf)
 #   TAILCACHE_ENV="K=V …" extra environment for the tailcache servers, e.g. allocator
 #                        settings such as MALLOC_MMAP_THRESHOLD_=131072 (noted in the report)
 #   KEEP=1 / --keep      keep the temp dir (store, caches, logs)
@@ -56,7 +57,7 @@ cleanup() {
     for p in "${live[@]+"${live[@]}"}"; do
         wait "$p" 2>/dev/null || true
     done
-    leave_dir "$D" "$KEEP"
+    remove_workdir "$D"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -1,22 +1,25 @@
 # benches/lib.sh — what the benchmark scripts share: log/die, the tailcache binary to measure
-# (TAILCACHE_BIN or a fresh `cargo build --release`), a private Nix configuration for
-# throwaway chroot stores (no daemon, no substituters, signatures required), narinfo fields,
+# (TAILCACHE_BIN or a fresh `cargo build --profile $TAILCACHE_PROFILE`, release by default), a
+# private Nix configuration for throwaway chroot stores (no daemon, no substituters,
+# signatures required), stopping what a run started and removing its temp dir, narinfo fields,
 # nginx as a static binary cache, and tc shaping of a namespace's interface. Sourced, not run.
 
 log() { printf '# %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# tailcache_bin ROOT: sets BIN to TAILCACHE_BIN, or builds the release binary of ROOT.
+# tailcache_bin ROOT: sets BIN to TAILCACHE_BIN, or builds the binary of ROOT with the cargo
+# profile TAILCACHE_PROFILE: `release` (default) is what users get; `profiling` is the same with
+# debug line tables and symbols, for perf.
 tailcache_bin() {
-    local root=$1 target_dir
+    local root=$1 profile=${TAILCACHE_PROFILE:-release} target_dir
     if [ -n "${TAILCACHE_BIN:-}" ]; then
         BIN=$TAILCACHE_BIN
     else
-        log "cargo build --release"
-        (cd "$root" && cargo build --release --locked --quiet --bin tailcache) || die "cargo build failed"
+        log "cargo build --profile $profile"
+        (cd "$root" && cargo build --profile "$profile" --locked --quiet --bin tailcache) || die "cargo build failed"
         target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps \
             | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-        BIN=$target_dir/release/tailcache
+        BIN=$target_dir/$profile/tailcache
     fi
     [ -x "$BIN" ] || die "no tailcache binary at $BIN"
     BIN=$(readlink -f "$BIN")
@@ -51,6 +54,20 @@ NIXCONF
     unset NIX_CONFIG NIX_REMOTE NIX_PATH NIX_STORE_DIR NIX_STATE_DIR 2>/dev/null || true
 }
 
+# remove_workdir DIR [KEEP]: removes a run's temp dir (builds leave read-only directories in the
+# throwaway store), or with KEEP=1 (default: $KEEP) says where it is.
+remove_workdir() {
+    local dir=$1 keep=${2:-${KEEP:-0}}
+    if [ -n "$dir" ] && [ -d "$dir" ]; then
+        if [ "$keep" = 1 ]; then
+            log "kept $dir"
+        else
+            chmod -R u+w "$dir" 2>/dev/null || true
+            rm -rf "$dir"
+        fi
+    fi
+}
+
 # stop_started: stops every process whose pid is a key of the associative array LIVE, then
 # whatever still runs in the namespaces listed in the array NSS (only the script started
 # anything there), and deletes those namespaces. For EXIT traps.
@@ -62,18 +79,6 @@ stop_started() {
         for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
     done
     for ns in "${NSS[@]+"${NSS[@]}"}"; do ip netns del "$ns" 2>/dev/null || true; done
-}
-
-# leave_dir DIR KEEP: removes the work directory DIR, or with KEEP=1 says where it is.
-leave_dir() {
-    [ -n "$1" ] && [ -d "$1" ] || return 0
-    if [ "$2" = 1 ]; then
-        log "kept $1"
-    else
-        # Builds leave read-only directories in the throwaway store.
-        chmod -R u+w "$1" 2>/dev/null || true
-        rm -rf "$1"
-    fi
 }
 
 now() { date +%s.%N; }

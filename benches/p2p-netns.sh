@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# p2p-netns.sh — benchmark of peer-assisted fetches (issue 5, "Benchmark"): one tailcache server
+# p2p-netns.sh — benchmark of peer-assisted fetches: one tailcache server
 # and N peers in network namespaces joined by a bridge, with shaped links, fetching one large
 # incompressible NAR (zstd) from the server alone (plain HTTP) or through `tailcache agent`.
 #
@@ -45,6 +45,7 @@
 #   NS_PREFIX=tcp2p<pid>-      namespace name prefix (unique per run by default)
 #   SUBNET=10.213.<pid%250>    first three octets of the /24 used on the veths
 #   TAILCACHE_BIN=…     use this binary instead of `cargo build --release`
+#   TAILCACHE_PROFILE=release  the cargo profile to build; `profiling` keeps symbols (for perf)
 #   FETCH_TIMEOUT=1800  curl --max-time per download
 #   COMPRESS_TIMEOUT=900 seconds to wait for the server's zstd file and its P2P manifest
 #   AGENT_LOG=info      RUST_LOG of the agents; RUST_LOG of the server is SERVER_LOG=warn
@@ -93,7 +94,7 @@ done
 
 cleanup() {
     stop_started
-    leave_dir "$D" "$KEEP"
+    remove_workdir "$D"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

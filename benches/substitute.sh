@@ -153,8 +153,8 @@ NSS=()
 cleanup() {
     stop_started
     # Client stores are per run and large: never left behind, even in a kept directory.
-    [ -n "$D" ] && [ -d "$D/client" ] && leave_dir "$D/client" 0
-    if [ "$OWN_D" = 1 ]; then leave_dir "$D" "$KEEP"; else leave_dir "$D" 1; fi
+    [ -n "$D" ] && [ -d "$D/client" ] && remove_workdir "$D/client" 0
+    if [ "$OWN_D" = 1 ]; then remove_workdir "$D" "$KEEP"; else remove_workdir "$D" 1; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -317,7 +317,7 @@ if [ -s "$D/closure/top" ] && [ "$(cat "$D/closure/settings" 2>/dev/null)" = "$S
     && nix-store --store "$S" --check-validity "$(cat "$D/closure/top")" 2>/dev/null; then
     log "reusing the closure in $D"
 else
-    leave_dir "$S" 0
+    remove_workdir "$S" 0
     rm -rf "$D/www" "$D/tc"
     rm -f "$D/closure/top"
     log "planning a closure of $PATHS paths, ~$CLOSURE_MIB MiB (seed $SEED)"
@@ -641,7 +641,7 @@ run_one() {
     local link=$1 round=$2 cfg=$3 dir=$D/runs/$1-$2-$3 url pids=() w0 w1 rx0=0 rx1=0 a0=0 a1=0
     local t0 t1 st=ok got=0 user=0 sys=0 agent_s=0 agent_range=0 wire
     mkdir -p "$dir"
-    leave_dir "$D/client" 0
+    remove_workdir "$D/client" 0
     mkdir -p "$D/client/xdg-cache"
     case $cfg in
         nginx-*) url=$NGINX_URL/${cfg#nginx-}; pids=("${NGINX_PIDS[@]}") ;;
@@ -687,7 +687,7 @@ run_one() {
         FAILED=$((FAILED + 1))
         log "  $link r$round $cfg: FAILED ($st; $got of $NPATHS paths): $(tail -3 "$dir/copy.log" | tr '\n' ' ' | cut -c1-400)"
     fi
-    leave_dir "$D/client" 0
+    remove_workdir "$D/client" 0
 }
 
 NOTES=()

@@ -154,7 +154,16 @@ in
       # field wins over that field alone.
       (lib.mkIf (cfg.template != null) (
         let
-          t = tlib.templateDefaults lib.mkDefault cfg.template;
+          # mkIf still walks its content's attribute names when the condition is false,
+          # so the lookup must not fail without a template.
+          t =
+            if cfg.template == null then
+              {
+                folders = { };
+                tailscale = { };
+              }
+            else
+              tlib.templateDefaults lib.mkDefault cfg.template;
         in
         {
           services.bootstrap-services = {

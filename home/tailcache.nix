@@ -1,54 +1,72 @@
-# home-manager module `programs.tailcache`: bt/bs/bl and their config, the machine's
-# nix.settings (the local agent first, then the build server's cache, each key trusted), the
-# agent as a systemd user service, Atuin settings, and the `system-update` script.
-# The decisions live in ../nix/lib.nix.
+# home-manager module `programs.tailcache`: bt/bs/bl and their config, the user's
+# nix.settings (the local agent first, then the build server's cache, each key trusted, a short
+# negative narinfo TTL), the agent and the prefetch/autoSwitch follower of the home target as
+# systemd user services, Atuin settings (Atuin's server or the build server's own), the
+# home-manager CLI, and the `system-update` script (which runs `tailcache switch`: the machine
+# takes what the server built, nothing is evaluated locally). Run as a NixOS module, it warns
+# when the system's nix-daemon would ignore those settings (use nixosModules.client there).
+# The options shared with the NixOS client are in ../nix/client-options.nix, the decisions in
+# ../nix/lib.nix.
 {
   config,
   lib,
   pkgs,
+  # The NixOS configuration when home-manager runs as a NixOS module, else null.
+  osConfig ? null,
   ...
 }:
 let
   tlib = import ../nix/lib.nix;
+  shared = import ../nix/client-options.nix { inherit lib pkgs; };
   cfg = config.programs.tailcache;
-  inherit (lib) mkOption mkEnableOption types;
+  inherit (lib) mkOption types;
   toml = pkgs.formats.toml { };
+  configFile = toml.generate "tailcache-client.toml" (tlib.clientConfig cfg);
+  substituters = tlib.ownSubstituters { inherit (cfg) cacheUrl agent; };
+
+  # What the NixOS system (when home-manager runs as its module) says about this user.
+  systemClient = if osConfig == null then null else osConfig.services.tailcache.client or null;
+  systemHasClient = systemClient != null && systemClient.enable;
+  osUser = if osConfig == null then { } else osConfig.users.users.${config.home.username} or { };
+  daemonIgnoresUser =
+    osConfig != null
+    && !systemHasClient
+    && !(tlib.daemonHonoursUser {
+      settings = osConfig.nix.settings;
+      user = config.home.username;
+      groups = osUser.extraGroups or [ ] ++ lib.optional ((osUser.group or "") != "") osUser.group;
+      inherit substituters;
+      keys = cfg.publicKeys;
+    });
 in
 {
   options.programs.tailcache = {
-    enable = mkEnableOption "the tailcache client (bt, bs, bl) and the build server's binary cache";
+    inherit (shared)
+      enable
+      package
+      server
+      cacheUrl
+      publicKeys
+      tokenFile
+      negativeTtl
+      prefetch
+      ;
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.tailcache or (pkgs.callPackage ../nix/package.nix { });
-      defaultText = "pkgs.tailcache (the flake's overlay), else the package built from this source";
-      description = "The tailcache package (tailcache, bt, bs, bl).";
-    };
-
-    server = mkOption {
-      type = types.str;
-      default = "http://build-server:8000";
-      description = "The build API's URL, for bt/bs/bl.";
-    };
-
-    cacheUrl = mkOption {
-      type = types.str;
-      default = "http://build-server:5000";
-      description = "The binary cache's URL.";
-    };
-
-    publicKeys = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      example = [ "build-server-tailcache-1:Zm9v…" ];
-      description = "Keys the cache signs with (GET /pubkey); the only ones trusted for it.";
-    };
-
-    tokenFile = mkOption {
+    host = mkOption {
       type = types.nullOr types.str;
       default = null;
-      example = "/home/me/nix-config/secrets/tailcache-token";
-      description = "Absolute path to a (git-ignored) file holding the API token for bt; never copied into the store.";
+      example = "alice@laptop";
+      description = "The home-manager target this user follows (prefetch, autoSwitch, system-update); null: $USER@hostname.";
+    };
+
+    autoSwitch = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Activate each new ready generation of the target as soon as the prefetch service has
+        substituted it (`tailcache switch --home`): the counterpart of NixOS's
+        system.autoUpgrade, applying what the server built instead of evaluating here.
+      '';
     };
 
     upstream = mkOption {
@@ -69,52 +87,11 @@ in
       description = "Caches listed after the build server, with their keys.";
     };
 
-    agent = {
-      enable = mkEnableOption "the peer-assisted fetch agent (a local substituter listed first)";
-      bind = mkOption {
-        type = types.str;
-        default = "127.0.0.1:5001";
-        description = "Where the agent's substituter listens (loopback).";
-      };
-      tracker = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        example = "/ip4/100.64.0.1/tcp/5002/p2p/12D3KooW…";
-        description = "The server's tracker (printed by the server); null: every byte from the server.";
-      };
-      reseed = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Keep fetched files and upload them to other machines.";
-      };
-      metered = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Download from peers but never upload (e.g. on a phone hotspot).";
-      };
+    agent = shared.agent // {
       cacheDir = mkOption {
         type = types.nullOr types.str;
         default = null;
         description = "Fetched files and the agent's key; null: $XDG_CACHE_HOME/tailcache-agent.";
-      };
-      cacheMaxBytes = mkOption {
-        type = types.ints.unsigned;
-        default = 10737418240;
-        description = "Upper bound of the files kept for reseeding.";
-      };
-      uploadRate = mkOption {
-        type = types.ints.unsigned;
-        default = 0;
-        description = "Upload cap in bytes per second (0: none).";
-      };
-      listen = mkOption {
-        type = types.nullOr (types.listOf types.str);
-        default = null;
-        example = [
-          "/ip4/100.64.0.2/udp/0/quic-v1"
-          "/ip4/100.64.0.2/tcp/0"
-        ];
-        description = "libp2p multiaddrs the agent listens on for peers; null: loopback only (the agent's default), so set the tailnet address for peers to reach it.";
       };
     };
 
@@ -129,9 +106,30 @@ in
         default = true;
         description = "Sync history automatically.";
       };
+      selfHosted = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          The build server runs the Atuin sync server (services.tailcache.server.atuin): sync
+          with it, at the host of `server` and port `atuin.port`, instead of Atuin's public one.
+        '';
+      };
+      port = mkOption {
+        type = types.port;
+        default = 8888;
+        description = "The self-hosted Atuin server's port (services.tailcache.server.atuin.port).";
+      };
       syncAddress = mkOption {
         type = types.str;
-        default = "https://api.atuin.sh";
+        default =
+          if cfg.atuin.selfHosted then
+            tlib.selfHostedAtuin {
+              inherit (cfg) server;
+              inherit (cfg.atuin) port;
+            }
+          else
+            "https://api.atuin.sh";
+        defaultText = "with selfHosted, http://<the build server's host>:<port>; else https://api.atuin.sh";
         example = "http://build-server:8888";
         description = "The Atuin sync server.";
       };
@@ -156,17 +154,12 @@ in
       enable = mkOption {
         type = types.bool;
         default = true;
-        description = "Install `system-update`: flake update, switch, garbage collection.";
-      };
-      flake = mkOption {
-        type = types.str;
-        default = "${config.home.homeDirectory}/nix-config";
-        description = "Directory of this machine's flake (what bootstrap-new-machine wrote).";
+        description = "Install `system-update`: switch to what the build server built (`tailcache switch`), then collect garbage.";
       };
       nixos = mkOption {
         type = types.bool;
         default = false;
-        description = "Also run `nixos-rebuild switch` for nixosConfigurations.<hostname>.";
+        description = "Also switch the NixOS system (as root, through sudo) to the server's generation of the target named after the hostname.";
       };
       gcOlderThan = mkOption {
         type = types.str;
@@ -186,21 +179,39 @@ in
           }
         ];
 
+        warnings =
+          lib.optional daemonIgnoresUser ''
+            programs.tailcache: the Nix daemon of this NixOS system ignores the substituters and
+            keys written to ~/.config/nix/nix.conf, because ${config.home.username} is not in its
+            nix.settings.trusted-users (and they are not its trusted-substituters and keys), so
+            nothing comes from the build server. Enable tailcache's NixOS client module on this
+            machine (tailcache.nixosModules.client: services.tailcache.client), which configures
+            the system's Nix.''
+          ++ lib.optional (cfg.agent.enable && systemHasClient && systemClient.agent.enable) ''
+            programs.tailcache.agent: the system already runs the agent
+            (services.tailcache.client.agent); this user's would compete for ${cfg.agent.bind}.
+            Disable one of them.'';
+
         home.packages = [
           cfg.package
         ]
         ++ lib.optional cfg.systemUpdate.enable (
           pkgs.writeShellScriptBin "system-update" (
             tlib.systemUpdateScript {
-              inherit (cfg.systemUpdate) flake nixos gcOlderThan;
+              inherit (cfg.systemUpdate) nixos gcOlderThan;
+              tailcache = "${cfg.package}/bin/tailcache";
+              systemArgs = tlib.systemSwitchArgs cfg;
               homeManager = true;
+              homeHost = cfg.host;
             }
           )
         );
 
-        xdg.configFile."tailcache/config.toml".source = toml.generate "tailcache-client.toml" (
-          tlib.clientConfig cfg
-        );
+        # The flake this configuration comes from is applied with `home-manager switch` the
+        # first time (and after changes to it): keep its CLI installed.
+        programs.home-manager.enable = lib.mkDefault true;
+
+        xdg.configFile."tailcache/config.toml".source = configFile;
 
         nix.package = lib.mkDefault pkgs.nix;
         nix.settings = tlib.nixSettings {
@@ -209,16 +220,16 @@ in
             publicKeys
             agent
             upstream
+            negativeTtl
             ;
         };
       }
 
       (lib.mkIf cfg.agent.enable {
+        # A user manager has no network-online.target to wait for; the agent retries the
+        # server and peers by itself.
         systemd.user.services.tailcache-agent = {
-          Unit = {
-            Description = "tailcache agent: local substituter with peer-assisted fetches";
-            After = [ "network-online.target" ];
-          };
+          Unit.Description = "tailcache agent: local substituter with peer-assisted fetches";
           Service = {
             ExecStart = lib.escapeShellArgs [
               "${cfg.package}/bin/tailcache"
@@ -229,6 +240,39 @@ in
             Restart = "on-failure";
             RestartSec = 5;
             NoNewPrivileges = true;
+          };
+          Install.WantedBy = [ "default.target" ];
+        };
+      })
+
+      (lib.mkIf (cfg.prefetch.enable || cfg.autoSwitch) {
+        # Follows this user's home-manager target; the substitution itself runs in the
+        # nix-daemon, so the low priority only covers the polling and the activation.
+        systemd.user.services.tailcache-prefetch = {
+          Unit = {
+            Description = "tailcache prefetch: substitute each new home-manager generation the build server makes ready";
+            After = lib.optional cfg.agent.enable "tailcache-agent.service";
+            Wants = lib.optional cfg.agent.enable "tailcache-agent.service";
+          };
+          Service = {
+            ExecStart = lib.escapeShellArgs (
+              [ "${cfg.package}/bin/tailcache" ]
+              ++ tlib.prefetchArgs {
+                configFile = "${configFile}";
+                inherit (cfg) host;
+                home = true;
+                inherit (cfg.prefetch) interval;
+                autoSwitch = if cfg.autoSwitch then "switch" else null;
+              }
+            );
+            # A user manager's PATH has no Nix outside NixOS (a multi-user install keeps it in
+            # /nix/var/nix/profiles/default/bin); the activation looks for nix-env there too.
+            Environment = [ "PATH=${lib.makeBinPath [ config.nix.package ]}:/usr/bin:/bin" ];
+            Restart = "always";
+            RestartSec = 30;
+            Nice = 19;
+            IOSchedulingClass = "idle";
+            CPUSchedulingPolicy = "idle";
           };
           Install.WantedBy = [ "default.target" ];
         };

@@ -1,6 +1,8 @@
-# The flake's checks: the package, the Nix library's tests, evaluation of the NixOS and
-# home-manager modules with the real module system (the deep merge of template folders, the
-# substituter order, credentials, firewall), and the NixOS VM test. They need nixpkgs and
+# The flake's checks: the package, the Nix library's tests, evaluation of the NixOS (server
+# and client) and home-manager modules with the real module system and NixOS's own modules
+# (the deep merge of template folders, the substituter order, credentials, firewall, the
+# prefetch unit), and the NixOS VM test. tests/nix_modules.rs evaluates the same modules
+# offline, without NixOS's modules. They need nixpkgs and
 # home-manager (and KVM for the VM test): `nix flake check` on a host with Nix.
 {
   pkgs,
@@ -53,11 +55,32 @@ let
     }).config;
   unit = nixos.systemd.services.tailcache-server;
 
+  client =
+    (lib.nixosSystem {
+      modules = [
+        self.nixosModules.client
+        {
+          boot.isContainer = true;
+          system.stateVersion = "25.05";
+          nixpkgs.pkgs = pkgs;
+          networking.hostName = "laptop";
+          services.tailcache.client = {
+            enable = true;
+            publicKeys = [ "build-server-1:AAAA" ];
+            agent.enable = true;
+            prefetch.enable = true;
+            autoSwitch = "boot";
+          };
+        }
+      ];
+    }).config;
+  prefetchUnit = client.systemd.services.tailcache-prefetch;
+
   home =
     (home-manager.lib.homeManagerConfiguration {
       inherit pkgs;
       modules = [
-        self.homeManagerModules.default
+        self.homeModules.default
         {
           home.username = "alice";
           home.homeDirectory = "/home/alice";
@@ -106,6 +129,20 @@ in
     gc-weekly = nixos.nix.gc.automatic && nixos.nix.gc.dates == "weekly";
     optimise = nixos.nix.optimise.automatic;
     daemon-allows-user = builtins.elem "*" nixos.nix.settings.allowed-users;
+  };
+
+  module-eval-nixos-client = expect "tailcache-module-eval-nixos-client" {
+    agent-first = lib.take 2 client.nix.settings.substituters == [
+      "http://127.0.0.1:5001"
+      "http://build-server:5000"
+    ];
+    key-trusted = builtins.elem "build-server-1:AAAA" client.nix.settings.trusted-public-keys;
+    negative-ttl = client.nix.settings.narinfo-cache-negative-ttl == 60;
+    agent-own-user = client.systemd.services.tailcache-agent.serviceConfig.User == "tailcache-agent";
+    prefetch-idle = prefetchUnit.serviceConfig.IOSchedulingClass == "idle";
+    prefetch-auto-switch = lib.hasSuffix "--host laptop --interval 60 --auto-switch boot" prefetchUnit.serviceConfig.ExecStart;
+    config-in-etc = client.environment.etc ? "tailcache/config.toml";
+    root-trusted = builtins.elem "root" client.nix.settings.trusted-users;
   };
 
   module-eval-home = expect "tailcache-module-eval-home" {

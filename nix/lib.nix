@@ -135,7 +135,8 @@ rec {
     cfg:
     optional (cfg.signingKeyFile != null) "signing-key:${cfg.signingKeyFile}"
     ++ optional (cfg.api.tokenFile != null) "api-token:${cfg.api.tokenFile}"
-    ++ optional (cfg.build.webhookSecretFile != null) "webhook-secret:${cfg.build.webhookSecretFile}";
+    ++ optional (cfg.build.webhookSecretFile != null) "webhook-secret:${cfg.build.webhookSecretFile}"
+    ++ optional (cfg.notify.tokenFile != null) "notify-token:${cfg.notify.tokenFile}";
 
   # Arguments of `tailcache serve` after the program: the config file, and the secrets read
   # from the credentials directory (`%d` is systemd's specifier for $CREDENTIALS_DIRECTORY).
@@ -153,7 +154,8 @@ rec {
         [ "--webhook-secret-file" "%d/webhook-secret" ]
       else
         [ ]
-    );
+    )
+    ++ (if cfg.notify.tokenFile != null then [ "--notify-token-file" "%d/notify-token" ] else [ ]);
 
   # The server's TOML config (src/config.rs; unknown keys are an error there). Secrets are
   # not in it: they come from the command line (serverArgs), out of the credentials directory.
@@ -173,9 +175,20 @@ rec {
       build = {
         repository = cfg.build.repository;
         branch = cfg.build.branch;
-        attribute = cfg.build.attribute;
+        # The one-target shorthand, left out when targets are listed or discovered.
+        attribute =
+          if cfg.build.hosts == null && cfg.build.targets == [ ] then cfg.build.attribute else null;
+        hosts = cfg.build.hosts;
+        targets = cfg.build.targets;
+        keep_generations = cfg.build.keepGenerations;
+        supersede = cfg.build.supersede;
+        builders = cfg.build.builders;
         nix_args = cfg.build.nixArgs;
         coalesce = true;
+      };
+      notify = {
+        url = cfg.notify.url;
+        format = cfg.notify.format;
       };
       p2p = {
         enable = cfg.p2p.enable;
@@ -205,6 +218,43 @@ rec {
       udp = p2p.udp;
     };
 
+  # The hardening of tailcache's long-running units (the server, the agent): no privileges,
+  # a read-only system, nothing of the kernel, the network families libp2p and the nix-daemon
+  # need, and the system-service syscalls.
+  serviceHardening = {
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    RemoveIPC = true;
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    RestrictAddressFamilies = [
+      "AF_UNIX"
+      "AF_INET"
+      "AF_INET6"
+      "AF_NETLINK"
+    ];
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+    ];
+  };
+
   # systemd's StateDirectory= for a state directory under /var/lib, else null (the module
   # then creates it with tmpfiles and allows writing there).
   stateDirectoryName =
@@ -212,21 +262,163 @@ rec {
 
   # --- the client (programs.tailcache) -----------------------------------------------------
 
-  # nix.settings of a client: the local agent first (when enabled), then the server, then the
-  # upstream caches; the server's keys and the upstream keys are trusted, nothing else.
+  # The build server's substituters: the local agent first when it runs (it passes the
+  # server's narinfos through and fetches NARs from peers), then the server's cache.
+  ownSubstituters = { cacheUrl, agent }: optional agent.enable "http://${agent.bind}" ++ [ cacheUrl ];
+
+  # How long (seconds) Nix remembers that a cache lacks a path. Nix's default, an hour, suits
+  # a cache whose contents never change; the build server's fills after every build, so a
+  # machine that asked before the build finished must look again within a minute.
+  defaultNegativeTtl = 60;
+
+  # nix.settings of a client (home-manager, the user's nix.conf): the local agent first (when
+  # enabled), then the server, then the upstream caches; the server's keys and the upstream
+  # keys are trusted, nothing else.
   nixSettings =
     {
       cacheUrl,
       publicKeys,
       agent,
       upstream,
+      negativeTtl,
     }:
     {
-      substituters =
-        optional agent.enable "http://${agent.bind}" ++ [ cacheUrl ] ++ map (u: u.url) upstream;
+      substituters = ownSubstituters { inherit cacheUrl agent; } ++ map (u: u.url) upstream;
       trusted-public-keys = publicKeys ++ map (u: u.key) upstream;
       require-sigs = true;
+      narinfo-cache-negative-ttl = negativeTtl;
     };
+
+  # What the NixOS client adds to the system's nix.settings (NixOS lists cache.nixos.org and
+  # its key itself, after these).
+  systemNixSettings =
+    {
+      cacheUrl,
+      publicKeys,
+      agent,
+      negativeTtl,
+    }:
+    {
+      substituters = ownSubstituters { inherit cacheUrl agent; };
+      trusted-public-keys = publicKeys;
+      narinfo-cache-negative-ttl = negativeTtl;
+    };
+
+  # Whether the nix-daemon of a system with `settings` (its nix.settings) honours the
+  # substituters and keys in a user's own nix.conf: for a trusted user (by name or group),
+  # else only substituters it lists itself or as trusted-substituters, signed by keys it
+  # trusts itself.
+  daemonHonoursUser =
+    {
+      settings,
+      user,
+      groups,
+      substituters,
+      keys,
+    }:
+    let
+      trusted = settings.trusted-users or [ "root" ];
+      allowed = (settings.substituters or [ ]) ++ (settings.trusted-substituters or [ ]);
+      systemKeys = settings.trusted-public-keys or [ ];
+    in
+    builtins.any (t: t == user || builtins.elem t (map (g: "@${g}") groups)) trusted
+    || (
+      builtins.all (s: builtins.elem s allowed) substituters
+      && builtins.all (k: builtins.elem k systemKeys) keys
+    );
+
+  # `tailcache prefetch` for the unit that follows the server: substitute each new ready
+  # generation of the target in the background, and apply it with `autoSwitch`
+  # (`--auto-switch`, an activation of `tailcache switch`).
+  prefetchArgs =
+    {
+      configFile,
+      host,
+      home,
+      interval,
+      autoSwitch,
+    }:
+    [
+      "prefetch"
+      "--config"
+      configFile
+    ]
+    ++ (
+      if host != null then
+        [
+          "--host"
+          host
+        ]
+      else
+        [ ]
+    )
+    ++ optional home "--home"
+    ++ [
+      "--interval"
+      (toString interval)
+    ]
+    ++ (
+      if autoSwitch != null then
+        [
+          "--auto-switch"
+          autoSwitch
+        ]
+      else
+        [ ]
+    );
+
+  # The host of a listen address ("100.64.0.1:5000" → "100.64.0.1", "[::1]:5000" → "::1").
+  listenHost =
+    addr:
+    let
+      m = match "\\[?([^]]*[^]:]|[^:]*)]?:[0-9]+" addr;
+    in
+    if m == null then throw "no host:port in listen address ${addr}" else head m;
+
+  # The sync address of the Atuin server that services.tailcache.server.atuin runs: the build
+  # server's host (from its API URL), Atuin's port.
+  selfHostedAtuin =
+    { server, port }:
+    let
+      m = match "https?://(\\[[^]]*]|[^:/]+).*" server;
+    in
+    if m == null then throw "no host in ${server}" else "http://${head m}:${toString port}";
+
+  # The gate of the self-hosted Atuin server's registration: open until the first account
+  # exists. `gate FILE` (the unit's ExecStartPre, as root) writes FILE, the unit's
+  # EnvironmentFile, whose ATUIN_OPEN_REGISTRATION overrides the unit's; `close FILE` (a
+  # timer) restarts the server once an account exists while registration is open, so the gate
+  # closes it. The accounts are counted in Atuin's database as the postgres superuser; a
+  # database without the table yet (before the server's first start) counts as none.
+  atuinRegistrationScript = ''
+    set -eu
+    mode="$1"
+    file="$2"
+    accounts() {
+      n=$(runuser -u postgres -- psql -d atuin -tAc 'SELECT count(*) FROM users' 2>/dev/null) || n=0
+      n=$(printf '%s' "$n" | tr -cd '0-9')
+      echo "''${n:-0}"
+    }
+    case "$mode" in
+      gate)
+        mkdir -p "$(dirname "$file")"
+        if [ "$(accounts)" -gt 0 ]; then open=false; else open=true; fi
+        echo "ATUIN_OPEN_REGISTRATION=$open" > "$file.tmp"
+        mv "$file.tmp" "$file"
+        echo "atuin registration open: $open"
+        ;;
+      close)
+        if grep -qx 'ATUIN_OPEN_REGISTRATION=true' "$file" 2>/dev/null && [ "$(accounts)" -gt 0 ]; then
+          echo "atuin has its first account: closing registration"
+          systemctl restart atuin.service
+        fi
+        ;;
+      *)
+        echo "usage: $0 gate|close FILE" >&2
+        exit 2
+        ;;
+    esac
+  '';
 
   # `tailcache agent --config` file (the [agent] section of src/config.rs).
   agentConfig =
@@ -246,12 +438,14 @@ rec {
       };
     };
 
-  # ~/.config/tailcache/config.toml for bt/bs/bl (src/cli/config.rs).
+  # ~/.config/tailcache/config.toml for bt/bs/bl and `tailcache switch` (src/cli/config.rs):
+  # the cache's keys are the ones a generation record must be signed by.
   clientConfig =
     cfg:
     dropNulls {
       server = cfg.server;
       token_file = cfg.tokenFile;
+      trusted_keys = cfg.publicKeys;
     };
 
   # Command lines that look like they carry a secret; Atuin never records them.
@@ -418,28 +612,68 @@ rec {
     ++ optional (t.operator != null) "--operator=${t.operator}"
     ++ t.extraUpFlags;
 
-  # The body of `system-update`: update the flake's inputs, switch to the result, collect
-  # garbage. A `path:` reference is used because secrets.nix is git-ignored.
+  # Root's `tailcache switch` of the system in system-update: root reads neither this user's
+  # config.toml nor its nix.conf, so the server, the keys the record and the paths must be
+  # signed by, and the substituters (the local agent first when it runs) are spelled out.
+  systemSwitchArgs =
+    cfg:
+    [
+      "--server"
+      cfg.server
+    ]
+    ++ concatMap (k: [
+      "--trusted-key"
+      k
+    ]) cfg.publicKeys
+    ++ [
+      "--nix-option"
+      "extra-substituters"
+      (concatStringsSep " " (ownSubstituters {
+        inherit (cfg) cacheUrl agent;
+      }))
+      "--nix-option"
+      "extra-trusted-public-keys"
+      (concatStringsSep " " cfg.publicKeys)
+    ];
+
+  # The body of `system-update`: switch this machine to exactly what the build server built
+  # for it — `tailcache switch` of the system (as root, when `nixos`), then of this user's
+  # home-manager target ($USER@hostname) — then collect garbage. Nothing is evaluated or
+  # built here, so the machine gets the server's closures even when a local lock file would
+  # name other inputs. Its arguments go to each switch (`system-update --dry-run` shows what
+  # would change, and then collects no garbage either).
   systemUpdateScript =
     {
-      flake,
+      tailcache,
+      systemArgs,
       nixos,
       homeManager,
       gcOlderThan,
+      # The home target, when it is not $USER@hostname.
+      homeHost ? null,
     }:
     concatStringsSep "\n" (
       [
         "set -euo pipefail"
-        "flake=\"\${1:-${flake}}\""
-        "host=\"$(hostname)\""
-        "echo \"system-update: updating $flake\""
-        "(cd \"$flake\" && nix --extra-experimental-features 'nix-command flakes' flake update)"
+        "dry=0"
+        "for a in \"$@\"; do case \"$a\" in -n|--dry-run) dry=1 ;; esac; done"
+        "echo 'system-update: switching to what the build server built'"
       ]
-      ++ optional nixos "sudo nixos-rebuild switch --flake \"path:$flake#$host\""
-      ++ optional homeManager "home-manager switch --flake \"path:$flake#$USER\""
-      ++ [ "nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}" ]
-      ++ optional nixos "sudo nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}"
-      ++ [ "echo 'system-update: done'" ]
+      ++ optional nixos "sudo ${shellQuote tailcache} switch ${
+        concatStringsSep " " (map shellQuote systemArgs)
+      } \"$@\""
+      ++ optional homeManager "${shellQuote tailcache} switch --home${
+        if homeHost == null then "" else " --host ${shellQuote homeHost}"
+      } \"$@\""
+      ++ [
+        "if [ \"$dry\" = 0 ]; then"
+        "  nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}"
+      ]
+      ++ optional nixos "  sudo nix-collect-garbage --delete-older-than ${shellQuote gcOlderThan}"
+      ++ [
+        "fi"
+        "echo 'system-update: done'"
+      ]
     )
     + "\n";
 }

@@ -1,9 +1,12 @@
 # NixOS module `services.tailcache.server`: the build server and binary cache as a hardened
 # systemd service under its own user, secrets passed with LoadCredential (never in the store),
-# the firewall opened on tailscale0 only, a build timer, weekly GC and store optimisation.
+# the firewall opened on tailscale0 only, a build timer, weekly GC and store optimisation, and
+# optionally the Atuin sync server of the machines' shell history (registration closed after
+# the first account).
 # The decisions (TOML config, command line, credentials, ports) live in ../nix/lib.nix.
 {
   config,
+  options,
   lib,
   pkgs,
   ...
@@ -16,6 +19,13 @@ let
   configFile = (pkgs.formats.toml { }).generate "tailcache-server.toml" (tlib.serverConfig cfg);
   stateDirectoryName = tlib.stateDirectoryName cfg.stateDir;
   ports = tlib.serverFirewall cfg;
+  atuinGate = cfg.atuin.enable && cfg.atuin.registration == "first-user";
+  atuinRegistrationFile = "/run/tailcache-atuin/registration";
+  atuinGateScript = pkgs.writeShellScript "tailcache-atuin-registration" tlib.atuinRegistrationScript;
+  atuinGatePath = [
+    pkgs.util-linux
+    config.services.postgresql.package
+  ];
   secretFile =
     description:
     mkOption {
@@ -139,10 +149,86 @@ in
         example = "nixosConfigurations.desktop.config.system.build.toplevel";
         description = "Flake attribute to build.";
       };
+      hosts = mkOption {
+        type = types.nullOr (types.enum [ "auto" ]);
+        default = null;
+        description = ''
+          "auto": build every nixosConfigurations.<name> (its toplevel) and
+          homeConfigurations.<name> (its activation package) of the flake, from one commit
+          and lock file in one nix build. Replaces attribute.
+        '';
+      };
+      targets = mkOption {
+        type = types.listOf (
+          types.submodule {
+            options = {
+              name = mkOption {
+                type = types.str;
+                description = "The host's name (GET /hosts/<name>).";
+              };
+              attribute = mkOption {
+                type = types.str;
+                description = "Flake output attribute.";
+              };
+              kind = mkOption {
+                type = types.enum [
+                  "nixos"
+                  "home"
+                  "package"
+                ];
+                description = "How a client activates it.";
+              };
+            };
+          }
+        );
+        default = [ ];
+        example = [
+          {
+            name = "laptop";
+            attribute = "nixosConfigurations.laptop.config.system.build.toplevel";
+            kind = "nixos";
+          }
+        ];
+        description = "The targets to build (instead of attribute, or hosts = \"auto\").";
+      };
+      keepGenerations = mkOption {
+        type = types.ints.positive;
+        default = 3;
+        description = "Generations kept, and GC roots, per target (garbage collection never deletes them).";
+      };
+      supersede = mkOption {
+        type = types.bool;
+        default = false;
+        description = "A trigger for a newer commit while a build runs cancels it and builds the new one.";
+      };
+      builders = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "ssh://builder aarch64-linux";
+        description = "Nix builders for the build step (--option builders); on NixOS prefer buildMachines.";
+      };
+      buildMachines = mkOption {
+        type = types.listOf (types.attrsOf types.anything);
+        default = [ ];
+        example = [
+          {
+            hostName = "arm-builder";
+            system = "aarch64-linux";
+            sshUser = "nixbuild";
+            sshKey = "/var/lib/secrets/nixbuild-key";
+            maxJobs = 4;
+          }
+        ];
+        description = ''
+          Remote builders (nix.buildMachines, with nix.distributedBuilds on): the nix-daemon
+          hands them the derivations this machine cannot or should not build, e.g. an
+          aarch64 host's system.
+        '';
+      };
       nixArgs = mkOption {
         type = types.listOf types.str;
         default = [ ];
-        description = "Extra arguments for nix flake update and nix build.";
+        description = "Extra arguments for every nix command of a build (flake update, eval, build).";
       };
       schedule = mkOption {
         type = types.nullOr types.str;
@@ -151,6 +237,24 @@ in
         description = "systemd OnCalendar expression of a timer that triggers a build through the API; null: no timer.";
       };
       webhookSecretFile = secretFile "GitHub webhook secret; enables POST /build/webhook.";
+    };
+
+    notify = {
+      url = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "http://ntfy.tailnet:8080/builds";
+        description = "POST a summary of each finished build here (one line per host); http:// only.";
+      };
+      format = mkOption {
+        type = types.enum [
+          "text"
+          "json"
+        ];
+        default = "text";
+        description = "text: ntfy-compatible (Title, Tags and Priority headers); json: a JSON object.";
+      };
+      tokenFile = secretFile "Bearer token sent with notifications.";
     };
 
     p2p = {
@@ -173,11 +277,37 @@ in
       };
     };
 
+    atuin = {
+      enable = mkEnableOption ''
+        an Atuin sync server for the machines' shell history (nixpkgs' services.atuin, with its
+        PostgreSQL database), listening on the API's address (the tailnet's) at `port`;
+        clients point at it with programs.tailcache.atuin.selfHosted
+      '';
+      port = mkOption {
+        type = types.port;
+        default = 8888;
+        description = "The Atuin server's port (opened on tailscale0 with openFirewall).";
+      };
+      registration = mkOption {
+        type = types.enum [
+          "first-user"
+          "open"
+          "closed"
+        ];
+        default = "first-user";
+        description = ''
+          Who may register: "first-user" keeps registration open until the first account
+          exists and closes it from then on (checked when the server starts and every minute;
+          your other machines log in to that account); "open" or "closed" fix it.
+        '';
+      };
+    };
+
     gc = {
       enable = mkOption {
         type = types.bool;
         default = true;
-        description = "Collect garbage weekly (nix.gc); the last build's out-link is a GC root and survives.";
+        description = "Collect garbage weekly (nix.gc); the kept generations of every target are GC roots and survive.";
       };
       dates = mkOption {
         type = types.str;
@@ -216,6 +346,7 @@ in
           (tlib.secretPathProblem "signingKeyFile" cfg.signingKeyFile)
           (tlib.secretPathProblem "api.tokenFile" cfg.api.tokenFile)
           (tlib.secretPathProblem "build.webhookSecretFile" cfg.build.webhookSecretFile)
+          (tlib.secretPathProblem "notify.tokenFile" cfg.notify.tokenFile)
           (tlib.daemonAccessProblem {
             allowedUsers = config.nix.settings.allowed-users;
             inherit (cfg) user group;
@@ -232,7 +363,49 @@ in
 
     # The builds go through the nix-daemon as this user: it must be allowed to connect
     # (allowed-users defaults to "*"; a machine that narrows it must name the user or group).
-    nix.settings.trusted-users = lib.mkIf cfg.trusted [ cfg.user ];
+    # Before NixOS 24.11, [ "root" ] was the option's default, which any definition replaces:
+    # keep what the declaration defaults to (nothing since, when NixOS defines root itself).
+    nix.settings.trusted-users = lib.mkIf cfg.trusted (
+      ((options.nix.settings.type.getSubOptions [ ]).trusted-users.default or [ ]) ++ [ cfg.user ]
+    );
+
+    # Bigger builds than one machine: Nix's own distributed builds.
+    nix.buildMachines = cfg.build.buildMachines;
+    nix.distributedBuilds = lib.mkIf (cfg.build.buildMachines != [ ]) true;
+
+    # The self-hosted Atuin server; see atuin.registration for how "first-user" works.
+    services.atuin = lib.mkIf cfg.atuin.enable {
+      enable = true;
+      host = tlib.listenHost cfg.api.listen;
+      inherit (cfg.atuin) port;
+      openRegistration = cfg.atuin.registration == "open";
+    };
+    systemd.services.atuin = lib.mkIf atuinGate {
+      # The gate writes the EnvironmentFile (read after ExecStartPre), which overrides the
+      # unit's ATUIN_OPEN_REGISTRATION; `+` runs it as root, outside the dynamic user.
+      path = atuinGatePath;
+      serviceConfig = {
+        ExecStartPre = [ "+${atuinGateScript} gate ${atuinRegistrationFile}" ];
+        EnvironmentFile = [ "-${atuinRegistrationFile}" ];
+      };
+    };
+    systemd.services.tailcache-atuin-registration = lib.mkIf atuinGate {
+      description = "Close the Atuin server's registration once its first account exists";
+      after = [ "atuin.service" ];
+      path = atuinGatePath;
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = "${atuinGateScript} close ${atuinRegistrationFile}";
+      };
+    };
+    systemd.timers.tailcache-atuin-registration = lib.mkIf atuinGate {
+      description = "Close the Atuin server's registration once its first account exists";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnBootSec = "1min";
+        OnUnitActiveSec = "1min";
+      };
+    };
 
     nix.gc = lib.mkIf cfg.gc.enable {
       automatic = true;
@@ -244,7 +417,7 @@ in
     };
 
     networking.firewall.interfaces.tailscale0 = lib.mkIf cfg.openFirewall {
-      allowedTCPPorts = ports.tcp;
+      allowedTCPPorts = ports.tcp ++ lib.optional cfg.atuin.enable cfg.atuin.port;
       allowedUDPPorts = ports.udp;
     };
 
@@ -288,41 +461,10 @@ in
         KillSignal = "SIGTERM";
         TimeoutStopSec = 30;
         UMask = "0077";
-        # Hardening: the server reads the store and talks to the nix-daemon; nothing more.
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        ProtectProc = "invisible";
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        RemoveIPC = true;
-        CapabilityBoundingSet = "";
-        AmbientCapabilities = "";
-        # Unix: the nix-daemon socket; inet: listeners, git fetches, libp2p; netlink: libp2p
-        # watches interface addresses.
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_INET"
-          "AF_INET6"
-          "AF_NETLINK"
-        ];
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-        ];
-      };
+      }
+      # The server reads the store and talks to the nix-daemon (unix), listens, fetches with
+      # git and runs libp2p (inet; netlink: libp2p watches interface addresses).
+      // tlib.serviceHardening;
     };
 
     # See keepStoreDbOpen. sqlite3 opens the database read-only and waits; it can create

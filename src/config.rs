@@ -73,9 +73,48 @@ pub struct Config {
     pub p2p: P2pConfig,
     /// `tailcache agent`: the local substituter that fetches NARs from peers.
     pub agent: AgentConfig,
+    /// Where a summary of each finished build is sent.
+    pub notify: NotifyConfig,
 }
 
-/// The server's P2P node (issue 5). Off by default.
+/// Build notifications: one POST per finished build (off while `url` is unset).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Where to POST, e.g. an ntfy topic on the tailnet: `http://ntfy.tailnet:8080/builds`.
+    pub url: Option<String>,
+    /// `text`: the summary as the body, one line per host, with ntfy's `Title`, `Tags` and
+    /// `Priority` headers; `json`: the summary as a JSON object.
+    pub format: NotifyFormat,
+    /// File holding a token sent as `Authorization: Bearer <token>`.
+    pub token_file: Option<PathBuf>,
+    /// Seconds one POST may take.
+    pub timeout_secs: u64,
+    /// Attempts per notification (the first and the retries, with doubling delays).
+    pub attempts: u32,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            url: None,
+            format: NotifyFormat::Text,
+            token_file: None,
+            timeout_secs: 10,
+            attempts: 4,
+        }
+    }
+}
+
+/// The body of a build notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    Text,
+    Json,
+}
+
+/// The server's P2P node. Off by default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct P2pConfig {
@@ -196,8 +235,21 @@ pub struct BuildConfig {
     pub branch: String,
     /// Where the checkout lives (default `<state_dir>/checkout`).
     pub checkout_dir: Option<PathBuf>,
-    /// Flake attribute to build, e.g. `nixosConfigurations.desktop.config.system.build.toplevel`.
+    /// Flake attribute to build, e.g. `nixosConfigurations.desktop.config.system.build.toplevel`:
+    /// a fleet of one target (left at its default when `targets` or `hosts` is set).
     pub attribute: String,
+    /// The targets to build, from one commit and one lock file, in one `nix build`.
+    pub targets: Vec<TargetConfig>,
+    /// `"auto"`: every `nixosConfigurations.<name>` (its toplevel) and
+    /// `homeConfigurations.<name>` (its activation package) of the flake.
+    pub hosts: Option<HostsConfig>,
+    /// Generations kept (and GC-rooted) per target.
+    pub keep_generations: usize,
+    /// A trigger for a newer commit while a build runs cancels it and builds the new one.
+    pub supersede: bool,
+    /// Nix's `builders` for the build step (`--option builders …`), e.g.
+    /// `"ssh://builder aarch64-linux"`; on NixOS prefer `nix.buildMachines`.
+    pub builders: Option<String>,
     /// Extra arguments for `nix flake update` and `nix build` (e.g. `--option …`).
     pub nix_args: Vec<String>,
     /// Time limit of one step, in seconds.
@@ -220,7 +272,12 @@ impl Default for BuildConfig {
             repository: None,
             branch: "main".to_owned(),
             checkout_dir: None,
-            attribute: "default".to_owned(),
+            attribute: DEFAULT_ATTRIBUTE.to_owned(),
+            targets: Vec::new(),
+            hosts: None,
+            keep_generations: 3,
+            supersede: false,
+            builders: None,
             nix_args: Vec::new(),
             step_timeout_secs: 4 * 3600,
             kill_grace_secs: 10,
@@ -230,6 +287,28 @@ impl Default for BuildConfig {
             steps: Vec::new(),
         }
     }
+}
+
+/// The attribute the one-target shorthand builds by default.
+pub const DEFAULT_ATTRIBUTE: &str = "default";
+
+/// One build target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// The host's name (`laptop`, `alice@laptop`): letters, digits and `._@+-`.
+    pub name: String,
+    /// Flake output attribute, e.g. `nixosConfigurations.laptop.config.system.build.toplevel`.
+    pub attribute: String,
+    /// `nixos`, `home` or `package` (how a client activates it).
+    pub kind: tailcache_wire::generation::TargetKind,
+}
+
+/// `hosts = "auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostsConfig {
+    Auto,
 }
 
 /// One explicit build step.
@@ -337,6 +416,9 @@ pub struct ServeOverrides {
     /// File holding the GitHub webhook secret (`api.webhook_secret_file`).
     #[arg(long)]
     pub webhook_secret_file: Option<PathBuf>,
+    /// File holding the bearer token of build notifications (`notify.token_file`).
+    #[arg(long)]
+    pub notify_token_file: Option<PathBuf>,
 }
 
 /// Command-line overrides for `agent`; each wins over the file's `[agent]` section.
@@ -425,6 +507,9 @@ impl Config {
         if let Some(v) = &o.webhook_secret_file {
             config.api.webhook_secret_file = Some(v.clone());
         }
+        if let Some(v) = &o.notify_token_file {
+            config.notify.token_file = Some(v.clone());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -458,6 +543,50 @@ impl Config {
         let b = &self.build;
         if b.log_lines == 0 || b.log_files_kept == 0 {
             anyhow::bail!("build.log_lines and build.log_files_kept must be at least 1");
+        }
+        let fleet = !b.targets.is_empty() || b.hosts.is_some();
+        if fleet && b.attribute != DEFAULT_ATTRIBUTE {
+            anyhow::bail!(
+                "build.attribute is the one-target shorthand: leave it out with build.targets or build.hosts"
+            );
+        }
+        if !b.targets.is_empty() && b.hosts.is_some() {
+            anyhow::bail!("build.targets and build.hosts = \"auto\" exclude each other");
+        }
+        if fleet && !b.steps.is_empty() {
+            anyhow::bail!(
+                "build.targets and build.hosts apply to the default pipeline, not to build.steps"
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in &b.targets {
+            if !tailcache_actors::fleet::target::valid_target_name(&t.name) {
+                anyhow::bail!(
+                    "build.targets: {:?} cannot name a target (letters, digits and ._@+- only, not starting with . or -)",
+                    t.name
+                );
+            }
+            if tailcache_actors::fleet::target::parse_attr_path(&t.attribute).is_none() {
+                anyhow::bail!("build.targets: {:?} is not an attribute path", t.attribute);
+            }
+            if !names.insert(&t.name) {
+                anyhow::bail!("build.targets: {:?} is named twice", t.name);
+            }
+        }
+        if b.keep_generations == 0 {
+            anyhow::bail!("build.keep_generations must be at least 1");
+        }
+        let n = &self.notify;
+        if let Some(url) = &n.url
+            && !url.starts_with("http://")
+        {
+            anyhow::bail!(
+                "notify.url {url:?}: only http:// URLs are supported (this build has no TLS client); \
+                 use a receiver on the tailnet, e.g. ntfy at http://ntfy.tailnet:8080/topic"
+            );
+        }
+        if n.attempts == 0 || n.timeout_secs == 0 {
+            anyhow::bail!("notify.attempts and notify.timeout_secs must be at least 1");
         }
         for step in &b.steps {
             if step.capture == CaptureConfig::Commit && step.cwd.is_none() {
@@ -572,6 +701,70 @@ mod tests {
         assert_eq!(c.build.steps[0].capture, CaptureConfig::OutPaths);
         assert!(toml::from_str::<Config>("[[build.steps]]\nname = \"a\"\n").is_err());
         assert!(toml::from_str::<Config>("[api]\nport = 1\n").is_err());
+    }
+
+    #[test]
+    fn fleet_keys_parse_and_conflicts_are_refused() {
+        let ok = |text: &str| {
+            let c: Config = toml::from_str(text).unwrap();
+            c.validate().map(|()| c)
+        };
+        let c = ok(
+            "[build]\nrepository = \"/r\"\nhosts = \"auto\"\nkeep_generations = 5\n\
+                    supersede = true\nbuilders = \"ssh://b aarch64-linux\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.build.hosts, Some(HostsConfig::Auto));
+        assert_eq!(c.build.keep_generations, 5);
+        assert!(c.build.supersede);
+        assert_eq!(c.build.builders.as_deref(), Some("ssh://b aarch64-linux"));
+        let c = ok("[[build.targets]]\nname = \"alice@laptop\"\n\
+                    attribute = 'homeConfigurations.\"alice@laptop\".activationPackage'\nkind = \"home\"\n")
+        .unwrap();
+        assert_eq!(
+            c.build.targets[0].kind,
+            tailcache_wire::generation::TargetKind::Home
+        );
+        assert_eq!(Config::default().build.keep_generations, 3);
+        assert!(toml::from_str::<Config>("[build]\nhosts = \"all\"\n").is_err());
+        assert!(
+            toml::from_str::<Config>(
+                "[[build.targets]]\nname = \"a\"\nattribute = \"x\"\nkind = \"darwin\"\n"
+            )
+            .is_err()
+        );
+        for bad in [
+            "[build]\nhosts = \"auto\"\nattribute = \"x\"\n",
+            "[build]\nhosts = \"auto\"\n[[build.targets]]\nname = \"a\"\nattribute = \"x\"\nkind = \"nixos\"\n",
+            "[[build.targets]]\nname = \"a/b\"\nattribute = \"x\"\nkind = \"nixos\"\n",
+            "[[build.targets]]\nname = \"a\"\nattribute = \"x..y\"\nkind = \"nixos\"\n",
+            "[[build.targets]]\nname = \"a\"\nattribute = \"x\"\nkind = \"nixos\"\n[[build.targets]]\nname = \"a\"\nattribute = \"y\"\nkind = \"home\"\n",
+            "[build]\nhosts = \"auto\"\n[[build.steps]]\nname = \"s\"\nprogram = \"/bin/true\"\n",
+            "[build]\nkeep_generations = 0\n",
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn notify_section() {
+        let c: Config = toml::from_str(
+            "[notify]\nurl = \"http://ntfy.tailnet:8080/builds\"\nformat = \"json\"\nattempts = 2\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.notify.format, NotifyFormat::Json);
+        assert_eq!(c.notify.timeout_secs, 10);
+        let https: Config = toml::from_str("[notify]\nurl = \"https://ntfy.sh/x\"\n").unwrap();
+        assert!(
+            https
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("http://")
+        );
+        assert!(toml::from_str::<Config>("[notify]\nformat = \"xml\"\n").is_err());
+        assert!(toml::from_str::<Config>("[notify]\ntopic = \"x\"\n").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`cache`]: the binary cache — HTTP routes and the CacheServer actor.
 //! - [`api`]: the build-API listener — builds, logs, health, metrics, status page.
 //! - [`keys`]: loading the signing keys, or generating the default one on first start.
+//! - [`notify`]: POSTing a summary of each finished build (`[notify]`).
 //! - [`p2p`]: the server's libp2p tracker/seed node and the libp2p identity file.
 //! - [`agent`]: `tailcache agent`, the local substituter that fetches NARs from peers.
 //! - [`server`]: the composition root — starts the actors and the listeners.
@@ -16,5 +17,6 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod notify;
 pub mod p2p;
 pub mod server;

@@ -1,13 +1,15 @@
 //! The `tailcache` binary: `serve` (the build server and binary cache), `agent` (the local
 //! peer-assisted substituter), `keygen`, and the client verbs of [`tailcache::cli`]
-//! (`trigger`, `status`, `logs`, `completions`, `man`, `bootstrap-new-machine`).
+//! (`trigger`, `status`, `logs`, `switch`, `prefetch`, `completions`, `man`,
+//! `bootstrap-new-machine`, `install-links`). Started as `bt`, `bs` or `bl` (links to it), it is
+//! that program.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
-use tailcache::cli::{self, ServerArgs};
+use tailcache::cli::{self, Program, ServerArgs};
 use tailcache::config::{AgentOverrides, Config, ServeOverrides};
 use tailcache_store::signing::SecretKey;
 
@@ -51,6 +53,21 @@ enum Command {
         #[command(flatten)]
         args: cli::LogsArgs,
     },
+    /// Switch this machine to the generation the build server built for it.
+    Switch {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        args: cli::switch::SwitchArgs,
+    },
+    /// Follow this machine's target on the build server: substitute each new ready
+    /// generation in the background (and with --auto-switch apply it).
+    Prefetch {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        args: cli::switch::prefetch::PrefetchArgs,
+    },
     /// Print a shell completion script.
     Completions {
         shell: clap_complete::Shell,
@@ -62,6 +79,8 @@ enum Command {
     Man { dir: PathBuf },
     /// Write a home-manager configuration for a new machine that uses this server.
     BootstrapNewMachine(cli::bootstrap::BootstrapArgs),
+    /// Make `bt`, `bs` and `bl` links to this binary (after `cargo install`).
+    InstallLinks(cli::links::InstallLinksArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +95,12 @@ struct KeygenArgs {
 
 fn main() -> ExitCode {
     pin_mmap_threshold();
+    match Program::invoked_as(std::env::args_os().next().as_deref()) {
+        Program::Bt => return cli::run_bt(),
+        Program::Bs => return cli::run_bs(),
+        Program::Bl => return cli::run_bl(),
+        Program::Tailcache => {}
+    }
     let cli = Cli::parse();
     let client = |r| cli::finish("tailcache", r);
     match cli.command {
@@ -83,11 +108,16 @@ fn main() -> ExitCode {
         Command::Trigger { server, args } => return client(cli::commands::trigger(&server, &args)),
         Command::Status { server, args } => return client(cli::commands::status(&server, &args)),
         Command::Logs { server, args } => return client(cli::commands::logs(&server, &args)),
+        Command::Switch { server, args } => return client(cli::switch::run(&server, &args)),
+        Command::Prefetch { server, args } => {
+            return client(cli::switch::prefetch::run(&server, &args));
+        }
         Command::Completions { shell, program } => {
             return client(cli::completions(shell, program, Cli::command()));
         }
         Command::Man { dir } => return client(cli::man_pages(&dir, Cli::command())),
         Command::BootstrapNewMachine(a) => return client(cli::bootstrap::run(&a)),
+        Command::InstallLinks(a) => return client(cli::links::install(&a)),
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,4 +1,4 @@
-//! The server's P2P node (issue 5, server side): a libp2p node in tracker mode that is the
+//! The server's P2P node: a libp2p node in tracker mode that is the
 //! bootstrap peer and seeds every compressed NAR in the NAR directory. Also the libp2p
 //! identity file shared with the agent (protobuf-encoded keypair, mode 0600).
 //!

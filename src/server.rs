@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
+use tailcache_actors::fleet::{FleetSettings, TargetSpec, Targets};
 use tailcache_actors::{
-    ActorsConfig, BuildHandle, Capture, DefaultPipeline, LogLimits, Metrics, Step, start_actors,
+    ActorsConfig, BranchHead, BuildHandle, Capture, DefaultPipeline, LogLimits, Metrics, Step,
+    start_actors,
 };
 use tailcache_store::db::StoreLayout;
 use tokio::net::TcpListener;
@@ -24,7 +26,7 @@ use crate::cache::actor::{CacheServer, CacheServerParts, CompressionSettings};
 use crate::cache::nar_cache::NarCache;
 use crate::cache::stats::CacheStats;
 use crate::cache::{self, CacheParts, CacheState, LazyStore};
-use crate::config::{BuildConfig, CaptureConfig, Config};
+use crate::config::{BuildConfig, CaptureConfig, Config, HostsConfig};
 use crate::keys;
 
 /// How long open connections (log followers, downloads) may delay the exit after a shutdown.
@@ -76,7 +78,7 @@ pub async fn run(
             layout.db_path().display()
         );
     }
-    let store = Arc::new(LazyStore::new(layout));
+    let store = Arc::new(LazyStore::new(layout.clone()));
     let nar_dir = state_dir.join("nar");
     let nars = Arc::new(
         NarCache::open(&nar_dir)
@@ -101,7 +103,7 @@ pub async fn run(
     });
     let cache_state = CacheState::new(CacheParts {
         store,
-        keys: keys.secret,
+        keys: keys.secret.clone(),
         priority: c.priority,
         compression: c.compression,
         nars: nars.clone(),
@@ -109,14 +111,24 @@ pub async fn run(
         stats,
     });
 
-    let (steps, build_configured) = build_steps(&config.build, &state_dir);
+    let pipeline = build_pipeline(&config.build, &state_dir, &layout);
+    let build_configured = pipeline.configured;
     if !build_configured {
         tracing::warn!(
             "no build configured (build.repository or build.steps): triggers are refused"
         );
     }
     let b = &config.build;
-    let mut actors_config = ActorsConfig::new(&state_dir, steps);
+    let mut actors_config = ActorsConfig::new(&state_dir, pipeline.steps);
+    actors_config.fleet = pipeline.fleet;
+    actors_config.configured_targets = pipeline.configured_targets;
+    actors_config.branch_head = pipeline.branch_head;
+    actors_config.supersede = b.supersede;
+    actors_config.keep_generations = b.keep_generations;
+    actors_config.keys = keys.secret.clone();
+    actors_config.servable = Arc::new(cache_actor.servable());
+    actors_config.store_dir = layout.store_dir.clone();
+    actors_config.observer = crate::notify::start(&config.notify)?;
     actors_config.coalesce = b.coalesce;
     actors_config.kill_grace = Duration::from_secs(b.kill_grace_secs);
     actors_config.log = LogLimits {
@@ -124,7 +136,7 @@ pub async fn run(
         files_kept: b.log_files_kept,
         ..LogLimits::default()
     };
-    let build = start_actors(actors_config, metrics, Arc::new(cache_actor))
+    let build = start_actors(actors_config, metrics, Arc::new(cache_actor.clone()))
         .context("cannot start the build actors")?;
 
     // Kept alive for the server's life: dropping the last client stops the node.
@@ -200,8 +212,18 @@ async fn stop_build(build: &BuildHandle) {
     }
 }
 
-/// The configured steps, or the default pipeline, and whether builds are configured at all.
-fn build_steps(b: &BuildConfig, state_dir: &Path) -> (Vec<Step>, bool) {
+/// What the build actors run.
+struct Pipeline {
+    steps: Vec<Step>,
+    fleet: Option<FleetSettings>,
+    configured_targets: Vec<TargetSpec>,
+    branch_head: Option<BranchHead>,
+    /// Whether builds are configured at all.
+    configured: bool,
+}
+
+/// The configured steps, or the default pipeline and its targets.
+fn build_pipeline(b: &BuildConfig, state_dir: &Path, store: &StoreLayout) -> Pipeline {
     let timeout = Duration::from_secs(b.step_timeout_secs);
     if !b.steps.is_empty() {
         let steps = b
@@ -222,20 +244,55 @@ fn build_steps(b: &BuildConfig, state_dir: &Path) -> (Vec<Step>, bool) {
                 step
             })
             .collect();
-        return (steps, true);
+        return Pipeline {
+            steps,
+            fleet: None,
+            configured_targets: Vec::new(),
+            branch_head: None,
+            configured: true,
+        };
     }
     let Some(repository) = &b.repository else {
-        return (Vec::new(), false);
+        return Pipeline {
+            steps: Vec::new(),
+            fleet: None,
+            configured_targets: Vec::new(),
+            branch_head: None,
+            configured: false,
+        };
     };
     let checkout = b
         .checkout_dir
         .clone()
         .unwrap_or_else(|| state_dir.join("checkout"));
-    let mut pipeline = DefaultPipeline::new(repository, &b.branch, checkout, &b.attribute);
+    let mut pipeline =
+        DefaultPipeline::new(repository, &b.branch, checkout, &b.attribute, state_dir);
+    pipeline.targets = match (b.hosts, b.targets.is_empty()) {
+        (Some(HostsConfig::Auto), _) => Targets::Auto,
+        (None, false) => Targets::List(
+            b.targets
+                .iter()
+                .map(|t| TargetSpec {
+                    name: t.name.clone(),
+                    attribute: t.attribute.clone(),
+                    kind: t.kind,
+                })
+                .collect(),
+        ),
+        (None, true) => pipeline.targets,
+    };
+    pipeline.store = store.clone();
+    pipeline.builders = b.builders.clone();
     pipeline.build_timeout = timeout;
     pipeline.fetch_timeout = pipeline.fetch_timeout.min(timeout);
     pipeline.nix_args = b.nix_args.clone();
-    (pipeline.steps(), true)
+    Pipeline {
+        steps: pipeline.steps(),
+        configured_targets: pipeline.targets.listed().to_vec(),
+        fleet: Some(pipeline.fleet()),
+        branch_head: Some(pipeline.branch_head()),
+        configured: true,
+    }
 }
 
 /// Prints the listening addresses (tests read these lines) and the nix.conf lines a client

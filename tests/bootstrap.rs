@@ -1,7 +1,8 @@
-//! `tailcache bootstrap-new-machine` (issue 4) against the real server: the files it
-//! writes parse with `nix-instantiate --parse`, evaluate to the server's real key and
-//! addresses, set exactly the home-manager options listed in `OPTIONS_USED`, and are not
-//! overwritten without `--force`; without `--yes` and without a terminal it refuses.
+//! `tailcache bootstrap-new-machine` against the real server: the files it writes parse
+//! with `nix-instantiate --parse` and, under the real module system (`common::modules`),
+//! give this user, home and system a home-manager configuration with the server's real key
+//! and addresses (and with `--nixos` the system side, a NixOS client configuration); they are
+//! not overwritten without `--force`; without `--yes` and without a terminal it refuses.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::TestCache;
-use tailcache::cli::bootstrap::OPTIONS_USED;
+use common::modules::{Modules, path_expr};
 use tempfile::TempDir;
 
 fn scratch() -> TempDir {
@@ -61,21 +62,19 @@ fn eval_json(scratch: &Path, expr: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// Dotted paths of the leaves of a JSON object (lists are leaves).
-fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, v) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                leaves(&p, v, out);
-            }
-        }
-        _ => out.push(prefix.to_owned()),
-    }
+/// What the real module system makes of the machine flake in `dir`: its home
+/// configuration's name, system and the values bootstrap sets.
+fn machine(m: &Modules, dir: &Path) -> serde_json::Value {
+    m.json(&format!(
+        "let mc = t.machine {}; c = mc.config; in {{ inherit (mc) name system; \
+           inherit (c.home) username homeDirectory; \
+           tailcache = {{ inherit (c.programs.tailcache) server cacheUrl publicKeys; agent = c.programs.tailcache.agent.enable; }}; \
+           template = c.services.bootstrap-services.template; \
+           substituters = c.nix.settings.substituters; \
+           nixos = if mc.nixosModule == null then null else \
+             (t.nixos {{ modules = [ mc.nixosModule {{ networking.hostName = \"laptop\"; }} ]; }}).nix.settings.substituters; }}",
+        path_expr(dir)
+    ))
 }
 
 #[test]
@@ -152,26 +151,28 @@ fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
     assert_eq!(secrets["cacheUrl"], server.url().trim_end_matches('/'));
     assert_eq!(secrets["server"], api.trim_end_matches('/'));
 
-    // home.nix with a stand-in for the tailcache flake: the options it sets.
-    let home = eval_json(
-        d.path(),
-        &format!(
-            "removeAttrs (import {out_s}/home.nix {{ tailcache = {{ homeManagerModules.default = {{}}; }}; }}) [ \"imports\" ]"
-        ),
-    );
+    // The flake's one home configuration, for this user and system, under the real module
+    // system with the real key and addresses.
+    let m = Modules::new();
+    let c = machine(&m, &out);
+    assert_eq!(c["name"], "alice");
+    assert_eq!(c["system"], format!("{}-linux", std::env::consts::ARCH));
+    assert_eq!(c["username"], "alice");
+    assert_eq!(c["homeDirectory"], "/home/alice");
+    assert_eq!(c["tailcache"]["publicKeys"], serde_json::json!([pubkey]));
+    assert_eq!(c["tailcache"]["server"], api.trim_end_matches('/'));
     assert_eq!(
-        home["programs"]["tailcache"]["publicKeys"],
-        serde_json::json!([pubkey])
+        c["tailcache"]["cacheUrl"],
+        server.url().trim_end_matches('/')
     );
-    assert_eq!(home["programs"]["tailcache"]["agent"]["enable"], true);
-    assert_eq!(home["home"]["username"], "alice");
-    let mut used = Vec::new();
-    leaves("", &home, &mut used);
-    used.retain(|p| p.starts_with("programs.") || p.starts_with("services."));
-    used.sort();
-    let mut listed: Vec<String> = OPTIONS_USED.iter().map(|s| s.to_string()).collect();
-    listed.sort();
-    assert_eq!(used, listed);
+    assert_eq!(c["tailcache"]["agent"], true);
+    assert_eq!(c["template"], "laptop");
+    assert_eq!(
+        c["substituters"][1],
+        server.url().trim_end_matches('/'),
+        "{c}"
+    );
+    assert_eq!(c["nixos"], serde_json::Value::Null);
     let flake = eval_json(d.path(), &format!("(import {out_s}/flake.nix).inputs"));
     assert_eq!(flake["tailcache"]["url"], "github:tailcache/tailcache");
     assert!(flake["home-manager"]["url"].is_string());
@@ -211,13 +212,56 @@ fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let home = eval_json(
-        d.path(),
-        &format!(
-            "(import {out_s}/home.nix {{ tailcache = {{ homeManagerModules.default = {{}}; }}; }}).services.bootstrap-services.template"
-        ),
+    let c = machine(&m, &out);
+    assert_eq!(c["template"], "server");
+    assert_eq!(c["tailcache"]["agent"], false);
+
+    // A NixOS machine: the system side too, and the home agent left to the system.
+    let nixos = d.path().join("nixos-machine");
+    let o = desktop(d.path(), server.url(), &nixos, "--nixos");
+    assert!(
+        text(&o.stdout).contains("nixos-client.nix"),
+        "{}",
+        text(&o.stdout)
     );
-    assert_eq!(home, "server");
+    let snippet = std::fs::read_to_string(nixos.join("nixos-client.nix")).unwrap();
+    assert!(
+        snippet.contains(&format!("path:{}", nixos.display())),
+        "{snippet}"
+    );
+    let c = machine(&m, &nixos);
+    assert_eq!(c["tailcache"]["agent"], false);
+    assert_eq!(
+        c["nixos"],
+        serde_json::json!([
+            "http://127.0.0.1:5001",
+            server.url().trim_end_matches('/'),
+            "https://cache.nixos.org/"
+        ])
+    );
+    // --home-only keeps to the home-manager files.
+    let home_only = d.path().join("home-only");
+    desktop(d.path(), server.url(), &home_only, "--home-only");
+    assert!(!home_only.join("nixos-client.nix").exists());
+}
+
+/// Bootstraps a desktop into `out` with `flag`, which must succeed.
+fn desktop(scratch: &Path, cache: &str, out: &Path, flag: &str) -> Output {
+    let o = bootstrap(
+        scratch,
+        &[
+            "--server",
+            cache,
+            "--template",
+            "desktop",
+            "--dir",
+            out.to_str().unwrap(),
+            "--yes",
+            flag,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    o
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The build API over HTTP (issue 3) with shell-script build steps (`[[build.steps]]`):
+//! The build API over HTTP with shell-script build steps (`[[build.steps]]`):
 //! trigger → status → logs → live logs as Server-Sent Events until `end`; success, failure
 //! and timeout as recorded; `already_running` naming who asked; cancel; 50 concurrent
 //! triggers running exactly one build; the bearer token; the GitHub webhook's HMAC;
@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use common::TestCache;
 use common::api::{
-    Gate, JsonExt, StepPids, build_section, hex, hmac_sha256, parse_json, process_exists,
-    read_status_file, sh_step,
+    Gate, StepPids, build_section, hex, hmac_sha256, parse_json, process_exists, read_status_file,
+    sh_step,
 };
-use common::json::Json;
+use serde_json::Value;
 use tempfile::TempDir;
 
 const END_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,7 +65,7 @@ fn position(lines: &[String], line: &str) -> usize {
         .unwrap_or_else(|| panic!("no line {line:?} in {lines:?}"))
 }
 
-fn end_data(end: &common::sse::SseEvent) -> Json {
+fn end_data(end: &common::sse::SseEvent) -> Value {
     parse_json("the `end` event's data", &end.data)
 }
 
@@ -91,15 +91,15 @@ fn trigger_status_logs_and_live_follow_until_end() {
     let server = start(d.path(), &build_section(SETTINGS, &steps));
 
     let t = server.trigger("alice", "laptop");
-    assert_eq!(t.str_of("status"), Some("triggered"), "{t:?}");
-    assert!(t.str_of("message").is_some(), "no message in {t:?}");
-    let id = t.u64_of("build_id").expect("build_id");
+    assert_eq!(t["status"].as_str(), Some("triggered"), "{t:?}");
+    assert!(t["message"].as_str().is_some(), "no message in {t:?}");
+    let id = t["build_id"].as_u64().expect("build_id");
 
     let s = server.wait_step(id, "wait");
-    let by = s.field("requested_by");
-    assert_eq!(by.str_of("user"), Some("alice"), "{s:?}");
-    assert_eq!(by.str_of("host"), Some("laptop"), "{s:?}");
-    assert!(s.str_of("last_start").is_some(), "{s:?}");
+    let by = &s["requested_by"];
+    assert_eq!(by["user"].as_str(), Some("alice"), "{s:?}");
+    assert_eq!(by["host"].as_str(), Some("laptop"), "{s:?}");
+    assert!(s["last_start"].as_str().is_some(), "{s:?}");
 
     let lines = server.wait_log_line("before-gate");
     let p1 = position(&lines, "prepare-line-1");
@@ -134,17 +134,17 @@ fn trigger_status_logs_and_live_follow_until_end() {
         "{live:?}"
     );
     let end = end_data(&end);
-    assert_eq!(end.u64_of("build_id"), Some(id), "{end:?}");
-    assert_eq!(end.str_of("result"), Some("success"), "{end:?}");
+    assert_eq!(end["build_id"].as_u64(), Some(id), "{end:?}");
+    assert_eq!(end["result"].as_str(), Some("success"), "{end:?}");
     follow.expect_closed(Duration::from_secs(10));
 
     let s = server.wait_finished(id);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
-    assert!(s.str_of("last_finish").is_some(), "{s:?}");
-    assert_eq!(s.field("current_step"), &Json::Null, "{s:?}");
-    let last = &s.field("history").as_array()[0];
-    assert_eq!(last.str_of("result"), Some("success"), "{last:?}");
-    assert_eq!(last.field("requested_by").str_of("user"), Some("alice"));
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
+    assert!(s["last_finish"].as_str().is_some(), "{s:?}");
+    assert_eq!(s["current_step"], Value::Null, "{s:?}");
+    let last = &s["history"][0];
+    assert_eq!(last["result"].as_str(), Some("success"), "{last:?}");
+    assert_eq!(last["requested_by"]["user"].as_str(), Some("alice"));
 
     // Everything the build printed is in the log, in order.
     let all = server.logs(1000);
@@ -198,16 +198,16 @@ fn a_failing_step_is_recorded_with_its_exit_status() {
     let mut follow = server.follow(None);
     gate.open();
     let (_, end) = follow.until_end(END_TIMEOUT);
-    assert_eq!(end_data(&end).str_of("result"), Some("failed"), "{end:?}");
+    assert_eq!(end_data(&end)["result"].as_str(), Some("failed"), "{end:?}");
 
     let s = server.wait_finished(id);
-    assert_eq!(s.str_of("last_status"), Some("failed"), "{s:?}");
-    assert_eq!(s.str_of("last_failing_step"), Some("breaks"), "{s:?}");
-    assert_eq!(s.i64_of("last_exit_status"), Some(3), "{s:?}");
-    let last = &s.field("history").as_array()[0];
-    assert_eq!(last.str_of("result"), Some("failed"));
-    assert_eq!(last.str_of("failing_step"), Some("breaks"));
-    assert_eq!(last.i64_of("exit_status"), Some(3));
+    assert_eq!(s["last_status"].as_str(), Some("failed"), "{s:?}");
+    assert_eq!(s["last_failing_step"].as_str(), Some("breaks"), "{s:?}");
+    assert_eq!(s["last_exit_status"].as_i64(), Some(3), "{s:?}");
+    let last = &s["history"][0];
+    assert_eq!(last["result"].as_str(), Some("failed"));
+    assert_eq!(last["failing_step"].as_str(), Some("breaks"));
+    assert_eq!(last["exit_status"].as_i64(), Some(3));
     assert!(!never.exists(), "a step after the failing one ran");
     let log = server.logs(1000);
     position(&log, "about-to-fail");
@@ -227,9 +227,9 @@ fn a_step_past_its_timeout_fails_the_build() {
     let server = start(d.path(), &build_section(SETTINGS, &steps));
     let id = server.trigger_build();
     let s = server.wait_finished(id);
-    assert_eq!(s.str_of("last_status"), Some("failed"), "{s:?}");
-    assert_eq!(s.str_of("last_failing_step"), Some("slow"), "{s:?}");
-    let error = s.str_of("last_error").unwrap_or("");
+    assert_eq!(s["last_status"].as_str(), Some("failed"), "{s:?}");
+    assert_eq!(s["last_failing_step"].as_str(), Some("slow"), "{s:?}");
+    let error = s["last_error"].as_str().unwrap_or("");
     assert!(error.contains("timed out"), "last_error {error:?}");
     for pid in pids.pids() {
         assert!(!process_exists(pid), "the timed-out step {pid} still runs");
@@ -248,28 +248,32 @@ fn already_running_names_who_asked_and_cancel_stops_the_build() {
     )];
     let server = start(d.path(), &build_section(SETTINGS, &steps));
     let t = server.trigger("alice", "laptop");
-    let id = t.u64_of("build_id").expect("build_id");
+    let id = t["build_id"].as_u64().expect("build_id");
     server.wait_step(id, "wait");
 
     let again = server.trigger("bob", "desktop");
-    assert_eq!(again.str_of("status"), Some("already_running"), "{again:?}");
-    assert_eq!(again.u64_of("build_id"), Some(id), "{again:?}");
-    assert!(
-        again.str_of("since").is_some_and(|s| !s.is_empty()),
+    assert_eq!(
+        again["status"].as_str(),
+        Some("already_running"),
         "{again:?}"
     );
-    assert!(again.str_of("message").is_some(), "{again:?}");
-    let by = again.field("requested_by");
-    assert_eq!(by.str_of("user"), Some("alice"), "{again:?}");
-    assert_eq!(by.str_of("host"), Some("laptop"), "{again:?}");
+    assert_eq!(again["build_id"].as_u64(), Some(id), "{again:?}");
+    assert!(
+        again["since"].as_str().is_some_and(|s| !s.is_empty()),
+        "{again:?}"
+    );
+    assert!(again["message"].as_str().is_some(), "{again:?}");
+    let by = &again["requested_by"];
+    assert_eq!(by["user"].as_str(), Some("alice"), "{again:?}");
+    assert_eq!(by["host"].as_str(), Some("laptop"), "{again:?}");
     let s = server.build_status();
-    assert_eq!(s.field("requested_by").str_of("user"), Some("alice"));
+    assert_eq!(s["requested_by"]["user"].as_str(), Some("alice"));
 
     let c = server.cancel();
-    assert_eq!(c.str_of("status"), Some("cancelling"), "{c:?}");
+    assert_eq!(c["status"].as_str(), Some("cancelling"), "{c:?}");
     let s = server.wait_finished(id);
-    assert_eq!(s.str_of("last_status"), Some("cancelled"), "{s:?}");
-    assert_eq!(s.str_of("last_failing_step"), Some("wait"), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("cancelled"), "{s:?}");
+    assert_eq!(s["last_failing_step"].as_str(), Some("wait"), "{s:?}");
     let step_pids = pids.pids();
     assert_eq!(step_pids.len(), 1, "{step_pids:?}");
     assert!(
@@ -278,14 +282,14 @@ fn already_running_names_who_asked_and_cancel_stops_the_build() {
     );
 
     let c = server.cancel();
-    assert_eq!(c.str_of("status"), Some("not_running"), "{c:?}");
+    assert_eq!(c["status"].as_str(), Some("not_running"), "{c:?}");
 
     // The supervisor is free again.
     gate.open();
     let next = server.trigger_build();
     assert!(next > id, "build ids grow: {next} after {id}");
     let s = server.wait_finished(next);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
 }
 
 #[test]
@@ -295,13 +299,13 @@ fn requested_by_defaults_to_unknown_user_at_the_client_address() {
     let server = start(d.path(), &build_section(SETTINGS, &steps));
     let r = server.api_post("/build/trigger", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
-    let id = parse_json("trigger", &r.text())
-        .u64_of("build_id")
+    let id = parse_json("trigger", &r.text())["build_id"]
+        .as_u64()
         .expect("build_id");
     let s = server.wait_finished(id);
-    let by = s.field("history").as_array()[0].field("requested_by");
-    assert_eq!(by.str_of("user"), Some("unknown"), "{s:?}");
-    assert_eq!(by.str_of("host"), Some("127.0.0.1"), "{s:?}");
+    let by = &s["history"][0]["requested_by"];
+    assert_eq!(by["user"].as_str(), Some("unknown"), "{s:?}");
+    assert_eq!(by["host"].as_str(), Some("127.0.0.1"), "{s:?}");
 }
 
 #[test]
@@ -316,7 +320,7 @@ fn fifty_concurrent_triggers_run_exactly_one_build() {
     )];
     let server = Arc::new(start(d.path(), &build_section(SETTINGS, &steps)));
     let barrier = Arc::new(Barrier::new(50));
-    let answers: Vec<Json> = (0..50)
+    let answers: Vec<Value> = (0..50)
         .map(|i| {
             let server = Arc::clone(&server);
             let barrier = Arc::clone(&barrier);
@@ -329,24 +333,24 @@ fn fifty_concurrent_triggers_run_exactly_one_build() {
         .into_iter()
         .map(|h| h.join().unwrap())
         .collect();
-    let triggered: Vec<&Json> = answers
+    let triggered: Vec<&Value> = answers
         .iter()
-        .filter(|a| a.str_of("status") == Some("triggered"))
+        .filter(|a| a["status"].as_str() == Some("triggered"))
         .collect();
     assert_eq!(triggered.len(), 1, "{answers:?}");
-    let id = triggered[0].u64_of("build_id").unwrap();
-    let refused: Vec<&Json> = answers
+    let id = triggered[0]["build_id"].as_u64().unwrap();
+    let refused: Vec<&Value> = answers
         .iter()
-        .filter(|a| a.str_of("status") == Some("already_running"))
+        .filter(|a| a["status"].as_str() == Some("already_running"))
         .collect();
     assert_eq!(refused.len(), 49, "{answers:?}");
-    assert!(refused.iter().all(|a| a.u64_of("build_id") == Some(id)));
+    assert!(refused.iter().all(|a| a["build_id"].as_u64() == Some(id)));
 
     server.wait_step(id, "count");
     gate.open();
     let s = server.wait_finished(id);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
-    assert_eq!(s.field("history").as_array().len(), 1, "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
+    assert_eq!(s["history"].as_array().map(Vec::len), Some(1), "{s:?}");
     assert_eq!(lines_of(&count), 1, "the build step ran more than once");
 }
 
@@ -377,11 +381,7 @@ fn the_token_guards_post_routes() {
         }
     }
     let s = server.build_status();
-    assert_eq!(
-        s.field("build_id"),
-        &Json::Null,
-        "a refused trigger ran: {s:?}"
-    );
+    assert_eq!(s["build_id"], Value::Null, "a refused trigger ran: {s:?}");
     assert_eq!(server.api_get("/health").status, 200, "GET needs no token");
 
     let id = server.trigger_build();
@@ -405,7 +405,7 @@ fn post_webhook(server: &TestCache, signature: Option<&str>, body: &[u8]) -> u16
     let r = server.api_post("/build/webhook", &headers, body);
     if r.status == 200 {
         let j = parse_json("POST /build/webhook", &r.text());
-        assert_eq!(j.str_of("status"), Some("triggered"), "{j:?}");
+        assert_eq!(j["status"].as_str(), Some("triggered"), "{j:?}");
     }
     r.status
 }
@@ -461,16 +461,12 @@ fn the_webhook_needs_a_valid_signature() {
     let status = post_webhook(&server, Some(&good), &tampered);
     assert!(status == 401 || status == 403, "tampered body: {status}");
     let s = server.build_status();
-    assert_eq!(
-        s.field("build_id"),
-        &Json::Null,
-        "a refused webhook ran: {s:?}"
-    );
+    assert_eq!(s["build_id"], Value::Null, "a refused webhook ran: {s:?}");
     assert!(!count.exists());
 
     assert_eq!(post_webhook(&server, Some(&good), &body), 200);
-    let s = server.wait_status("a build", |s| s.u64_of("build_id").is_some());
-    let id = s.u64_of("build_id").unwrap();
+    let s = server.wait_status("a build", |s| s["build_id"].as_u64().is_some());
+    let id = s["build_id"].as_u64().unwrap();
     server.wait_finished(id);
     assert_eq!(lines_of(&count), 1);
 }
@@ -484,8 +480,8 @@ fn without_a_repository_or_steps_trigger_is_not_configured() {
     let r = server.api_post("/build/trigger", &[], b"");
     assert_eq!(r.status, 409, "{}", r.text());
     let j = parse_json("trigger", &r.text());
-    assert_eq!(j.str_of("status"), Some("not_configured"), "{j:?}");
-    assert!(j.str_of("message").is_some(), "{j:?}");
+    assert_eq!(j["status"].as_str(), Some("not_configured"), "{j:?}");
+    assert!(j["message"].as_str().is_some(), "{j:?}");
 }
 
 #[test]
@@ -496,9 +492,9 @@ fn health_reports_the_actors() {
     let r = server.api_get("/health");
     assert_eq!(r.status, 200, "{}", r.text());
     let j = parse_json("GET /health", &r.text());
-    assert_eq!(j.str_of("status"), Some("healthy"), "{j:?}");
-    assert_eq!(j.bool_of("cache_running"), Some(true), "{j:?}");
-    assert_eq!(j.bool_of("build_actors_running"), Some(true), "{j:?}");
+    assert_eq!(j["status"].as_str(), Some("healthy"), "{j:?}");
+    assert_eq!(j["cache_running"].as_bool(), Some(true), "{j:?}");
+    assert_eq!(j["build_actors_running"].as_bool(), Some(true), "{j:?}");
 }
 
 fn log_files(state_dir: &Path) -> Vec<PathBuf> {
@@ -537,11 +533,11 @@ fn sigterm_during_a_build_records_interrupted_and_exits_zero() {
         server.stderr()
     );
     let s = read_status_file(&server.status_file());
-    assert_eq!(s.bool_of("is_running"), Some(false), "{s:?}");
-    assert_eq!(s.str_of("last_status"), Some("interrupted"), "{s:?}");
-    let last = &s.field("history").as_array()[0];
-    assert_eq!(last.u64_of("build_id"), Some(id), "{s:?}");
-    assert_eq!(last.str_of("result"), Some("interrupted"), "{s:?}");
+    assert_eq!(s["is_running"].as_bool(), Some(false), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("interrupted"), "{s:?}");
+    let last = &s["history"][0];
+    assert_eq!(last["build_id"].as_u64(), Some(id), "{s:?}");
+    assert_eq!(last["result"].as_str(), Some("interrupted"), "{s:?}");
     for pid in pids.pids() {
         assert!(!process_exists(pid), "step {pid} outlived the server");
     }
@@ -567,18 +563,18 @@ fn kill9_during_a_build_then_restart_shows_interrupted() {
     first.wait_step(id, "wait");
     first.kill9();
     let on_disk = read_status_file(&state.join("status.json"));
-    assert_eq!(on_disk.bool_of("is_running"), Some(true), "{on_disk:?}");
+    assert_eq!(on_disk["is_running"].as_bool(), Some(true), "{on_disk:?}");
     drop(first);
 
     let second = builder(d.path(), &build).state_dir(&state).start();
     let s = second.build_status();
-    assert_eq!(s.bool_of("is_running"), Some(false), "{s:?}");
-    assert_eq!(s.str_of("last_status"), Some("interrupted"), "{s:?}");
-    let last = &s.field("history").as_array()[0];
-    assert_eq!(last.u64_of("build_id"), Some(id), "{s:?}");
-    assert_eq!(last.str_of("result"), Some("interrupted"), "{s:?}");
+    assert_eq!(s["is_running"].as_bool(), Some(false), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("interrupted"), "{s:?}");
+    let last = &s["history"][0];
+    assert_eq!(last["build_id"].as_u64(), Some(id), "{s:?}");
+    assert_eq!(last["result"].as_str(), Some("interrupted"), "{s:?}");
     let on_disk = read_status_file(&state.join("status.json"));
-    assert_eq!(on_disk.str_of("last_status"), Some("interrupted"));
+    assert_eq!(on_disk["last_status"].as_str(), Some("interrupted"));
 
     gate.open();
     let next = second.trigger_build();
@@ -587,7 +583,7 @@ fn kill9_during_a_build_then_restart_shows_interrupted() {
         "build ids grow across restarts: {next} after {id}"
     );
     let s = second.wait_finished(next);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
 }
 
 #[test]
@@ -611,28 +607,29 @@ fn kill9_during_a_burst_of_status_writes_leaves_a_parsable_status() {
         let mut server = builder(d.path(), &build).state_dir(&state).start();
         let s = server.build_status();
         if let Some(prev) = interrupted.last() {
-            assert_eq!(s.str_of("last_status"), Some("interrupted"), "{s:?}");
-            assert_eq!(s.u64_of("build_id"), Some(*prev), "{s:?}");
+            assert_eq!(s["last_status"].as_str(), Some("interrupted"), "{s:?}");
+            assert_eq!(s["build_id"].as_u64(), Some(*prev), "{s:?}");
         }
         let id = server.trigger_build();
         server.wait_status(&format!("round {round}: build {id} in its steps"), |s| {
-            s.u64_of("build_id") == Some(id)
-                && s.str_of("current_step")
+            s["build_id"].as_u64() == Some(id)
+                && s["current_step"]
+                    .as_str()
                     .is_some_and(|st| st.starts_with("s-"))
         });
         server.kill9();
         let on_disk = read_status_file(&state.join("status.json"));
-        assert_eq!(on_disk.u64_of("build_id"), Some(id), "{on_disk:?}");
+        assert_eq!(on_disk["build_id"].as_u64(), Some(id), "{on_disk:?}");
         interrupted.push(id);
     }
     let server = builder(d.path(), &build).state_dir(&state).start();
     let s = server.build_status();
-    assert_eq!(s.bool_of("is_running"), Some(false), "{s:?}");
-    let history: Vec<(Option<u64>, Option<&str>)> = s
-        .field("history")
+    assert_eq!(s["is_running"].as_bool(), Some(false), "{s:?}");
+    let history: Vec<(Option<u64>, Option<&str>)> = s["history"]
         .as_array()
+        .expect("a history list")
         .iter()
-        .map(|r| (r.u64_of("build_id"), r.str_of("result")))
+        .map(|r| (r["build_id"].as_u64(), r["result"].as_str()))
         .collect();
     for id in &interrupted {
         assert!(

@@ -1,51 +1,22 @@
-//! The default build pipeline for real (issue 3, "Done when"): a local git repository
+//! The default build pipeline for real: a local git repository
 //! holding a flake with no inputs whose output is a `builtins.derivation` with `/bin/sh`
-//! as builder; the server clones it, runs `nix flake update` and `nix build` (real Nix,
-//! into a throwaway store that its cache listener serves), the test follows the log over
-//! SSE to the end, checks the recorded commit, and stock Nix then substitutes the built
-//! output from the cache with signatures required.
+//! as builder; the server clones it, runs `nix flake update`, `nix eval` and `nix build`
+//! (real Nix, into a throwaway store that its cache listener serves), the test follows the
+//! log over SSE to the end, checks the recorded commit and the target's generation, and
+//! stock Nix then substitutes the built output from the cache with signatures required.
 
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::api::{JsonExt, parse_json};
+use common::api::parse_json;
+use common::fleet::{current_system, git, store_and_key, toml_str};
 use common::nix::{assert_success, is_valid, nix_copy_from};
 use common::{NixEnv, TestCache};
 
 /// Real Nix builds: generous, but bounded.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=tailcache itest",
-            "-c",
-            "user.email=itest@tailcache.invalid",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .unwrap_or_else(|e| panic!("git {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn toml_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
 
 #[test]
 fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
@@ -62,16 +33,7 @@ fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
             .unwrap()
             .as_nanos()
     );
-    let system = nix.run(
-        "nix",
-        &[
-            "eval",
-            "--impure",
-            "--raw",
-            "--expr",
-            "builtins.currentSystem",
-        ],
-    );
+    let system = current_system(&nix);
 
     // The repository: one commit with a flake that needs nothing from outside.
     let repo = d.path().join("repo");
@@ -100,22 +62,8 @@ fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
     git(&repo, &["commit", "-q", "-m", "a flake to build"]);
     let head = git(&repo, &["rev-parse", "HEAD"]);
 
-    // The store the server builds into and serves; it exists before the server starts,
-    // as a real one would.
-    let root = d.path().join("store");
-    let seed = d.path().join("seed");
-    std::fs::write(&seed, format!("seed {nonce}\n")).unwrap();
-    nix.run(
-        "nix-store",
-        &[
-            "--store",
-            root.to_str().unwrap(),
-            "--add",
-            seed.to_str().unwrap(),
-        ],
-    );
-    std::fs::create_dir_all(d.path().join("keys")).unwrap();
-    let key = nix.generate_key(&d.path().join("keys"), "e2e-1");
+    // The store the server builds into and serves.
+    let (root, key) = store_and_key(&nix, d.path(), "e2e-1");
 
     let build = format!(
         "[build]\nrepository = {}\nbranch = \"main\"\nattribute = \"default\"\n\
@@ -131,29 +79,32 @@ fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
         .start();
 
     let t = server.trigger("e2e", "itest");
-    assert_eq!(t.str_of("status"), Some("triggered"), "{t:?}");
-    let id = t.u64_of("build_id").expect("build_id");
+    assert_eq!(t["status"].as_str(), Some("triggered"), "{t:?}");
+    let id = t["build_id"].as_u64().expect("build_id");
     let mut follow = server.follow(Some(1000));
     let (lines, end) = follow.until_end(BUILD_TIMEOUT);
     let end = parse_json("end event", &end.data);
     assert_eq!(
-        end.str_of("result"),
+        end["result"].as_str(),
         Some("success"),
         "build {id} ended {end:?}; log:\n{}\nstderr:\n{}",
         lines.join("\n"),
         server.stderr()
     );
     let s = server.wait_finished(id);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
-    assert_eq!(s.str_of("last_commit"), Some(head.as_str()), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
+    assert_eq!(s["last_commit"].as_str(), Some(head.as_str()), "{s:?}");
 
-    // The out-link in the checkout names the output; the log printed it too.
-    let out_link = server.state_dir().join("checkout/result");
-    let out = std::fs::read_link(&out_link)
-        .unwrap_or_else(|e| panic!("{}: {e}", out_link.display()))
-        .to_str()
-        .unwrap()
-        .to_string();
+    // The attribute is a fleet of one target named after it: its first generation names
+    // the output, whose GC root is registered under the state directory; the log printed
+    // it too.
+    let target = server.host("default");
+    let record = target.generations[0].signed.parse_unverified().unwrap();
+    let out = record.out_path.clone();
+    let gc_root = server.state_dir().join("gcroots/default/1");
+    let rooted =
+        std::fs::read_link(&gc_root).unwrap_or_else(|e| panic!("{}: {e}", gc_root.display()));
+    assert_eq!(rooted.to_str(), Some(out.as_str()));
     assert!(
         out.starts_with("/nix/store/") && out.ends_with("-tailcache-e2e"),
         "{out}"

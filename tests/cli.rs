@@ -1,9 +1,12 @@
-//! The `bt`, `bs` and `bl` binaries (issue 4) against the real server on `127.0.0.1:0`:
+//! `bt`, `bs` and `bl` (links to the `tailcache` binary) against the real server on `127.0.0.1:0`:
 //! trigger → status → logs → follow until the end; `already_running`; `bt --wait`'s exit
 //! code for a failing and a succeeding build; `--json` parsing into the API's model; the
 //! documented message and exit code for a refused connection, an unresolvable host, a
 //! server that never answers, a 401, a 5xx and a server without a build; and, in a real
-//! terminal (tmux), `bs --watch` and `bl -f`.
+//! terminal (tmux), `bs --watch` and `bl -f`. With the three-host test flake built by the
+//! real server: `bt --wait` ends only when every target is ready or failed, with one line per
+//! target and exit 0 only when all are ready; `bs` shows one line per host and `bs --host`
+//! one host in detail.
 //!
 //! Builds are held in a step by gate files the test opens, so "while running" checks
 //! happen while the build really runs.
@@ -14,11 +17,14 @@ use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::TestCache;
 use common::api::{Gate, build_section, sh_step};
-use tailcache_actors::status::{BuildResult, BuildStatus};
+use common::fleet::{Fleet, FleetVariant};
+use tailcache_wire::build::{BuildResult, BuildStatus};
+use tailcache_wire::hosts::HostState;
 use tempfile::TempDir;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -43,25 +49,49 @@ fn start(dir: &Path, build: Option<&str>, token: Option<&str>) -> TestCache {
     b.start()
 }
 
-fn bin(name: &str) -> &'static str {
+const TAILCACHE: &str = env!("CARGO_BIN_EXE_tailcache");
+
+/// A directory holding `bt`, `bs` and `bl` as users get them: links to the `tailcache`
+/// binary made by `tailcache install-links` (which leaves right links alone, so test
+/// processes running at once agree).
+fn links() -> &'static Path {
+    static LINKS: OnceLock<PathBuf> = OnceLock::new();
+    LINKS.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-links");
+        std::fs::create_dir_all(&dir).unwrap();
+        let o = Command::new(TAILCACHE)
+            .arg("install-links")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        dir
+    })
+}
+
+/// The program `name` as a user runs it: `tailcache`, or a link named `bt`, `bs`, `bl`.
+fn bin(name: &str) -> PathBuf {
     match name {
-        "bt" => env!("CARGO_BIN_EXE_bt"),
-        "bs" => env!("CARGO_BIN_EXE_bs"),
-        "bl" => env!("CARGO_BIN_EXE_bl"),
-        "tailcache" => env!("CARGO_BIN_EXE_tailcache"),
+        "bt" | "bs" | "bl" => links().join(name),
+        "tailcache" => PathBuf::from(TAILCACHE),
         other => panic!("no binary {other}"),
     }
 }
 
-/// A client command with a clean environment: no config file, no server/token variables,
-/// a known user.
+/// A client command with a clean environment: no config file (the user's or the system's),
+/// no server/token variables, a known user.
 fn cmd(dir: &Path, name: &str, args: &[&str]) -> Command {
     let mut c = Command::new(bin(name));
     c.args(args)
         .env_remove("TAILCACHE_SERVER")
         .env_remove("TAILCACHE_TOKEN")
         .env_remove("TAILCACHE_TIMEOUT")
+        .env_remove("TAILCACHE_CLIENT_CONFIG")
         .env("XDG_CONFIG_HOME", dir.join("xdg"))
+        .env(
+            "TAILCACHE_SYSTEM_CONFIG",
+            dir.join("etc/tailcache/config.toml"),
+        )
         .env("USER", "tester")
         .stdin(Stdio::null());
     c
@@ -313,6 +343,42 @@ fn unreachable_servers_say_what_to_check() {
     drop(silent);
 }
 
+/// Where the server is comes from the user's config file, else the system's (as the NixOS
+/// client module writes it), else `--config FILE`; a file named with `--config` must exist.
+#[test]
+fn the_users_config_else_the_systems() {
+    let d = scratch();
+    let server = start(d.path(), None, None);
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let write = |path: PathBuf, url: &str| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("server = \"{url}\"\n")).unwrap();
+    };
+    // Only the system's file: it is read.
+    write(d.path().join("etc/tailcache/config.toml"), server.api_url());
+    let o = run(d.path(), "bs", &["--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // The user's file wins, whole.
+    write(d.path().join("xdg/tailcache/config.toml"), &dead);
+    let o = run(d.path(), "bs", &[]);
+    assert_fails(&o, 3, "connection refused");
+    // --config names another one.
+    let other = d.path().join("other.toml");
+    write(other.clone(), server.api_url());
+    let o = run(
+        d.path(),
+        "bs",
+        &["--json", "--config", other.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let missing = d.path().join("missing.toml");
+    let o = run(d.path(), "bs", &["--config", missing.to_str().unwrap()]);
+    assert_fails(&o, 7, "no such file");
+}
+
 /// Answers every request with `status` and `body`, `n` times.
 fn canned_server(status: &'static str, body: &'static str, n: usize) -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -461,7 +527,7 @@ fn in_terminal(dir: &Path, name: &str, args: &[&str]) -> String {
     format!(
         "env -u TAILCACHE_SERVER -u TAILCACHE_TOKEN -u NO_COLOR XDG_CONFIG_HOME='{}' USER=tester TERM=xterm-256color '{}' {}; echo EXIT=$?; sleep 600",
         dir.join("xdg").display(),
-        bin(name),
+        bin(name).display(),
         quoted.join(" ")
     )
 }
@@ -509,6 +575,68 @@ fn bs_watch_and_bl_follow_in_a_terminal() {
     assert!(screen.contains("EXIT=0"), "{screen}");
     // Redrawn in place: the running line is gone from the final screen.
     assert!(!screen.contains("step hold"), "{screen}");
+}
+
+#[test]
+fn install_links_makes_bt_bs_bl_and_replaces_other_files_only_when_forced() {
+    // A copy of the binary (a hard link: same file system) in a directory of its own, so
+    // the default directory, the binary's, can be tried.
+    let home = tempfile::Builder::new()
+        .prefix("tc-cli-links.")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let exe = home.path().join("tailcache");
+    std::fs::hard_link(TAILCACHE, &exe).unwrap();
+    let install = |args: &[&str]| {
+        Command::new(&exe)
+            .arg("install-links")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = install(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    for name in ["bt", "bs", "bl"] {
+        let link = home.path().join(name);
+        // Beside the binary the link is relative.
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("tailcache"));
+        let o = Command::new(&link).arg("--help").output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        assert!(
+            text(&o.stdout).contains(&format!("Usage: {name} [OPTIONS]")),
+            "{name}: {}",
+            text(&o.stdout)
+        );
+    }
+    // Again: nothing to do.
+    let o = install(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("already"), "{}", text(&o.stdout));
+
+    // Elsewhere: absolute links; a file of the same name stays unless --force.
+    let other = home.path().join("bin");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("bs"), "#!/bin/sh\necho an older bs\n").unwrap();
+    let o = install(&[other.to_str().unwrap()]);
+    assert_fails(&o, 7, "--force");
+    assert_eq!(
+        std::fs::read_to_string(other.join("bs")).unwrap(),
+        "#!/bin/sh\necho an older bs\n"
+    );
+    let o = install(&["--force", other.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    for name in ["bt", "bs", "bl"] {
+        assert_eq!(
+            std::fs::read_link(other.join(name)).unwrap(),
+            std::fs::canonicalize(&exe).unwrap()
+        );
+    }
+    let o = Command::new(other.join("bl"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(text(&o.stdout).split_whitespace().next(), Some("bl"));
 }
 
 #[test]
@@ -571,4 +699,161 @@ fn bt_wait_shows_the_step_in_a_terminal() {
     assert!(screen.contains("EXIT=0"), "{screen}");
     // The spinner line is cleared at the end.
     assert!(!screen.contains(": hold ·"), "{screen}");
+}
+
+// --- hosts -----------------------------------------------------------------------------
+
+/// The line of `host` in `bs`'s table, split into columns.
+fn table_row(out: &str, host: &str) -> Vec<String> {
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(host))
+        .unwrap_or_else(|| panic!("no line for {host} in:\n{out}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bt_wait_follows_every_target_and_bs_shows_each_host() {
+    let fleet = Fleet::new(FleetVariant::FIRST);
+    // zstd: a built target is `compressing` before it is `ready`.
+    let server = fleet.server("").compression("zstd").start();
+    let d = scratch();
+    let url = server.api_url();
+
+    let o = run(d.path(), "bt", &["--server", url, "--wait"]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out} {}", text(&o.stderr));
+    assert!(out.contains("  ✓ laptop: generation 1 ready"), "{out}");
+    assert!(
+        out.contains("  ✓ alice@laptop: generation 1 ready"),
+        "{out}"
+    );
+    assert!(out.contains("  ✗ server: failed"), "{out}");
+    // It ended only once the built targets were servable.
+    for h in server.hosts().hosts {
+        let want = if h.name == "server" {
+            HostState::Failed
+        } else {
+            HostState::Ready
+        };
+        assert_eq!(h.state, want, "{} when bt --wait ended: {out}", h.name);
+    }
+
+    let o = run(d.path(), "bs", &["--server", url]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(!out.contains('\x1b'), "colour on a pipe: {out:?}");
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("host "))
+        .unwrap_or_else(|| panic!("no table in:\n{out}"));
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["host", "kind", "state", "gen", "closure", "changes"]
+    );
+    let laptop = table_row(&out, "laptop");
+    assert_eq!(laptop[1..4], ["nixos", "ready", "1"], "{out}");
+    assert!(laptop[5].ends_with("B"), "closure size: {out}");
+    assert_eq!(laptop[6..], ["first", "generation"], "{out}");
+    let home = table_row(&out, "alice@laptop");
+    assert_eq!(home[1..4], ["home", "ready", "1"], "{out}");
+    let failed = table_row(&out, "server");
+    assert_eq!(failed[1..5], ["nixos", "failed", "-", "-"], "{out}");
+    assert!(out.contains("fleet-broken-0.1.drv"), "{out}");
+
+    let o = run(d.path(), "bs", &["--server", url, "--host", "server"]);
+    let detail = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        detail.contains("current: no ready generation yet"),
+        "{detail}"
+    );
+    assert!(
+        detail.lines().any(
+            |l| l.trim_start().starts_with("failed derivation: /nix/store/")
+                && l.ends_with("-fleet-broken-0.1.drv")
+        ),
+        "{detail}"
+    );
+    let o = run(
+        d.path(),
+        "bs",
+        &["--server", url, "--host", "server", "--json"],
+    );
+    let view: tailcache_wire::hosts::HostView =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "bs --host --json is not a HostView ({e}): {}",
+                text(&o.stdout)
+            )
+        });
+    assert_eq!(
+        (view.name.as_str(), view.state),
+        ("server", HostState::Failed)
+    );
+    let o = run(d.path(), "bs", &["--server", url, "--host", "nowhere"]);
+    assert_fails(&o, 8, "no target named nowhere (its targets: ");
+
+    // The laptop changes, the server is fixed: every target ready, exit 0, and the diff.
+    fleet.commit(FleetVariant {
+        server_fails: false,
+        ..FleetVariant::FIRST.laptop(2)
+    });
+    let o = run(d.path(), "bt", &["--server", url, "--wait", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let last: serde_json::Value =
+        serde_json::from_str(text(&o.stdout).lines().last().unwrap()).unwrap();
+    let states: Vec<(String, String)> = last["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(states.len(), 3, "{last}");
+    assert!(states.iter().all(|(_, s)| s == "ready"), "{last}");
+    let o = run(d.path(), "bs", &["--server", url, "--host", "laptop"]);
+    let detail = text(&o.stdout);
+    assert!(detail.contains("current: generation 2"), "{detail}");
+    assert!(detail.contains("changes since generation 1"), "{detail}");
+    assert!(
+        detail.contains("nixos-system-laptop: 24.05.1 → 24.05.2"),
+        "{detail}"
+    );
+    let o = run(d.path(), "bs", &["--server", url]);
+    let out = text(&o.stdout);
+    assert_eq!(
+        table_row(&out, "laptop")[1..4],
+        ["nixos", "ready", "2"],
+        "{out}"
+    );
+}
+
+#[test]
+fn bt_wait_shows_the_targets_in_a_terminal() {
+    let fleet = Fleet::new(FleetVariant {
+        server_fails: false,
+        ..FleetVariant::FIRST
+    });
+    let server = fleet.start();
+    let d = scratch();
+    let url = server.api_url();
+    let term = Tmux::start(
+        d.path(),
+        &in_terminal(d.path(), "bt", &["--server", url, "--wait"]),
+    );
+    let screen = term.wait_for("the end", |s| s.contains("EXIT="));
+    assert!(screen.contains("build 1 success"), "{screen}");
+    assert!(screen.contains("laptop: generation 1 ready"), "{screen}");
+    assert!(
+        screen.contains("alice@laptop: generation 1 ready"),
+        "{screen}"
+    );
+    assert!(screen.contains("server: generation 1 ready"), "{screen}");
+    assert!(screen.contains("EXIT=0"), "{screen}");
 }

@@ -1,4 +1,4 @@
-//! The cache routes over plain HTTP (issue 2, the Nix binary cache protocol):
+//! The cache routes over plain HTTP (the Nix binary cache protocol):
 //! `/nix-cache-info`, narinfo fields against `nix path-info` ground truth, HEAD,
 //! NARs equal to `nix-store --dump` (whole, by Range, in nix-serve's and
 //! harmonia's URL forms, and compressed), build logs, `/pubkey`, a store without

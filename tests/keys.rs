@@ -1,4 +1,4 @@
-//! Signing keys across the Nix boundary (issue 2, "Done when"): keys made by
+//! Signing keys across the Nix boundary: keys made by
 //! `nix-store --generate-binary-cache-key` load in `tailcache serve`, keys made by
 //! `tailcache keygen` are accepted by Nix (as secret and as public key), a key is
 //! generated on first start when none is configured, and a secret key file that

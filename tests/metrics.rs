@@ -1,4 +1,4 @@
-//! `GET /metrics` (issue 3): after a build and some cache traffic, the exposition passes
+//! `GET /metrics`: after a build and some cache traffic, the exposition passes
 //! `promtool check metrics` (Prometheus' own parser and linter; Debian `prometheus`) and
 //! holds the actor families for all four actors, the build counts by result and the
 //! cache's counters (narinfo hits and misses, NAR bytes by compression, the compression
@@ -66,10 +66,7 @@ fn metrics_pass_promtool_and_cover_actors_builds_and_cache() {
 
     let id = server.trigger_build();
     let s = server.wait_finished(id);
-    assert_eq!(
-        common::api::JsonExt::str_of(&s, "last_status"),
-        Some("success")
-    );
+    assert_eq!(s["last_status"].as_str(), Some("success"));
 
     // Cache traffic: hits (which queue the path's compression: CacheServer's messages),
     // a miss and a compressed NAR download.

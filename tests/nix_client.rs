@@ -1,4 +1,4 @@
-//! The cache judged by the stock Nix client (issue 2, "Tests"): with
+//! The cache judged by the stock Nix client: with
 //! `require-sigs = true` and only the server's key trusted, `nix copy --from`
 //! and `nix-store -r` get every store shape, uncompressed and xz, byte-identical
 //! to the source store; and Nix refuses a wrong key, a tampered NAR and a path

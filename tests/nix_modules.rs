@@ -1,23 +1,24 @@
-//! The Nix side of the deployment (issue 6), checked with the Nix this machine has and without
-//! nixpkgs or home-manager: every `.nix` file parses; the modules' pure decisions
-//! (`nix/lib.nix`) hold under `nix-instantiate --eval` (tests/nix/lib-test.nix), and a broken
-//! decision is caught; the TOML the modules write is accepted by the server's, the agent's and
-//! the CLI's config parsers (unknown keys are errors there); and every option name used by
-//! `bootstrap-new-machine`'s home.nix, by the templates and by the README's examples is
-//! declared by the modules (tests/nix/options.nix), a misspelt one being reported.
+//! The Nix side of the deployment, judged by the real module system offline
+//! (`tests/common/modules.rs`: nixpkgs' `lib` and home-manager from vendored snapshots, a
+//! stand-in `pkgs`, the NixOS declarations of tests/nix/nixos.nix): the NixOS client and
+//! server modules and the home-manager module evaluate, and what they render — `nix.conf`,
+//! unit files, the TOML the binaries read, Atuin's settings — is exactly what is asserted
+//! here; the README's examples evaluate as printed, and so do the flake templates and
+//! bootstrap's output (home-only and NixOS). Also: every `.nix` file parses, the modules' pure
+//! decisions (`nix/lib.nix`) pass tests/nix/lib-test.nix and broken ones fail it, and the
+//! `system-update` script and the Atuin registration gate do what they say when run.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use common::modules::{Modules, lit, path_expr, repo, strings};
 use serde_json::Value;
-use tailcache::cli::bootstrap::{self, Machine, OPTIONS_USED, Template};
+use tailcache::cli::bootstrap::{self, Machine, Template};
 use tailcache_testkit::NixEnv;
 use tailcache_testkit::nix::{assert_success, stderr_of};
 use tempfile::TempDir;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn scratch() -> TempDir {
     tempfile::Builder::new()
@@ -26,67 +27,100 @@ fn scratch() -> TempDir {
         .unwrap()
 }
 
-fn parse(nix: &NixEnv, file: &Path) -> Output {
-    nix.output("nix-instantiate", &["--parse", file.to_str().unwrap()])
-}
+/// A home-manager user, as every configuration needs one.
+const HOME_USER: &str =
+    r#"home.username = "alice"; home.homeDirectory = "/home/alice"; home.stateVersion = "25.05";"#;
 
-/// Evaluates a test file such as tests/nix/lib-test.nix (strictly: every assertion runs).
-fn eval_file(nix: &NixEnv, file: &Path) -> Output {
-    nix.output(
-        "nix-instantiate",
-        &["--eval", "--strict", file.to_str().unwrap()],
-    )
-}
-
-/// A Nix string literal for a path (the expressions below name files by absolute path).
-fn lit(p: &Path) -> String {
-    bootstrap::nix_str(p.to_str().unwrap())
-}
-
-fn eval(nix: &NixEnv, expr: &str) -> Output {
-    nix.output(
-        "nix-instantiate",
-        &["--eval", "--strict", "--json", "--expr", expr],
-    )
-}
-
-fn eval_json(nix: &NixEnv, expr: &str) -> Value {
-    let o = eval(nix, expr);
-    assert_success(&format!("evaluating {expr}"), &o);
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list: {v}"))
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// tests/nix/options.nix on a configuration: (declared, used, unknown).
-fn check_names(nix: &NixEnv, config: &str, args: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let r = repo();
-    let expr = format!(
-        "import {} {{ modules = [ (/. + {}) (/. + {}) ]; config = {config}; args = {args}; }}",
-        lit(&r.join("tests/nix/options.nix")),
-        lit(&r.join("home")),
-        lit(&r.join("nixos")),
-    );
-    let v = eval_json(nix, &expr);
-    (
-        strings(&v["declared"]),
-        strings(&v["used"]),
-        strings(&v["unknown"]),
-    )
-}
-
-/// What the flake's `tailcache` input looks like to a home.nix (only the attribute it uses).
-fn flake_stub() -> String {
+/// A standalone home-manager configuration of the home module and `body`.
+fn home_of(body: &str) -> String {
     format!(
-        "{{ homeManagerModules.default = /. + {}; }}",
-        lit(&repo().join("home"))
+        "t.home {{ modules = [ {} {{ {HOME_USER} {body} }} ]; }}",
+        path_expr(&repo().join("home"))
     )
+}
+
+/// A NixOS configuration of `module` (a path under the repository) and `body`.
+fn nixos_of(module: &str, body: &str) -> String {
+    format!(
+        "t.nixos {{ modules = [ {} {{ {body} }} ]; }}",
+        path_expr(&repo().join(module))
+    )
+}
+
+/// Replaces each store path's hash with `…`, so texts compare whatever the hashes are.
+fn unhash(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("/nix/store/") {
+        out.push_str(&rest[..i + 11]);
+        let after = &rest[i + 11..];
+        if after.len() > 33 && after.as_bytes()[32] == b'-' {
+            out.push('…');
+            rest = &after[32..];
+        } else {
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The value of `Key=` in a unit file (the first one).
+fn unit_value<'a>(unit: &'a str, key: &str) -> &'a str {
+    unit.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in\n{unit}"))
+}
+
+/// The store path of the file given after `flag` on a command line.
+fn arg_after<'a>(command: &'a str, flag: &str) -> &'a str {
+    let mut words = command.split_whitespace();
+    words.find(|w| *w == flag);
+    words
+        .next()
+        .unwrap_or_else(|| panic!("no {flag} in {command}"))
+}
+
+#[test]
+fn every_nix_file_parses() {
+    let nix = NixEnv::new();
+    let mut files = Vec::new();
+    nix_files(&repo(), &mut files);
+    files.sort();
+    for expected in [
+        "flake.nix",
+        "nix/lib.nix",
+        "nix/client-options.nix",
+        "nix/package.nix",
+        "nix/checks.nix",
+        "nixos/default.nix",
+        "nixos/client.nix",
+        "nixos/tests/substitute.nix",
+        "home/default.nix",
+        "home/tailcache.nix",
+        "home/bootstrap-services.nix",
+        "home/templates/laptop/home.nix",
+        "home/templates/server/flake.nix",
+        "tests/nix/lib-test.nix",
+        "tests/nix/eval.nix",
+        "tests/nix/pkgs.nix",
+        "tests/nix/nixos.nix",
+    ] {
+        assert!(
+            files.contains(&repo().join(expected)),
+            "{expected} is missing from {files:?}"
+        );
+    }
+    for f in &files {
+        let o = nix.output("nix-instantiate", &["--parse", f.to_str().unwrap()]);
+        assert_success(&format!("parsing {}", f.display()), &o);
+    }
+    // And the check itself can fail.
+    let d = scratch();
+    let bad = d.path().join("bad.nix");
+    std::fs::write(&bad, "{ a = 1; ").unwrap();
+    let o = nix.output("nix-instantiate", &["--parse", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
 }
 
 fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -104,48 +138,18 @@ fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn every_nix_file_parses() {
-    let nix = NixEnv::new();
-    let mut files = Vec::new();
-    nix_files(&repo(), &mut files);
-    files.sort();
-    for expected in [
-        "flake.nix",
-        "nix/lib.nix",
-        "nix/package.nix",
-        "nix/checks.nix",
-        "nixos/default.nix",
-        "nixos/tests/substitute.nix",
-        "home/default.nix",
-        "home/tailcache.nix",
-        "home/bootstrap-services.nix",
-        "home/templates/laptop/home.nix",
-        "home/templates/server/flake.nix",
-        "tests/nix/lib-test.nix",
-        "tests/nix/options.nix",
-    ] {
-        assert!(
-            files.contains(&repo().join(expected)),
-            "{expected} is missing from {files:?}"
-        );
-    }
-    for f in &files {
-        assert_success(&format!("parsing {}", f.display()), &parse(&nix, f));
-    }
-    // And the check itself can fail.
-    let d = scratch();
-    let bad = d.path().join("bad.nix");
-    std::fs::write(&bad, "{ a = 1; ").unwrap();
-    let o = parse(&nix, &bad);
-    assert!(!o.status.success());
+/// Evaluates a test file such as tests/nix/lib-test.nix (strictly: every assertion runs).
+fn eval_file(nix: &NixEnv, file: &Path) -> Output {
+    nix.output(
+        "nix-instantiate",
+        &["--eval", "--strict", file.to_str().unwrap()],
+    )
 }
 
 #[test]
 fn the_modules_decisions_hold() {
     let nix = NixEnv::new();
-    let test = repo().join("tests/nix/lib-test.nix");
-    let o = eval_file(&nix, &test);
+    let o = eval_file(&nix, &repo().join("tests/nix/lib-test.nix"));
     assert_success("tests/nix/lib-test.nix", &o);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "true");
 }
@@ -166,8 +170,7 @@ fn broken_lib(nix: &NixEnv, from: &str, to: &str) -> String {
         d.path().join("tests/nix/lib-test.nix"),
     )
     .unwrap();
-    let test = d.path().join("tests/nix/lib-test.nix");
-    let o = eval_file(nix, &test);
+    let o = eval_file(nix, &d.path().join("tests/nix/lib-test.nix"));
     assert!(
         !o.status.success(),
         "the broken lib passed: {}",
@@ -201,148 +204,852 @@ fn broken_decisions_are_caught() {
         "else if false then",
     );
     assert!(err.contains("secret-paths"), "{err}");
-}
-
-/// A server module configuration with every setting the TOML depends on.
-const SERVER_CFG: &str = r#"{
-  stateDir = "/var/lib/tailcache";
-  signingKeyFile = "/var/lib/secrets/key";
-  cache = { listen = "100.64.0.1:5000"; priority = 30; compression = "zstd"; maxBytes = 1073741824; };
-  api = { listen = "100.64.0.1:8000"; tokenFile = "/var/lib/secrets/token"; };
-  build = {
-    repository = "https://example.invalid/config.git";
-    branch = "main";
-    attribute = "nixosConfigurations.desktop.config.system.build.toplevel";
-    nixArgs = [ "--option" "cores" "2" ];
-    webhookSecretFile = null;
-  };
-  p2p = { enable = true; listen = [ "/ip4/100.64.0.1/udp/5002/quic-v1" "/ip4/100.64.0.1/tcp/5002" ]; };
-}"#;
-
-const CLIENT_CFG: &str = r#"{
-  server = "http://build-server:8000";
-  cacheUrl = "http://build-server:5000";
-  publicKeys = [ "build-server-1:AAAA" ];
-  tokenFile = "/home/alice/nix-config/secrets/token";
-  agent = {
-    enable = true; bind = "127.0.0.1:5001"; tracker = "/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWxyz";
-    reseed = true; metered = false; cacheDir = null; cacheMaxBytes = 1000; uploadRate = 500;
-    listen = [ "/ip4/100.64.0.2/tcp/0" ];
-  };
-}"#;
-
-/// Writes a JSON value as TOML, as `pkgs.formats.toml` would.
-fn write_toml(dir: &Path, name: &str, v: &Value) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, toml::to_string(v).unwrap()).unwrap();
-    path
-}
-
-#[test]
-fn the_toml_the_modules_write_is_what_the_binaries_read() {
-    let nix = NixEnv::new();
-    let d = scratch();
-    let lib = lit(&repo().join("nix/lib.nix"));
-
-    let server = eval_json(&nix, &format!("(import {lib}).serverConfig {SERVER_CFG}"));
-    let path = write_toml(d.path(), "server.toml", &server);
-    let c = tailcache::config::Config::from_file(&path).unwrap();
-    assert_eq!(c.cache.bind.to_string(), "100.64.0.1:5000");
-    assert_eq!(c.api.bind.to_string(), "100.64.0.1:8000");
-    assert_eq!(c.cache.compression, tailcache::config::Compression::Zstd);
-    assert_eq!(c.cache.nar_cache_max_bytes, 1 << 30);
-    assert_eq!(
-        c.build.repository.as_deref(),
-        Some("https://example.invalid/config.git")
-    );
-    assert_eq!(c.build.nix_args, ["--option", "cores", "2"]);
-    assert!(c.p2p.enable);
-    assert_eq!(c.state_dir(), Path::new("/var/lib/tailcache"));
-    // Secrets are not in the file (it lands in the store); they come from credentials.
-    let file = std::fs::read_to_string(&path).unwrap();
-    assert!(!file.contains("/var/lib/secrets"), "{file}");
-    assert_eq!(c.api.token_file, None);
-    assert!(c.cache.secret_key_files.is_empty());
-    let args = eval_json(
+    // A user trusted through a group they are not in.
+    let err = broken_lib(
         &nix,
-        &format!("(import {lib}).serverArgs {SERVER_CFG} \"/etc/tailcache.toml\""),
+        "builtins.any (t: t == user || builtins.elem t (map (g: \"@${g}\") groups)) trusted",
+        "builtins.any (t: t == user || builtins.substring 0 1 t == \"@\") trusted",
+    );
+    assert!(err.contains("daemon-honours-user"), "{err}");
+}
+
+// --- home-manager ---------------------------------------------------------------------------
+
+/// The home-manager side of a machine with everything on: the exact nix.conf and user units
+/// home-manager writes, and the TOML files the binaries read.
+#[test]
+fn home_manager_client_renders_nix_conf_and_units() {
+    let m = Modules::new();
+    let s = m.json(&format!(
+        "t.homeSummary ({})",
+        home_of(
+            r#"programs.tailcache = {
+                 enable = true;
+                 server = "http://build-server:8000";
+                 cacheUrl = "http://build-server:5000";
+                 publicKeys = [ "build-server-1:AAAA" ];
+                 tokenFile = "/home/alice/nix-config/secrets/tailcache-token";
+                 agent = { enable = true; reseed = true; tracker = "/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWxyz"; };
+                 prefetch = { enable = true; interval = 30; };
+                 autoSwitch = true;
+               };"#
+        )
+    ));
+    assert_eq!(s["warnings"], serde_json::json!([]), "{s}");
+    assert_eq!(s["failedAssertions"], serde_json::json!([]), "{s}");
+
+    let nix_conf = m.read(s["nixConf"].as_str().unwrap());
+    eprintln!("~/.config/nix/nix.conf:\n{nix_conf}");
+    assert_eq!(
+        nix_conf,
+        "# WARNING: this file is generated from the nix.settings option in\n\
+         # your Home Manager configuration at $XDG_CONFIG_HOME/nix/nix.conf.\n\
+         # Do not edit it!\n\
+         narinfo-cache-negative-ttl = 60\n\
+         require-sigs = true\n\
+         substituters = http://127.0.0.1:5001 http://build-server:5000 https://cache.nixos.org\n\
+         trusted-public-keys = build-server-1:AAAA cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=\n\
+         \n"
+    );
+
+    let units = s["units"].as_object().unwrap();
+    let mut names: Vec<&String> = units.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["tailcache-agent.service", "tailcache-prefetch.service"]
+    );
+    let agent = m.read(units["tailcache-agent.service"].as_str().unwrap());
+    let prefetch = m.read(units["tailcache-prefetch.service"].as_str().unwrap());
+    eprintln!("tailcache-agent.service:\n{agent}\ntailcache-prefetch.service:\n{prefetch}");
+    assert_eq!(
+        unhash(&agent),
+        "[Install]\n\
+         WantedBy=default.target\n\
+         \n\
+         [Service]\n\
+         ExecStart=/nix/store/…-tailcache-0.1.0/bin/tailcache agent --config /nix/store/…-tailcache-agent.toml\n\
+         NoNewPrivileges=true\n\
+         Restart=on-failure\n\
+         RestartSec=5\n\
+         \n\
+         [Unit]\n\
+         Description=tailcache agent: local substituter with peer-assisted fetches\n"
     );
     assert_eq!(
-        strings(&args),
+        unhash(&prefetch),
+        "[Install]\n\
+         WantedBy=default.target\n\
+         \n\
+         [Service]\n\
+         CPUSchedulingPolicy=idle\n\
+         Environment=PATH=/nix/store/…-nix-2.28.4/bin:/usr/bin:/bin\n\
+         ExecStart=/nix/store/…-tailcache-0.1.0/bin/tailcache prefetch --config /nix/store/…-tailcache-client.toml --home --interval 30 --auto-switch switch\n\
+         IOSchedulingClass=idle\n\
+         Nice=19\n\
+         Restart=always\n\
+         RestartSec=30\n\
+         \n\
+         [Unit]\n\
+         After=tailcache-agent.service\n\
+         Description=tailcache prefetch: substitute each new home-manager generation the build server makes ready\n\
+         Wants=tailcache-agent.service\n"
+    );
+    assert_eq!(
+        strings(&s["wants"]),
         [
-            "serve",
-            "--config",
-            "/etc/tailcache.toml",
-            "--secret-key-file",
-            "%d/signing-key",
-            "--token-file",
-            "%d/api-token"
+            "systemd/user/default.target.wants/tailcache-agent.service",
+            "systemd/user/default.target.wants/tailcache-prefetch.service"
         ]
     );
-    // The server's parser is strict, so a misnamed key would have been caught above.
-    let mut typo = server.clone();
-    typo["cache"]["listen"] = Value::from("127.0.0.1:5000");
-    let path = write_toml(d.path(), "typo.toml", &typo);
-    let err = tailcache::config::Config::from_file(&path).unwrap_err();
-    assert!(format!("{err:#}").contains("listen"), "{err:#}");
 
-    let agent = eval_json(&nix, &format!("(import {lib}).agentConfig {CLIENT_CFG}"));
-    let path = write_toml(d.path(), "agent.toml", &agent);
+    // The TOML files, read by the binaries' strict parsers.
+    let d = scratch();
+    let exec = unit_value(&agent, "ExecStart");
+    let path = d.path().join("agent.toml");
+    std::fs::write(&path, m.toml(arg_after(exec, "--config"))).unwrap();
     let a = tailcache::config::Config::from_file(&path).unwrap().agent;
     assert_eq!(a.server, "http://build-server:5000");
     assert_eq!(a.trusted_keys, ["build-server-1:AAAA"]);
     assert!(a.reseed && !a.metered);
-    assert_eq!((a.cache_max_bytes, a.upload_rate), (1000, 500));
     assert_eq!(
         a.tracker.as_deref(),
         Some("/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWxyz")
     );
     assert_eq!(a.bind.to_string(), "127.0.0.1:5001");
-    assert_eq!(a.listen, ["/ip4/100.64.0.2/tcp/0"]);
     assert_eq!(a.cache_dir, None);
-
-    let client = eval_json(&nix, &format!("(import {lib}).clientConfig {CLIENT_CFG}"));
-    let path = write_toml(d.path(), "client.toml", &client);
+    let exec = unit_value(&prefetch, "ExecStart");
+    let client_toml = arg_after(exec, "--config");
+    assert_eq!(client_toml, s["tailcacheConfig"].as_str().unwrap());
+    let path = d.path().join("client.toml");
+    std::fs::write(&path, m.toml(client_toml)).unwrap();
     let c = tailcache::cli::config::ClientConfig::load(&path).unwrap();
     assert_eq!(c.server.as_deref(), Some("http://build-server:8000"));
     assert_eq!(
         c.token_file.as_deref(),
-        Some(Path::new("/home/alice/nix-config/secrets/token"))
+        Some(Path::new("/home/alice/nix-config/secrets/tailcache-token"))
     );
-    assert_eq!(c.token, None);
+    assert_eq!(c.trusted_keys, ["build-server-1:AAAA"]);
+    // The command line the unit runs is one the binary takes.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tailcache"))
+        .args(exec.split_whitespace().skip(1))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_success("the prefetch unit's command line", &o);
+}
+
+/// Nothing that follows the server runs unless asked; the settings are there either way.
+#[test]
+fn home_manager_prefetch_only_when_asked() {
+    let m = Modules::new();
+    let s = m.json(&format!(
+        "t.homeSummary ({})",
+        home_of(r#"programs.tailcache = { enable = true; publicKeys = [ "k-1:AAAA" ]; };"#)
+    ));
+    assert_eq!(s["units"], serde_json::json!({}), "{s}");
+    assert_eq!(
+        s["nixSettings"]["substituters"],
+        serde_json::json!(["http://build-server:5000", "https://cache.nixos.org"])
+    );
+    // The same with autoSwitch alone: the unit that applies must also fetch.
+    let s = m.json(&format!(
+        "t.homeSummary ({})",
+        home_of(
+            r#"programs.tailcache = { enable = true; publicKeys = [ "k-1:AAAA" ]; autoSwitch = true; };"#
+        )
+    ));
+    let units: Vec<&String> = s["units"].as_object().unwrap().keys().collect();
+    assert_eq!(units, ["tailcache-prefetch.service"]);
+}
+
+/// `system-update` runs `home-manager switch` for a flake's first application and after
+/// changes to it; the module keeps the CLI installed.
+#[test]
+fn home_module_installs_the_home_manager_cli() {
+    let m = Modules::new();
+    let s = m.json(&format!(
+        "t.homeSummary ({})",
+        home_of(r#"programs.tailcache.enable = true;"#)
+    ));
+    assert_eq!(s["homeManagerCli"], true);
+    let packages = strings(&s["packages"]);
+    assert!(
+        packages.iter().any(|p| p.starts_with("home-manager-")),
+        "{packages:?}"
+    );
+    // A user who does not want it says so.
+    let s = m.json(&format!(
+        "t.homeSummary ({})",
+        home_of(r#"programs.tailcache.enable = true; programs.home-manager.enable = false;"#)
+    ));
+    assert_eq!(s["homeManagerCli"], false);
+}
+
+/// A systemd user manager has no network-online.target: a unit ordered after it waits for
+/// nothing and misleads.
+#[test]
+fn user_units_do_not_wait_for_network_online() {
+    let m = Modules::new();
+    for body in [
+        "programs.tailcache = { enable = true; agent.enable = true; };",
+        "programs.tailcache = { enable = true; agent.enable = true; prefetch.enable = true; };",
+    ] {
+        let s = m.json(&format!("t.homeSummary ({})", home_of(body)));
+        let units = s["units"].as_object().unwrap();
+        assert!(!units.is_empty(), "{s}");
+        for (name, path) in units {
+            let text = m.read(path.as_str().unwrap());
+            assert!(!text.contains("network-online"), "{name}:\n{text}");
+        }
+    }
+}
+
+/// Nix remembers a missing narinfo for an hour by default; the cache fills after each build.
+#[test]
+fn the_negative_narinfo_ttl_suits_a_cache_that_fills() {
+    let m = Modules::new();
+    let ttl = |config: String| {
+        m.json(&format!(
+            "({config}).nix.settings.narinfo-cache-negative-ttl or \"Nix's default, 3600\""
+        ))
+    };
+    assert_eq!(ttl(home_of("programs.tailcache.enable = true;")), 60);
+    assert_eq!(
+        ttl(home_of(
+            "programs.tailcache = { enable = true; negativeTtl = 5; };"
+        )),
+        5
+    );
+    assert_eq!(
+        ttl(nixos_of(
+            "nixos/client.nix",
+            r#"services.tailcache.client = { enable = true; publicKeys = [ "k-1:AAAA" ]; };"#
+        )),
+        60
+    );
+}
+
+/// home-manager as a NixOS module (its real nixos/ module on the NixOS declarations): the
+/// daemon ignores a non-trusted user's substituters and keys, and the module says so,
+/// pointing at the NixOS client module — unless the user is trusted (by name or group), the
+/// system already lists them, or the client module is on.
+#[test]
+fn home_module_warns_when_the_daemon_will_ignore_its_settings() {
+    let m = Modules::new();
+    let warnings = |system: &str| -> Vec<String> {
+        let v = m.json(&format!(
+            "(t.nixos {{ modules = [ t.flake.nixosModules.client t.homeManagerNixos {{
+                users.users.alice = {{ isNormalUser = true; home = \"/home/alice\"; extraGroups = [ \"wheel\" ]; }};
+                home-manager.users.alice = {{ imports = [ {home} ]; {HOME_USER}
+                  programs.tailcache = {{ enable = true; publicKeys = [ \"srv-1:AAAA\" ]; }}; }};
+                {system}
+              }} ]; }}).warnings",
+            home = path_expr(&repo().join("home")),
+        ));
+        strings(&v)
+    };
+    let w = warnings("");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("alice profile: programs.tailcache: the Nix daemon"),
+        "{w:?}"
+    );
+    assert!(
+        w[0].contains("alice is not in its\nnix.settings.trusted-users"),
+        "{w:?}"
+    );
+    assert!(w[0].contains("tailcache.nixosModules.client"), "{w:?}");
+    assert_eq!(
+        warnings("nix.settings.trusted-users = [ \"alice\" ];"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        warnings("nix.settings.trusted-users = [ \"@wheel\" ];"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        warnings("nix.settings.trusted-users = [ \"@users\" ];").len(),
+        1
+    );
+    assert_eq!(
+        warnings(
+            "nix.settings.substituters = [ \"http://build-server:5000\" ]; \
+             nix.settings.trusted-public-keys = [ \"srv-1:AAAA\" ];"
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        warnings(
+            "services.tailcache.client = { enable = true; publicKeys = [ \"srv-1:AAAA\" ]; };"
+        ),
+        Vec::<String>::new()
+    );
+    // Both agents on one machine compete for the port.
+    let w = warnings(
+        "services.tailcache.client = { enable = true; publicKeys = [ \"srv-1:AAAA\" ]; agent.enable = true; }; \
+         home-manager.users.alice.programs.tailcache.agent.enable = true;",
+    );
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("the system already runs the agent"), "{w:?}");
 }
 
 #[test]
-fn system_update_is_valid_bash_in_the_right_order() {
-    let nix = NixEnv::new();
-    let script = eval_json(
-        &nix,
-        &format!(
-            "(import {}).systemUpdateScript {{ flake = \"/home/alice/nix-config\"; nixos = true; homeManager = true; gcOlderThan = \"30d\"; }}",
-            lit(&repo().join("nix/lib.nix"))
-        ),
-    );
-    let script = script.as_str().unwrap();
-    let d = scratch();
-    let path = d.path().join("system-update");
-    std::fs::write(&path, script).unwrap();
-    let o = std::process::Command::new("bash")
-        .arg("-n")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_success(&format!("bash -n {script}"), &o);
-    let at = |s: &str| {
-        script
-            .find(s)
-            .unwrap_or_else(|| panic!("{s:?} not in {script}"))
-    };
-    assert!(at("flake update") < at("nixos-rebuild switch"));
-    assert!(at("nixos-rebuild switch") < at("home-manager switch"));
-    assert!(at("home-manager switch") < at("nix-collect-garbage"));
+fn services_without_a_template_evaluate() {
+    let m = Modules::new();
+    // mkIf walks its content even when the condition is false: a null template must not be
+    // looked up.
+    let s = m.json(&format!(
+        "({}).services.bootstrap-services.folders",
+        home_of("services.bootstrap-services.enable = false;")
+    ));
+    assert_eq!(s, serde_json::json!({}));
+    let s = m.json(&format!(
+        "({}).services.syncthing.settings.folders.documents.devices",
+        home_of(
+            r#"services.bootstrap-services = { enable = true; template = "laptop";
+                 syncthing.devices.desktop.id = "DESKTOP-ID"; folders.documents.path = "/data/documents"; };"#
+        )
+    ));
+    // The override kept the template's devices (the ones with a known id).
+    assert_eq!(s, serde_json::json!(["desktop"]));
 }
 
-fn generated_home(dir: &Path, template: Template) -> PathBuf {
+#[test]
+fn clients_point_atuin_at_the_self_hosted_server() {
+    let m = Modules::new();
+    let atuin = |body: &str| -> Value {
+        let s = m.json(&format!("t.homeSummary ({})", home_of(body)));
+        assert_eq!(s["atuinEnabled"], true);
+        s["atuin"].clone()
+    };
+    let public = atuin("programs.tailcache = { enable = true; atuin.enable = true; };");
+    assert_eq!(public["sync_address"], "https://api.atuin.sh");
+    assert_eq!(public["search_mode"], "fuzzy");
+    let own = atuin(
+        r#"programs.tailcache = { enable = true; server = "http://100.64.0.1:8000"; atuin = { enable = true; selfHosted = true; }; };"#,
+    );
+    assert_eq!(own["sync_address"], "http://100.64.0.1:8888");
+    assert_eq!(own["auto_sync"], true);
+    let port = atuin(
+        r#"programs.tailcache = { enable = true; atuin = { enable = true; selfHosted = true; port = 9000; }; };"#,
+    );
+    assert_eq!(port["sync_address"], "http://build-server:9000");
+}
+
+// --- NixOS ----------------------------------------------------------------------------------
+
+/// The NixOS client: the exact /etc/nix/nix.conf and units NixOS would write, the agent as a
+/// hardened system service, and the follower at idle priority.
+#[test]
+fn nixos_client_renders_nix_conf_and_units() {
+    let m = Modules::new();
+    let s = m.json(&format!(
+        "t.nixosSummary ({})",
+        nixos_of(
+            "nixos/client.nix",
+            r#"networking.hostName = "laptop";
+               services.tailcache.client = {
+                 enable = true;
+                 server = "http://build-server:8000";
+                 cacheUrl = "http://build-server:5000";
+                 publicKeys = [ "build-server-1:AAAA" ];
+                 agent = { enable = true; reseed = true; };
+                 prefetch.enable = true;
+               };"#
+        )
+    ));
+    assert_eq!(s["warnings"], serde_json::json!([]), "{s}");
+    assert_eq!(s["failedAssertions"], serde_json::json!([]), "{s}");
+    let nix_conf = s["nixConf"].as_str().unwrap();
+    eprintln!("/etc/nix/nix.conf:\n{nix_conf}");
+    assert_eq!(
+        nix_conf,
+        "allowed-users = *\n\
+         narinfo-cache-negative-ttl = 60\n\
+         require-sigs = true\n\
+         substituters = http://127.0.0.1:5001 http://build-server:5000 https://cache.nixos.org/\n\
+         trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY= build-server-1:AAAA\n\
+         trusted-substituters = \n\
+         trusted-users = root\n\n\n"
+    );
+    assert_eq!(
+        strings(&s["nixSettings"]["substituters"]),
+        [
+            "http://127.0.0.1:5001",
+            "http://build-server:5000",
+            "https://cache.nixos.org/"
+        ]
+    );
+
+    let units = &s["units"];
+    let agent = units["tailcache-agent.service"].as_str().unwrap();
+    let prefetch = units["tailcache-prefetch.service"].as_str().unwrap();
+    eprintln!("tailcache-agent.service:\n{agent}\ntailcache-prefetch.service:\n{prefetch}");
+    for line in [
+        "User=tailcache-agent",
+        "StateDirectory=tailcache-agent",
+        "CacheDirectory=tailcache-agent",
+        "ProtectSystem=strict",
+        "ProtectHome=true",
+        "NoNewPrivileges=true",
+        "CapabilityBoundingSet=",
+        "PrivateTmp=true",
+        "SystemCallFilter=@system-service",
+        "SystemCallFilter=~@privileged",
+        "After=network-online.target tailscaled.service",
+    ] {
+        assert!(agent.lines().any(|l| l == line), "{line} not in\n{agent}");
+    }
+    assert_eq!(
+        unhash(prefetch),
+        "[Unit]\n\
+         After=network-online.target tailscaled.service nix-daemon.socket tailcache-agent.service\n\
+         Description=tailcache prefetch: substitute each new generation of laptop the build server makes ready\n\
+         Wants=network-online.target tailcache-agent.service\n\
+         \n\
+         [Service]\n\
+         Environment=\"PATH=/nix/store/…-nix-2.28.4/bin\"\n\
+         Environment=\"RUST_LOG=info\"\n\
+         X-RestartIfChanged=false\n\
+         CPUSchedulingPolicy=idle\n\
+         ExecStart=/nix/store/…-tailcache-0.1.0/bin/tailcache prefetch --config /nix/store/…-tailcache-client.toml --host laptop --interval 60\n\
+         IOSchedulingClass=idle\n\
+         Nice=19\n\
+         PrivateTmp=true\n\
+         ProtectHome=true\n\
+         Restart=always\n\
+         RestartSec=30\n\
+         StateDirectory=tailcache-switch\n\
+         StateDirectoryMode=0700\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    );
+    assert_eq!(
+        s["users"]["tailcache-agent"],
+        serde_json::json!({"group": "tailcache-agent", "home": "/var/lib/tailcache-agent", "isSystemUser": true})
+    );
+    assert_eq!(strings(&s["packages"]), ["tailcache-0.1.0"]);
+
+    // /etc/tailcache/config.toml and the agent's TOML, read by the binaries.
+    let d = scratch();
+    let etc = s["etc"]["tailcache/config.toml"].as_str().unwrap();
+    assert_eq!(
+        etc,
+        arg_after(unit_value(prefetch, "ExecStart"), "--config")
+    );
+    let path = d.path().join("config.toml");
+    std::fs::write(&path, m.toml(etc)).unwrap();
+    let c = tailcache::cli::config::ClientConfig::load(&path).unwrap();
+    assert_eq!(c.server.as_deref(), Some("http://build-server:8000"));
+    assert_eq!(c.trusted_keys, ["build-server-1:AAAA"]);
+    let path = d.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        m.toml(arg_after(unit_value(agent, "ExecStart"), "--config")),
+    )
+    .unwrap();
+    let a = tailcache::config::Config::from_file(&path).unwrap().agent;
+    assert_eq!(
+        a.cache_dir.as_deref(),
+        Some(Path::new("/var/cache/tailcache-agent"))
+    );
+    assert!(a.reseed);
+    assert_eq!(a.trusted_keys, ["build-server-1:AAAA"]);
+}
+
+/// The follower runs only when asked: prefetch, or autoSwitch (which fetches what it applies);
+/// autoSwitch is passed on, and an activation may touch homes.
+#[test]
+fn nixos_prefetch_and_auto_switch_are_activated_as_configured() {
+    let m = Modules::new();
+    let follower = |body: &str| -> Option<String> {
+        let s = m.json(&format!(
+            "t.nixosSummary ({})",
+            nixos_of(
+                "nixos/client.nix",
+                &format!(
+                    r#"networking.hostName = "desk"; services.tailcache.client = {{ enable = true; publicKeys = [ "k-1:AAAA" ]; {body} }};"#
+                )
+            )
+        ));
+        assert!(s["units"].get("tailcache-agent.service").is_none(), "{s}");
+        s["units"]["tailcache-prefetch.service"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(follower(""), None);
+    let p = follower("prefetch.enable = true; prefetch.interval = 600;").unwrap();
+    assert!(
+        unit_value(&p, "ExecStart").ends_with("--host desk --interval 600"),
+        "{p}"
+    );
+    let p = follower(r#"autoSwitch = "boot";"#).unwrap();
+    assert!(
+        unit_value(&p, "ExecStart").ends_with("--host desk --interval 60 --auto-switch boot"),
+        "{p}"
+    );
+    assert!(!p.contains("ProtectHome"), "{p}");
+    let p = follower(r#"autoSwitch = "switch"; host = "desktop";"#).unwrap();
+    assert!(
+        unit_value(&p, "ExecStart").ends_with("--host desktop --interval 60 --auto-switch switch"),
+        "{p}"
+    );
+    // A client without the cache's key would be refused everything: an assertion says so.
+    let s = m.json(&format!(
+        "t.nixosSummary ({})",
+        nixos_of(
+            "nixos/client.nix",
+            "services.tailcache.client.enable = true;"
+        )
+    ));
+    let failed = strings(&s["failedAssertions"]);
+    assert!(failed[0].contains("publicKeys"), "{failed:?}");
+}
+
+/// `trusted = true` adds the server's user to trusted-users; root stays trusted, on NixOS
+/// before 24.11 (where root was the option's default, replaced by any definition) and since.
+#[test]
+fn server_module_keeps_root_among_trusted_users() {
+    let m = Modules::new();
+    for release in ["24.05", "26.05"] {
+        let users = m.json(&format!(
+            "(t.nixos {{ release = \"{release}\"; modules = [ {} {{ services.tailcache.server = {{ enable = true; trusted = true; }}; }} ]; }}).nix.settings.trusted-users",
+            path_expr(&repo().join("nixos"))
+        ));
+        assert_eq!(strings(&users), ["root", "tailcache"], "NixOS {release}");
+        let users = m.json(&format!(
+            "(t.nixos {{ release = \"{release}\"; modules = [ {} {{ services.tailcache.server.enable = true; }} ]; }}).nix.settings.trusted-users",
+            path_expr(&repo().join("nixos"))
+        ));
+        assert_eq!(strings(&users), ["root"], "NixOS {release}");
+    }
+}
+
+/// A server module configuration with every setting its TOML depends on.
+const SERVER_CFG: &str = r#"services.tailcache.server = {
+  enable = true;
+  signingKeyFile = "/var/lib/secrets/key";
+  openFirewall = true;
+  cache = { listen = "100.64.0.1:5000"; priority = 30; compression = "zstd"; maxBytes = 1073741824; };
+  api = { listen = "100.64.0.1:8000"; tokenFile = "/var/lib/secrets/token"; };
+  build = {
+    repository = "https://example.invalid/config.git";
+    hosts = "auto";
+    keepGenerations = 4;
+    supersede = true;
+    builders = "ssh://arm aarch64-linux";
+    nixArgs = [ "--option" "cores" "2" ];
+    schedule = "daily";
+  };
+  notify = { url = "http://ntfy.tailnet:8080/builds"; format = "json"; tokenFile = "/var/lib/secrets/ntfy"; };
+  p2p = { enable = true; listen = [ "/ip4/100.64.0.1/udp/5002/quic-v1" "/ip4/100.64.0.1/tcp/5002" ]; };
+};"#;
+
+/// The server module under the real lib: its unit (hardening, credentials), timer, firewall,
+/// and the TOML it writes, read by the server's strict parser.
+#[test]
+fn server_module_renders_units_and_the_config_the_server_reads() {
+    let m = Modules::new();
+    let s = m.json(&format!(
+        "t.nixosSummary ({})",
+        nixos_of("nixos", SERVER_CFG)
+    ));
+    assert_eq!(s["failedAssertions"], serde_json::json!([]), "{s}");
+    let unit = s["units"]["tailcache-server.service"].as_str().unwrap();
+    let exec = unit_value(unit, "ExecStart");
+    assert_eq!(
+        unhash(exec),
+        "/nix/store/…-tailcache-0.1.0/bin/tailcache serve --config /nix/store/…-tailcache-server.toml \
+         --secret-key-file %d/signing-key --token-file %d/api-token --notify-token-file %d/notify-token"
+    );
+    for line in [
+        "LoadCredential=signing-key:/var/lib/secrets/key",
+        "LoadCredential=api-token:/var/lib/secrets/token",
+        "User=tailcache",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=true",
+        "Requires=tailcache-store-db.service",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} not in\n{unit}");
+    }
+    let timer = s["units"]["tailcache-server-trigger.timer"]
+        .as_str()
+        .unwrap();
+    assert!(timer.contains("OnCalendar=daily\n"), "{timer}");
+    assert_eq!(
+        s["firewall"]["interfaces"]["tailscale0"],
+        serde_json::json!({"allowedTCPPorts": [5000, 8000, 5002], "allowedUDPPorts": [5002]})
+    );
+    assert_eq!(s["firewall"]["allowedTCPPorts"], serde_json::json!([]));
+
+    let d = scratch();
+    let path = d.path().join("server.toml");
+    let text = m.toml(arg_after(exec, "--config"));
+    assert!(!text.contains("/var/lib/secrets"), "{text}");
+    std::fs::write(&path, &text).unwrap();
+    let c = tailcache::config::Config::from_file(&path).unwrap();
+    assert_eq!(c.cache.bind.to_string(), "100.64.0.1:5000");
+    assert_eq!(c.api.bind.to_string(), "100.64.0.1:8000");
+    assert_eq!(c.cache.compression, tailcache::config::Compression::Zstd);
+    assert_eq!(c.cache.nar_cache_max_bytes, 1 << 30);
+    assert_eq!(c.build.nix_args, ["--option", "cores", "2"]);
+    assert_eq!(c.build.hosts, Some(tailcache::config::HostsConfig::Auto));
+    assert_eq!(c.build.attribute, "default");
+    assert_eq!(c.build.keep_generations, 4);
+    assert!(c.build.supersede);
+    assert_eq!(c.build.builders.as_deref(), Some("ssh://arm aarch64-linux"));
+    assert_eq!(c.notify.format, tailcache::config::NotifyFormat::Json);
+    assert!(c.p2p.enable);
+    assert_eq!(c.api.token_file, None);
+    // The parser is strict, so a misnamed key would have been caught above.
+    let typo = text.replace("bind = \"100.64.0.1:5000\"", "listen = \"100.64.0.1:5000\"");
+    assert_ne!(typo, text);
+    std::fs::write(&path, typo).unwrap();
+    let err = tailcache::config::Config::from_file(&path).unwrap_err();
+    assert!(format!("{err:#}").contains("listen"), "{err:#}");
+}
+
+/// The Atuin sync server on the tailnet address, registration gated to the first account.
+#[test]
+fn server_runs_atuin_with_registration_closed_after_the_first_account() {
+    let m = Modules::new();
+    let summary = |atuin: &str| -> Value {
+        m.json(&format!(
+            "t.nixosSummary ({})",
+            nixos_of(
+                "nixos",
+                &format!(
+                    r#"services.tailcache.server = {{ enable = true; openFirewall = true;
+                         api.listen = "100.64.0.1:8000"; atuin = {{ enable = true; {atuin} }}; }};"#
+                )
+            )
+        ))
+    };
+    let s = summary("");
+    assert_eq!(s["failedAssertions"], serde_json::json!([]), "{s}");
+    assert_eq!(s["postgresql"], true);
+    let atuin = s["units"]["atuin.service"].as_str().unwrap();
+    eprintln!("atuin.service:\n{atuin}");
+    for line in [
+        "Environment=\"ATUIN_HOST=100.64.0.1\"",
+        "Environment=\"ATUIN_PORT=8888\"",
+        "Environment=\"ATUIN_OPEN_REGISTRATION=false\"",
+        "EnvironmentFile=-/run/tailcache-atuin/registration",
+    ] {
+        assert!(atuin.lines().any(|l| l == line), "{line} not in\n{atuin}");
+    }
+    let pre = unit_value(atuin, "ExecStartPre");
+    assert!(pre.starts_with('+'), "{pre}");
+    assert!(
+        pre.ends_with(" gate /run/tailcache-atuin/registration"),
+        "{pre}"
+    );
+    let timer = s["units"]["tailcache-atuin-registration.timer"]
+        .as_str()
+        .unwrap();
+    assert!(timer.contains("OnUnitActiveSec=1min\n"), "{timer}");
+    assert_eq!(
+        s["firewall"]["interfaces"]["tailscale0"]["allowedTCPPorts"],
+        serde_json::json!([5000, 8000, 8888])
+    );
+
+    // Open or closed for good: no gate.
+    let s = summary(r#"registration = "open"; port = 9000;"#);
+    let atuin = s["units"]["atuin.service"].as_str().unwrap();
+    assert!(
+        atuin.contains("ATUIN_OPEN_REGISTRATION=true") && atuin.contains("ATUIN_PORT=9000"),
+        "{atuin}"
+    );
+    assert!(!atuin.contains("ExecStartPre"), "{atuin}");
+    assert!(
+        s["units"]
+            .get("tailcache-atuin-registration.timer")
+            .is_none()
+    );
+}
+
+/// The gate itself, run with stand-ins for psql (an account count), runuser and systemctl.
+#[test]
+fn the_atuin_gate_opens_registration_until_an_account_exists() {
+    let m = Modules::new();
+    let s = m.json(&format!(
+        "t.nixosSummary ({})",
+        nixos_of(
+            "nixos",
+            "services.tailcache.server = { enable = true; atuin.enable = true; };"
+        )
+    ));
+    let pre = unit_value(
+        s["units"]["atuin.service"].as_str().unwrap(),
+        "ExecStartPre",
+    );
+    let script_path = pre.trim_start_matches('+').split(' ').next().unwrap();
+    let d = scratch();
+    let script = d.path().join("gate");
+    std::fs::write(&script, m.read(script_path)).unwrap();
+    let bin = d.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let count = d.path().join("count");
+    let log = d.path().join("log");
+    let stub = |name: &str, body: String| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // runuser -u postgres -- psql …: drop the user switch.
+    stub("runuser", "shift 3; exec \"$@\"".to_owned());
+    stub(
+        "psql",
+        format!(
+            "[ -f '{c}' ] || {{ echo 'relation \"users\" does not exist' >&2; exit 1; }}; cat '{c}'",
+            c = count.display()
+        ),
+    );
+    stub(
+        "systemctl",
+        format!("echo \"systemctl $*\" >> '{}'", log.display()),
+    );
+    let file = d.path().join("run/registration");
+    let run = |mode: &str| {
+        let o = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(mode)
+            .arg(&file)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert_success(&format!("gate {mode}"), &o);
+    };
+    let env = || std::fs::read_to_string(&file).unwrap();
+    let restarts = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Before Atuin made its tables: open.
+    run("gate");
+    assert_eq!(env(), "ATUIN_OPEN_REGISTRATION=true\n");
+    // No account yet: open, and nothing to close.
+    std::fs::write(&count, "0\n").unwrap();
+    run("gate");
+    assert_eq!(env(), "ATUIN_OPEN_REGISTRATION=true\n");
+    run("close");
+    assert_eq!(restarts(), "");
+    // The first account: the timer restarts the server, whose gate closes registration.
+    std::fs::write(&count, "1\n").unwrap();
+    run("close");
+    assert_eq!(restarts(), "systemctl restart atuin.service\n");
+    run("gate");
+    assert_eq!(env(), "ATUIN_OPEN_REGISTRATION=false\n");
+    // Closed: the timer leaves it alone.
+    run("close");
+    assert_eq!(restarts(), "systemctl restart atuin.service\n");
+}
+
+// --- the flake, its templates, bootstrap's output, the README --------------------------------
+
+#[test]
+fn the_flake_exports_home_modules_under_both_names() {
+    let m = Modules::new();
+    let v = m.json(
+        "{ home = builtins.attrNames t.flake.homeModules; \
+           old = t.flake.homeManagerModules == t.flake.homeModules; \
+           nixos = builtins.attrNames t.flake.nixosModules; \
+           templates = builtins.attrNames t.flake.templates; }",
+    );
+    assert_eq!(strings(&v["home"]), ["default", "services", "tailcache"]);
+    assert_eq!(v["old"], true);
+    assert_eq!(strings(&v["nixos"]), ["client", "default", "server"]);
+    assert_eq!(strings(&v["templates"]), ["desktop", "laptop", "server"]);
+}
+
+/// The flake templates are bootstrap's files rendered with example values, so there is one
+/// place to edit them (src/cli/bootstrap/*.in). After editing it,
+/// `TAILCACHE_WRITE_TEMPLATES=1 cargo test --test nix_modules flake_templates` rewrites them.
+#[test]
+fn flake_templates_are_rendered_from_the_bootstrap_source() {
+    let write = std::env::var_os("TAILCACHE_WRITE_TEMPLATES").is_some();
+    let mut stale = Vec::new();
+    for t in [Template::Laptop, Template::Desktop, Template::Server] {
+        let dir = repo().join("home/templates").join(t.name());
+        let files = bootstrap::render_template(t);
+        for (name, text) in &files {
+            let path = dir.join(name);
+            if write {
+                std::fs::write(&path, text).unwrap();
+            } else if std::fs::read_to_string(&path).ok().as_ref() != Some(text) {
+                stale.push(path);
+            }
+        }
+        let mut expected: Vec<&str> = files.iter().map(|(name, _)| *name).collect();
+        expected.sort_unstable();
+        let mut present: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        present.sort_unstable();
+        assert_eq!(present, expected, "files in {}", dir.display());
+    }
+    assert!(
+        stale.is_empty(),
+        "{stale:?} differ from what src/cli/bootstrap/*.in renders; edit those, then run \
+         TAILCACHE_WRITE_TEMPLATES=1 cargo test --test nix_modules flake_templates"
+    );
+}
+
+/// What a machine flake in `dir` gives `home-manager switch`: the summary of its one home
+/// configuration, with its name and system.
+fn machine_summary(m: &Modules, dir: &Path) -> Value {
+    m.json(&format!(
+        "let mc = t.machine {}; in {{ inherit (mc) name system; summary = t.homeSummary mc.config; \
+           template = mc.config.services.bootstrap-services.template; \
+           folders = mc.config.services.bootstrap-services.folders; \
+           agent = {{ inherit (mc.config.programs.tailcache.agent) enable reseed; }}; \
+           prefetch = mc.config.programs.tailcache.prefetch.enable; \
+           systemUpdateNixos = mc.config.programs.tailcache.systemUpdate.nixos; \
+           hasNixos = mc.nixosModule != null; }}",
+        path_expr(dir)
+    ))
+}
+
+#[test]
+fn flake_templates_evaluate_with_the_real_module_system() {
+    let m = Modules::new();
+    let d = scratch();
+    for t in ["laptop", "desktop", "server"] {
+        // The template, with its example secrets in place of the git-ignored file.
+        let dir = d.path().join(t);
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = repo().join("home/templates").join(t);
+        for f in ["flake.nix", "home.nix", "secrets.example.nix", ".gitignore"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let ignore = std::fs::read_to_string(dir.join(".gitignore")).unwrap();
+        assert!(ignore.lines().any(|l| l == "secrets.nix"), "{ignore}");
+        std::fs::copy(dir.join("secrets.example.nix"), dir.join("secrets.nix")).unwrap();
+        let v = machine_summary(&m, &dir);
+        assert_eq!(v["name"], "me", "{t}");
+        assert_eq!(v["system"], "x86_64-linux");
+        assert_eq!(v["template"], t);
+        assert_eq!(
+            v["summary"]["failedAssertions"],
+            serde_json::json!([]),
+            "{t}"
+        );
+        assert_eq!(v["summary"]["warnings"], serde_json::json!([]), "{t}");
+        assert_eq!(v["prefetch"], true);
+        assert_eq!(v["hasNixos"], false);
+        let folders = v["folders"].as_object().unwrap();
+        assert!(folders.contains_key("documents"), "{t}: {folders:?}");
+        assert_eq!(
+            v["summary"]["nixSettings"]["trusted-public-keys"][0],
+            "build-server-tailcache-1:REPLACE-WITH-GET-/pubkey"
+        );
+    }
+}
+
+/// What bootstrap writes for alice's machine, written into `dir`.
+fn generated(dir: &Path, template: Template, nixos: bool) {
     let key = tailcache_store::signing::SecretKey::generate("build-server-tailcache-1")
         .unwrap()
         .public();
@@ -354,202 +1061,323 @@ fn generated_home(dir: &Path, template: Template) -> PathBuf {
         user: "alice".into(),
         home: "/home/alice".into(),
         system: "x86_64-linux".into(),
+        nixos,
+        dir: dir.display().to_string(),
     };
     std::fs::create_dir_all(dir).unwrap();
     for (name, contents) in bootstrap::render(&machine) {
         std::fs::write(dir.join(name), contents).unwrap();
     }
-    dir.join("home.nix")
 }
 
+/// Bootstrap's output for each template, home-only and NixOS, under the real module system:
+/// home-manager's configuration, and on NixOS the system side it exports, as a NixOS
+/// configuration that imports it.
 #[test]
-fn bootstrap_output_uses_only_declared_options() {
-    let nix = NixEnv::new();
+fn bootstrap_output_evaluates_with_the_real_module_system() {
+    let m = Modules::new();
     let d = scratch();
-    let args = format!("{{ tailcache = {}; }}", flake_stub());
     for template in [Template::Laptop, Template::Desktop, Template::Server] {
-        let home = generated_home(&d.path().join(template.name()), template);
-        let (declared, mut used, unknown) = check_names(&nix, &lit(&home), &args);
-        assert_eq!(unknown, Vec::<String>::new(), "{}", home.display());
-        used.sort();
-        let mut listed: Vec<String> = OPTIONS_USED.iter().map(|s| s.to_string()).collect();
-        listed.sort();
-        assert_eq!(used, listed, "bootstrap's OPTIONS_USED is out of date");
-        for name in OPTIONS_USED {
-            assert!(declared.iter().any(|d| d == name), "{name} is not declared");
+        for nixos in [false, true] {
+            let what = format!("{} nixos={nixos}", template.name());
+            let dir = d.path().join(format!("{}-{nixos}", template.name()));
+            generated(&dir, template, nixos);
+            let v = machine_summary(&m, &dir);
+            assert_eq!(v["name"], "alice", "{what}");
+            assert_eq!(
+                v["summary"]["failedAssertions"],
+                serde_json::json!([]),
+                "{what}"
+            );
+            assert_eq!(v["summary"]["warnings"], serde_json::json!([]), "{what}");
+            assert_eq!(v["hasNixos"], nixos, "{what}");
+            assert_eq!(v["systemUpdateNixos"], nixos, "{what}");
+            assert_eq!(v["prefetch"], true, "{what}");
+            let wants_agent = template != Template::Server;
+            // On NixOS the agent is the system's.
+            assert_eq!(v["agent"]["enable"], wants_agent && !nixos, "{what}");
+            assert_eq!(
+                v["agent"]["reseed"],
+                template == Template::Desktop && !nixos,
+                "{what}"
+            );
+            if !nixos {
+                continue;
+            }
+            let s = m.json(&format!(
+                "t.nixosSummary (t.nixos {{ modules = [ (t.machine {}).nixosModule {{ networking.hostName = \"alice-laptop\"; }} ]; }})",
+                path_expr(&dir)
+            ));
+            assert_eq!(s["failedAssertions"], serde_json::json!([]), "{what}");
+            let subs = strings(&s["nixSettings"]["substituters"]);
+            let expected: Vec<&str> = if wants_agent {
+                vec![
+                    "http://127.0.0.1:5001",
+                    "http://build-server:5000",
+                    "https://cache.nixos.org/",
+                ]
+            } else {
+                vec!["http://build-server:5000", "https://cache.nixos.org/"]
+            };
+            assert_eq!(subs, expected, "{what}");
+            let units = s["units"].as_object().unwrap();
+            assert_eq!(
+                units.contains_key("tailcache-agent.service"),
+                wants_agent,
+                "{what}"
+            );
+            let prefetch = units["tailcache-prefetch.service"].as_str().unwrap();
+            assert!(
+                unit_value(prefetch, "ExecStart").contains("--host alice-laptop"),
+                "{what}: {prefetch}"
+            );
+            let keys = strings(&s["nixSettings"]["trusted-public-keys"]);
+            assert!(
+                keys.iter()
+                    .any(|k| k.starts_with("build-server-tailcache-1:")),
+                "{what}: {keys:?}"
+            );
         }
     }
 
-    // A misspelt option and a wrong type are reported.
-    let home = generated_home(&d.path().join("typo"), Template::Desktop);
+    // A misspelt option and a wrong type are reported by the module system.
+    let dir = d.path().join("typo");
+    generated(&dir, Template::Desktop, false);
+    let home = dir.join("home.nix");
     let t = std::fs::read_to_string(&home).unwrap();
     assert!(t.contains("agent.reseed = true;"), "{t}");
     std::fs::write(
         &home,
-        t.replace("agent.reseed = true;", "agent.reseeed = true;")
-            .replace("agent.enable = true;", "agent.enable = \"yes\";"),
+        t.replace("agent.reseed = true;", "agent.reseeed = true;"),
     )
     .unwrap();
-    let (_, _, unknown) = check_names(&nix, &lit(&home), &args);
-    assert_eq!(
-        unknown,
-        [
-            "programs.tailcache.agent.enable is not a bool",
-            "programs.tailcache.agent.reseeed is not declared"
-        ]
-    );
-}
-
-#[test]
-fn the_generated_flake_matches_this_flake() {
-    let nix = NixEnv::new();
-    let d = scratch();
-    let home = generated_home(&d.path().join("m"), Template::Laptop);
-    let dir = home.parent().unwrap();
-    // home.nix imports the module this flake exports as homeManagerModules.default.
-    let outputs = format!(
-        "((import {}).outputs {{ self = outputs; nixpkgs = throw \"no nixpkgs\"; home-manager = throw \"no home-manager\"; }})",
-        lit(&repo().join("flake.nix"))
-    );
-    let imported = eval_json(
-        &nix,
-        &format!(
-            "let outputs = {outputs}; in map toString (import {} {{ tailcache = outputs; }}).imports",
-            lit(&home)
-        ),
-    );
-    assert_eq!(strings(&imported), [repo().join("home").to_str().unwrap()]);
-    // The generated flake's tailcache input follows inputs this flake has.
-    let generated = eval_json(
-        &nix,
-        &format!("(import {}).inputs.tailcache", lit(&dir.join("flake.nix"))),
-    );
-    let ours = eval_json(
-        &nix,
-        &format!(
-            "builtins.attrNames (import {}).inputs",
-            lit(&repo().join("flake.nix"))
-        ),
-    );
-    for follows in generated["inputs"].as_object().unwrap().keys() {
-        assert!(
-            strings(&ours).contains(follows),
-            "the generated flake makes {follows} follow, which this flake lacks"
-        );
-    }
-    let names = eval_json(
-        &nix,
-        &format!(
-            "let outputs = {outputs}; in {{ hm = builtins.attrNames outputs.homeManagerModules; templates = builtins.mapAttrs (_: t: builtins.pathExists (t.path + \"/flake.nix\")) outputs.templates; nixos = builtins.isPath outputs.nixosModules.default; }}"
-        ),
-    );
-    assert_eq!(strings(&names["hm"]), ["default", "services", "tailcache"]);
-    assert_eq!(
-        names["templates"],
-        serde_json::json!({"desktop": true, "laptop": true, "server": true})
-    );
-    assert_eq!(names["nixos"], true);
-}
-
-#[test]
-fn templates_use_only_declared_options() {
-    let nix = NixEnv::new();
-    let d = scratch();
-    let lib = lit(&repo().join("nix/lib.nix"));
-    for t in ["laptop", "desktop", "server"] {
-        // The flake template, with its example secrets in place of the git-ignored file.
-        let dir = d.path().join(t);
-        std::fs::create_dir_all(&dir).unwrap();
-        let src = repo().join("home/templates").join(t);
-        for f in ["flake.nix", "home.nix", "secrets.example.nix", ".gitignore"] {
-            std::fs::copy(src.join(f), dir.join(f)).unwrap();
-        }
-        let ignore = std::fs::read_to_string(dir.join(".gitignore")).unwrap();
-        assert!(ignore.lines().any(|l| l == "secrets.nix"), "{ignore}");
-        std::fs::copy(dir.join("secrets.example.nix"), dir.join("secrets.nix")).unwrap();
-        let args = format!("{{ tailcache = {}; user = \"alice\"; }}", flake_stub());
-        let (_, used, unknown) = check_names(&nix, &lit(&dir.join("home.nix")), &args);
-        assert_eq!(unknown, Vec::<String>::new(), "template {t}");
-        assert!(
-            used.iter()
-                .any(|u| u == "services.bootstrap-services.template"),
-            "{used:?}"
-        );
-        let chosen = eval_json(
-            &nix,
-            &format!(
-                "(import {} {{ tailcache = {}; user = \"alice\"; }}).services.bootstrap-services.template",
-                lit(&dir.join("home.nix")),
-                flake_stub()
-            ),
-        );
-        assert_eq!(chosen, t);
-
-        // What the template sets through the module: folder and Tailscale fields it declares.
-        let (_, used, unknown) = check_names(
-            &nix,
-            &format!(
-                "{{ services.bootstrap-services = {{ inherit ((import {lib}).templates.{t}) folders tailscale; }}; }}"
-            ),
-            "{ }",
-        );
-        assert_eq!(unknown, Vec::<String>::new(), "template {t}");
-        assert!(
-            used.contains(&"services.bootstrap-services.folders.documents.devices".to_owned()),
-            "{used:?}"
-        );
-    }
-}
-
-/// The ```nix blocks of the README's module section.
-fn readme_examples() -> Vec<String> {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let start = readme
-        .find("## NixOS and home-manager modules")
-        .expect("README has a \"NixOS and home-manager modules\" section");
-    let section = &readme[start..];
-    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
-    let section = &section[..end];
-    let mut blocks = Vec::new();
-    let mut rest = section;
-    while let Some(i) = rest.find("```nix\n") {
-        let body = &rest[i + 7..];
-        let j = body.find("```").unwrap();
-        blocks.push(body[..j].to_owned());
-        rest = &body[j..][3..];
-    }
-    blocks
-}
-
-#[test]
-fn readme_examples_use_only_declared_options() {
-    let nix = NixEnv::new();
-    let d = scratch();
-    let blocks = readme_examples();
+    let e = m.error(&format!("(t.machine {}).config.programs", path_expr(&dir)));
     assert!(
-        blocks.len() >= 2,
-        "the README shows a server and a client configuration"
+        e.contains("programs.tailcache.agent.reseeed") && e.contains("does not exist"),
+        "{e}"
     );
-    let mut all_used = Vec::new();
-    for (i, block) in blocks.iter().enumerate() {
+    std::fs::write(
+        &home,
+        t.replace("agent.enable = true;", "agent.enable = \"yes\";"),
+    )
+    .unwrap();
+    let e = m.error(&format!(
+        "(t.machine {}).config.programs.tailcache.agent.enable",
+        path_expr(&dir)
+    ));
+    assert!(
+        e.contains("programs.tailcache.agent.enable") && e.contains("not of type"),
+        "{e}"
+    );
+}
+
+/// The README's Nix examples, each marked `<!-- evaluated: nixos -->` or
+/// `<!-- evaluated: home -->` right before its block.
+fn readme_examples() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let mut out = Vec::new();
+    let mut rest = readme.as_str();
+    while let Some(i) = rest.find("<!-- evaluated: ") {
+        let after = &rest[i + 16..];
+        let end = after.find(" -->").unwrap();
+        let kind = after[..end].to_owned();
+        let body = &after[end..];
+        let start = body.find("```nix\n").unwrap() + 7;
+        let stop = body[start..].find("```").unwrap();
+        out.push((kind, body[start..start + stop].to_owned()));
+        rest = &body[start + stop..];
+    }
+    out
+}
+
+/// The README's examples, exactly as printed, with the tailcache flake as their `tailcache`
+/// argument: each evaluates, and what it yields is what the README says around it.
+#[test]
+fn readme_examples_evaluate_as_printed() {
+    let m = Modules::new();
+    let d = scratch();
+    let examples = readme_examples();
+    let kinds: Vec<&str> = examples.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["nixos", "nixos", "home"],
+        "the README shows the server, a NixOS client and a home-manager client"
+    );
+    let mut summaries = Vec::new();
+    for (i, (kind, block)) in examples.iter().enumerate() {
         let path = d.path().join(format!("example{i}.nix"));
         std::fs::write(&path, block).unwrap();
-        assert_success(&format!("parsing {block}"), &parse(&nix, &path));
-        let args = format!("{{ tailcache = {}; }}", flake_stub());
-        let (_, used, unknown) = check_names(&nix, &lit(&path), &args);
-        assert_eq!(unknown, Vec::<String>::new(), "README example:\n{block}");
-        all_used.extend(used);
-    }
-    for name in [
-        "services.tailcache.server.enable",
-        "services.tailcache.server.signingKeyFile",
-        "services.tailcache.server.build.repository",
-        "programs.tailcache.agent.enable",
-        "services.bootstrap-services.folders.documents.path",
-    ] {
-        assert!(
-            all_used.iter().any(|u| u == name),
-            "the README's examples do not show {name}: {all_used:?}"
+        let expr = match kind.as_str() {
+            "nixos" => format!(
+                "t.nixosSummary (t.nixos {{ modules = [ {} ]; specialArgs.tailcache = t.flake; }})",
+                path_expr(&path)
+            ),
+            "home" => format!(
+                "t.homeSummary (t.home {{ modules = [ {} ]; extraSpecialArgs.tailcache = t.flake; }})",
+                path_expr(&path)
+            ),
+            other => panic!("unknown kind {other}"),
+        };
+        let s = m.json(&expr);
+        assert_eq!(
+            s["failedAssertions"],
+            serde_json::json!([]),
+            "README example:\n{block}"
         );
+        assert_eq!(
+            s["warnings"],
+            serde_json::json!([]),
+            "README example:\n{block}"
+        );
+        summaries.push(s);
     }
+    // The server.
+    let server = &summaries[0];
+    assert!(
+        server["units"]
+            .get("tailcache-server.service")
+            .is_some_and(|u| u.as_str().unwrap().contains("LoadCredential=signing-key:")),
+        "{server}"
+    );
+    assert!(server["units"].get("atuin.service").is_some(), "{server}");
+    // The NixOS client: the substituters and keys the README states.
+    let client = &summaries[1];
+    assert_eq!(
+        strings(&client["nixSettings"]["substituters"]),
+        [
+            "http://127.0.0.1:5001",
+            "http://build-server:5000",
+            "https://cache.nixos.org/"
+        ]
+    );
+    assert!(
+        client["units"]
+            .get("tailcache-prefetch.service")
+            .is_some_and(|u| u.as_str().unwrap().contains("--auto-switch boot")),
+        "{client}"
+    );
+    // home-manager only.
+    let home = &summaries[2];
+    assert_eq!(
+        strings(&home["nixSettings"]["substituters"]),
+        [
+            "http://127.0.0.1:5001",
+            "http://build-server:5000",
+            "https://cache.nixos.org"
+        ]
+    );
+    assert_eq!(home["atuin"]["sync_address"], "http://build-server:8888");
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let conf = m.read(home["nixConf"].as_str().unwrap());
+    for line in conf.lines().filter(|l| l.starts_with("substituters")) {
+        assert!(readme.contains(line), "the README does not show {line:?}");
+    }
+}
+
+/// `system-update` with `sudo`, `tailcache` and `nix-collect-garbage` replaced by stubs that
+/// record their arguments: the system switch (as root, with everything spelled out), then the
+/// home switch, then garbage collection; the script's arguments reach both switches, and
+/// `--dry-run` collects no garbage. The arguments root's switch gets are accepted by the
+/// real `tailcache switch`.
+#[test]
+fn system_update_switches_to_what_the_server_built() {
+    let nix = NixEnv::new();
+    let d = scratch();
+    let bin = d.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = d.path().join("log");
+    let stub = |name: &str, body: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let log_args = format!(
+        "printf '%s|' \"$@\" >> '{}'; echo >> '{}'",
+        log.display(),
+        log.display()
+    );
+    stub(
+        "sudo",
+        &format!("printf 'sudo ' >> '{}'; exec \"$@\"", log.display()),
+    );
+    stub(
+        "tailcache",
+        &format!("printf 'tailcache|' >> '{}'; {log_args}", log.display()),
+    );
+    stub(
+        "nix-collect-garbage",
+        &format!("printf 'gc|' >> '{}'; {log_args}", log.display()),
+    );
+    let lib = lit(repo().join("nix/lib.nix").to_str().unwrap());
+    let client = r#"{ server = "http://build-server:8000"; cacheUrl = "http://build-server:5000";
+      publicKeys = [ "build-server-1:AAAA" ]; agent = { enable = true; bind = "127.0.0.1:5001"; }; }"#;
+    let eval = |expr: &str| -> Value {
+        let o = nix.output(
+            "nix-instantiate",
+            &["--eval", "--strict", "--json", "--expr", expr],
+        );
+        assert_success(expr, &o);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let script = eval(&format!(
+        "let l = import {lib}; in l.systemUpdateScript {{ tailcache = {}; systemArgs = \
+         l.systemSwitchArgs {client}; nixos = true; homeManager = true; \
+         gcOlderThan = \"30d\"; }}",
+        lit(bin.join("tailcache").to_str().unwrap())
+    ));
+    let script = script.as_str().unwrap();
+    for word in [
+        "flake update",
+        "nixos-rebuild",
+        "home-manager switch",
+        "nix build",
+    ] {
+        assert!(!script.contains(word), "{word:?} in {script}");
+    }
+    let path = d.path().join("system-update");
+    std::fs::write(&path, script).unwrap();
+    let run = |args: &[&str]| {
+        let _ = std::fs::remove_file(&log);
+        let o = std::process::Command::new("bash")
+            .arg(&path)
+            .args(args)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .unwrap();
+        assert_success(&format!("system-update {args:?}"), &o);
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let system = "tailcache|switch|--server|http://build-server:8000|--trusted-key|\
+                  build-server-1:AAAA|--nix-option|extra-substituters|\
+                  http://127.0.0.1:5001 http://build-server:5000|--nix-option|\
+                  extra-trusted-public-keys|build-server-1:AAAA|";
+    assert_eq!(
+        run(&[]),
+        format!(
+            "sudo {system}\ntailcache|switch|--home|\ngc|--delete-older-than|30d|\n\
+             sudo gc|--delete-older-than|30d|\n"
+        )
+    );
+    assert_eq!(
+        run(&["--dry-run"]),
+        format!("sudo {system}--dry-run|\ntailcache|switch|--home|--dry-run|\n")
+    );
+
+    // The real binary parses root's arguments: it gets as far as asking the server.
+    let args = eval(&format!("(import {lib}).systemSwitchArgs {client}"));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_tailcache"))
+        .arg("switch")
+        .args(strings(&args))
+        .args(["--dry-run", "--host", "laptop", "--timeout", "2"])
+        .env("XDG_CONFIG_HOME", d.path().join("xdg"))
+        .env("TAILCACHE_SYSTEM_CONFIG", d.path().join("none.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "tailcache switch {args}: {}",
+        stderr_of(&o)
+    );
 }

@@ -1,4 +1,4 @@
-//! The agent end to end (issue 5, "Tests"): real `tailcache serve` (xz, P2P on) and real
+//! The agent end to end: real `tailcache serve` (xz, P2P on) and real
 //! `tailcache agent`s on loopback. A NAR fetched by agent A from the server is then fetched
 //! by agent B mostly from A (B's byte counters), and stock Nix with `require-sigs` (only the
 //! server's key trusted) substitutes it through B; lying peers — a real agent whose cached

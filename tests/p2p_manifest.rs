@@ -1,4 +1,4 @@
-//! The server's P2P endpoints (issue 5, server side): for every compressed NAR, a manifest
+//! The server's P2P endpoints: for every compressed NAR, a manifest
 //! signed in the P2P domain (`/p2p/manifest/…`) and the BLAKE3 outboard (`/p2p/outboard/…`).
 //! A client that trusts only the server's public key (from `/pubkey`, made by real Nix)
 //! verifies the manifest, the outboard against its root and every byte of the NAR file; a

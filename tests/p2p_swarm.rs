@@ -1,4 +1,4 @@
-//! Swarming of partial files (issue 5, "Agent"): agents that fetch the same NAR at the same
+//! Swarming of partial files: agents that fetch the same NAR at the same
 //! time (or one after another) announce it as partial at once, serve each other the pieces
 //! they have verified, and pull disjoint pieces from the server — so the server sends each
 //! byte about once however many agents fetch. The server sits behind a shaping proxy (a

@@ -1,8 +1,10 @@
-//! The status page `GET /` (issue 3) in a real browser: headless Chromium (Debian
-//! `chromium`) loads it while a build runs, and the DOM it ends with must show the cache's
-//! public key and a log line the build printed only after the page had subscribed to the
-//! live log (the server's LogTail counts each `Follow`, which is how the test knows). A
-//! screenshot of the page is kept under `<target>/test-artifacts/`.
+//! The status page `GET /` in a real browser: headless Chromium (Debian `chromium`) loads it
+//! while a build runs, and the DOM it ends with must show the cache's public key and a log
+//! line the build printed only after the page had subscribed to the live log (the server's
+//! LogTail counts each `Follow`, which is how the test knows). After two builds of the
+//! three-host fleet (real Nix) it must show a card per host — state, generation, closure
+//! size, what changed, the failing derivation — and the build history as an SVG chart; a
+//! screenshot of that page is kept under `<target>/test-artifacts/status-page.png`.
 
 mod common;
 
@@ -12,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestCache;
-use common::api::{Gate, JsonExt, build_section, sh_step};
+use common::api::{Gate, build_section, sh_step};
+use common::fleet::{Fleet, FleetVariant};
 
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -136,7 +139,7 @@ fn the_status_page_shows_the_key_and_live_log_lines_in_chromium() {
     assert!(pubkey.contains(':'), "public key {pubkey:?}");
 
     let t = server.trigger("page-tester", "itest-host");
-    let id = t.u64_of("build_id").expect("build_id");
+    let id = t["build_id"].as_u64().expect("build_id");
     server.wait_step(id, "live");
     server.wait_log_line(&format!("page-before-{nonce}"));
 
@@ -158,7 +161,7 @@ fn the_status_page_shows_the_key_and_live_log_lines_in_chromium() {
     }
     gate.open();
     let s = server.wait_finished(id);
-    assert_eq!(s.str_of("last_status"), Some("success"), "{s:?}");
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s:?}");
     let dom = finish(browser);
 
     for id_attr in ["id=\"pubkey\"", "id=\"status\"", "id=\"log\""] {
@@ -180,14 +183,73 @@ fn the_status_page_shows_the_key_and_live_log_lines_in_chromium() {
         dom.contains("page-tester"),
         "who triggered the build is not shown:\n{dom}"
     );
+}
+
+#[test]
+fn the_status_page_shows_a_card_per_host_and_the_build_history() {
+    let fleet = Fleet::new(FleetVariant::FIRST);
+    let server = fleet.start_built();
+    fleet.commit(FleetVariant::FIRST.laptop(2));
+    server.build_fleet();
+    let d = fleet.scratch("page");
+    let page = format!("{}/", server.api_url());
+    let dom = finish(chromium(
+        &d.join("profile"),
+        &["--virtual-time-budget=10000", "--dump-dom", &page],
+    ));
+
+    let cards: Vec<&str> = dom.split("class=\"host-card ").skip(1).collect();
+    assert_eq!(cards.len(), 3, "three host cards:\n{dom}");
+    let card = |name: &str| -> &str {
+        let needle = format!("data-host=\"{name}\"");
+        let c = cards
+            .iter()
+            .find(|c| c.contains(&needle))
+            .unwrap_or_else(|| panic!("no card for {name}:\n{dom}"));
+        // The card's own markup ends where the next one begins.
+        c.split("</div></div>").next().unwrap_or(c)
+    };
+    let laptop = card("laptop");
+    assert!(laptop.starts_with("ready"), "{laptop}");
+    for want in [
+        "generation 2",
+        "current 2",
+        "fleet-motd 1 → 2",
+        "+2 −2 paths",
+    ] {
+        assert!(
+            laptop.contains(want),
+            "laptop card lacks {want:?}: {laptop}"
+        );
+    }
+    let home = card("alice@laptop");
+    assert!(
+        home.starts_with("ready") && home.contains("generation 1"),
+        "{home}"
+    );
+    let failed = card("server");
+    assert!(failed.starts_with("failed"), "{failed}");
+    assert!(failed.contains("-fleet-broken-0.1.drv"), "{failed}");
+
+    let chart = dom
+        .split("id=\"history-chart\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no history chart:\n{dom}"));
+    let chart = chart.split("</svg>").next().unwrap();
+    assert_eq!(
+        chart.matches("<rect").count(),
+        2,
+        "one bar per build: {chart}"
+    );
+    assert!(chart.contains("class=\"bar failed\""), "{chart}");
 
     let shot = artifacts_dir().join("status-page.png");
     let _ = std::fs::remove_file(&shot);
     let browser = chromium(
-        &d.path().join("profile-shot"),
+        &d.join("profile-shot"),
         &[
             "--virtual-time-budget=5000",
-            "--window-size=1280,1000",
+            "--window-size=1280,1400",
             "--hide-scrollbars",
             &format!("--screenshot={}", shot.display()),
             &page,

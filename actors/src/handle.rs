@@ -1,6 +1,7 @@
 //! The typed facade the HTTP layer uses: [`BuildHandle`] wraps the actors' addresses so
-//! handlers never see actix types, and [`start_actors`] starts the three actors under
-//! supervision on the current actix system.
+//! handlers never see actix types, and [`start_actors`] starts the four actors
+//! (StatusStore, LogTail, GenerationStore, BuildSupervisor) under supervision on the current
+//! actix system.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,14 +10,22 @@ use std::time::Duration;
 use actix::Supervisor;
 use tokio::sync::{broadcast, watch};
 
+use tailcache_store::signing::SecretKey;
+use tailcache_wire::hosts::{HostView, HostsReply};
+
 use crate::error::Result;
+use crate::fleet::generations::{GetHost, GetHosts};
+use crate::fleet::{
+    AlwaysServable, BuildObserver, FleetSettings, GenerationSettings, GenerationStore, Servable,
+    TargetSpec,
+};
 use crate::log_tail::{FlushLog, Follow, GetLines, LogEvent, LogLimits, LogTail};
 use crate::metrics::{MeteredAddr, Metrics};
 use crate::status::{BuildStatus, FlushStatus, GetStatus, PanicForTest, RequestedBy, StatusStore};
 use crate::step::Step;
 use crate::supervisor::{
-    BuildSupervisor, Cancel, CancelOutcome, NewPathsSink, PipelineSettings, Shutdown, Trigger,
-    TriggerOutcome,
+    BranchHead, BuildSupervisor, Cancel, CancelOutcome, Collaborators, NewPathsSink,
+    PipelineSettings, Shutdown, Trigger, TriggerOutcome,
 };
 
 /// Everything the actors are configured with.
@@ -34,6 +43,24 @@ pub struct ActorsConfig {
     pub log: LogLimits,
     /// Finished builds kept in the status history.
     pub history_len: usize,
+    /// The default pipeline's targets, built after `steps` (`None`: explicit steps only).
+    pub fleet: Option<FleetSettings>,
+    /// Targets listed in the configuration (shown before their first build).
+    pub configured_targets: Vec<TargetSpec>,
+    /// Generations kept (and GC-rooted) per target.
+    pub keep_generations: usize,
+    /// Generation records are signed with every key.
+    pub keys: Vec<SecretKey>,
+    /// Whether the cache can serve a path in its configured compression (readiness).
+    pub servable: Arc<dyn Servable>,
+    /// The logical store directory (`/nix/store`).
+    pub store_dir: String,
+    /// A trigger for another commit than the running build's supersedes it.
+    pub supersede: bool,
+    /// Where to ask for the branch head when a trigger names no commit.
+    pub branch_head: Option<BranchHead>,
+    /// Told about every finished build (the notifier).
+    pub observer: Option<Arc<dyn BuildObserver>>,
 }
 
 impl ActorsConfig {
@@ -47,6 +74,15 @@ impl ActorsConfig {
             max_line_bytes: 16 << 10,
             log: LogLimits::default(),
             history_len: 20,
+            fleet: None,
+            configured_targets: Vec::new(),
+            keep_generations: 3,
+            keys: Vec::new(),
+            servable: Arc::new(AlwaysServable),
+            store_dir: tailcache_store::store_path::DEFAULT_STORE_DIR.to_owned(),
+            supersede: false,
+            branch_head: None,
+            observer: None,
         }
     }
 }
@@ -57,6 +93,8 @@ pub struct BuildHandle {
     supervisor: MeteredAddr<BuildSupervisor>,
     status: MeteredAddr<StatusStore>,
     log: MeteredAddr<LogTail>,
+    generations: MeteredAddr<GenerationStore>,
+    state_dir: PathBuf,
     status_rx: watch::Receiver<BuildStatus>,
     ring_lines: usize,
     metrics: Metrics,
@@ -80,18 +118,39 @@ pub fn start_actors(
     let status = MeteredAddr::new(Supervisor::start(|_| store), metrics.actors.clone());
     let tail = LogTail::open(&config.state_dir, config.log, metrics.actors.clone())?;
     let log = MeteredAddr::new(Supervisor::start(|_| tail), metrics.actors.clone());
+    let store = GenerationStore::open(
+        GenerationSettings {
+            state_dir: config.state_dir.clone(),
+            keys: config.keys,
+            keep: config.keep_generations.max(1),
+            configured: config.configured_targets,
+            servable: config.servable,
+        },
+        &config.store_dir,
+        sink.as_ref(),
+        metrics.actors.clone(),
+    )?;
+    let generations = MeteredAddr::new(Supervisor::start(|_| store), metrics.actors.clone());
     let settings = PipelineSettings {
         steps: config.steps,
+        fleet: config.fleet,
         coalesce: config.coalesce,
+        supersede: config.supersede,
+        branch_head: config.branch_head,
         kill_grace: config.kill_grace,
         max_line_bytes: config.max_line_bytes,
+    };
+    let with = Collaborators {
+        generations: generations.clone(),
+        sink,
+        observer: config.observer,
     };
     let sup = BuildSupervisor::new(
         settings,
         next_id,
         status.clone(),
         log.clone(),
-        sink,
+        with,
         metrics.clone(),
     );
     let supervisor = MeteredAddr::new(Supervisor::start(|_| sup), metrics.actors.clone());
@@ -99,6 +158,8 @@ pub fn start_actors(
         supervisor,
         status,
         log,
+        generations,
+        state_dir: config.state_dir,
         status_rx,
         ring_lines: config.log.ring_lines,
         metrics,
@@ -108,7 +169,41 @@ pub fn start_actors(
 impl BuildHandle {
     /// Starts a build unless one runs (or queues one follow-up, with coalescing).
     pub async fn trigger(&self, requested_by: RequestedBy) -> Result<TriggerOutcome> {
-        self.supervisor.ask(Trigger { requested_by }).await
+        self.trigger_for(requested_by, None).await
+    }
+
+    /// A trigger for a known commit (a webhook push): with superseding on, a running build
+    /// of another commit is cancelled for it.
+    pub async fn trigger_for(
+        &self,
+        requested_by: RequestedBy,
+        commit: Option<String>,
+    ) -> Result<TriggerOutcome> {
+        self.supervisor
+            .ask(Trigger {
+                requested_by,
+                commit,
+            })
+            .await
+    }
+
+    /// `GET /hosts`: every target with its generations.
+    pub async fn hosts(&self) -> Result<HostsReply> {
+        self.generations.ask(GetHosts).await
+    }
+
+    /// `GET /hosts/<name>`.
+    pub async fn host(&self, name: &str) -> Result<Option<HostView>> {
+        self.generations
+            .ask(GetHost {
+                name: name.to_owned(),
+            })
+            .await
+    }
+
+    /// Where the kept lock file with this hash is (`None` for a malformed hash).
+    pub fn lock_path(&self, hash: &str) -> Option<PathBuf> {
+        crate::fleet::lock::lock_path(&self.state_dir, hash)
     }
 
     /// Cancels the running build.
@@ -141,9 +236,12 @@ impl BuildHandle {
         self.ring_lines
     }
 
-    /// Whether all three actors accept messages.
+    /// Whether all four actors accept messages.
     pub fn is_alive(&self) -> bool {
-        self.supervisor.connected() && self.status.connected() && self.log.connected()
+        self.supervisor.connected()
+            && self.status.connected()
+            && self.log.connected()
+            && self.generations.connected()
     }
 
     /// The metrics the actors report into.

@@ -14,9 +14,20 @@ use actix::prelude::*;
 use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
-use crate::metrics::{ActorMetrics, Metered, metered};
+use crate::metrics::{ActorMetrics, Metered, MeteredAddr, metered};
 use crate::status::BuildResult;
 use crate::time::unix_millis;
+
+/// Appends one line to a build's log; a failure is logged, never fatal to the build.
+pub(crate) async fn say(log: &MeteredAddr<LogTail>, build_id: u64, line: String) {
+    let msg = AppendLines {
+        build_id,
+        lines: vec![line],
+    };
+    if let Err(e) = log.ask(msg).await {
+        tracing::warn!("build log: {e}");
+    }
+}
 
 /// Messages that may wait in LogTail's mailbox. Each carries a batch of lines.
 pub const MAILBOX_CAPACITY: usize = 64;

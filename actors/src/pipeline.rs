@@ -1,11 +1,14 @@
 //! The default build pipeline: bring a git checkout of one branch up to date (clone it the
-//! first time), `nix flake update` in it, then `nix build <checkout>#<attribute>` with an
-//! out-link, whose targets (read by the `outputs` step) become the build's new store paths.
-//! Nix 2.8, the oldest Nix this runs with, has no `nix build --print-out-paths`.
+//! first time), `nix flake update` in it — the steps `fetch` and `flake-update` — then the
+//! fleet stage builds its targets from that one commit and lock file (`evaluate`, `build`;
+//! see [`crate::fleet`]). The one-attribute shorthand is a fleet of one target.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tailcache_store::db::StoreLayout;
+
+use crate::fleet::{FleetSettings, TargetSpec, Targets};
 use crate::step::{Capture, Step};
 
 /// What the default pipeline builds.
@@ -16,8 +19,14 @@ pub struct DefaultPipeline {
     pub branch: String,
     /// Where the checkout lives (created by the first build).
     pub checkout: PathBuf,
-    /// Flake output attribute, e.g. `nixosConfigurations.host.config.system.build.toplevel`.
-    pub attribute: String,
+    /// What to build.
+    pub targets: Targets,
+    /// Holds kept lock files, GC roots and the evaluation's expression.
+    pub state_dir: PathBuf,
+    /// The store the build writes and the cache serves.
+    pub store: StoreLayout,
+    /// Nix `builders` for the build step.
+    pub builders: Option<String>,
     /// Timeout of the fetch and flake-update steps.
     pub fetch_timeout: Duration,
     /// Timeout of the build step.
@@ -25,22 +34,27 @@ pub struct DefaultPipeline {
     /// `git` and `nix` executables (found on PATH by default).
     pub git: PathBuf,
     pub nix: PathBuf,
-    /// Extra arguments for `nix flake update` and `nix build` (e.g. `--option …`, `--store …`).
+    /// Extra arguments for every `nix` command (e.g. `--option …`, `--store …`).
     pub nix_args: Vec<String>,
 }
 
 impl DefaultPipeline {
+    /// Builds `attribute` (the one-target shorthand); set `targets` for more.
     pub fn new(
         repository: impl Into<String>,
         branch: impl Into<String>,
         checkout: impl Into<PathBuf>,
-        attribute: impl Into<String>,
+        attribute: &str,
+        state_dir: impl Into<PathBuf>,
     ) -> Self {
         DefaultPipeline {
             repository: repository.into(),
             branch: branch.into(),
             checkout: checkout.into(),
-            attribute: attribute.into(),
+            targets: Targets::List(vec![TargetSpec::from_attribute(attribute)]),
+            state_dir: state_dir.into(),
+            store: StoreLayout::system(),
+            builders: None,
             fetch_timeout: Duration::from_secs(10 * 60),
             build_timeout: Duration::from_secs(4 * 60 * 60),
             git: "git".into(),
@@ -49,7 +63,31 @@ impl DefaultPipeline {
         }
     }
 
-    /// The steps: `fetch`, `flake-update`, `build`, `outputs`.
+    /// What the build runs after [`DefaultPipeline::steps`].
+    pub fn fleet(&self) -> FleetSettings {
+        FleetSettings {
+            targets: self.targets.clone(),
+            checkout: self.checkout.clone(),
+            state_dir: self.state_dir.clone(),
+            store: self.store.clone(),
+            nix: self.nix.clone(),
+            nix_args: self.nix_args.clone(),
+            builders: self.builders.clone(),
+            eval_timeout: self.fetch_timeout,
+            build_timeout: self.build_timeout,
+        }
+    }
+
+    /// Where the branch head is asked for (superseding).
+    pub fn branch_head(&self) -> crate::supervisor::BranchHead {
+        crate::supervisor::BranchHead {
+            git: self.git.clone(),
+            repository: self.repository.clone(),
+            branch: self.branch.clone(),
+        }
+    }
+
+    /// The steps before the fleet stage: `fetch`, `flake-update`.
     pub fn steps(&self) -> Vec<Step> {
         let dir = self.checkout.display().to_string();
         // Whether to clone or fetch is decided when the step runs, not when the server
@@ -67,14 +105,6 @@ fi"#;
         let extra: Vec<&str> = self.nix_args.iter().map(String::as_str).collect();
         let mut update = vec![features[0], features[1], "flake", "update"];
         update.extend(&extra);
-        let flake_ref = format!("{dir}#{}", self.attribute);
-        let out_link = format!("{dir}/result");
-        let build: Vec<&str> = {
-            let mut v = features.to_vec();
-            v.extend(["build", flake_ref.as_str(), "--out-link", out_link.as_str()]);
-            v.extend(&extra);
-            v
-        };
         vec![
             Step::new(
                 "fetch",
@@ -94,22 +124,6 @@ fi"#;
             Step::new("flake-update", nix.as_str(), &update)
                 .cwd(&self.checkout)
                 .timeout(self.fetch_timeout),
-            Step::new("build", nix.as_str(), &build)
-                .cwd(&self.checkout)
-                .timeout(self.build_timeout),
-            // `result`, plus `result-<output>` for the other outputs of a multi-output build.
-            Step::new(
-                "outputs",
-                "/bin/sh",
-                &[
-                    "-c",
-                    r#"for l in "$1"/result "$1"/result-*; do [ -L "$l" ] && readlink "$l"; done; true"#,
-                    "outputs",
-                    &dir,
-                ],
-            )
-            .timeout(self.fetch_timeout)
-            .capture(Capture::OutPaths),
         ]
     }
 }
@@ -120,10 +134,16 @@ mod tests {
 
     #[test]
     fn steps_of_the_default_pipeline() {
-        let p = DefaultPipeline::new("https://example.org/r.git", "main", "/var/c", "pkgs.x");
+        let p = DefaultPipeline::new(
+            "https://example.org/r.git",
+            "main",
+            "/var/c",
+            "pkgs.x",
+            "/s",
+        );
         let steps = p.steps();
         let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["fetch", "flake-update", "build", "outputs"]);
+        assert_eq!(names, ["fetch", "flake-update"]);
         assert_eq!(steps[0].capture, Capture::Commit("/var/c".into()));
         assert_eq!(
             &steps[0].args[3..],
@@ -133,11 +153,11 @@ mod tests {
             steps[1].cwd.as_deref(),
             Some(std::path::Path::new("/var/c"))
         );
+        let fleet = p.fleet();
         assert_eq!(
-            &steps[2].args[2..],
-            ["build", "/var/c#pkgs.x", "--out-link", "/var/c/result",]
+            fleet.targets,
+            Targets::List(vec![TargetSpec::from_attribute("pkgs.x")])
         );
-        assert_eq!(steps[3].args.last().map(String::as_str), Some("/var/c"));
-        assert_eq!(steps[3].capture, Capture::OutPaths);
+        assert_eq!(fleet.checkout, std::path::PathBuf::from("/var/c"));
     }
 }

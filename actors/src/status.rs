@@ -5,181 +5,78 @@
 //! or the new file. A status found `is_running` at start-up was cut short by a crash and
 //! becomes `interrupted`. [`BuildStatus`] is the JSON of `GET /build/status`.
 
-use std::fs::{self, File};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
+pub use tailcache_wire::build::{BuildRecord, BuildResult, BuildStatus, RequestedBy};
+use tailcache_wire::hosts::target_result;
 use tokio::sync::watch;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::{ActorMetrics, Metered, metered};
+use crate::persist;
 use crate::time::now_rfc3339;
 
-/// Who asked for a build (from the HTTP request: the peer's host and the user it names).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestedBy {
-    pub host: String,
-    pub user: String,
-}
-
-/// How a build ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BuildResult {
-    Success,
-    Failed,
-    Cancelled,
-    /// Stopped by a server shutdown or found running after a crash.
-    Interrupted,
-}
-
-impl BuildResult {
-    pub const ALL: [BuildResult; 4] = [
-        BuildResult::Success,
-        BuildResult::Failed,
-        BuildResult::Cancelled,
-        BuildResult::Interrupted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BuildResult::Success => "success",
-            BuildResult::Failed => "failed",
-            BuildResult::Cancelled => "cancelled",
-            BuildResult::Interrupted => "interrupted",
-        }
-    }
-}
-
-/// One finished build, as kept in the history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BuildRecord {
-    pub build_id: u64,
-    pub requested_by: RequestedBy,
-    pub started: String,
-    pub finished: String,
-    pub result: BuildResult,
-    /// Commit built, when the fetch step got that far.
-    pub commit: Option<String>,
-    /// The step that failed (or was running when the build was cancelled/interrupted).
-    pub failing_step: Option<String>,
-    /// Exit code of the failing step; `128 + n` when it was killed by signal `n`.
-    pub exit_status: Option<i32>,
-    /// A short human-readable reason (`timed out after 30s`, `cannot start git: …`).
-    pub error: Option<String>,
-    pub duration_seconds: f64,
-}
-
-/// The whole status: `status.json` and the body of `GET /build/status`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct BuildStatus {
-    pub is_running: bool,
-    /// Id of the running build, else of the last one started.
-    pub build_id: Option<u64>,
-    /// Step of the running build.
-    pub current_step: Option<String>,
-    /// Start of the running build, else of the last one.
-    pub last_start: Option<String>,
-    pub last_finish: Option<String>,
-    pub last_status: Option<BuildResult>,
-    pub last_commit: Option<String>,
-    /// Who asked for the running build, else for the last one.
-    pub requested_by: Option<RequestedBy>,
-    pub last_exit_status: Option<i32>,
-    pub last_failing_step: Option<String>,
-    pub last_error: Option<String>,
-    /// Most recent first.
-    pub history: Vec<BuildRecord>,
-}
-
-impl BuildStatus {
+/// Loading and writing `status.json` ([`BuildStatus`] is the wire model; the file is the
+/// actors' business).
+pub trait StatusFile: Sized {
     /// Loads `path`; a missing file is an empty status.
-    pub fn load(path: &Path) -> Result<Self> {
-        match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::StatusFile {
-                path: path.to_owned(),
-                source,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BuildStatus::default()),
-            Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
-        }
-    }
-
+    fn load(path: &Path) -> Result<Self>;
     /// Writes the status to `path` atomically and durably.
-    pub fn persist(&self, path: &Path) -> Result<()> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("status");
-        let tmp = dir.join(format!(
-            ".{name}.tmp-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            // Serialising into memory first keeps a serde error from leaving a half file.
-            let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-            f.write_all(&json)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io(format!("cannot write {}", path.display()), e)
-        })
+    fn persist(&self, path: &Path) -> Result<()>;
+}
+
+impl StatusFile for BuildStatus {
+    fn load(path: &Path) -> Result<Self> {
+        Ok(persist::read_json(path)?.unwrap_or_default())
     }
 
-    /// The id the next build gets.
-    pub fn next_build_id(&self) -> u64 {
-        let newest = self.history.first().map(|r| r.build_id);
-        self.build_id.max(newest).map_or(1, |id| id + 1)
+    fn persist(&self, path: &Path) -> Result<()> {
+        persist::write_json(path, self)
     }
+}
 
-    /// A status loaded after a crash: a build that was running is over, `interrupted`.
-    fn recover(&mut self, history_len: usize) -> bool {
-        if !self.is_running {
-            return false;
+/// A status loaded after a crash: a build that was running is over, `interrupted`.
+fn recover(s: &mut BuildStatus, history_len: usize) -> bool {
+    if !s.is_running {
+        return false;
+    }
+    let finished = now_rfc3339();
+    s.is_running = false;
+    s.last_status = Some(BuildResult::Interrupted);
+    s.last_finish = Some(finished.clone());
+    s.last_failing_step = s.current_step.take();
+    s.last_exit_status = None;
+    s.last_error = Some("the server stopped during the build".to_owned());
+    for t in &mut s.targets {
+        if t.result == target_result::BUILDING {
+            t.result = target_result::INTERRUPTED.to_owned();
         }
-        let finished = now_rfc3339();
-        self.is_running = false;
-        self.last_status = Some(BuildResult::Interrupted);
-        self.last_finish = Some(finished.clone());
-        self.last_failing_step = self.current_step.take();
-        self.last_exit_status = None;
-        self.last_error = Some("the server stopped during the build".to_owned());
-        if let Some(build_id) = self.build_id {
-            self.push_history(
-                BuildRecord {
-                    build_id,
-                    requested_by: self.requested_by.clone().unwrap_or_default(),
-                    started: self.last_start.clone().unwrap_or_default(),
-                    finished,
-                    result: BuildResult::Interrupted,
-                    commit: self.last_commit.clone(),
-                    failing_step: self.last_failing_step.clone(),
-                    exit_status: None,
-                    error: self.last_error.clone(),
-                    duration_seconds: 0.0,
-                },
-                history_len,
-            );
-        }
-        true
     }
+    if let Some(build_id) = s.build_id {
+        push_history(
+            s,
+            BuildRecord {
+                build_id,
+                requested_by: s.requested_by.clone().unwrap_or_default(),
+                started: s.last_start.clone().unwrap_or_default(),
+                finished,
+                result: BuildResult::Interrupted,
+                commit: s.last_commit.clone(),
+                failing_step: s.last_failing_step.clone(),
+                exit_status: None,
+                error: s.last_error.clone(),
+                duration_seconds: 0.0,
+            },
+            history_len,
+        );
+    }
+    true
+}
 
-    fn push_history(&mut self, record: BuildRecord, history_len: usize) {
-        self.history.insert(0, record);
-        self.history.truncate(history_len);
-    }
+fn push_history(s: &mut BuildStatus, record: BuildRecord, history_len: usize) {
+    s.history.insert(0, record);
+    s.history.truncate(history_len);
 }
 
 /// The actor.
@@ -200,7 +97,7 @@ impl StatusStore {
     pub fn open(state_dir: &Path, history_len: usize, metrics: ActorMetrics) -> Result<Self> {
         let path = state_dir.join("status.json");
         let mut status = BuildStatus::load(&path)?;
-        if status.recover(history_len) {
+        if recover(&mut status, history_len) {
             tracing::warn!("the previous build was interrupted by a server stop");
             status.persist(&path)?;
         }
@@ -280,6 +177,14 @@ pub struct StepStarted {
     pub step: String,
 }
 
+/// The running build evaluated its targets (all `building`), or judged them.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<()>")]
+pub struct TargetsChanged {
+    pub build_id: u64,
+    pub targets: Vec<tailcache_wire::hosts::TargetOutcome>,
+}
+
 /// A build has ended.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<()>")]
@@ -332,6 +237,18 @@ impl Handler<StepStarted> for StatusStore {
     }
 }
 
+impl Handler<TargetsChanged> for StatusStore {
+    type Result = Result<()>;
+    fn handle(&mut self, msg: TargetsChanged, ctx: &mut Self::Context) -> Self::Result {
+        metered(self, ctx, msg, |this, msg, _| {
+            if this.status.build_id == Some(msg.build_id) {
+                this.status.targets = msg.targets;
+                this.changed();
+            }
+        })
+    }
+}
+
 impl Handler<BuildFinished> for StatusStore {
     type Result = Result<()>;
     fn handle(&mut self, msg: BuildFinished, ctx: &mut Self::Context) -> Self::Result {
@@ -351,7 +268,7 @@ impl Handler<BuildFinished> for StatusStore {
             s.last_failing_step = r.failing_step.clone();
             s.last_error = r.error.clone();
             let n = this.history_len;
-            s.push_history(r, n);
+            push_history(s, r, n);
             this.changed();
         })
     }
@@ -368,5 +285,35 @@ impl Handler<PanicForTest> for StatusStore {
     type Result = Result<()>;
     fn handle(&mut self, msg: PanicForTest, ctx: &mut Self::Context) -> Self::Result {
         metered(self, ctx, msg, |_, _, _| panic!("PanicForTest"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tailcache_wire::hosts::TargetOutcome;
+
+    #[test]
+    fn a_crashed_build_and_its_building_targets_become_interrupted() {
+        let target = |result: &str| TargetOutcome {
+            target: "laptop".into(),
+            build_id: 4,
+            result: result.into(),
+            generation: None,
+            failed_derivations: Vec::new(),
+            error: None,
+        };
+        let mut s = BuildStatus {
+            is_running: true,
+            build_id: Some(4),
+            current_step: Some("build".into()),
+            targets: vec![target(target_result::BUILDING)],
+            ..BuildStatus::default()
+        };
+        assert!(recover(&mut s, 20));
+        assert_eq!(s.last_status, Some(BuildResult::Interrupted));
+        assert_eq!(s.targets, [target(target_result::INTERRUPTED)]);
+        assert_eq!(s.history[0].failing_step.as_deref(), Some("build"));
+        assert!(!recover(&mut s, 20), "once");
     }
 }

@@ -27,6 +27,26 @@ pub enum Capture {
     /// Lines of the step's stdout that are absolute paths are the build's new store paths
     /// (e.g. the targets of `nix build`'s out-links).
     OutPaths,
+    /// Every line of the step's stdout (what `nix eval` printed).
+    Stdout,
+    /// The derivations Nix reports failed on stderr (paths under this store directory).
+    FailedDerivations(String),
+}
+
+impl Capture {
+    /// What this capture keeps of one output line (`stdout`: from stdout, else stderr).
+    fn keep(&self, stdout: bool, line: &str) -> Option<String> {
+        match self {
+            Capture::OutPaths if stdout && line.starts_with('/') => {
+                Some(line.trim_end().to_owned())
+            }
+            Capture::Stdout if stdout => Some(line.to_owned()),
+            Capture::FailedDerivations(store_dir) if !stdout => {
+                crate::fleet::failures::failed_derivation(line, store_dir)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// One command of the pipeline.
@@ -81,6 +101,8 @@ impl Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     Cancel,
+    /// A trigger for a newer commit cancels the build (`supersede = true`).
+    Superseded,
     Shutdown,
 }
 
@@ -102,10 +124,10 @@ pub(crate) struct RunLimits {
 
 /// Lines per LogTail message; also the channel size between readers and forwarder.
 const BATCH: usize = 512;
-/// Captured stdout lines kept for `Capture::OutPaths`.
+/// Captured lines kept for a step's `Capture`.
 const MAX_CAPTURED: usize = 100_000;
 
-/// Runs `step` to its end; returns how it ended and, for `Capture::OutPaths`, the paths.
+/// Runs `step` to its end; returns how it ended and what its capture kept.
 pub(crate) async fn run_step(
     step: &Step,
     build_id: u64,
@@ -140,8 +162,7 @@ pub(crate) async fn run_step(
     } else {
         drop(tx);
     }
-    let capture = step.capture == Capture::OutPaths;
-    let forward = tokio::spawn(forward(rx, build_id, log.clone(), capture));
+    let forward = tokio::spawn(forward(rx, build_id, log.clone(), step.capture.clone()));
 
     let timeout = async {
         match step.timeout {
@@ -263,15 +284,17 @@ async fn forward(
     mut rx: mpsc::Receiver<(bool, String)>,
     build_id: u64,
     log: MeteredAddr<LogTail>,
-    capture: bool,
+    capture: Capture,
 ) -> Vec<String> {
     let mut captured = Vec::new();
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut lines = Vec::with_capacity(batch.len());
         for (stdout, line) in batch.drain(..) {
-            if capture && stdout && line.starts_with('/') && captured.len() < MAX_CAPTURED {
-                captured.push(line.trim_end().to_owned());
+            if captured.len() < MAX_CAPTURED
+                && let Some(kept) = capture.keep(stdout, &line)
+            {
+                captured.push(kept);
             }
             lines.push(line);
         }

@@ -1,8 +1,13 @@
 //! BuildSupervisor: owns the build pipeline and decides when it runs. One build at a time:
 //! `Trigger` during a build is answered `AlreadyRunning`, or, with coalescing on, schedules
-//! exactly one follow-up build. A build is a task that runs the steps in order (see
-//! [`crate::step`]), reports to StatusStore and LogTail, and on success hands the new store
-//! paths to a [`NewPathsSink`] (the root crate's CacheServer, which compresses them).
+//! exactly one follow-up build; with superseding on, a trigger for another commit than the
+//! running build's (the commit a webhook push names, else the branch head that
+//! `git ls-remote` reports) cancels the running build and starts one for it. A build is a
+//! task that runs the steps in order (see [`crate::step`]), then, for the default pipeline,
+//! the fleet stage (see [`crate::fleet`]); it reports to StatusStore, LogTail and
+//! GenerationStore, hands the new store paths to a [`NewPathsSink`] (the root crate's
+//! CacheServer, which compresses them first) and, once recorded, tells a [`BuildObserver`]
+//! (the root crate's notifier).
 
 use std::fmt::Debug;
 use std::os::unix::process::ExitStatusExt as _;
@@ -12,11 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
+pub use tailcache_wire::build::{CancelOutcome, TriggerOutcome};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::Result;
-use crate::log_tail::{AppendLines, BeginLog, EndLog, LogTail};
+use crate::fleet::generations::{BuildBegins, BuildEnds, GenerationStore};
+use crate::fleet::run::{Stage, StageEnd};
+use crate::fleet::{BuildObserver, BuildSummary, FleetSettings, TargetSummary};
+use crate::log_tail::{BeginLog, EndLog, LogTail};
 use crate::metrics::{ActorMetrics, Metered, MeteredAddr, Metrics, metered};
 use crate::status::{
     BuildFinished, BuildRecord, BuildResult, BuildStarted, RequestedBy, StatusStore, StepStarted,
@@ -55,39 +63,68 @@ impl NewPathsSink for mpsc::Sender<(u64, Vec<PathBuf>)> {
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub steps: Vec<Step>,
+    /// The default pipeline's targets, built after `steps`.
+    pub fleet: Option<FleetSettings>,
     /// Triggers during a build schedule one follow-up build instead of being refused.
     pub coalesce: bool,
+    /// A trigger for another commit than the running build's cancels it and builds that one.
+    pub supersede: bool,
+    /// Where the branch head is read for a trigger that names no commit (`supersede`).
+    pub branch_head: Option<BranchHead>,
     /// Time between SIGTERM and SIGKILL when a step is cancelled or times out.
     pub kill_grace: Duration,
     /// Longer output lines are split.
     pub max_line_bytes: usize,
 }
 
-/// Answer to [`Trigger`] (also what `POST /build/trigger` answers, read back by the CLI).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum TriggerOutcome {
-    Triggered {
-        build_id: u64,
-    },
-    AlreadyRunning {
-        build_id: u64,
-        since: String,
-        requested_by: RequestedBy,
-    },
-    /// Coalesced: one build will run after the current one.
-    Queued {
-        after_build: u64,
-    },
-    ShuttingDown,
+/// `git ls-remote <repository> refs/heads/<branch>`: the commit a build started now gets.
+#[derive(Debug, Clone)]
+pub struct BranchHead {
+    pub git: PathBuf,
+    pub repository: String,
+    pub branch: String,
 }
 
-/// Answer to [`Cancel`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum CancelOutcome {
-    Cancelling { build_id: u64 },
-    NotRunning,
+/// How long asking the repository for its branch head may take.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl BranchHead {
+    /// The branch's commit, or `None` (with a warning) if the repository does not answer
+    /// in time or names none.
+    async fn resolve(&self) -> Option<String> {
+        let run = tokio::process::Command::new(&self.git)
+            .arg("ls-remote")
+            .arg("--")
+            .arg(&self.repository)
+            .arg(format!("refs/heads/{}", self.branch))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = match tokio::time::timeout(HEAD_TIMEOUT, run).await {
+            Ok(Ok(o)) if o.status.success() => o,
+            Ok(Ok(o)) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                tracing::warn!("git ls-remote {}: {}", self.repository, err.trim());
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("cannot run git ls-remote: {e}");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!("git ls-remote {} timed out", self.repository);
+                return None;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let commit = text.split_whitespace().next()?;
+        is_commit(commit).then(|| commit.to_owned())
+    }
+}
+
+/// A full hexadecimal commit id (SHA-1 or SHA-256).
+fn is_commit(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[derive(Debug)]
@@ -97,6 +134,16 @@ struct Running {
     requested_by: RequestedBy,
     stop: watch::Sender<Option<StopReason>>,
     done: watch::Sender<bool>,
+    /// The commit it builds, once its fetch step knows.
+    commit: watch::Receiver<Option<String>>,
+}
+
+/// The actors and observers a build reports to besides StatusStore and LogTail.
+#[derive(Debug, Clone)]
+pub struct Collaborators {
+    pub generations: MeteredAddr<GenerationStore>,
+    pub sink: Arc<dyn NewPathsSink>,
+    pub observer: Option<Arc<dyn BuildObserver>>,
 }
 
 /// The actor.
@@ -109,8 +156,14 @@ pub struct BuildSupervisor {
     shutting_down: bool,
     status: MeteredAddr<StatusStore>,
     log: MeteredAddr<LogTail>,
-    sink: Arc<dyn NewPathsSink>,
+    with: Collaborators,
     metrics: Metrics,
+}
+
+/// What a trigger gets: an answer now, or after the branch head is known.
+enum Decision {
+    Now(TriggerOutcome),
+    AskHead(RequestedBy, BranchHead),
 }
 
 impl BuildSupervisor {
@@ -119,7 +172,7 @@ impl BuildSupervisor {
         next_id: u64,
         status: MeteredAddr<StatusStore>,
         log: MeteredAddr<LogTail>,
-        sink: Arc<dyn NewPathsSink>,
+        with: Collaborators,
         metrics: Metrics,
     ) -> Self {
         BuildSupervisor {
@@ -130,8 +183,84 @@ impl BuildSupervisor {
             shutting_down: false,
             status,
             log,
-            sink,
+            with,
             metrics,
+        }
+    }
+
+    fn decide(&mut self, ctx: &mut Context<Self>, msg: Trigger) -> Decision {
+        if self.shutting_down {
+            return Decision::Now(TriggerOutcome::ShuttingDown);
+        }
+        if self.running.is_none() {
+            return Decision::Now(TriggerOutcome::Triggered {
+                build_id: self.start_build(ctx, msg.requested_by),
+            });
+        }
+        if self.settings.supersede {
+            if msg.commit.is_some() {
+                return Decision::Now(self.for_commit(ctx, msg.requested_by, msg.commit));
+            }
+            if let Some(head) = &self.settings.branch_head {
+                return Decision::AskHead(msg.requested_by, head.clone());
+            }
+        }
+        Decision::Now(self.busy(msg.requested_by))
+    }
+
+    /// A trigger for `commit` (`None`: unknown) with superseding on.
+    fn for_commit(
+        &mut self,
+        ctx: &mut Context<Self>,
+        requested_by: RequestedBy,
+        commit: Option<String>,
+    ) -> TriggerOutcome {
+        if self.shutting_down {
+            return TriggerOutcome::ShuttingDown;
+        }
+        let Some(r) = &self.running else {
+            // The running build ended while the branch head was asked for.
+            return TriggerOutcome::Triggered {
+                build_id: self.start_build(ctx, requested_by),
+            };
+        };
+        let building = r.commit.borrow().clone();
+        match (commit, building) {
+            (Some(new), Some(old)) if !same_commit(&new, &old) => {
+                // A shutdown or a cancel already under way stays what it is.
+                r.stop.send_if_modified(|s| {
+                    let first = s.is_none();
+                    s.get_or_insert(StopReason::Superseded);
+                    first
+                });
+                let cancelled_build = r.build_id;
+                self.follow_up = Some(requested_by);
+                TriggerOutcome::Superseding {
+                    cancelled_build,
+                    commit: new,
+                }
+            }
+            // The same commit, or one the running build has not fetched yet (it will fetch
+            // the newest), or a head nobody could tell.
+            _ => self.busy(requested_by),
+        }
+    }
+
+    /// A trigger during a build that does not supersede it.
+    fn busy(&mut self, requested_by: RequestedBy) -> TriggerOutcome {
+        match &self.running {
+            Some(r) if self.settings.coalesce => {
+                self.follow_up.get_or_insert(requested_by);
+                TriggerOutcome::Queued {
+                    after_build: r.build_id,
+                }
+            }
+            Some(r) => TriggerOutcome::AlreadyRunning {
+                build_id: r.build_id,
+                since: r.since.clone(),
+                requested_by: r.requested_by.clone(),
+            },
+            None => TriggerOutcome::ShuttingDown,
         }
     }
 
@@ -140,6 +269,7 @@ impl BuildSupervisor {
         self.next_id += 1;
         let (stop, stop_rx) = watch::channel(None);
         let (done, _) = watch::channel(false);
+        let (commit_tx, commit) = watch::channel(None);
         let since = now_rfc3339();
         self.running = Some(Running {
             build_id,
@@ -147,6 +277,7 @@ impl BuildSupervisor {
             requested_by: requested_by.clone(),
             stop,
             done,
+            commit,
         });
         // Queued here, before the trigger is answered, so that anyone who hears "triggered"
         // and then asks StatusStore or LogTail (FIFO mailboxes) sees this build running.
@@ -156,6 +287,7 @@ impl BuildSupervisor {
             started: since.clone(),
         });
         self.log.force(BeginLog { build_id });
+        self.with.generations.force(BuildBegins { build_id });
         let build = Build {
             build_id,
             requested_by,
@@ -163,13 +295,14 @@ impl BuildSupervisor {
             settings: self.settings.clone(),
             status: self.status.clone(),
             log: self.log.clone(),
-            sink: self.sink.clone(),
+            with: self.with.clone(),
             metrics: self.metrics.clone(),
+            commit: commit_tx,
         };
         let me = MeteredAddr::new(ctx.address(), self.metrics.actors.clone());
         tokio::spawn(async move {
-            let record = build.run(stop_rx).await;
-            if let Err(e) = me.ask(BuildDone { record }).await {
+            let (record, targets) = build.run(stop_rx).await;
+            if let Err(e) = me.ask(BuildDone { record, targets }).await {
                 tracing::error!("build {build_id} ended unannounced: {e}");
             }
         });
@@ -204,6 +337,8 @@ impl Metered for BuildSupervisor {
 #[rtype(result = "Result<TriggerOutcome>")]
 pub struct Trigger {
     pub requested_by: RequestedBy,
+    /// The commit the trigger is for (a webhook push's `after`), when it names one.
+    pub commit: Option<String>,
 }
 
 /// Stop the running build (recorded `cancelled`) and drop a scheduled follow-up.
@@ -222,33 +357,29 @@ pub struct Shutdown;
 #[rtype(result = "Result<()>")]
 struct BuildDone {
     record: BuildRecord,
+    targets: Vec<TargetSummary>,
 }
 
 impl Handler<Trigger> for BuildSupervisor {
-    type Result = Result<TriggerOutcome>;
+    type Result = ResponseActFuture<Self, Result<TriggerOutcome>>;
     fn handle(&mut self, msg: Trigger, ctx: &mut Self::Context) -> Self::Result {
-        metered(self, ctx, msg, |this, msg, ctx| {
-            if this.shutting_down {
-                return TriggerOutcome::ShuttingDown;
-            }
-            match &this.running {
-                Some(r) if this.settings.coalesce => {
-                    this.follow_up.get_or_insert(msg.requested_by);
-                    TriggerOutcome::Queued {
-                        after_build: r.build_id,
-                    }
-                }
-                Some(r) => TriggerOutcome::AlreadyRunning {
-                    build_id: r.build_id,
-                    since: r.since.clone(),
-                    requested_by: r.requested_by.clone(),
-                },
-                None => TriggerOutcome::Triggered {
-                    build_id: this.start_build(ctx, msg.requested_by),
-                },
-            }
-        })
+        match metered(self, ctx, msg, |this, msg, ctx| this.decide(ctx, msg)) {
+            Err(e) => Box::pin(actix::fut::ready(Err(e))),
+            Ok(Decision::Now(outcome)) => Box::pin(actix::fut::ready(Ok(outcome))),
+            Ok(Decision::AskHead(requested_by, head)) => Box::pin(
+                async move { head.resolve().await }
+                    .into_actor(self)
+                    .map(move |commit, this, ctx| Ok(this.for_commit(ctx, requested_by, commit))),
+            ),
+        }
     }
+}
+
+/// Whether two spellings name the same commit (one may be abbreviated).
+fn same_commit(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    let n = a.len().min(b.len());
+    n >= 7 && a[..n] == b[..n]
 }
 
 impl Handler<Cancel> for BuildSupervisor {
@@ -303,7 +434,15 @@ impl Handler<BuildDone> for BuildSupervisor {
             // before a follow-up starts, and a client that sees it ended may trigger at once.
             // `force` because a finished build must not be lost to a full mailbox.
             let build_id = msg.record.build_id;
+            let summary = BuildSummary {
+                record: msg.record.clone(),
+                targets: msg.targets,
+            };
             this.status.force(BuildFinished { record: msg.record });
+            this.with.generations.force(BuildEnds { build_id });
+            if let Some(observer) = &this.with.observer {
+                observer.build_ended(&summary);
+            }
             if let Some(r) = this.running.take_if(|r| r.build_id == build_id) {
                 r.done.send_replace(true);
             }
@@ -326,8 +465,10 @@ struct Build {
     settings: Arc<PipelineSettings>,
     status: MeteredAddr<StatusStore>,
     log: MeteredAddr<LogTail>,
-    sink: Arc<dyn NewPathsSink>,
+    with: Collaborators,
     metrics: Metrics,
+    /// Where the commit goes once the fetch step knows it (superseding compares it).
+    commit: watch::Sender<Option<String>>,
 }
 
 /// How a build ended, before it is written down.
@@ -339,42 +480,61 @@ struct Outcome {
     error: Option<String>,
 }
 
+impl Outcome {
+    const SUCCESS: Outcome = Outcome {
+        result: BuildResult::Success,
+        failing_step: None,
+        exit_status: None,
+        error: None,
+    };
+
+    fn failed(step: &str, status: Option<ExitStatus>, error: String) -> Outcome {
+        Outcome {
+            result: BuildResult::Failed,
+            failing_step: Some(step.to_owned()),
+            exit_status: status.and_then(exit_code),
+            error: Some(error),
+        }
+    }
+
+    /// How a step that did not exit successfully ends the build.
+    fn of_step(step: &str, program: &Path, end: StepEnd) -> Outcome {
+        match end {
+            StepEnd::Exited(s) => Outcome::failed(step, Some(s), format!("{step} failed ({s})")),
+            StepEnd::TimedOut(t, s) => {
+                Outcome::failed(step, Some(s), format!("{step} timed out after {t:?}"))
+            }
+            StepEnd::Stopped(reason, s) => stopped_outcome(reason, step, Some(s)),
+            StepEnd::SpawnFailed(e) => {
+                Outcome::failed(step, None, format!("cannot run {}: {e}", program.display()))
+            }
+        }
+    }
+}
+
 fn exit_code(s: ExitStatus) -> Option<i32> {
     s.code().or_else(|| s.signal().map(|n| 128 + n))
 }
 
 impl Build {
     async fn say(&self, line: String) {
-        let msg = AppendLines {
-            build_id: self.build_id,
-            lines: vec![line],
-        };
-        if let Err(e) = self.log.ask(msg).await {
-            tracing::warn!("build log: {e}");
-        }
+        crate::log_tail::say(&self.log, self.build_id, line).await;
     }
 
-    /// Runs the steps; returns the record for StatusStore.
-    async fn run(self, mut stop: watch::Receiver<Option<StopReason>>) -> BuildRecord {
-        let clock = Instant::now();
+    /// Runs the steps in order until one does not succeed; returns how they went, the commit
+    /// and the out paths they captured.
+    async fn run_steps(
+        &self,
+        stop: &mut watch::Receiver<Option<StopReason>>,
+        limits: RunLimits,
+    ) -> (Outcome, Option<String>, Vec<PathBuf>) {
         let id = self.build_id;
-        let limits = RunLimits {
-            max_line_bytes: self.settings.max_line_bytes,
-            kill_grace: self.settings.kill_grace,
-        };
         let mut commit = None;
         let mut out_paths = Vec::new();
-        let mut outcome = Outcome {
-            result: BuildResult::Success,
-            failing_step: None,
-            exit_status: None,
-            error: None,
-        };
         for step in &self.settings.steps {
             let stopped = *stop.borrow();
             if let Some(reason) = stopped {
-                outcome = stopped_outcome(reason, step, None);
-                break;
+                return (stopped_outcome(reason, &step.name, None), commit, out_paths);
             }
             let msg = StepStarted {
                 build_id: id,
@@ -389,37 +549,60 @@ impl Build {
                 cmdline.push_str(a);
             }
             self.say(format!("==> [{}] {cmdline}", step.name)).await;
-            let (end, captured) = run_step(step, id, &self.log, &mut stop, limits).await;
-            let failed = |status: Option<ExitStatus>, error: String| Outcome {
-                result: BuildResult::Failed,
-                failing_step: Some(step.name.clone()),
-                exit_status: status.and_then(exit_code),
-                error: Some(error),
-            };
-            outcome = match end {
-                StepEnd::Exited(s) if s.success() => {
-                    match &step.capture {
-                        Capture::OutPaths => {
-                            out_paths.extend(captured.into_iter().map(PathBuf::from))
+            let (end, captured) = run_step(step, id, &self.log, stop, limits).await;
+            match end {
+                StepEnd::Exited(s) if s.success() => match &step.capture {
+                    // Custom pipelines' out paths: queued for compression like a target's
+                    // closure (they get no generation).
+                    Capture::OutPaths => out_paths.extend(captured.into_iter().map(PathBuf::from)),
+                    Capture::Commit(dir) => match rev_parse(dir).await {
+                        Ok(c) => {
+                            self.commit.send_replace(Some(c.clone()));
+                            commit = Some(c);
                         }
-                        Capture::Commit(dir) => match rev_parse(dir).await {
-                            Ok(c) => commit = Some(c),
-                            Err(e) => self.say(format!("==> cannot read the commit: {e}")).await,
-                        },
-                        Capture::Nothing => {}
-                    }
-                    continue;
+                        Err(e) => self.say(format!("==> cannot read the commit: {e}")).await,
+                    },
+                    Capture::Nothing | Capture::Stdout | Capture::FailedDerivations(_) => {}
+                },
+                end => {
+                    let outcome = Outcome::of_step(&step.name, &step.program, end);
+                    return (outcome, commit, out_paths);
                 }
-                StepEnd::Exited(s) => failed(Some(s), format!("{} failed ({s})", step.name)),
-                StepEnd::TimedOut(t, s) => {
-                    failed(Some(s), format!("{} timed out after {t:?}", step.name))
-                }
-                StepEnd::Stopped(reason, s) => stopped_outcome(reason, step, Some(s)),
-                StepEnd::SpawnFailed(e) => {
-                    failed(None, format!("cannot run {}: {e}", step.program.display()))
-                }
+            }
+        }
+        (Outcome::SUCCESS, commit, out_paths)
+    }
+
+    /// Runs the steps (and the fleet stage); returns the record for StatusStore and how the
+    /// build went for each target.
+    async fn run(
+        self,
+        mut stop: watch::Receiver<Option<StopReason>>,
+    ) -> (BuildRecord, Vec<TargetSummary>) {
+        let clock = Instant::now();
+        let id = self.build_id;
+        let limits = RunLimits {
+            max_line_bytes: self.settings.max_line_bytes,
+            kill_grace: self.settings.kill_grace,
+        };
+        let (mut outcome, commit, out_paths) = self.run_steps(&mut stop, limits).await;
+        let mut targets = Vec::new();
+        if outcome.result == BuildResult::Success
+            && let Some(fleet) = &self.settings.fleet
+        {
+            let stage = Stage {
+                build_id: id,
+                commit: commit.clone(),
+                settings: fleet,
+                log: &self.log,
+                status: &self.status,
+                generations: &self.with.generations,
+                sink: &self.with.sink,
+                limits,
             };
-            break;
+            let (end, summaries) = stage.run(&mut stop).await;
+            outcome = judged_outcome(end, &summaries, &fleet.nix);
+            targets = summaries;
         }
         let summary = match &outcome.error {
             Some(e) => format!("==> build {id} {}: {e}", outcome.result.as_str()),
@@ -428,7 +611,7 @@ impl Build {
         self.say(summary).await;
 
         if outcome.result == BuildResult::Success && !out_paths.is_empty() {
-            self.sink.new_paths(id, out_paths);
+            self.with.sink.new_paths(id, out_paths);
         }
         let seconds = clock.elapsed().as_secs_f64();
         self.metrics.builds.finished(outcome.result, seconds);
@@ -451,18 +634,51 @@ impl Build {
         if let Err(e) = self.log.ask(end).await {
             tracing::error!("build {id}: {e}");
         }
-        record
+        (record, targets)
     }
 }
 
-fn stopped_outcome(reason: StopReason, step: &Step, status: Option<ExitStatus>) -> Outcome {
+/// The build's outcome from its fleet stage: success when every target built.
+fn judged_outcome(end: StageEnd, targets: &[TargetSummary], nix: &Path) -> Outcome {
+    use tailcache_wire::hosts::target_result;
+    let failed: Vec<&str> = targets
+        .iter()
+        .filter(|t| t.outcome.result != target_result::BUILT)
+        .map(|t| t.outcome.target.as_str())
+        .collect();
+    match end {
+        StageEnd::Step { step, end } => Outcome::of_step(step, nix, end),
+        StageEnd::Judged if targets.is_empty() => Outcome::failed(
+            "evaluate",
+            None,
+            "no targets: the flake has no nixosConfigurations or homeConfigurations".to_owned(),
+        ),
+        StageEnd::Judged if failed.is_empty() => Outcome::SUCCESS,
+        StageEnd::Judged => Outcome::failed(
+            "build",
+            None,
+            format!(
+                "{} of {} targets failed: {}",
+                failed.len(),
+                targets.len(),
+                failed.join(", ")
+            ),
+        ),
+    }
+}
+
+fn stopped_outcome(reason: StopReason, step: &str, status: Option<ExitStatus>) -> Outcome {
     let (result, error) = match reason {
         StopReason::Cancel => (BuildResult::Cancelled, "cancelled"),
+        StopReason::Superseded => (
+            BuildResult::Cancelled,
+            "cancelled: superseded by a trigger for a newer commit",
+        ),
         StopReason::Shutdown => (BuildResult::Interrupted, "the server is shutting down"),
     };
     Outcome {
         result,
-        failing_step: Some(step.name.clone()),
+        failing_step: Some(step.to_owned()),
         exit_status: status.and_then(exit_code),
         error: Some(error.to_owned()),
     }

@@ -11,7 +11,7 @@ use common::*;
 use prometheus_client::registry::Registry;
 use tailcache_actors::metrics::{MeteredAddr, Metrics};
 use tailcache_actors::status::{BuildStarted, StatusStore, StepStarted};
-use tailcache_actors::{ActorsConfig, BuildResult, BuildStatus, Error, encode_text};
+use tailcache_actors::{ActorsConfig, BuildResult, BuildStatus, Error, StatusFile, encode_text};
 
 #[test]
 fn a_persisted_running_build_becomes_interrupted_and_ids_continue() {

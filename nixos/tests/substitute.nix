@@ -111,8 +111,15 @@ pkgs.testers.runNixOSTest {
             " | jq -e '.last_status == \"success\"'",
             timeout=600,
         )
-        path = server.succeed("readlink -f /var/lib/tailcache/checkout/result").strip()
+        # The attribute is a fleet of one target; its first generation names the path,
+        # which is a GC root registered under the state directory.
+        path = server.succeed(
+            "curl -sf http://127.0.0.1:8000/hosts"
+            " | jq -r '.hosts[0].generations[0].signed.record | fromjson | .out_path'"
+        ).strip()
         assert path.startswith("/nix/store/"), path
+        rooted = server.succeed("readlink /var/lib/tailcache/gcroots/*/1").strip()
+        assert rooted == path, f"{rooted} != {path}"
 
     client.wait_for_unit("multi-user.target")
     with subtest("a client that trusts another key refuses the path"):

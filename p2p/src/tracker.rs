@@ -4,7 +4,7 @@
 //! [`TrackerState`] that answers them. The state is pure (time comes in as an argument) so it
 //! is tested without a network; `node` wires it to the swarm when a node runs as a tracker.
 //!
-//! Wire encoding is postcard (see DESIGN.md, "P2P"). Every list in a message is bounded
+//! Wire encoding is postcard (ARCHITECTURE.md, "Protocols"). Every list in a message is bounded
 //! twice: by the codec's byte cap and by the limits in [`TrackerLimits`].
 
 use std::collections::HashMap;

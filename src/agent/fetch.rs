@@ -1,4 +1,4 @@
-//! One NAR file fetched in pieces from a swarm of peers and the server (issue 5, "Agent"),
+//! One NAR file fetched in pieces from a swarm of peers and the server,
 //! BitTorrent-like. Every piece is verified against the signed BLAKE3 root (`verify_range`)
 //! before it is written to the partial file; only then is it marked held (and, when the
 //! agent uploads, offered to peers through [`Partial`]). The verified prefix is published so

@@ -1,4 +1,4 @@
-//! `tailcache agent` (issue 5, "Agent"): a Nix substituter on 127.0.0.1 in front of the
+//! `tailcache agent`: a Nix substituter on 127.0.0.1 in front of the
 //! cache server. `GET /nix-cache-info` is the server's with a priority 10 better;
 //! `GET|HEAD /<hash>.narinfo` is the server's answer byte for byte (Nix checks the
 //! server's signature itself); `GET /nar/<filehash>.nar.xz|.zst` is fetched in verified

@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use tailcache_actors::{BuildStatus, LogEvent, RequestedBy, TriggerOutcome};
+use tailcache_actors::LogEvent;
+use tailcache_wire::build::{BuildStatus, CancelOutcome, RequestedBy, TriggerOutcome};
 use tokio::sync::broadcast;
 
 use super::ApiState;
@@ -53,14 +54,19 @@ pub async fn post_trigger(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     state.authorize(&headers)?;
-    trigger(&state, requested_by(&headers, peer)).await
+    trigger(&state, requested_by(&headers, peer), None).await
 }
 
-async fn trigger(state: &ApiState, who: RequestedBy) -> ApiResult<Response> {
+/// Triggers a build; `commit` is what a webhook push names (superseding compares it).
+async fn trigger(
+    state: &ApiState,
+    who: RequestedBy,
+    commit: Option<String>,
+) -> ApiResult<Response> {
     if !state.inner.build_configured {
         return Err(ApiError::NotConfigured);
     }
-    let outcome = state.build().trigger(who).await?;
+    let outcome = state.build().trigger_for(who, commit).await?;
     let message = match &outcome {
         TriggerOutcome::Triggered { build_id } => format!("build {build_id} triggered"),
         TriggerOutcome::AlreadyRunning {
@@ -74,6 +80,10 @@ async fn trigger(state: &ApiState, who: RequestedBy) -> ApiResult<Response> {
         TriggerOutcome::Queued { after_build } => {
             format!("a build is running; one more will run after build {after_build}")
         }
+        TriggerOutcome::Superseding {
+            cancelled_build,
+            commit,
+        } => format!("build {cancelled_build} is being cancelled; a build of {commit} runs next"),
         TriggerOutcome::ShuttingDown => return Err(ApiError::ShuttingDown),
     };
     Ok(Json(with_message(&outcome, message)).into_response())
@@ -92,10 +102,10 @@ pub async fn post_cancel(State(state): State<ApiState>, headers: HeaderMap) -> A
     state.authorize(&headers)?;
     let outcome = state.build().cancel().await?;
     let message = match &outcome {
-        tailcache_actors::CancelOutcome::Cancelling { build_id } => {
+        CancelOutcome::Cancelling { build_id } => {
             format!("cancelling build {build_id}")
         }
-        tailcache_actors::CancelOutcome::NotRunning => "no build is running".to_owned(),
+        CancelOutcome::NotRunning => "no build is running".to_owned(),
     };
     Ok(Json(with_message(&outcome, message)).into_response())
 }
@@ -212,6 +222,8 @@ fn end_event(build_id: Option<u64>, result: Option<&str>) -> Event {
 struct PushEvent {
     #[serde(rename = "ref")]
     git_ref: String,
+    /// The commit the branch points to after the push.
+    after: Option<String>,
     pusher: Option<Pusher>,
 }
 
@@ -258,12 +270,17 @@ pub async fn post_webhook(
                 return Ok(Json(body).into_response());
             }
             let user = push.pusher.map_or_else(|| "unknown".to_owned(), |p| p.name);
+            // A deleted branch's `after` is all zeros: no commit to build.
+            let commit = push.after.filter(|c| {
+                c.bytes().all(|b| b.is_ascii_hexdigit()) && c.bytes().any(|b| b != b'0')
+            });
             trigger(
                 &state,
                 RequestedBy {
                     host: "github-webhook".to_owned(),
                     user,
                 },
+                commit,
             )
             .await
         }

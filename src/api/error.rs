@@ -19,6 +19,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("not found")]
     NotFound,
+    #[error("no host named {name:?}; the server builds: {known}")]
+    UnknownHost { name: String, known: String },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("{0}")]
@@ -33,6 +35,7 @@ impl IntoResponse for ApiError {
             ApiError::NotConfigured => (StatusCode::CONFLICT, "not_configured"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::UnknownHost { .. } => (StatusCode::NOT_FOUND, "unknown_host"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Actors(_) => (StatusCode::INTERNAL_SERVER_ERROR, "error"),
         };

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`build`]: `POST /build/trigger|cancel|webhook`, `GET /build/status`, `GET /build/logs`.
+//! - [`hosts`]: `GET /hosts`, `GET /hosts/<name>` (generations, signed records, readiness)
+//!   and `GET /locks/<hash>` (the lock files builds used).
 //! - [`health`]: `GET /health` and `GET /metrics`.
 //! - [`page`]: `GET /`, the HTML status page (no external assets).
 //! - [`error`]: the one place that maps failures to statuses.
@@ -13,6 +15,7 @@
 pub mod build;
 pub mod error;
 pub mod health;
+pub mod hosts;
 pub mod page;
 
 use std::sync::Arc;
@@ -114,6 +117,9 @@ pub fn router() -> Router<ApiState> {
         .route("/build/webhook", post(build::post_webhook))
         .route("/build/status", get(build::get_status))
         .route("/build/logs", get(build::get_logs))
+        .route("/hosts", get(hosts::get_hosts))
+        .route("/hosts/{name}", get(hosts::get_host))
+        .route("/locks/{hash}", get(hosts::get_lock))
         .route("/health", get(health::get_health))
         .route("/metrics", get(health::get_metrics))
 }

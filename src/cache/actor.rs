@@ -1,11 +1,12 @@
-//! The CacheServer actor: owns the cache's mutable state — the compression queue and which
+//! The CacheServer actor: owns the cache's mutable state — the compression queues and which
 //! paths are pending, the size bound of the compressed-NAR directory, the counters — and
 //! its typed handle. It runs supervised (restarted after a panic) and metered like the build
 //! actors. Request handlers *tell* it about paths worth compressing through
 //! [`CacheHandle::request_compression`], which never waits: when the queue or the mailbox is
 //! full the request is dropped and made again by the next narinfo request for that path.
-//! A finished build hands it its new store paths ([`NewPathsSink`]); their closure is
-//! queued so clients find compressed NARs.
+//! A finished build hands it its new store paths ([`NewPathsSink`]); their whole closure
+//! goes into a second queue that the compression worker empties first, so a just-built
+//! generation becomes servable before older work is done.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use tailcache_actors::NewPathsSink;
+use tailcache_actors::fleet::Servable;
 use tailcache_actors::metrics::{ActorMetrics, Metered, MeteredAddr, metered};
 use tailcache_store::{Sha256Hash, StorePath, StorePathHash};
 use tokio::sync::mpsc;
@@ -20,6 +22,7 @@ use tokio::sync::mpsc;
 use super::LazyStore;
 use super::compress::{self, Job};
 use super::nar_cache::NarCache;
+use super::queue::CompressionQueue;
 use super::stats::CacheStats;
 use crate::config::Compression;
 
@@ -41,8 +44,10 @@ pub struct CompressionSettings {
 pub struct CacheServer {
     nars: Arc<NarCache>,
     store: Arc<LazyStore>,
+    /// To the worker; room for one job, so what it takes next is decided as late as possible.
     jobs: mpsc::Sender<Job>,
-    pending: HashSet<StorePathHash>,
+    /// What is compressed next: a build's closure first, then narinfo requests.
+    queue: CompressionQueue,
     settings: CompressionSettings,
     max_bytes: u64,
     stats: CacheStats,
@@ -97,6 +102,13 @@ pub struct NewPaths {
     pub paths: Vec<PathBuf>,
 }
 
+/// The closure of a build's new paths, walked: compressed before anything else.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Prioritize {
+    jobs: Vec<Compress>,
+}
+
 impl Handler<Compress> for CacheServer {
     type Result = ();
 
@@ -110,8 +122,9 @@ impl Handler<Compressed> for CacheServer {
 
     fn handle(&mut self, msg: Compressed, ctx: &mut Self::Context) {
         let _ = metered(self, ctx, msg, |act, msg, _| {
-            act.pending.remove(&msg.path_hash);
-            act.stats.set_queue_len(act.pending.len());
+            act.queue.finished(&msg.path_hash);
+            act.dispatch();
+            act.stats.set_queue_len(act.queue.len());
             act.stats.compression_finished(msg.ok);
             let total = act.nars.total_bytes();
             act.stats.set_nar_dir_bytes(total);
@@ -139,15 +152,20 @@ impl Handler<NewPaths> for CacheServer {
             let store = act.store.clone();
             let addr = MeteredAddr::new(ctx.address(), act.metrics.clone());
             // The closure walk reads the store database: a blocking thread, not the actor's.
+            // One message carries the whole closure: it must not be lost to a full mailbox.
             tokio::task::spawn_blocking(move || {
-                for c in closure(&store, &msg.paths) {
-                    if let Err(e) = addr.tell(c) {
-                        tracing::debug!("not all new paths queued for compression: {e}");
-                        break;
-                    }
-                }
+                let jobs = closure(&store, &msg.paths);
+                addr.force(Prioritize { jobs });
             });
         });
+    }
+}
+
+impl Handler<Prioritize> for CacheServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Prioritize, ctx: &mut Self::Context) {
+        let _ = metered(self, ctx, msg, |act, msg, _| act.prioritize(msg.jobs));
     }
 }
 
@@ -190,33 +208,65 @@ fn closure(store: &LazyStore, roots: &[PathBuf]) -> Vec<Compress> {
 }
 
 impl CacheServer {
+    /// Whether a path needs no compression: none is configured, or it is already done in
+    /// the configured one (a file in another, from before a configuration change, is
+    /// served meanwhile and replaced).
+    fn done(&self, msg: &Compress) -> bool {
+        self.settings.compression == Compression::None
+            || compressed_in(
+                &self.nars,
+                &msg.path_hash,
+                &msg.nar_hash,
+                self.settings.compression,
+            )
+    }
+
+    /// A narinfo request's path: queued behind everything else, dropped when the queue is
+    /// full (the next request for it asks again).
     fn enqueue(&mut self, msg: Compress) {
-        if self.settings.compression == Compression::None
-            || self.pending.contains(&msg.path_hash)
-            || self.nars.contains(&msg.path_hash, &msg.nar_hash)
-        {
+        if self.done(&msg) || self.queue.is_pending(&msg.path_hash) {
             return;
         }
-        let job = Job {
-            path_hash: msg.path_hash,
-            physical_path: msg.physical_path,
-            nar_hash: msg.nar_hash,
-            nar_size: msg.nar_size,
-            compression: self.settings.compression,
-            level: self.settings.level,
-            threads: self.settings.threads,
-        };
-        match self.jobs.try_send(job) {
-            Ok(()) => {
-                self.pending.insert(msg.path_hash);
-                self.stats.set_queue_len(self.pending.len());
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!("compression queue full; {} will be retried", msg.path_hash);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("the compression worker has stopped");
-            }
+        let path = msg.path_hash;
+        if !self.queue.request(msg) {
+            tracing::debug!("compression queue full; {path} will be retried");
+            return;
+        }
+        self.dispatch();
+        self.stats.set_queue_len(self.queue.len());
+    }
+
+    /// A build's closure: before everything else, including paths already waiting.
+    fn prioritize(&mut self, jobs: Vec<Compress>) {
+        let todo: Vec<Compress> = jobs.into_iter().filter(|j| !self.done(j)).collect();
+        let dropped = self.queue.prioritize(todo);
+        if dropped > 0 {
+            tracing::warn!(
+                "{dropped} paths of a build's closure not queued (too many waiting); they are compressed on request"
+            );
+        }
+        self.dispatch();
+        self.stats.set_queue_len(self.queue.len());
+    }
+
+    /// Hands the worker its next job while it has room: the front queue first.
+    fn dispatch(&mut self) {
+        while let Ok(permit) = self.jobs.try_reserve() {
+            let Some(msg) = self.queue.take_next() else {
+                return;
+            };
+            permit.send(Job {
+                path_hash: msg.path_hash,
+                physical_path: msg.physical_path,
+                nar_hash: msg.nar_hash,
+                nar_size: msg.nar_size,
+                compression: self.settings.compression,
+                level: self.settings.level,
+                threads: self.settings.threads,
+            });
+        }
+        if self.jobs.is_closed() {
+            tracing::error!("the compression worker has stopped");
         }
     }
 }
@@ -236,21 +286,25 @@ pub struct CacheServerParts {
 impl CacheServer {
     /// Starts the actor (supervised) and its compression worker on the current actix system.
     pub fn start(p: CacheServerParts) -> CacheHandle {
-        let (tx, rx) = mpsc::channel(p.queue);
+        let (tx, rx) = mpsc::channel(1);
         p.stats.set_nar_dir_bytes(p.nars.total_bytes());
         let actor = CacheServer {
             nars: p.nars.clone(),
             store: p.store,
             jobs: tx,
-            pending: HashSet::new(),
+            queue: CompressionQueue::new(p.queue),
             settings: p.settings,
             max_bytes: p.max_bytes,
             stats: p.stats,
             metrics: p.metrics.clone(),
         };
         let addr = MeteredAddr::new(Supervisor::start(|_| actor), p.metrics);
-        tokio::spawn(worker(rx, p.nars, addr.clone()));
-        CacheHandle { addr }
+        tokio::spawn(worker(rx, p.nars.clone(), addr.clone()));
+        CacheHandle {
+            addr,
+            nars: p.nars,
+            compression: p.settings.compression,
+        }
     }
 }
 
@@ -260,6 +314,9 @@ async fn worker(mut rx: mpsc::Receiver<Job>, nars: Arc<NarCache>, addr: MeteredA
         let path_hash = job.path_hash;
         let nars = nars.clone();
         let ok = tokio::task::spawn_blocking(move || {
+            if compressed_in(&nars, &job.path_hash, &job.nar_hash, job.compression) {
+                return true;
+            }
             let started = std::time::Instant::now();
             let entry = match compress::run(&job, &nars) {
                 Ok(e) => e,
@@ -298,6 +355,8 @@ async fn worker(mut rx: mpsc::Receiver<Job>, nars: Arc<NarCache>, addr: MeteredA
 #[derive(Debug, Clone)]
 pub struct CacheHandle {
     addr: MeteredAddr<CacheServer>,
+    nars: Arc<NarCache>,
+    compression: Compression,
 }
 
 impl CacheHandle {
@@ -313,6 +372,41 @@ impl CacheHandle {
     pub fn is_running(&self) -> bool {
         self.addr.connected()
     }
+
+    /// What a generation's readiness is judged by: servable in the configured compression.
+    pub fn servable(&self) -> NarServable {
+        NarServable {
+            nars: self.nars.clone(),
+            compression: self.compression,
+        }
+    }
+}
+
+/// Whether the cache serves a path in its configured compression: always when NARs are
+/// served uncompressed, else once the compressed file of the path's current NAR is indexed
+/// (a lookup in the in-memory index).
+#[derive(Debug, Clone)]
+pub struct NarServable {
+    nars: Arc<NarCache>,
+    compression: Compression,
+}
+
+impl Servable for NarServable {
+    fn servable(&self, path: &StorePathHash, nar_hash: &Sha256Hash) -> bool {
+        self.compression == Compression::None
+            || compressed_in(&self.nars, path, nar_hash, self.compression)
+    }
+}
+
+/// Whether the index holds this NAR compressed in `compression`.
+pub fn compressed_in(
+    nars: &NarCache,
+    path: &StorePathHash,
+    nar_hash: &Sha256Hash,
+    compression: Compression,
+) -> bool {
+    nars.get(path, nar_hash)
+        .is_some_and(|e| e.compression == compression)
 }
 
 impl NewPathsSink for CacheHandle {

@@ -7,6 +7,7 @@
 //!   compression queue and counters — and its typed handle.
 //! - [`nar_cache`]: the on-disk directory of compressed NARs and its index.
 //! - [`compress`]: one compression job (NAR dump → xz/zstd file), run on a blocking thread.
+//! - [`queue`]: the order of compression jobs (a build's closure before narinfo requests).
 //! - [`narinfo`], [`nar`], [`build_log`]: the HTTP resources.
 //! - [`p2p`]: the signed P2P manifest and the BLAKE3 outboard of each compressed NAR.
 //! - [`body`]: streaming a blocking reader into a response body with bounded memory.
@@ -27,6 +28,7 @@ pub mod nar;
 pub mod nar_cache;
 pub mod narinfo;
 pub mod p2p;
+pub mod queue;
 pub mod signatures;
 pub mod stats;
 

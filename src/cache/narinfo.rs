@@ -41,10 +41,26 @@ pub async fn get_narinfo(
 pub fn render(state: &CacheState, info: PathInfo) -> String {
     let store_dir = state.store_dir();
     let path_hash = info.path.hash();
+    // Queues the compression this path lacks (never waits; see CacheHandle).
+    let request_compression = || {
+        if state.compression() != Compression::None {
+            state.actor().request_compression(Compress {
+                path_hash,
+                physical_path: state.store().layout().physical_path(&info.path),
+                nar_hash: info.nar_hash,
+                nar_size: info.nar_size,
+            });
+        }
+    };
     let (url, compression, file_hash, file_size) =
         match state.nars().get(&path_hash, &info.nar_hash) {
             Some(entry) => {
                 entry.touch();
+                // Compressed before the configuration changed: served as it is while the
+                // configured compression is made.
+                if entry.compression != state.compression() {
+                    request_compression();
+                }
                 (
                     entry.url(),
                     entry.compression.narinfo_name(),
@@ -53,14 +69,7 @@ pub fn render(state: &CacheState, info: PathInfo) -> String {
                 )
             }
             None => {
-                if state.compression() != Compression::None {
-                    state.actor().request_compression(Compress {
-                        path_hash,
-                        physical_path: state.store().layout().physical_path(&info.path),
-                        nar_hash: info.nar_hash,
-                        nar_size: info.nar_size,
-                    });
-                }
+                request_compression();
                 let url = format!("nar/{}-{}.nar", path_hash, info.nar_hash.to_nix32());
                 (url, "none", info.nar_hash, info.nar_size)
             }

@@ -2,7 +2,14 @@
 //! shows it with a fingerprint for the person to confirm, then writes a home-manager flake
 //! for this machine: `secrets.nix` (server addresses and key; git-ignored), `.gitignore`,
 //! `flake.nix` and `home.nix` using the `programs.tailcache` options of the home-manager
-//! module (issue 6). The option names used are listed in [`OPTIONS_USED`].
+//! module; on NixOS (`--nixos`, or `/etc/NIXOS` present) also `nixos-client.nix`, the
+//! system side (`services.tailcache.client`: the daemon ignores a user's own substituters),
+//! which the flake exports as `nixosModules.default`.
+//!
+//! The files come from the one source of the per-machine flake, `src/cli/bootstrap/*.in`;
+//! the flake templates `home/templates/{laptop,desktop,server}` are the same files rendered
+//! with example values ([`render_template`]), and tests/nix_modules.rs checks that they are
+//! and evaluates both with the real module system.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -14,20 +21,18 @@ use super::client::{self, CliError};
 use super::config::{self, Endpoint};
 use super::exit;
 
-/// The flake the generated `flake.nix` takes tailcache from.
-pub const TAILCACHE_FLAKE: &str = "github:tailcache/tailcache";
+/// The file whose presence marks a NixOS system.
+pub const NIXOS_MARKER: &str = "/etc/NIXOS";
 
-/// Every home-manager option the generated files set (the modules must declare them).
-pub const OPTIONS_USED: &[&str] = &[
-    "programs.tailcache.enable",
-    "programs.tailcache.server",
-    "programs.tailcache.cacheUrl",
-    "programs.tailcache.publicKeys",
-    "programs.tailcache.agent.enable",
-    "programs.tailcache.agent.reseed",
-    "services.bootstrap-services.enable",
-    "services.bootstrap-services.template",
-];
+/// The per-machine flake, with `@name@` placeholders ([`fill`]).
+const FLAKE: &str = include_str!("bootstrap/flake.nix.in");
+const HOME: &str = include_str!("bootstrap/home.nix.in");
+const SECRETS: &str = include_str!("bootstrap/secrets.nix.in");
+const GITIGNORE: &str = include_str!("bootstrap/gitignore.in");
+const NIXOS_CLIENT: &str = include_str!("bootstrap/nixos-client.nix.in");
+
+/// The system side of a NixOS machine, next to the home-manager files.
+pub const NIXOS_FILE: &str = "nixos-client.nix";
 
 /// What kind of machine this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,6 +48,26 @@ impl Template {
             Template::Laptop => "laptop",
             Template::Desktop => "desktop",
             Template::Server => "server",
+        }
+    }
+
+    /// What home.nix's header says about the machine (nix/lib.nix holds what it sets).
+    fn summary(self) -> &'static str {
+        match self {
+            Template::Laptop => {
+                "documents (~/Documents) and notes (~/Notes), shared with the desktop\n\
+                 # and the server; Tailscale accepts subnet routes, no Tailscale SSH. The agent fetches\n\
+                 # from peers but does not reseed (battery, hotel wifi)."
+            }
+            Template::Desktop => {
+                "documents, notes and photos (~/Pictures, shared with the server only);\n\
+                 # Tailscale accepts routes and runs Tailscale SSH. The agent reseeds what it fetched."
+            }
+            Template::Server => {
+                "the hub: documents, notes, photos under ~/sync, plus a receive-only\n\
+                 # ~/sync/backups; Tailscale SSH on, routes not accepted. No agent: this machine is the\n\
+                 # cache."
+            }
         }
     }
 
@@ -77,6 +102,13 @@ pub struct BootstrapArgs {
     /// Overwrite files that already exist.
     #[arg(long)]
     pub force: bool,
+    /// This is a NixOS machine: also write nixos-client.nix, the system side (default: when
+    /// /etc/NIXOS exists).
+    #[arg(long, conflicts_with = "home_only")]
+    pub nixos: bool,
+    /// Write only the home-manager files, even on NixOS.
+    #[arg(long)]
+    pub home_only: bool,
     /// Seconds to wait for the server.
     #[arg(
         long,
@@ -107,21 +139,7 @@ pub fn default_api(cache_url: &str) -> String {
 
 /// A Nix string literal.
 pub fn nix_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '$' => out.push_str("\\$"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    tailcache_store::nix_string::nix_string(s)
 }
 
 /// The inputs of the generated files.
@@ -134,105 +152,140 @@ pub struct Machine {
     pub user: String,
     pub home: String,
     pub system: String,
+    /// Also the system side (nixos-client.nix).
+    pub nixos: bool,
+    /// Where the files go (named in nixos-client.nix's instructions).
+    pub dir: String,
 }
 
-/// The files, as (name, contents).
+/// The files bootstrap writes, as (name, contents).
 pub fn render(m: &Machine) -> Vec<(&'static str, String)> {
-    let keys: Vec<String> = m
-        .keys
-        .iter()
-        .map(|k| format!("    {}", nix_str(&k.to_nix_string())))
-        .collect();
-    let secrets = format!(
-        "# Written by `tailcache bootstrap-new-machine`; git-ignored (.gitignore).\n\
-         # Where this machine's build server is and the key its cache signs with.\n\
-         {{\n  server = {};\n  cacheUrl = {};\n  publicKeys = [\n{}\n  ];\n}}\n",
-        nix_str(&m.api_url),
-        nix_str(&m.cache_url),
-        keys.join("\n")
-    );
-    let gitignore = "# Machine-specific values written by `tailcache bootstrap-new-machine`.\n\
-                     secrets.nix\nresult\n"
-        .to_owned();
-    let flake = format!(
-        r#"# Written by `tailcache bootstrap-new-machine` (template {template}).
-# secrets.nix is git-ignored, so build through a `path:` flake reference, which includes
-# untracked files:  home-manager switch --flake path:.#{user}
-{{
-  description = "Home configuration of {user} (tailcache {template} template)";
+    let values = Values {
+        user: nix_str(&m.user),
+        home_directory: nix_str(&m.home),
+        system: nix_str(&m.system),
+        server: nix_str(&m.api_url),
+        cache_url: nix_str(&m.cache_url),
+        public_keys: m.keys.iter().map(|k| nix_str(&k.to_nix_string())).collect(),
+        nixos: m.nixos,
+        dir: m.dir.clone(),
+    };
+    render_files(m.template, &values, "secrets.nix")
+}
 
-  inputs = {{
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
-    home-manager = {{
-      url = "github:nix-community/home-manager";
-      inputs.nixpkgs.follows = "nixpkgs";
-    }};
-    tailcache = {{
-      url = {flake_url};
-      inputs.nixpkgs.follows = "nixpkgs";
-      inputs.home-manager.follows = "home-manager";
-    }};
-  }};
+/// The flake template `home/templates/<template>`: the same files with example values
+/// (user `me`, the server `build-server`) and `secrets.example.nix` for `secrets.nix`.
+pub fn render_template(template: Template) -> Vec<(&'static str, String)> {
+    let values = Values {
+        user: nix_str("me"),
+        // An expression of the flake's `let`: follows `user` when that is edited.
+        home_directory: "\"/home/${user}\"".to_owned(),
+        system: nix_str("x86_64-linux"),
+        server: nix_str("http://build-server:8000"),
+        cache_url: nix_str("http://build-server:5000"),
+        public_keys: vec![nix_str("build-server-tailcache-1:REPLACE-WITH-GET-/pubkey")],
+        nixos: false,
+        dir: "/home/me/nix-config".to_owned(),
+    };
+    render_files(template, &values, "secrets.example.nix")
+}
 
-  outputs = {{ nixpkgs, home-manager, tailcache, ... }}:
-    let
-      system = {system};
-    in
-    {{
-      homeConfigurations.{user_attr} = home-manager.lib.homeManagerConfiguration {{
-        pkgs = nixpkgs.legacyPackages.${{system}};
-        extraSpecialArgs = {{ inherit tailcache; }};
-        modules = [ ./home.nix ];
-      }};
-    }};
-}}
-"#,
-        template = m.template.name(),
-        user = m.user,
-        user_attr = nix_str(&m.user),
-        flake_url = nix_str(TAILCACHE_FLAKE),
-        system = nix_str(&m.system),
-    );
-    let (agent, reseed) = m.template.agent();
-    let home = format!(
-        r#"# Written by `tailcache bootstrap-new-machine` (template {template}).
-{{ tailcache, ... }}:
-let
-  secrets = import ./secrets.nix;
-in
-{{
-  imports = [ tailcache.homeManagerModules.default ];
+/// What differs between machines, each a Nix expression.
+struct Values {
+    user: String,
+    home_directory: String,
+    system: String,
+    server: String,
+    cache_url: String,
+    public_keys: Vec<String>,
+    nixos: bool,
+    dir: String,
+}
 
-  home.username = {user};
-  home.homeDirectory = {home};
-  home.stateVersion = "25.05";
+fn render_files(
+    t: Template,
+    v: &Values,
+    secrets_name: &'static str,
+) -> Vec<(&'static str, String)> {
+    let (agent, reseed) = t.agent();
+    let keys: Vec<String> = v.public_keys.iter().map(|k| format!("    {k}")).collect();
+    let keys = keys.join("\n");
+    // On NixOS the agent is the system's (one per machine, on one port), and system-update
+    // switches the system too.
+    let home_agent = if v.nixos {
+        "    # The agent runs as a system service (nixos-client.nix).\n    agent.enable = false;"
+            .to_owned()
+    } else {
+        format!("    agent.enable = {agent};\n    agent.reseed = {reseed};")
+    };
+    let system_update = if v.nixos {
+        "\n    systemUpdate.nixos = true;   # system-update switches the system first (sudo)"
+    } else {
+        ""
+    };
+    let nixos_output = if v.nixos {
+        "\n      # The system side: add it to the NixOS configuration (see nixos-client.nix).\n      \
+         nixosModules.default = import ./nixos-client.nix { inherit tailcache; };"
+    } else {
+        ""
+    };
+    let agent_summary = match (agent, reseed) {
+        (false, _) => "no agent (this machine is the cache)",
+        (true, false) => "the agent as a system service (fetching from peers, not reseeding)",
+        (true, true) => "the agent as a system service (reseeding what it fetched)",
+    };
+    let (agent, reseed) = (agent.to_string(), reseed.to_string());
+    let vars = [
+        ("template", t.name()),
+        ("summary", t.summary()),
+        ("user", &v.user),
+        ("homeDirectory", &v.home_directory),
+        ("system", &v.system),
+        ("agentEnable", &agent),
+        ("agentReseed", &reseed),
+        ("homeAgent", &home_agent),
+        ("systemUpdate", system_update),
+        ("nixosOutput", nixos_output),
+        ("agentSummary", agent_summary),
+        ("dir", &v.dir),
+        ("server", &v.server),
+        ("cacheUrl", &v.cache_url),
+        ("publicKeys", &keys),
+    ];
+    let mut files = vec![
+        (secrets_name, fill(SECRETS, &vars)),
+        (".gitignore", fill(GITIGNORE, &vars)),
+        ("flake.nix", fill(FLAKE, &vars)),
+        ("home.nix", fill(HOME, &vars)),
+    ];
+    if v.nixos {
+        files.push((NIXOS_FILE, fill(NIXOS_CLIENT, &vars)));
+    }
+    files
+}
 
-  programs.tailcache = {{
-    enable = true;
-    server = secrets.server;
-    cacheUrl = secrets.cacheUrl;
-    publicKeys = secrets.publicKeys;
-    agent.enable = {agent};
-    agent.reseed = {reseed};
-  }};
-
-  services.bootstrap-services = {{
-    enable = true;
-    template = {template_str};
-  }};
-}}
-"#,
-        template = m.template.name(),
-        template_str = nix_str(m.template.name()),
-        user = nix_str(&m.user),
-        home = nix_str(&m.home),
-    );
-    vec![
-        ("secrets.nix", secrets),
-        (".gitignore", gitignore),
-        ("flake.nix", flake),
-        ("home.nix", home),
-    ]
+/// Replaces each `@name@` of `template` with its value, in one pass (a value is never
+/// searched for placeholders). The sources are ours, so an unknown name is a bug.
+fn fill(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(at) = rest.find('@') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let end = after
+            .find('@')
+            .unwrap_or_else(|| panic!("an unclosed placeholder in {after:?}"));
+        let name = &after[..end];
+        let value = vars
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no value for @{name}@"))
+            .1;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn nix_system() -> String {
@@ -247,8 +300,10 @@ pub fn run(a: &BootstrapArgs) -> Result<u8, CliError> {
         Some(u) => config::normalise_url(u)?,
         None => default_api(&cache_url),
     };
+    let nixos = a.nixos || (!a.home_only && is_nixos(Path::new(NIXOS_MARKER)));
     let files_exist: Vec<PathBuf> = ["secrets.nix", ".gitignore", "flake.nix", "home.nix"]
-        .iter()
+        .into_iter()
+        .chain(nixos.then_some(NIXOS_FILE))
         .map(|f| a.dir.join(f))
         .filter(|p| p.exists())
         .collect();
@@ -323,15 +378,40 @@ pub fn run(a: &BootstrapArgs) -> Result<u8, CliError> {
         user: client::Who::current().user,
         home: std::env::var("HOME").unwrap_or_else(|_| "/home/user".into()),
         system: nix_system(),
+        nixos,
+        dir: absolute(&a.dir).display().to_string(),
     };
-    write_files(&a.dir, &render(&machine))?;
+    let files = render(&machine);
+    write_files(&a.dir, &files)?;
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+    println!("wrote {} to {}", names.join(", "), a.dir.display());
+    if nixos {
+        println!(
+            "next, the system: add nixosModules.default of this flake to the NixOS \
+             configuration (see {NIXOS_FILE}) and rebuild once"
+        );
+    }
     println!(
-        "wrote secrets.nix, .gitignore, flake.nix and home.nix to {}\nnext: cd {} && home-manager switch --flake path:.#{}",
-        a.dir.display(),
+        "next: cd {} && home-manager switch --flake path:.#{}",
         a.dir.display(),
         machine.user
     );
     Ok(exit::OK)
+}
+
+/// Whether this is NixOS: `marker` (/etc/NIXOS) exists.
+pub fn is_nixos(marker: &Path) -> bool {
+    marker.exists()
+}
+
+fn absolute(dir: &Path) -> PathBuf {
+    if dir.is_absolute() {
+        dir.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|c| c.join(dir))
+            .unwrap_or_else(|_| dir.to_owned())
+    }
 }
 
 fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), CliError> {
@@ -347,6 +427,32 @@ fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fill_replaces_placeholders_once() {
+        assert_eq!(
+            fill("a @x@ b @y@@x@", &[("x", "@y@"), ("y", "1")]),
+            "a @y@ b 1@y@"
+        );
+    }
+
+    #[test]
+    fn every_placeholder_has_a_value() {
+        for t in [Template::Laptop, Template::Desktop, Template::Server] {
+            for (name, text) in render_template(t) {
+                assert!(!text.contains('@'), "{t:?} {name}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn nixos_is_told_by_its_marker() {
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("NIXOS");
+        assert!(!is_nixos(&marker));
+        std::fs::write(&marker, "").unwrap();
+        assert!(is_nixos(&marker));
+    }
 
     #[test]
     fn api_next_to_cache() {

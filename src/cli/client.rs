@@ -9,7 +9,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
-use tailcache_actors::status::BuildStatus;
+use tailcache_wire::build::BuildStatus;
+use tailcache_wire::hosts::{HostView, HostsReply};
 
 use super::config::Endpoint;
 use super::exit;
@@ -69,6 +70,20 @@ pub enum CliError {
     /// The person did not confirm (or could not be asked).
     #[error("{0}")]
     NotConfirmed(String),
+    /// `tailcache switch`: nothing to switch to (no such target, no ready generation, a
+    /// generation that is not kept).
+    #[error("{0}")]
+    NotAvailable(String),
+    /// `tailcache switch`: the generation record failed a check (signature, contents,
+    /// older than what this machine applied); nothing was changed.
+    #[error("refused: {0}")]
+    RecordRefused(String),
+    /// `tailcache switch`: Nix could not substitute the closure; nothing was changed.
+    #[error("{0}")]
+    Substitute(String),
+    /// `tailcache switch`: setting the profile or the activation failed.
+    #[error("{0}")]
+    Activation(String),
 }
 
 impl CliError {
@@ -92,6 +107,10 @@ impl CliError {
             CliError::BuildFailed { .. } => exit::BUILD_FAILED,
             CliError::Usage(_) => exit::USAGE,
             CliError::Config(_) | CliError::Local { .. } | CliError::NotConfirmed(_) => exit::LOCAL,
+            CliError::NotAvailable(_) => exit::NOT_AVAILABLE,
+            CliError::RecordRefused(_) => exit::REFUSED,
+            CliError::Substitute(_) => exit::SUBSTITUTE_FAILED,
+            CliError::Activation(_) => exit::ACTIVATION_FAILED,
         }
     }
 }
@@ -124,19 +143,26 @@ impl Who {
 /// The login name of this process's uid (for shells started without `$USER`, as in cron
 /// or `tmux new-session` with a minimal environment).
 fn user_from_passwd() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .to_owned();
+    let uid = proc_uid(0)?.to_string();
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let mut f = l.split(':');
         let name = f.next()?;
         (f.nth(1)? == uid).then(|| name.to_owned())
     })
+}
+
+/// One of this process's uids from `/proc/self/status` (`Uid: real effective saved fs`):
+/// `0` the real, `1` the effective one.
+pub fn proc_uid(field: usize) -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .nth(field)?
+        .parse()
+        .ok()
 }
 
 /// A client of one build server.
@@ -180,29 +206,18 @@ impl Client {
 
     fn send(&self, r: RequestBuilder) -> Result<Response, CliError> {
         let response = r.send().map_err(|e| self.transport_error(&e))?;
-        let status = response.status();
-        if status.is_success() {
+        if response.status().is_success() {
             return Ok(response);
         }
-        // Error bodies are `{"status", "message"}` (src/api/error.rs).
-        let text = response.text().unwrap_or_default();
-        let body: Option<serde_json::Value> = serde_json::from_str(&text).ok();
-        let tag = body
-            .as_ref()
-            .and_then(|b| b.get("status")?.as_str().map(str::to_owned));
-        let message = body
-            .as_ref()
-            .and_then(|b| b.get("message")?.as_str().map(str::to_owned))
-            .unwrap_or_else(|| {
-                let t = text.trim();
-                if t.is_empty() || t.len() > 200 {
-                    status.canonical_reason().unwrap_or("").to_owned()
-                } else {
-                    t.to_owned()
-                }
-            });
+        Err(self.reply_error(response))
+    }
+
+    /// The error a non-success reply stands for.
+    fn reply_error(&self, response: Response) -> CliError {
+        let status = response.status();
+        let (tag, message) = error_body(response);
         let url = self.endpoint.url.clone();
-        Err(match status {
+        match status {
             StatusCode::UNAUTHORIZED => CliError::Unauthorized { url, message },
             StatusCode::CONFLICT if tag.as_deref() == Some("not_configured") => {
                 CliError::NotConfigured(message)
@@ -212,9 +227,8 @@ impl Client {
                 status: status.as_u16(),
                 message,
             },
-        })
+        }
     }
-
     /// Sorts a transport failure into refused / DNS / timeout / other.
     pub fn transport_error(&self, e: &reqwest::Error) -> CliError {
         let url = self.endpoint.url.clone();
@@ -274,6 +288,49 @@ impl Client {
         self.json(r, "the status")
     }
 
+    /// `GET /hosts`: every target; `None` from a server without per-host routes (one
+    /// that predates them, or answers 404 to the route itself).
+    pub fn hosts(&self) -> Result<Option<HostsReply>, CliError> {
+        let r = self
+            .request(reqwest::Method::GET, "/hosts")
+            .send()
+            .map_err(|e| self.transport_error(&e))?;
+        if r.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !r.status().is_success() {
+            return Err(self.reply_error(r));
+        }
+        self.json(r, "the hosts").map(Some)
+    }
+
+    /// `GET /hosts/<name>`: `None` when the server knows no such target.
+    pub fn host(&self, name: &str) -> Result<Option<HostView>, CliError> {
+        let r = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/hosts/{}", path_segment(name)),
+            )
+            .send()
+            .map_err(|e| self.transport_error(&e))?;
+        if r.status() == StatusCode::NOT_FOUND {
+            // The API's own 404 says `unknown_host`; a bare 404 means the route is missing.
+            let (tag, _) = error_body(r);
+            return match tag.as_deref() {
+                Some("unknown_host" | "not_found") => Ok(None),
+                _ => Err(CliError::BadReply {
+                    url: self.endpoint.url.clone(),
+                    reason: "the server has no /hosts routes (is it older than this client?)"
+                        .to_owned(),
+                }),
+            };
+        }
+        if !r.status().is_success() {
+            return Err(self.reply_error(r));
+        }
+        self.json(r, "the host").map(Some)
+    }
+
     /// `GET /build/logs?lines=N`.
     pub fn logs(&self, n: usize) -> Result<Vec<String>, CliError> {
         #[derive(serde::Deserialize)]
@@ -310,6 +367,43 @@ impl Client {
             }
         }
     }
+}
+
+/// The `status` tag and the message of an error reply (`{"status", "message"}`, see
+/// `src/api/error.rs`); a reply without that JSON gives its short text or the reason phrase.
+fn error_body(response: Response) -> (Option<String>, String) {
+    let status = response.status();
+    let text = response.text().unwrap_or_default();
+    let body: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    let tag = body
+        .as_ref()
+        .and_then(|b| b.get("status")?.as_str().map(str::to_owned));
+    let message = body
+        .as_ref()
+        .and_then(|b| b.get("message")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| {
+            let t = text.trim();
+            if t.is_empty() || t.len() > 200 {
+                status.canonical_reason().unwrap_or("").to_owned()
+            } else {
+                t.to_owned()
+            }
+        });
+    (tag, message)
+}
+
+/// A target name as one URL path segment: unreserved characters and `@` stay, the rest is
+/// percent-encoded (names come from flake attributes, so this is rarely needed).
+fn path_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A plain GET of a text resource (the cache's `/pubkey`), same error sorting.

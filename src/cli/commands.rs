@@ -4,10 +4,10 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tailcache_actors::TriggerOutcome;
-use tailcache_actors::status::{BuildResult, BuildStatus};
+use tailcache_wire::build::{BuildResult, BuildStatus, TriggerOutcome};
 
 use super::client::{CliError, Client};
+use super::hosts::{self, TargetProgress};
 use super::output::{self, Style};
 use super::{LogsArgs, ServerArgs, StatusArgs, TriggerArgs, config, exit};
 
@@ -54,6 +54,12 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
             TriggerOutcome::Queued { after_build } => {
                 println!("build {after_build} is running; another build is queued to run after it")
             }
+            TriggerOutcome::Superseding {
+                cancelled_build,
+                commit,
+            } => println!(
+                "build {cancelled_build} is being cancelled; a build of {commit} runs after it"
+            ),
             // The server answers this one with 503, which `client.trigger()` already reports.
             TriggerOutcome::ShuttingDown => {}
         }
@@ -64,7 +70,11 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
     let target = match reply {
         TriggerOutcome::Triggered { build_id }
         | TriggerOutcome::AlreadyRunning { build_id, .. } => Target::Build(build_id),
-        TriggerOutcome::Queued { after_build } => Target::After(after_build),
+        TriggerOutcome::Queued { after_build }
+        | TriggerOutcome::Superseding {
+            cancelled_build: after_build,
+            ..
+        } => Target::After(after_build),
         TriggerOutcome::ShuttingDown => {
             return Err(CliError::BadReply {
                 url: client.url().to_owned(),
@@ -73,8 +83,28 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
         }
     };
     let (build_id, result) = wait_for(&client, target, !args.json)?;
+    let targets = wait_for_targets(&client, build_id, !args.json)?;
+    let all_ready = targets
+        .iter()
+        .all(|(_, p)| matches!(p, TargetProgress::Ready(_)));
     if args.json {
-        let end = serde_json::json!({ "build_id": build_id, "result": result.as_str() });
+        let targets: Vec<serde_json::Value> = targets
+            .iter()
+            .map(|(name, p)| match p {
+                TargetProgress::Ready(g) => {
+                    serde_json::json!({ "name": name, "state": "ready", "generation": g })
+                }
+                TargetProgress::Failed(why) => {
+                    serde_json::json!({ "name": name, "state": "failed", "error": why })
+                }
+                TargetProgress::Pending(w) => serde_json::json!({ "name": name, "state": w }),
+            })
+            .collect();
+        let end = serde_json::json!({
+            "build_id": build_id,
+            "result": result.as_str(),
+            "targets": targets,
+        });
         println!("{end}");
     } else {
         let mark = if result == BuildResult::Success {
@@ -83,11 +113,21 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
             style.red("✗")
         };
         println!("{mark} build {build_id} {}", style.result(result));
+        for (name, p) in &targets {
+            match p {
+                TargetProgress::Ready(Some(g)) => {
+                    println!("  {} {name}: generation {g} ready", style.green("✓"))
+                }
+                TargetProgress::Ready(None) => println!("  {} {name}: ready", style.green("✓")),
+                TargetProgress::Failed(why) => println!("  {} {name}: {why}", style.red("✗")),
+                TargetProgress::Pending(w) => println!("  {name}: {w}"),
+            }
+        }
     }
-    if result == BuildResult::Success {
+    if result == BuildResult::Success && all_ready {
         Ok(exit::OK)
     } else {
-        if !args.json {
+        if !args.json && result != BuildResult::Success {
             // What a person needs next is the end of the log.
             if let Ok(lines) = client.logs(20) {
                 for l in lines {
@@ -96,6 +136,83 @@ pub fn trigger(server: &ServerArgs, args: &TriggerArgs) -> Result<u8, CliError> 
             }
         }
         Ok(exit::BUILD_FAILED)
+    }
+}
+
+/// After build `build_id` ended: polls `GET /hosts` until each of its targets is ready
+/// (its closure servable) or failed. A server without targets ends at once.
+fn wait_for_targets(
+    client: &Client,
+    build_id: u64,
+    human: bool,
+) -> Result<Vec<(String, TargetProgress)>, CliError> {
+    let spinner = human.then(|| Spinner::new(output::stdout_is_tty()));
+    let started = Instant::now();
+    let mut shown = String::new();
+    let done = loop {
+        let Some(reply) = client.hosts()? else {
+            break Vec::new();
+        };
+        let p = hosts::progress(&reply.hosts, build_id);
+        if p.iter()
+            .all(|(_, p)| !matches!(p, TargetProgress::Pending(_)))
+        {
+            break p;
+        }
+        let line = hosts::progress_line(&p);
+        if let Some(s) = &spinner {
+            s.show(
+                &format!(
+                    "build {build_id}: {line} · {}",
+                    output::duration(started.elapsed().as_secs_f64())
+                ),
+                line != shown,
+                &format!("build {build_id}: {line}"),
+            );
+        }
+        shown = line;
+        std::thread::sleep(POLL);
+    };
+    if let Some(s) = spinner {
+        s.finish();
+    }
+    Ok(done)
+}
+
+/// Progress on a terminal (a spinner redrawn in place) or, on a pipe, one line per change.
+struct Spinner {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Spinner {
+    fn new(tty: bool) -> Spinner {
+        let bar = tty.then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Spinner { bar }
+    }
+
+    /// `live` on a terminal; `line` on a pipe when `changed`.
+    fn show(&self, live: &str, changed: bool, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(live.to_owned()),
+            None if changed => {
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+            }
+            None => {}
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
@@ -113,17 +230,7 @@ fn finished(s: &BuildStatus, target: Target) -> Option<(u64, BuildResult)> {
 /// Polls the status until the build ends; a spinner with step and elapsed time on a
 /// terminal, one line per step otherwise.
 fn wait_for(client: &Client, target: Target, human: bool) -> Result<(u64, BuildResult), CliError> {
-    let tty = human && output::stdout_is_tty();
-    let bar = if tty {
-        let bar = indicatif::ProgressBar::new_spinner();
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}") {
-            bar.set_style(style);
-        }
-        bar.enable_steady_tick(Duration::from_millis(120));
-        Some(bar)
-    } else {
-        None
-    };
+    let spinner = human.then(|| Spinner::new(output::stdout_is_tty()));
     let started = Instant::now();
     let mut last_step: Option<String> = None;
     let outcome = loop {
@@ -150,42 +257,74 @@ fn wait_for(client: &Client, target: Target, human: bool) -> Result<(u64, BuildR
             Target::Build(id) => id.to_string(),
             Target::After(id) => format!("after {id}"),
         };
-        if let Some(bar) = &bar {
-            bar.set_message(format!("build {id}: {step} · {elapsed}"));
-        } else if human && last_step.as_deref() != Some(step.as_str()) {
-            println!("build {id}: {step}");
-            let _ = std::io::stdout().flush();
+        if let Some(sp) = &spinner {
+            sp.show(
+                &format!("build {id}: {step} · {elapsed}"),
+                last_step.as_deref() != Some(step.as_str()),
+                &format!("build {id}: {step}"),
+            );
         }
         last_step = Some(step);
         std::thread::sleep(POLL);
     };
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
+    if let Some(sp) = spinner {
+        sp.finish();
     }
     Ok(outcome)
 }
 
 pub fn status(server: &ServerArgs, args: &StatusArgs) -> Result<u8, CliError> {
     let client = client(server)?;
-    let s = client.status()?;
-    if args.json {
-        let text = serde_json::to_string_pretty(&s).map_err(|e| CliError::BadReply {
-            url: client.url().to_owned(),
-            reason: e.to_string(),
-        })?;
-        println!("{text}");
+    let style = Style::stdout();
+    if let Some(name) = &args.host {
+        let Some(view) = client.host(name)? else {
+            let known = client
+                .hosts()?
+                .map(|h| h.hosts.into_iter().map(|h| h.name).collect::<Vec<_>>())
+                .unwrap_or_default();
+            return Err(CliError::NotAvailable(format!(
+                "the server builds no target named {name} (its targets: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        if args.json {
+            println!("{}", to_json(&client, &view)?);
+        } else {
+            print!("{}", hosts::detail(&view, &style));
+        }
         return Ok(exit::OK);
     }
-    let style = Style::stdout();
+    let s = client.status()?;
+    if args.json {
+        println!("{}", to_json(&client, &s)?);
+        return Ok(exit::OK);
+    }
+    // The summary stands on its own: a per-host view that cannot be had is a note under it.
+    let frame = |s: &BuildStatus| -> String {
+        let mut text = output::summary(s, &style);
+        match client.hosts() {
+            Ok(Some(h)) if !h.hosts.is_empty() => {
+                text.push('\n');
+                text.push_str(&hosts::table(&h.hosts, &style));
+            }
+            Ok(_) => {}
+            Err(e) => text.push_str(&format!("  (no per-host view: {e})\n")),
+        }
+        text
+    };
     if !args.watch {
-        print!("{}", output::summary(&s, &style));
+        print!("{}", frame(&s));
         return Ok(exit::OK);
     }
     let tty = output::stdout_is_tty();
     let mut shown = String::new();
     let mut s = s;
     loop {
-        let text = output::summary(&s, &style);
+        let text = frame(&s);
         if tty {
             // Redraw in place: home, clear to the end of the screen.
             print!("\x1b[H\x1b[J{text}");
@@ -204,6 +343,13 @@ pub fn status(server: &ServerArgs, args: &StatusArgs) -> Result<u8, CliError> {
     Ok(match s.last_status {
         None | Some(BuildResult::Success) => exit::OK,
         Some(_) => exit::BUILD_FAILED,
+    })
+}
+
+fn to_json(client: &Client, v: &impl serde::Serialize) -> Result<String, CliError> {
+    serde_json::to_string_pretty(v).map_err(|e| CliError::BadReply {
+        url: client.url().to_owned(),
+        reason: e.to_string(),
     })
 }
 

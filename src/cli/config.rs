@@ -1,7 +1,9 @@
 //! Where the build server is and which token to send: `--server URL` > env
-//! `TAILCACHE_SERVER` > `server` in `$XDG_CONFIG_HOME/tailcache/config.toml` (else
-//! `~/.config/…`) > `http://build-server:8000`; the token from env `TAILCACHE_TOKEN` >
-//! `token` > `token_file` in the config file.
+//! `TAILCACHE_SERVER` > `server` in the config file > `http://build-server:8000`; the token
+//! from env `TAILCACHE_TOKEN` > `token` > `token_file` in the config file. The config file:
+//! `--config FILE` (env `TAILCACHE_CLIENT_CONFIG`), else `$XDG_CONFIG_HOME/tailcache/config.toml`
+//! (else `~/.config/…`) when it exists, else the system-wide `/etc/tailcache/config.toml`
+//! that the NixOS client module writes (root and system services read that one).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +19,10 @@ pub const DEFAULT_SERVER: &str = "http://build-server:8000";
 pub const ENV_SERVER: &str = "TAILCACHE_SERVER";
 /// Environment variable holding the bearer token.
 pub const ENV_TOKEN: &str = "TAILCACHE_TOKEN";
+/// The system-wide config file, read when the user has none.
+pub const SYSTEM_CONFIG: &str = "/etc/tailcache/config.toml";
+/// Environment variable naming another system-wide config file (for tests and odd set-ups).
+pub const ENV_SYSTEM_CONFIG: &str = "TAILCACHE_SYSTEM_CONFIG";
 
 /// `config.toml` of the client.
 #[derive(Debug, Default, Deserialize)]
@@ -28,16 +34,58 @@ pub struct ClientConfig {
     pub token: Option<String>,
     /// File holding the bearer token (first line).
     pub token_file: Option<PathBuf>,
+    /// Keys whose signature `tailcache switch` accepts on a generation record
+    /// (`name:base64`, the cache's key from `GET /pubkey`); empty: nix.conf's
+    /// `trusted-public-keys`.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
 }
 
 impl ClientConfig {
-    /// The config file's path: `$XDG_CONFIG_HOME/tailcache/config.toml`, else under `~/.config`.
-    pub fn default_path() -> Option<PathBuf> {
+    /// The user's config file: `$XDG_CONFIG_HOME/tailcache/config.toml`, else under
+    /// `~/.config`.
+    pub fn user_path() -> Option<PathBuf> {
         let base = std::env::var_os("XDG_CONFIG_HOME")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
         Some(base.join("tailcache").join("config.toml"))
+    }
+
+    /// The system-wide config file ([`SYSTEM_CONFIG`], or `$TAILCACHE_SYSTEM_CONFIG`).
+    pub fn system_path() -> PathBuf {
+        std::env::var_os(ENV_SYSTEM_CONFIG)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(SYSTEM_CONFIG), PathBuf::from)
+    }
+
+    /// The file to read: `explicit` (`--config`), else the user's when it exists, else the
+    /// system's. Not merged: a user who writes their own file says everything in it.
+    pub fn choose(explicit: Option<&Path>, user: Option<PathBuf>, system: PathBuf) -> PathBuf {
+        if let Some(p) = explicit {
+            return p.to_owned();
+        }
+        match user {
+            Some(u) if u.exists() => u,
+            _ => system,
+        }
+    }
+
+    /// Loads the file [`ClientConfig::choose`] picks for these arguments.
+    pub fn load_for(args: &ServerArgs) -> Result<Self, CliError> {
+        let path = ClientConfig::choose(
+            args.config.as_deref(),
+            ClientConfig::user_path(),
+            ClientConfig::system_path(),
+        );
+        match (&args.config, ClientConfig::load(&path)) {
+            // A file named on the command line must be there.
+            (Some(p), Ok(_)) if !p.exists() => Err(CliError::Config(format!(
+                "--config {}: no such file",
+                p.display()
+            ))),
+            (_, r) => r,
+        }
     }
 
     /// Loads `path`; a missing file is an empty config, a malformed one an error.
@@ -102,11 +150,11 @@ pub fn resolve(
 
 /// Resolves from the real environment and config file.
 pub fn endpoint(args: &ServerArgs) -> Result<Endpoint, CliError> {
-    let file = match ClientConfig::default_path() {
-        Some(p) => ClientConfig::load(&p)?,
-        None => ClientConfig::default(),
-    };
-    resolve(args, |k| std::env::var(k).ok(), &file)
+    resolve(
+        args,
+        |k| std::env::var(k).ok(),
+        &ClientConfig::load_for(args)?,
+    )
 }
 
 fn read_token_file(path: &Path) -> Result<String, CliError> {
@@ -140,7 +188,33 @@ mod tests {
         ServerArgs {
             server: server.map(str::to_owned),
             timeout: 10.0,
+            config: None,
         }
+    }
+
+    #[test]
+    fn the_users_file_else_the_systems() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("user.toml");
+        let system = dir.path().join("system.toml");
+        let named = dir.path().join("named.toml");
+        let pick = |explicit: Option<&Path>| {
+            ClientConfig::choose(explicit, Some(user.clone()), system.clone())
+        };
+        // No user file: the system's (also without a home directory at all).
+        assert_eq!(pick(None), system);
+        assert_eq!(ClientConfig::choose(None, None, system.clone()), system);
+        std::fs::write(&user, "server = \"http://user:1\"\n").unwrap();
+        assert_eq!(pick(None), user);
+        assert_eq!(pick(Some(&named)), named);
+        std::fs::write(&system, "server = \"http://system:2\"\n").unwrap();
+        let c = ClientConfig::load(&ClientConfig::choose(None, None, system.clone())).unwrap();
+        assert_eq!(c.server.as_deref(), Some("http://system:2"));
+        // A --config file that is not there is an error, not an empty config.
+        let mut a = args(None);
+        a.config = Some(dir.path().join("missing.toml"));
+        let e = ClientConfig::load_for(&a).unwrap_err();
+        assert!(e.to_string().contains("no such file"), "{e}");
     }
 
     #[test]
@@ -148,7 +222,7 @@ mod tests {
         let file = ClientConfig {
             server: Some("http://from-file:1".into()),
             token: Some("file-token".into()),
-            token_file: None,
+            ..Default::default()
         };
         let env = |k: &str| match k {
             ENV_SERVER => Some("http://from-env:2".to_owned()),
@@ -176,8 +250,8 @@ mod tests {
         std::fs::write(&p, "secret-1\n").unwrap();
         let file = ClientConfig {
             server: None,
-            token: None,
             token_file: Some(p),
+            ..Default::default()
         };
         let no_env = |_: &str| None;
         let r = resolve(&args(None), no_env, &file).unwrap();

@@ -1,7 +1,7 @@
 //! The everyday client of the build server: `bt` (trigger), `bs` (status) and `bl` (logs),
 //! also reachable as `tailcache trigger|status|logs`, plus `tailcache completions`,
 //! `tailcache man` and `tailcache bootstrap-new-machine`. Speaks the build API of
-//! `src/api/build.rs` (issue 4).
+//! `src/api/build.rs`.
 //!
 //! # Layout
 //! - [`config`]: where the server is (flag > env > config file > default) and the token.
@@ -9,18 +9,24 @@
 //! - [`sse`]: a bounded, line-by-line Server-Sent Events reader.
 //! - [`output`]: colours (NO_COLOR, non-TTY) and the human summaries.
 //! - [`commands`]: the verbs.
+//! - [`hosts`]: the per-host table and details (`bs`, `bs --host`) and closure diffs.
+//! - [`switch`]: `tailcache switch`, which puts this machine on what the server built.
 //! - [`bootstrap`]: `bootstrap-new-machine` and the Nix files it writes.
+//! - [`links`]: `bt`, `bs`, `bl` as links to `tailcache`, and `tailcache install-links`.
 
 pub mod bootstrap;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod hosts;
+pub mod links;
 pub mod output;
 pub mod sse;
+pub mod switch;
 
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser};
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 pub use client::CliError;
 
@@ -42,15 +48,34 @@ pub mod exit {
     pub const NOT_CONFIGURED: u8 = 6;
     /// A local problem: a config file, writing files, a refused confirmation.
     pub const LOCAL: u8 = 7;
+    /// `tailcache switch`: nothing to switch to — no such target, no ready generation, or
+    /// the generation asked for is not kept.
+    pub const NOT_AVAILABLE: u8 = 8;
+    /// `tailcache switch`: the generation record was refused (not signed by a trusted key,
+    /// tampered with, older than the one this machine applied); nothing changed.
+    pub const REFUSED: u8 = 9;
+    /// `tailcache switch`: Nix could not substitute the closure; nothing changed.
+    pub const SUBSTITUTE_FAILED: u8 = 10;
+    /// `tailcache switch`: setting the profile or running the activation failed.
+    pub const ACTIVATION_FAILED: u8 = 11;
 }
 
 /// Options every client verb takes.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// Build-server API URL [default: env TAILCACHE_SERVER, then `server` in
-    /// $XDG_CONFIG_HOME/tailcache/config.toml, then http://build-server:8000].
+    /// Build-server API URL [default: env TAILCACHE_SERVER, then `server` in the config
+    /// file, then http://build-server:8000].
     #[arg(long, value_name = "URL", global = true)]
     pub server: Option<String>,
+    /// The client config file [default: $XDG_CONFIG_HOME/tailcache/config.toml when it
+    /// exists, else /etc/tailcache/config.toml].
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TAILCACHE_CLIENT_CONFIG",
+        global = true
+    )]
+    pub config: Option<std::path::PathBuf>,
     /// Seconds to wait for the server to connect and to answer.
     #[arg(
         long,
@@ -65,7 +90,8 @@ pub struct ServerArgs {
 /// `bt`: trigger a build.
 #[derive(Debug, Clone, Args)]
 pub struct TriggerArgs {
-    /// Follow the build to its end; exit 0 only if it succeeded.
+    /// Follow the build until every target it built is ready or failed; exit 0 only if the
+    /// build succeeded and every target is ready.
     #[arg(short, long)]
     pub wait: bool,
     /// Print the server's JSON reply instead of a sentence.
@@ -76,9 +102,13 @@ pub struct TriggerArgs {
 /// `bs`: show the build status.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// Print the raw status model as JSON.
+    /// Print the raw status model as JSON (GET /build/status); with --host, that host's
+    /// view (GET /hosts/NAME).
     #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Show one host in detail: kept generations, what changed, the last outcome.
+    #[arg(long, value_name = "NAME", conflicts_with = "watch")]
+    pub host: Option<String>,
     /// Refresh the summary until the running build ends.
     #[arg(short, long)]
     pub watch: bool,
@@ -95,42 +125,31 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-/// `bt`
+/// `bt`, `bs` or `bl`: the options every client verb takes and the verb's own (`A`).
 #[derive(Debug, Parser)]
-#[command(
-    name = "bt",
-    version,
-    about = "Trigger a build on the tailcache build server"
-)]
-pub struct BtCli {
+#[command(version)]
+pub struct ShortCli<A: Args> {
     #[command(flatten)]
     pub server: ServerArgs,
     #[command(flatten)]
-    pub args: TriggerArgs,
+    pub args: A,
 }
 
-/// `bs`
-#[derive(Debug, Parser)]
-#[command(
-    name = "bs",
-    version,
-    about = "Show the status of the tailcache build server"
-)]
-pub struct BsCli {
-    #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub args: StatusArgs,
+/// The clap command of a short program, named and described as `program`.
+fn short_command<A: Args>(program: Program) -> clap::Command {
+    ShortCli::<A>::command()
+        .name(program.name())
+        .about(program.about())
 }
 
-/// `bl`
-#[derive(Debug, Parser)]
-#[command(name = "bl", version, about = "Show the log of the tailcache build")]
-pub struct BlCli {
-    #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub args: LogsArgs,
+/// Parses this process's arguments as `program` and runs `verb` with them.
+fn run_short<A: Args + FromArgMatches>(
+    program: Program,
+    verb: fn(&ServerArgs, &A) -> Result<u8, CliError>,
+) -> ExitCode {
+    let matches = short_command::<A>(program).get_matches();
+    let cli = ShortCli::<A>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    finish(program.name(), verb(&cli.server, &cli.args))
 }
 
 /// Ends the process with the command's outcome: the error on one line, no backtrace.
@@ -146,18 +165,15 @@ pub fn finish(prog: &str, result: Result<u8, CliError>) -> ExitCode {
 }
 
 pub fn run_bt() -> ExitCode {
-    let cli = BtCli::parse();
-    finish("bt", commands::trigger(&cli.server, &cli.args))
+    run_short::<TriggerArgs>(Program::Bt, commands::trigger)
 }
 
 pub fn run_bs() -> ExitCode {
-    let cli = BsCli::parse();
-    finish("bs", commands::status(&cli.server, &cli.args))
+    run_short::<StatusArgs>(Program::Bs, commands::status)
 }
 
 pub fn run_bl() -> ExitCode {
-    let cli = BlCli::parse();
-    finish("bl", commands::logs(&cli.server, &cli.args))
+    run_short::<LogsArgs>(Program::Bl, commands::logs)
 }
 
 /// The programs `completions` and `man` know about.
@@ -169,13 +185,35 @@ pub enum Program {
     Bl,
 }
 
+impl Program {
+    /// The program's command name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Tailcache => "tailcache",
+            Program::Bt => "bt",
+            Program::Bs => "bs",
+            Program::Bl => "bl",
+        }
+    }
+
+    /// What `--help` says the program does.
+    fn about(self) -> &'static str {
+        match self {
+            Program::Tailcache => "Build server and Nix binary cache for a tailnet",
+            Program::Bt => "Trigger a build on the tailcache build server",
+            Program::Bs => "Show the status of the tailcache build server",
+            Program::Bl => "Show the log of the tailcache build",
+        }
+    }
+}
+
 /// The clap command of `program`; `tailcache` is the caller's (it lives in `main.rs`).
 pub fn command_of(program: Program, tailcache: clap::Command) -> clap::Command {
     match program {
         Program::Tailcache => tailcache,
-        Program::Bt => BtCli::command(),
-        Program::Bs => BsCli::command(),
-        Program::Bl => BlCli::command(),
+        Program::Bt => short_command::<TriggerArgs>(program),
+        Program::Bs => short_command::<StatusArgs>(program),
+        Program::Bl => short_command::<LogsArgs>(program),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal as _;
 
-use tailcache_actors::status::{BuildResult, BuildStatus, RequestedBy};
+use tailcache_wire::build::{BuildResult, BuildStatus, RequestedBy};
 
 /// Whether to colour a stream.
 #[derive(Debug, Clone, Copy)]
@@ -66,26 +66,11 @@ pub fn stdout_is_tty() -> bool {
     std::io::stdout().is_terminal()
 }
 
-/// Seconds since the Unix epoch of an RFC 3339 UTC time (`2026-11-24T14:30:05Z`, optional
-/// fraction); `None` for anything else.
+/// Seconds since the Unix epoch of an RFC 3339 time (`2026-11-24T14:30:05Z`, optional
+/// fraction, any offset); `None` for anything else.
 pub fn parse_rfc3339(s: &str) -> Option<f64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let min: i64 = t.next()?.parse().ok()?;
-    let sec: f64 = t.next()?.parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
+    let t: jiff::Timestamp = s.parse().ok()?;
+    Some(t.as_nanosecond() as f64 / 1e9)
 }
 
 /// `14:30 UTC` for an RFC 3339 UTC time, the input itself otherwise.

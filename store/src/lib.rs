@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`nixbase32`]: Nix's base-32 alphabet and bit order.
+//! - [`nix_string`]: text as a Nix string literal.
 //! - [`hash`]: `sha256:<nix32>` hashes and the other spellings Nix accepts.
 //! - [`store_path`]: validated store paths (`<32-char nix32 hash>-<name>`).
 //! - [`nar`]: the NAR format — a streaming encoder over a path and a decoder/verifier.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod hash;
 pub mod nar;
 pub mod narinfo;
+pub mod nix_string;
 pub mod nixbase32;
 pub mod signing;
 pub mod store_path;

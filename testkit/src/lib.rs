@@ -5,11 +5,9 @@
 //! - [`nix`]: a private Nix configuration per test ([`nix::NixEnv`]), throwaway stores with
 //!   every store shape the cache must serve ([`nix::TestStore`]) and their ground truth, keys
 //!   made by Nix, and the stock client operations (`nix copy --from`, `nix-store -r`).
-//! - [`json`]: a minimal JSON reader for `nix path-info --json` output.
 //! - [`promtool`]: `promtool check metrics` as the judge of a metrics exposition.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-pub mod json;
 pub mod nix;
 pub mod promtool;
 

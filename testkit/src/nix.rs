@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tempfile::TempDir;
 
-use crate::json::Json;
-
 pub const STORE_DIR: &str = "/nix/store";
 /// Upper bound for one Nix command; a hung download must fail the test, not CI.
 const NIX_TIMEOUT_SECS: &str = "300";
@@ -186,46 +184,24 @@ impl KeyPair {
 }
 
 /// What `nix path-info --json` (and `nix-store -q --hash`) say about one path.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PathInfo {
     pub path: String,
     /// `sha256-<base64>` (SRI), as `nix path-info --json` prints it.
+    #[serde(rename = "narHash")]
     pub nar_hash_sri: String,
-    /// `sha256:<nix32>`, as narinfos carry it.
+    /// `sha256:<nix32>`, as narinfos carry it (from `nix-store -q --hash`, not the JSON).
+    #[serde(skip)]
     pub nar_hash: String,
     pub nar_size: u64,
+    /// Sorted.
+    #[serde(default)]
     pub references: Vec<String>,
     pub deriver: Option<String>,
     pub ca: Option<String>,
+    #[serde(default)]
     pub signatures: Vec<String>,
-}
-
-impl PathInfo {
-    fn from_json(e: &Json) -> PathInfo {
-        let s = |k: &str| e.get(k).and_then(Json::as_str).map(str::to_string);
-        let strings = |k: &str| -> Vec<String> {
-            e.get(k)
-                .map(|r| {
-                    r.as_array()
-                        .iter()
-                        .map(|x| x.as_str().unwrap().to_string())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut references = strings("references");
-        references.sort();
-        PathInfo {
-            path: s("path").expect("path"),
-            nar_hash_sri: s("narHash").expect("narHash"),
-            nar_hash: String::new(),
-            nar_size: e.get("narSize").and_then(Json::as_u64).expect("narSize"),
-            references,
-            deriver: s("deriver"),
-            ca: s("ca"),
-            signatures: strings("signatures"),
-        }
-    }
 }
 
 /// `nix path-info --json` of `paths` in the store `store` (a root dir or URL).
@@ -233,11 +209,12 @@ pub fn path_infos(nix: &NixEnv, store: &str, paths: &[&str]) -> Vec<PathInfo> {
     let mut args = vec!["path-info", "--store", store, "--json"];
     args.extend_from_slice(paths);
     let out = nix.run("nix", &args);
-    Json::parse(&out)
-        .as_array()
-        .iter()
-        .map(PathInfo::from_json)
-        .collect()
+    let mut infos: Vec<PathInfo> =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("nix path-info --json: {e}: {out}"));
+    for info in &mut infos {
+        info.references.sort();
+    }
+    infos
 }
 
 pub fn base_name(store_path: &str) -> &str {

@@ -2,58 +2,22 @@
 //! status polling with deadlines, logs (plain and followed as SSE), metrics; plus the
 //! pieces scenarios are made of — shell-script build steps as `[[build.steps]]` TOML,
 //! gate files a step waits on (so a test decides when a build may go on, without
-//! sleeping), JSON accessors and the webhook's HMAC-SHA256 (RFC 2104).
+//! sleeping), JSON parsing and the webhook's HMAC-SHA256 (RFC 2104).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::cache::{API_TIMEOUT, TestCache};
 use super::http::{self, Response};
-use super::json::Json;
 use super::sse::EventStream;
 
 /// Parses JSON from the server; a parse failure names what was being read.
-pub fn parse_json(what: &str, text: &str) -> Json {
-    let owned = text.to_string();
-    std::panic::catch_unwind(move || Json::parse(&owned))
-        .unwrap_or_else(|_| panic!("{what} is not valid JSON: {text:?}"))
-}
-
-/// Field access on the JSON the API returns.
-pub trait JsonExt {
-    fn field(&self, key: &str) -> &Json;
-    fn str_of(&self, key: &str) -> Option<&str>;
-    fn bool_of(&self, key: &str) -> Option<bool>;
-    fn u64_of(&self, key: &str) -> Option<u64>;
-    fn i64_of(&self, key: &str) -> Option<i64>;
-}
-
-static NULL: Json = Json::Null;
-
-impl JsonExt for Json {
-    fn field(&self, key: &str) -> &Json {
-        self.get(key).unwrap_or(&NULL)
-    }
-    fn str_of(&self, key: &str) -> Option<&str> {
-        self.get(key).and_then(Json::as_str)
-    }
-    fn bool_of(&self, key: &str) -> Option<bool> {
-        match self.get(key) {
-            Some(Json::Bool(b)) => Some(*b),
-            _ => None,
-        }
-    }
-    fn u64_of(&self, key: &str) -> Option<u64> {
-        self.get(key).and_then(Json::as_u64)
-    }
-    fn i64_of(&self, key: &str) -> Option<i64> {
-        match self.get(key) {
-            Some(Json::Number(n)) => n.parse().ok(),
-            _ => None,
-        }
-    }
+pub fn parse_json(what: &str, text: &str) -> Value {
+    serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("{what} is not valid JSON ({e}): {text:?}"))
 }
 
 /// The headers naming who asks for a build.
@@ -85,7 +49,7 @@ impl TestCache {
     }
 
     /// `POST /build/trigger` as `user@host`; must answer 200 with JSON.
-    pub fn trigger(&self, user: &str, host: &str) -> Json {
+    pub fn trigger(&self, user: &str, host: &str) -> Value {
         let h = who(user, host);
         let r = self.api_post_auth(
             "/build/trigger",
@@ -98,27 +62,28 @@ impl TestCache {
     /// Triggers and insists on `triggered`; returns the build id.
     pub fn trigger_build(&self) -> u64 {
         let t = self.trigger("itest", "itest-host");
-        assert_eq!(t.str_of("status"), Some("triggered"), "{t:?}");
-        t.u64_of("build_id")
+        assert_eq!(t["status"].as_str(), Some("triggered"), "{t:?}");
+        t["build_id"]
+            .as_u64()
             .unwrap_or_else(|| panic!("no build_id in {t:?}"))
     }
 
     /// `POST /build/cancel`; must answer 200 with JSON.
-    pub fn cancel(&self) -> Json {
+    pub fn cancel(&self) -> Value {
         let r = self.api_post_auth("/build/cancel", &[]);
         assert_eq!(r.status, 200, "POST /build/cancel: {}", r.text());
         parse_json("POST /build/cancel", &r.text())
     }
 
     /// `GET /build/status`.
-    pub fn build_status(&self) -> Json {
+    pub fn build_status(&self) -> Value {
         let r = self.api_get("/build/status");
         assert_eq!(r.status, 200, "GET /build/status: {}", r.text());
         parse_json("GET /build/status", &r.text())
     }
 
     /// Polls `GET /build/status` until `pred` holds; panics after [`API_TIMEOUT`].
-    pub fn wait_status(&self, what: &str, pred: impl Fn(&Json) -> bool) -> Json {
+    pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + API_TIMEOUT;
         loop {
             let s = self.build_status();
@@ -137,23 +102,19 @@ impl TestCache {
     }
 
     /// Waits until build `id` runs the step `step`.
-    pub fn wait_step(&self, id: u64, step: &str) -> Json {
+    pub fn wait_step(&self, id: u64, step: &str) -> Value {
         self.wait_status(&format!("build {id} in step {step}"), |s| {
-            s.bool_of("is_running") == Some(true)
-                && s.u64_of("build_id") == Some(id)
-                && s.str_of("current_step") == Some(step)
+            s["is_running"].as_bool() == Some(true)
+                && s["build_id"].as_u64() == Some(id)
+                && s["current_step"].as_str() == Some(step)
         })
     }
 
     /// Waits until build `id` has finished and been recorded.
-    pub fn wait_finished(&self, id: u64) -> Json {
+    pub fn wait_finished(&self, id: u64) -> Value {
         self.wait_status(&format!("build {id} finished"), |s| {
-            s.bool_of("is_running") == Some(false)
-                && s.field("history")
-                    .as_array()
-                    .first()
-                    .and_then(|r| r.u64_of("build_id"))
-                    == Some(id)
+            s["is_running"].as_bool() == Some(false)
+                && s["history"][0]["build_id"].as_u64() == Some(id)
         })
     }
 
@@ -162,8 +123,9 @@ impl TestCache {
         let r = self.api_get(&format!("/build/logs?lines={n}"));
         assert_eq!(r.status, 200, "GET /build/logs: {}", r.text());
         let j = parse_json("GET /build/logs", &r.text());
-        j.field("logs")
+        j["logs"]
             .as_array()
+            .unwrap_or_else(|| panic!("GET /build/logs: no list of lines: {j}"))
             .iter()
             .map(|l| {
                 l.as_str()
@@ -236,7 +198,7 @@ impl TestCache {
 }
 
 /// Reads and parses a `status.json`.
-pub fn read_status_file(path: &Path) -> Json {
+pub fn read_status_file(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     parse_json(&path.display().to_string(), &text)

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::http;
-use super::json::Json;
 use super::narinfo::NarInfo;
 use super::nix::{NixEnv, TestStore, hash_part};
 

@@ -28,8 +28,18 @@ let
       repository = null;
       branch = "main";
       attribute = "default";
+      hosts = null;
+      targets = [ ];
+      keepGenerations = 3;
+      supersede = false;
+      builders = null;
       nixArgs = [ ];
       webhookSecretFile = "/var/lib/secrets/hook";
+    };
+    notify = {
+      url = null;
+      format = "text";
+      tokenFile = null;
     };
     p2p = {
       enable = true;
@@ -97,7 +107,8 @@ let
     };
   };
   script = lib.systemUpdateScript {
-    flake = "/home/alice/nix-config";
+    tailcache = "/nix/store/x-tailcache/bin/tailcache";
+    systemArgs = lib.systemSwitchArgs client;
     nixos = true;
     homeManager = true;
     gcOlderThan = "30d";
@@ -204,7 +215,15 @@ let
     };
     # nix.settings: agent first, then the server, then upstream; keys in the same order.
     substituters-agent-first = {
-      expr = lib.nixSettings { inherit (client) cacheUrl publicKeys agent upstream; };
+      expr = lib.nixSettings {
+        inherit (client)
+          cacheUrl
+          publicKeys
+          agent
+          upstream
+          ;
+        negativeTtl = 60;
+      };
       expected = {
         substituters = [
           "http://127.0.0.1:5001"
@@ -216,12 +235,29 @@ let
           "cache.nixos.org-1:KEY"
         ];
         require-sigs = true;
+        narinfo-cache-negative-ttl = 60;
+      };
+    };
+    # The system's (NixOS lists cache.nixos.org itself).
+    system-substituters-agent-first = {
+      expr = lib.systemNixSettings {
+        inherit (client) cacheUrl publicKeys agent;
+        negativeTtl = 30;
+      };
+      expected = {
+        substituters = [
+          "http://127.0.0.1:5001"
+          "http://build-server:5000"
+        ];
+        trusted-public-keys = [ "build-server-1:AAAA" ];
+        narinfo-cache-negative-ttl = 30;
       };
     };
     substituters-without-agent = {
       expr =
         (lib.nixSettings {
           inherit (client) cacheUrl publicKeys upstream;
+          negativeTtl = 60;
           agent = client.agent // {
             enable = false;
           };
@@ -245,7 +281,10 @@ let
     };
     client-config-no-token = {
       expr = lib.clientConfig client;
-      expected.server = "http://build-server:8000";
+      expected = {
+        server = "http://build-server:8000";
+        trusted_keys = [ "build-server-1:AAAA" ];
+      };
     };
     # The server: secrets only as credentials, read from %d ($CREDENTIALS_DIRECTORY).
     server-credentials = {
@@ -281,9 +320,13 @@ let
         build = {
           branch = "main";
           attribute = "default";
+          targets = [ ];
+          keep_generations = 3;
+          supersede = false;
           nix_args = [ ];
           coalesce = true;
         };
+        notify.format = "text";
         p2p = {
           enable = true;
           listen = server.p2p.listen;
@@ -366,6 +409,109 @@ let
         true
       ];
     };
+    # The daemon honours a user's own substituters and keys when the user is trusted (by
+    # name or by a group the user is in), or when the system lists them itself.
+    daemon-honours-user = {
+      expr =
+        map
+          (
+            settings:
+            lib.daemonHonoursUser {
+              inherit settings;
+              user = "alice";
+              groups = [ "users" ];
+              substituters = [ "http://build-server:5000" ];
+              keys = [ "srv-1:AAAA" ];
+            }
+          )
+          [
+            { trusted-users = [ "root" ]; }
+            { trusted-users = [ "alice" ]; }
+            { trusted-users = [ "@users" ]; }
+            { trusted-users = [ "@wheel" ]; }
+            {
+              trusted-users = [ "root" ];
+              trusted-substituters = [ "http://build-server:5000" ];
+              trusted-public-keys = [ "srv-1:AAAA" ];
+            }
+            {
+              trusted-users = [ "root" ];
+              trusted-substituters = [ "http://build-server:5000" ];
+              trusted-public-keys = [ ];
+            }
+          ];
+      expected = [
+        false
+        true
+        true
+        false
+        true
+        false
+      ];
+    };
+    prefetch-args = {
+      expr = [
+        (lib.prefetchArgs {
+          configFile = "/etc/c.toml";
+          host = "laptop";
+          home = false;
+          interval = 60;
+          autoSwitch = "boot";
+        })
+        (lib.prefetchArgs {
+          configFile = "/etc/c.toml";
+          host = null;
+          home = true;
+          interval = 5;
+          autoSwitch = null;
+        })
+      ];
+      expected = [
+        [
+          "prefetch"
+          "--config"
+          "/etc/c.toml"
+          "--host"
+          "laptop"
+          "--interval"
+          "60"
+          "--auto-switch"
+          "boot"
+        ]
+        [
+          "prefetch"
+          "--config"
+          "/etc/c.toml"
+          "--home"
+          "--interval"
+          "5"
+        ]
+      ];
+    };
+    listen-hosts = {
+      expr = map lib.listenHost [
+        "100.64.0.1:8000"
+        "[fd7a:115c::1]:8000"
+        "build-server:8000"
+      ];
+      expected = [
+        "100.64.0.1"
+        "fd7a:115c::1"
+        "build-server"
+      ];
+    };
+    self-hosted-atuin = {
+      expr = map (server: lib.selfHostedAtuin { inherit server; port = 8888; }) [
+        "http://build-server:8000"
+        "https://100.64.0.1:8000/"
+        "http://[fd7a::1]:8000"
+      ];
+      expected = [
+        "http://build-server:8888"
+        "http://100.64.0.1:8888"
+        "http://[fd7a::1]:8888"
+      ];
+    };
     atuin = {
       expr = lib.atuinSettings {
         autoSync = true;
@@ -399,21 +545,61 @@ let
         "--advertise-tags=tag:laptop"
       ];
     };
-    # system-update: update, then switch (system, then home), then collect garbage.
+    # system-update: switch the system (as root), then home, then collect garbage; it never
+    # updates a lock file, evaluates or builds.
     system-update-order = {
       expr =
         let
-          u = indexOf "flake update" script;
-          s = indexOf "nixos-rebuild switch" script;
-          h = indexOf "home-manager switch" script;
+          s = indexOf "sudo '/nix/store/x-tailcache/bin/tailcache' switch" script;
+          h = indexOf "'/nix/store/x-tailcache/bin/tailcache' switch --home" script;
           g = indexOf "nix-collect-garbage" script;
         in
-        u >= 0 && u < s && s < h && h < g;
+        s >= 0 && s < h && h < g;
       expected = true;
     };
-    system-update-path-ref = {
-      expr = indexOf "--flake \"path:$flake#$USER\"" script >= 0;
+    system-update-home-host = {
+      expr =
+        indexOf "switch --home --host 'alice@laptop' \"$@\"" (
+          lib.systemUpdateScript {
+            tailcache = "tailcache";
+            systemArgs = [ ];
+            nixos = false;
+            homeManager = true;
+            gcOlderThan = "30d";
+            homeHost = "alice@laptop";
+          }
+        ) > 0;
       expected = true;
+    };
+    system-update-never-builds = {
+      expr = map (w: indexOf w script) [
+        "flake update"
+        "nixos-rebuild"
+        "home-manager switch"
+        "nix build"
+      ];
+      expected = [
+        (-1)
+        (-1)
+        (-1)
+        (-1)
+      ];
+    };
+    # Root reads neither the user's config.toml nor its nix.conf: everything is spelled out.
+    system-switch-args = {
+      expr = lib.systemSwitchArgs client;
+      expected = [
+        "--server"
+        "http://build-server:8000"
+        "--trusted-key"
+        "build-server-1:AAAA"
+        "--nix-option"
+        "extra-substituters"
+        "http://127.0.0.1:5001 http://build-server:5000"
+        "--nix-option"
+        "extra-trusted-public-keys"
+        "build-server-1:AAAA"
+      ];
     };
   };
 

@@ -39,11 +39,28 @@ pub struct GenerationView {
     pub signed: SignedGeneration,
 }
 
+/// The values of [`TargetOutcome::result`].
+pub mod target_result {
+    /// The build that includes the target is running.
+    pub const BUILDING: &str = "building";
+    /// Its out path is in the store (a new generation, or the newest one unchanged).
+    pub const BUILT: &str = "built";
+    /// It was not built: evaluation failed or a derivation of its closure did.
+    pub const FAILED: &str = "failed";
+    /// The build was cancelled (or superseded) before the target was judged.
+    pub const CANCELLED: &str = "cancelled";
+    /// The server stopped during the build.
+    pub const INTERRUPTED: &str = "interrupted";
+}
+
 /// How the last build that included this target went for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetOutcome {
+    /// The target's name (the same as [`HostView::name`]).
+    #[serde(default)]
+    pub target: String,
     pub build_id: u64,
-    /// `built`, `failed` or `cancelled`/`interrupted` (the build's own result).
+    /// `building`, `built`, `failed`, `cancelled` or `interrupted` (see [`target_result`]).
     pub result: String,
     /// The generation it produced.
     pub generation: Option<u64>,

@@ -1,8 +1,12 @@
-# tailcache desktop template (`nix flake init -t github:tailcache/tailcache#desktop`): a
-# home-manager flake for this machine. Set `user` and `system` below, copy
-# secrets.example.nix to secrets.nix (git-ignored) and fill it in, then apply with a `path:`
-# reference, which includes the untracked secrets.nix:
+# A home-manager flake for one machine, from tailcache's desktop template: made by
+# `nix flake init -t github:tailcache/tailcache#desktop` or by
+# `tailcache bootstrap-new-machine --template desktop`. The machine's user, home directory
+# and system are set below. secrets.nix (server addresses, keys, Syncthing ids) is git-ignored
+# (after `nix flake init`, copy secrets.example.nix to it and fill it in), so apply with a
+# `path:` reference, which includes untracked files:
 #   home-manager switch --flake path:.#<user>
+# On NixOS, bootstrap-new-machine --nixos also writes nixos-client.nix (the system side),
+# exported below as nixosModules.default.
 {
   description = "Home configuration (tailcache desktop template)";
 
@@ -28,12 +32,13 @@
     }:
     let
       user = "me";
+      homeDirectory = "/home/${user}";
       system = "x86_64-linux";
     in
     {
       homeConfigurations.${user} = home-manager.lib.homeManagerConfiguration {
         pkgs = nixpkgs.legacyPackages.${system};
-        extraSpecialArgs = { inherit tailcache user; };
+        extraSpecialArgs = { inherit tailcache user homeDirectory; };
         modules = [ ./home.nix ];
       };
     };

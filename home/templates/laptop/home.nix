@@ -1,17 +1,22 @@
-# tailcache laptop template: documents (~/Documents) and notes (~/Notes), shared with the desktop and the server;
-# Tailscale accepts subnet routes, no Tailscale SSH. The agent fetches from peers but does not
-# reseed (battery, hotel wifi).
+# tailcache laptop template: documents (~/Documents) and notes (~/Notes), shared with the desktop
+# and the server; Tailscale accepts subnet routes, no Tailscale SSH. The agent fetches
+# from peers but does not reseed (battery, hotel wifi).
 # Any template value can be overridden field by field below; the rest of the field's folder
 # is kept (setting folders.documents.path keeps folders.documents.devices).
-{ tailcache, user, ... }:
+{
+  tailcache,
+  user,
+  homeDirectory,
+  ...
+}:
 let
   secrets = import ./secrets.nix;
 in
 {
-  imports = [ tailcache.homeManagerModules.default ];
+  imports = [ tailcache.homeModules.default ];
 
   home.username = user;
-  home.homeDirectory = "/home/${user}";
+  home.homeDirectory = homeDirectory;
   home.stateVersion = "25.05";
 
   programs.tailcache = {
@@ -21,7 +26,12 @@ in
     publicKeys = secrets.publicKeys;
     agent.enable = true;
     agent.reseed = false;
+    # Substitute each new generation of this user's home-manager target in the background,
+    # so that `tailcache switch --home` (and system-update) has nothing left to download.
+    prefetch.enable = true;
+    # autoSwitch = true;   # and activate it as well
     atuin.enable = true;
+    # atuin.selfHosted = true;   # the build server runs the Atuin server (services.tailcache.server.atuin)
   };
 
   services.bootstrap-services = {

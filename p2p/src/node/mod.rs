@@ -8,8 +8,8 @@
 //! A node started with [`NodeConfig::tracker`] answers the tracker protocol (see
 //! [`crate::tracker`]) and forgets a peer when its last connection closes.
 //!
-//! Throughput notes (DESIGN.md, "P2P"): the swarm's idle timeout is raised from 10 s;
-//! yamux here is yamux 0.14 (through libp2p-yamux 0.48), whose stream windows auto-tune
+//! Throughput notes (and the libp2p pitfalls in ARCHITECTURE.md, "Protocols"): the swarm's
+//! idle timeout is raised from 10 s; yamux here is yamux 0.14 (through libp2p-yamux 0.48), whose stream windows auto-tune
 //! up to a 1 GiB per-connection budget, so the fixed 256 KiB window of old yamux versions no
 //! longer caps a stream. libp2p-yamux 0.48 exposes no window setting, only the stream count.
 

@@ -1,5 +1,0 @@
-//! `bt`: a thin entry point over [`tailcache::cli`] (see there and the README).
-
-fn main() -> std::process::ExitCode {
-    tailcache::cli::run_bt()
-}
