@@ -93,7 +93,7 @@ pub async fn run(
         store: store.clone(),
         settings: CompressionSettings {
             compression: c.compression,
-            level: c.compression_level,
+            level: c.level(),
             threads: c.compression_threads,
         },
         max_bytes: c.nar_cache_max_bytes,
