@@ -252,23 +252,7 @@ declare -A R   # results: R[metric/server] = value
 NARINFO_CYCLES=${NARINFO_CYCLES:-40}
 wrk_script() { # KEY PREFIX → lua file cycling PREFIX/<hash>.narinfo for every path
     local f=$D/out/narinfo-$1.lua
-    {
-        echo 'local paths = {'
-        while read -r p; do printf '  "%s/%s.narinfo",\n' "$2" "$(hash_of "$p")"; done < "$D/paths.txt"
-        echo '}'
-        cat <<'LUA'
-local i = 0
-request = function()
-  i = i % #paths + 1
-  return wrk.format("GET", paths[i])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %.1f %d\n", summary.requests / (summary.duration / 1e6),
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-LUA
-    } > "$f"
+    wrk_narinfo_lua "$D/paths.txt" "$2" > "$f"
     echo "$f"
 }
 # measure_narinfo KEY BASE_URL PREFIX

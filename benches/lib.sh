@@ -86,6 +86,31 @@ calc() { awk "BEGIN { $1 }"; }
 hash_of() { basename "$1" | cut -c1-32; }
 narinfo_field() { sed -n "s/^$2: //p" "$1" | head -1; }
 
+# wrk_narinfo_lua PATHS_FILE PREFIX: a wrk script asking for PREFIX/<hash>.narinfo of every store
+# path listed in PATHS_FILE in turn (each wrk thread from its own starting point), whose `done`
+# prints "RESULT <requests per second> <errors>" (errors: connect, read, write, non-2xx status,
+# timeouts).
+wrk_narinfo_lua() {
+    local p
+    echo 'local paths = {'
+    while read -r p; do printf '  "%s/%s.narinfo",\n' "$2" "$(hash_of "$p")"; done < "$1"
+    cat <<'LUA'
+}
+local counter = 0
+setup = function(thread) counter = counter + 1; thread:set("start", counter * 97) end
+local i
+request = function()
+  i = ((i or start or 0) % #paths) + 1
+  return wrk.format("GET", paths[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %.1f %d\n", summary.requests / (summary.duration / 1e6),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+LUA
+}
+
 # free_port: a TCP port on 127.0.0.1 that nothing listens on right now.
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \

@@ -139,25 +139,7 @@ done
 LIVE[$!]=1
 
 # ------------------------------------------------------------------ measurements
-{
-    echo 'local paths = {'
-    while read -r p; do printf '  "/%s.narinfo",\n' "$(hash_of "$p")"; done < "$D/paths.txt"
-    cat <<'LUA'
-}
-local counter = 0
-setup = function(thread) counter = counter + 1; thread:set("start", counter * 97) end
-local i
-request = function()
-  i = ((i or start) % #paths) + 1
-  return wrk.format("GET", paths[i])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %.1f %d\n", summary.requests / (summary.duration / 1e6),
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-LUA
-} > "$D/narinfo.lua"
+wrk_narinfo_lua "$D/paths.txt" "" > "$D/narinfo.lua"
 
 TSV=("round	conns	server	rps")
 run_wrk() { # SERVER URL THREADS CONNS ROUND

@@ -49,7 +49,8 @@
 #   RANDOM_PCT=10      share of incompressible data (the rest: ELF binaries and libraries)
 #   SEED=1             seed of the file choice, the sizes, the references and the random data
 #   ROUNDS=2           rounds over every configuration on every link
-#   LINKS="lo 100 20"  links: lo and/or rates in Mbit/s (the rates need root)
+#   LINKS="lo 100 20"  links: lo and/or rates in Mbit/s (the rates need root); empty: none
+#                      (only the time to servable compressed)
 #   CONFIGS="nginx-none nginx-zstd nginx-xz tc-none tc-zstd tc-xz agent"
 #   AGENT_SERVER=zstd  which tailcache instance the agent fronts (none | zstd | xz)
 #   MEASURE_SERVABLE="zstd xz"   the compressions whose time to servable is measured (from
@@ -85,7 +86,7 @@ TEXT_PCT=${TEXT_PCT:-25}
 RANDOM_PCT=${RANDOM_PCT:-10}
 SEED=${SEED:-1}
 ROUNDS=${ROUNDS:-2}
-LINKS=${LINKS:-lo 100 20}
+LINKS=${LINKS-lo 100 20}
 CONFIGS=${CONFIGS:-nginx-none nginx-zstd nginx-xz tc-none tc-zstd tc-xz agent}
 AGENT_SERVER=${AGENT_SERVER:-zstd}
 MEASURE_SERVABLE=${MEASURE_SERVABLE-zstd xz}
@@ -505,7 +506,10 @@ wait_manifests() {
 }
 
 # ------------------------------------------------------------------ 3. servable compressed
-declare -A SERVABLE=() SERVABLE_BYTES=() SERVABLE_P2P=()
+# cpu_ticks PID: user+sys clock ticks of a running process so far.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+CLK_TCK=$(getconf CLK_TCK)
+declare -A SERVABLE=() SERVABLE_BYTES=() SERVABLE_P2P=() SERVABLE_CPU=()
 PLACE=lo HOST=127.0.0.1
 for c in "${COMPS[@]+"${COMPS[@]}"}"; do
     [ "$c" = none ] && continue
@@ -515,10 +519,13 @@ for c in "${COMPS[@]+"${COMPS[@]}"}"; do
     start_tc "$c"
     # The build's only step prints the top path: it ends within milliseconds of the trigger.
     t0=$(now)
+    c0=$(cpu_ticks "${TC_PID[$c]}")
     "$BIN" trigger --server "$TC_API" --wait > "$D/servable/trigger-$c.log" 2>&1 \
         || { cat "$D/servable/trigger-$c.log" >&2; die "the build on tailcache ($c) did not succeed"; }
     wait_servable "$c" "${TC_URL[$c]}" > /dev/null
     SERVABLE[$c]=$(calc "printf \"%.1f\", $(now) - $t0")
+    # The server's CPU (all threads) meanwhile: what the closure costs on an idle machine.
+    SERVABLE_CPU[$c]=$(calc "printf \"%.1f\", ($(cpu_ticks "${TC_PID[$c]}") - $c0) / $CLK_TCK")
     SERVABLE_BYTES[$c]=$(file_bytes)
     if grep -q '^\[p2p\]' "$D/tc/$c/config.toml"; then
         wait_manifests "${TC_URL[$c]}"
@@ -600,8 +607,6 @@ wchar() { # PID… → bytes written by these processes so far
     done
     echo "$s"
 }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-CLK_TCK=$(getconf CLK_TCK)
 
 cat > "$D/client.conf" <<EOF
 build-users-group =
@@ -809,18 +814,18 @@ esac
     echo "From triggering a build whose only step prints the closure's top path (the server queues the closure"
     echo "for compression, as after a real build) until every narinfo advertises the compressed file (polled every half second)."
     echo
-    echo "| tailcache | seconds | s per GB of NAR | files MiB | files/NAR | P2P manifests too, s |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| tailcache | seconds | s per GB of NAR | server CPU s per GB | files MiB | files/NAR | P2P manifests too, s |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
     for c in zstd xz; do
         if [ -z "${SERVABLE[$c]:-}" ]; then
-            [[ " ${COMPS[*]-} " == *" $c "* ]] && echo "| $c | not measured (MEASURE_SERVABLE) | | | | |"
+            [[ " ${COMPS[*]-} " == *" $c "* ]] && echo "| $c | not measured (MEASURE_SERVABLE) | | | | | |"
             continue
         fi
-        echo "| $c | ${SERVABLE[$c]} | $(calc "printf \"%.1f\", ${SERVABLE[$c]} / ($NAR_BYTES / 1e9)") | $(mib "${SERVABLE_BYTES[$c]}") | $(calc "printf \"%.2f\", ${SERVABLE_BYTES[$c]} / $NAR_BYTES") | ${SERVABLE_P2P[$c]:-} |"
+        echo "| $c | ${SERVABLE[$c]} | $(calc "printf \"%.1f\", ${SERVABLE[$c]} / ($NAR_BYTES / 1e9)") | $(calc "printf \"%.1f\", ${SERVABLE_CPU[$c]} / ($NAR_BYTES / 1e9)") | $(mib "${SERVABLE_BYTES[$c]}") | $(calc "printf \"%.2f\", ${SERVABLE_BYTES[$c]} / $NAR_BYTES") | ${SERVABLE_P2P[$c]:-} |"
     done
     for c in none zstd xz; do
         [ -n "${NGX_COPY_S[$c]:-}" ] || continue
-        echo "| (for nginx: nix copy --to file://…?compression=$c) | ${NGX_COPY_S[$c]} | | | | |"
+        echo "| (for nginx: nix copy --to file://…?compression=$c) | ${NGX_COPY_S[$c]} | | | | | |"
     done
     if [ ${#NOTES[@]} -gt 0 ]; then
         echo
