@@ -171,6 +171,7 @@ rec {
       };
       api = {
         bind = cfg.api.listen;
+        allow = cfg.api.allow;
       };
       build = {
         repository = cfg.build.repository;

@@ -129,6 +129,16 @@ in
         description = "Address of the build API listener.";
       };
       tokenFile = secretFile "Bearer token the POST routes require (and the build timer sends).";
+      allow = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "user:alice@example.com"
+          "tag:ci"
+          "local"
+        ];
+        description = "Who may trigger and cancel builds, as tailscaled's whois names callers: user:<login>, node:<name>, tag:<tag>, and local (this machine: the build timer needs it). Empty: everyone with the token.";
+      };
     };
 
     build = {
@@ -459,7 +469,13 @@ in
         Restart = "on-failure";
         RestartSec = 5;
         KillSignal = "SIGTERM";
+        # systemd's default, stated because it matters: when the server stops or dies, every
+        # process of the unit goes with it, build steps and whatever they started included.
+        KillMode = "control-group";
         TimeoutStopSec = 30;
+        # systemd's soft limit is 1024 whatever the hard one; the server raises soft to hard
+        # and derives its connection limits from it.
+        LimitNOFILE = 65536;
         UMask = "0077";
       }
       # The server reads the store and talks to the nix-daemon (unix), listens, fetches with

@@ -228,6 +228,15 @@ pub struct ApiConfig {
     /// File holding the GitHub webhook secret; when set, `POST /build/webhook` accepts push
     /// events signed with it (`X-Hub-Signature-256`).
     pub webhook_secret_file: Option<PathBuf>,
+    /// Connection limit and timeouts of this listener (`[api.connections]`).
+    pub connections: ConnectionConfig,
+    /// tailscaled's LocalAPI socket; when it answers, each caller of trigger and cancel is
+    /// identified with `whois` (node, user, tags) and recorded as such.
+    pub tailscale_socket: PathBuf,
+    /// Who may trigger and cancel builds: `user:<login>`, `node:<name>`, `tag:<tag>`, and
+    /// `local` (callers on this machine, e.g. the build timer). Empty: everyone who passes
+    /// the token check. Needs the LocalAPI: without it nobody but `local` can be checked.
+    pub allow: Vec<AllowEntry>,
 }
 
 impl Default for ApiConfig {
@@ -236,6 +245,82 @@ impl Default for ApiConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
             token_file: None,
             webhook_secret_file: None,
+            connections: ConnectionConfig::default(),
+            tailscale_socket: PathBuf::from("/run/tailscale/tailscaled.sock"),
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// One entry of `[api] allow`, parsed from `user:…`, `node:…`, `tag:…` or `local`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AllowEntry {
+    /// A tailnet user's login name (`alice@example.com`, `alice@github`).
+    User(String),
+    /// A node's short name, as `tailscale status` shows it.
+    Node(String),
+    /// An ACL tag, with its `tag:` prefix.
+    Tag(String),
+    /// A caller on a loopback address.
+    Local,
+}
+
+impl TryFrom<String> for AllowEntry {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let entry = match s.split_once(':') {
+            _ if s == "local" => AllowEntry::Local,
+            Some(("user", v)) if !v.is_empty() => AllowEntry::User(v.to_owned()),
+            Some(("node", v)) if !v.is_empty() => AllowEntry::Node(v.to_owned()),
+            Some(("tag", v)) if !v.is_empty() => AllowEntry::Tag(s.clone()),
+            _ => {
+                return Err(format!(
+                    "api.allow entry {s:?}: expected user:<login>, node:<name>, tag:<tag> or local"
+                ));
+            }
+        };
+        Ok(entry)
+    }
+}
+
+/// How many connections one listener serves and how long it waits for their clients
+/// (`[cache.connections]`, `[api.connections]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionConfig {
+    /// Connections served at once. At the limit, a new connection makes the server close
+    /// the connection that has been idle the longest; with none idle it waits. Unset:
+    /// derived from the file descriptor limit (so descriptors never run out first), at most
+    /// [`ConnectionConfig::DEFAULT_MAX`].
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a whole request head once its first byte arrived
+    /// (slowloris clients are closed after this).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight: before its first
+    /// byte, and between requests on a kept-alive connection.
+    pub idle_timeout_secs: u64,
+    /// Seconds a response may wait for its client to take more bytes; a reader that
+    /// stalls longer is disconnected.
+    pub send_timeout_secs: u64,
+}
+
+impl ConnectionConfig {
+    /// Upper bound of the derived connection limit: far above what a tailnet's machines
+    /// open (Nix uses up to 25 connections per client), and an idle connection costs ~10 KiB.
+    pub const DEFAULT_MAX: usize = 1024;
+    /// The most `max_connections` may be set to.
+    pub const MAX: usize = 1 << 20;
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            max_connections: None,
+            header_read_timeout_secs: 15,
+            idle_timeout_secs: 60,
+            send_timeout_secs: 60,
         }
     }
 }
@@ -384,6 +469,15 @@ pub struct CacheConfig {
     pub nar_cache_max_bytes: u64,
     /// Paths that may wait for compression; more requests are dropped and retried later.
     pub compression_queue: usize,
+    /// Blocking reads (of NARs being dumped, compressed files, build logs) running at once
+    /// for all downloads together. A download holds a thread only while one chunk is read,
+    /// so stalled clients hold none.
+    pub read_threads: usize,
+    /// Memory for big (256 KiB) body chunks, all downloads together; beyond it downloads
+    /// read 64 KiB at a time. Bounds what stalled clients hold, with 64 KiB each.
+    pub read_buffer_bytes: usize,
+    /// Connection limit and timeouts of this listener (`[cache.connections]`).
+    pub connections: ConnectionConfig,
 }
 
 impl CacheConfig {
@@ -407,6 +501,9 @@ impl Default for CacheConfig {
             secret_key_files: Vec::new(),
             nar_cache_max_bytes: 20 << 30,
             compression_queue: 1024,
+            read_threads: 16,
+            read_buffer_bytes: 16 << 20,
+            connections: ConnectionConfig::default(),
         }
     }
 }
@@ -562,6 +659,23 @@ impl Config {
         }
         if c.compression_queue == 0 {
             anyhow::bail!("cache.compression_queue must be at least 1");
+        }
+        if c.read_threads == 0 {
+            anyhow::bail!("cache.read_threads must be at least 1");
+        }
+        for (name, l) in [("cache", &c.connections), ("api", &self.api.connections)] {
+            if l.max_connections == Some(0)
+                || l.max_connections > Some(ConnectionConfig::MAX)
+                || l.header_read_timeout_secs == 0
+                || l.idle_timeout_secs == 0
+                || l.send_timeout_secs == 0
+            {
+                anyhow::bail!(
+                    "{name}.connections: limits and timeouts must be at least 1, and \
+                     max_connections at most {}",
+                    ConnectionConfig::MAX
+                );
+            }
         }
         let b = &self.build;
         if b.log_lines == 0 || b.log_files_kept == 0 {
@@ -725,6 +839,49 @@ mod tests {
         assert_eq!(c.build.steps[0].capture, CaptureConfig::OutPaths);
         assert!(toml::from_str::<Config>("[[build.steps]]\nname = \"a\"\n").is_err());
         assert!(toml::from_str::<Config>("[api]\nport = 1\n").is_err());
+    }
+
+    #[test]
+    fn allow_entries_parse_and_typos_are_errors() {
+        let c: Config = toml::from_str(
+            "[api]\nallow = [\"user:alice@github\", \"node:laptop\", \"tag:ci\", \"local\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.api.allow,
+            [
+                AllowEntry::User("alice@github".into()),
+                AllowEntry::Node("laptop".into()),
+                AllowEntry::Tag("tag:ci".into()),
+                AllowEntry::Local,
+            ]
+        );
+        for bad in ["alice", "users:alice", "tag:", "node:"] {
+            let err = toml::from_str::<Config>(&format!("[api]\nallow = [{bad:?}]\n")).unwrap_err();
+            assert!(err.to_string().contains("expected user:"), "{bad}: {err}");
+        }
+        let c = Config::default();
+        assert!(c.api.allow.is_empty());
+        assert_eq!(
+            c.api.tailscale_socket,
+            Path::new("/run/tailscale/tailscaled.sock")
+        );
+    }
+
+    #[test]
+    fn connection_settings_parse_per_listener() {
+        let c: Config = toml::from_str(
+            "[cache.connections]\nmax_connections = 10\nidle_timeout_secs = 5\n\
+             [api.connections]\nsend_timeout_secs = 7\n",
+        )
+        .unwrap();
+        assert_eq!(c.cache.connections.max_connections, Some(10));
+        assert_eq!(c.cache.connections.idle_timeout_secs, 5);
+        assert_eq!(c.api.connections.send_timeout_secs, 7);
+        assert_eq!(c.api.connections.max_connections, None);
+        assert!(toml::from_str::<Config>("[api.connections]\nidle_timeout = 5\n").is_err());
+        let zero: Config = toml::from_str("[cache.connections]\nidle_timeout_secs = 0\n").unwrap();
+        assert!(zero.validate().is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`p2p`]: the server's libp2p tracker/seed node and the libp2p identity file.
 //! - [`agent`]: `tailcache agent`, the local substituter that fetches NARs from peers.
 //! - [`server`]: the composition root — starts the actors and the listeners.
+//! - [`listener`]: serving one listener — connection limit, timeouts, accept errors.
 //! - [`cli`]: the client — `bt`, `bs`, `bl`, completions, man pages, bootstrap.
 
 pub mod agent;
@@ -17,6 +18,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod keys;
+pub mod listener;
 pub mod notify;
 pub mod p2p;
 pub mod server;

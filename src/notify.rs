@@ -332,6 +332,8 @@ mod tests {
                 exit_status: None,
                 error: Some("1 of 3 targets failed: server".into()),
                 duration_seconds: 65.0,
+                cancelled_by: None,
+                notes: Vec::new(),
             },
             targets: vec![
                 TargetSummary {

@@ -21,13 +21,15 @@ use tailcache_actors::{
 use tailcache_store::db::StoreLayout;
 use tokio::net::TcpListener;
 
-use crate::api::{self, ApiParts, ApiState};
+use crate::api::tailnet::{Allow, LocalApi};
+use crate::api::{self, ApiParts, ApiState, ApiStats};
 use crate::cache::actor::{CacheServer, CacheServerParts, CompressionSettings};
 use crate::cache::nar_cache::NarCache;
 use crate::cache::stats::CacheStats;
 use crate::cache::{self, CacheParts, CacheState, LazyStore};
 use crate::config::{BuildConfig, CaptureConfig, Config, HostsConfig};
 use crate::keys;
+use crate::listener::{self, HttpStats, Limits};
 
 /// How long open connections (log followers, downloads) may delay the exit after a shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +48,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let nofile = listener::raise_nofile_limit();
     let state_dir = config.state_dir();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -88,6 +91,11 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let stats = CacheStats::register(&mut registry);
+    let http_stats = HttpStats::register(&mut registry);
+    let api_stats = ApiStats::register(&mut registry);
+    // A cache connection may hold a socket and a file (a NAR being streamed).
+    let cache_limits = Limits::new("cache", &c.connections, nofile, 2.0 / 3.0, 2);
+    let api_limits = Limits::new("api", &config.api.connections, nofile, 1.0 / 3.0, 1);
     let cache_actor = CacheServer::start(CacheServerParts {
         nars: nars.clone(),
         store: store.clone(),
@@ -109,6 +117,8 @@ pub async fn run(
         nars: nars.clone(),
         actor: cache_actor.clone(),
         stats,
+        read_threads: c.read_threads,
+        read_buffer_bytes: c.read_buffer_bytes,
     });
 
     let pipeline = build_pipeline(&config.build, &state_dir, &layout);
@@ -162,6 +172,14 @@ pub async fn run(
         api_addr,
         keys.generated.as_deref(),
     );
+    let local_api = LocalApi::new(config.api.tailscale_socket.clone());
+    // Says once, in the log, whether callers will be named by the tailnet.
+    if local_api.reachable().await {
+        tracing::info!(
+            "callers of trigger and cancel are identified by tailscaled's whois ({})",
+            config.api.tailscale_socket.display()
+        );
+    }
     let api_state = ApiState::new(ApiParts {
         build: build.clone(),
         cache: cache_state.clone(),
@@ -171,6 +189,9 @@ pub async fn run(
         build_configured,
         branch: b.branch.clone(),
         cache_url: format!("http://{cache_addr}"),
+        local_api,
+        allow: Allow::new(config.api.allow.clone()),
+        stats: api_stats,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -180,27 +201,33 @@ pub async fn run(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let cache_app = cache::router().with_state(cache_state);
-    let cache_server = axum::serve(listeners.cache, cache_app).with_graceful_shutdown(stopped());
-    let api_app = api::router()
-        .with_state(api_state)
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let api_server = axum::serve(listeners.api, api_app).with_graceful_shutdown(stopped());
-    let servers =
-        async { tokio::try_join!(async { cache_server.await }, async { api_server.await }) };
+    let cache_server = listener::serve(
+        "cache",
+        listeners.cache,
+        cache::router().with_state(cache_state),
+        cache_limits,
+        http_stats.clone(),
+        stopped(),
+    );
+    let api_server = listener::serve(
+        "api",
+        listeners.api,
+        api::router().with_state(api_state),
+        api_limits,
+        http_stats,
+        stopped(),
+    );
+    let servers = async { tokio::join!(cache_server, api_server) };
     tokio::pin!(servers);
 
     tokio::select! {
-        r = &mut servers => { r?; return Ok(()); }
+        _ = &mut servers => return Ok(()),
         () = shutdown => {}
     }
     stop_build(&build).await;
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(DRAIN_TIMEOUT, servers).await {
-        Ok(r) => {
-            r?;
-        }
-        Err(_) => tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; exiting"),
+    if tokio::time::timeout(DRAIN_TIMEOUT, servers).await.is_err() {
+        tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; exiting");
     }
     Ok(())
 }

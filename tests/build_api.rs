@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::TestCache;
 use common::api::{
-    Gate, StepPids, build_section, hex, hmac_sha256, parse_json, process_exists, read_status_file,
+    Gate, StepPids, build_section, hmac_sha256, parse_json, process_exists, read_status_file,
     sh_step,
 };
 use serde_json::Value;
@@ -49,6 +49,11 @@ fn start(dir: &Path, build: &str) -> TestCache {
 }
 
 const SETTINGS: &str = "kill_grace_secs = 2\nlog_lines = 1000";
+
+/// A step that appends a line to `count` each time it runs.
+fn count_step(count: &Path) -> String {
+    sh_step("count", &format!("echo run >> '{}'", count.display()), "")
+}
 
 fn lines_of(path: &Path) -> usize {
     std::fs::read_to_string(path)
@@ -358,11 +363,7 @@ fn fifty_concurrent_triggers_run_exactly_one_build() {
 fn the_token_guards_post_routes() {
     let d = scratch();
     let count = d.path().join("runs");
-    let steps = [sh_step(
-        "count",
-        &format!("echo run >> '{}'", count.display()),
-        "",
-    )];
+    let steps = [count_step(&count)];
     let server = builder(d.path(), &build_section(SETTINGS, &steps))
         .api_token("tok-3f9a7c")
         .start();
@@ -414,21 +415,23 @@ fn post_webhook(server: &TestCache, signature: Option<&str>, body: &[u8]) -> u16
 fn the_webhook_needs_a_valid_signature() {
     let d = scratch();
     let count = d.path().join("runs");
-    let steps = [sh_step(
-        "count",
-        &format!("echo run >> '{}'", count.display()),
-        "",
-    )];
+    let steps = [count_step(&count)];
     let secret = "hook-secret-8d1e";
     let server = builder(d.path(), &build_section(SETTINGS, &steps))
         .webhook_secret(secret)
         .start();
     let body = push_payload();
-    let good = format!("sha256={}", hex(&hmac_sha256(secret.as_bytes(), &body)));
-    let wrong_key = format!("sha256={}", hex(&hmac_sha256(b"not-the-secret", &body)));
+    let good = format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(secret.as_bytes(), &body))
+    );
+    let wrong_key = format!(
+        "sha256={}",
+        hex::encode(hmac_sha256(b"not-the-secret", &body))
+    );
     let other_body = format!(
         "sha256={}",
-        hex(&hmac_sha256(
+        hex::encode(hmac_sha256(
             secret.as_bytes(),
             b"{\"ref\":\"refs/heads/other\"}"
         ))
@@ -455,6 +458,20 @@ fn the_webhook_needs_a_valid_signature() {
             "signature {sig:?} answered {status}"
         );
     }
+    // A signature spelled with a sign: `u8::from_str_radix` read "+a" as 0x0a, so a MAC
+    // byte below 0x10 could be written "+X" and still matched. The body gets trailing
+    // spaces (still the same JSON) until its MAC has such a byte.
+    let (signed, plus) = (0..64)
+        .find_map(|n| {
+            let mut b = body.clone();
+            b.extend(std::iter::repeat_n(b' ', n));
+            let h = hex::encode(hmac_sha256(secret.as_bytes(), &b));
+            let i = (0..h.len()).step_by(2).find(|&i| h.as_bytes()[i] == b'0')?;
+            Some((b, format!("sha256={}+{}", &h[..i], &h[i + 1..])))
+        })
+        .unwrap();
+    let status = post_webhook(&server, Some(&plus), &signed);
+    assert!(status == 401 || status == 403, "{plus}: {status}");
     // A valid signature over a different body.
     let mut tampered = body.clone();
     tampered.extend_from_slice(b" ");
@@ -637,4 +654,77 @@ fn kill9_during_a_burst_of_status_writes_leaves_a_parsable_status() {
             "build {id} not recorded interrupted: {history:?}"
         );
     }
+}
+
+/// Sends a request head (plus `body`, which may be only the start of what the head
+/// declares) and reads the answer's status line; the server may answer before the body.
+fn status_of_raw(base_url: &str, head: &str, body: &[u8]) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(common::http::host_port(base_url)).unwrap();
+    s.set_read_timeout(Some(END_TIMEOUT)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may already have answered and closed: a failed write is fine.
+    let _ = s.write_all(body);
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        line.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&line).into_owned();
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"))
+}
+
+#[test]
+fn oversized_bodies_are_refused_with_413() {
+    let d = scratch();
+    let count = d.path().join("runs");
+    let steps = [count_step(&count)];
+    let server = builder(d.path(), &build_section(SETTINGS, &steps))
+        .webhook_secret("hook-secret")
+        .start();
+    let api = server.api_url();
+    let some = vec![b'x'; 64 << 10];
+    // Declared sizes: refused before the body is read.
+    for (method, target, declared) in [
+        ("POST", "/build/trigger", 8 << 20),
+        ("POST", "/build/trigger", 5000),
+        ("POST", "/build/cancel", 8 << 20),
+        ("GET", "/build/status", 8 << 20),
+        ("GET", "/health", 8 << 20),
+        ("POST", "/build/webhook", (1 << 20) + 1),
+    ] {
+        let head = format!(
+            "{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\
+             X-GitHub-Event: push\r\n\r\n"
+        );
+        let status = status_of_raw(api, &head, &some[..some.len().min(declared)]);
+        assert_eq!(status, 413, "{method} {target} with {declared} bytes");
+    }
+    // A chunked body has no declared size: refused once more than the limit was read.
+    let mut chunked = Vec::new();
+    for _ in 0..16 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 1024).as_bytes());
+        chunked.extend_from_slice(&[b'x'; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let head = "POST /build/trigger HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    assert_eq!(status_of_raw(api, head, &chunked), 413);
+    let s = server.build_status();
+    assert_eq!(
+        s["build_id"],
+        serde_json::Value::Null,
+        "an oversized trigger ran: {s:?}"
+    );
+    // Within the limits everything works as before.
+    let r = server.api_post("/build/trigger", &[], b"{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = parse_json("trigger", &r.text())["build_id"]
+        .as_u64()
+        .unwrap();
+    server.wait_finished(id);
+    assert_eq!(lines_of(&count), 1);
 }

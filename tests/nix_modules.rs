@@ -733,7 +733,7 @@ const SERVER_CFG: &str = r#"services.tailcache.server = {
   signingKeyFile = "/var/lib/secrets/key";
   openFirewall = true;
   cache = { listen = "100.64.0.1:5000"; priority = 30; compression = "zstd"; maxBytes = 1073741824; };
-  api = { listen = "100.64.0.1:8000"; tokenFile = "/var/lib/secrets/token"; };
+  api = { listen = "100.64.0.1:8000"; tokenFile = "/var/lib/secrets/token"; allow = [ "user:alice@example.com" "local" ]; };
   build = {
     repository = "https://example.invalid/config.git";
     hosts = "auto";
@@ -771,6 +771,10 @@ fn server_module_renders_units_and_the_config_the_server_reads() {
         "ProtectSystem=strict",
         "NoNewPrivileges=true",
         "Requires=tailcache-store-db.service",
+        // systemd's soft limit is 1024 otherwise; the server raises soft to hard.
+        "LimitNOFILE=65536",
+        // Build steps go with the server.
+        "KillMode=control-group",
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} not in\n{unit}");
     }
@@ -792,6 +796,13 @@ fn server_module_renders_units_and_the_config_the_server_reads() {
     let c = tailcache::config::Config::from_file(&path).unwrap();
     assert_eq!(c.cache.bind.to_string(), "100.64.0.1:5000");
     assert_eq!(c.api.bind.to_string(), "100.64.0.1:8000");
+    assert_eq!(
+        c.api.allow,
+        [
+            tailcache::config::AllowEntry::User("alice@example.com".into()),
+            tailcache::config::AllowEntry::Local
+        ]
+    );
     assert_eq!(c.cache.compression, tailcache::config::Compression::Zstd);
     assert_eq!(c.cache.nar_cache_max_bytes, 1 << 30);
     assert_eq!(c.build.nix_args, ["--option", "cores", "2"]);

@@ -19,6 +19,7 @@ use crate::fleet::{
     AlwaysServable, BuildObserver, FleetSettings, GenerationSettings, GenerationStore, Servable,
     TargetSpec,
 };
+use crate::groups::StepGroups;
 use crate::log_tail::{FlushLog, Follow, GetLines, LogEvent, LogLimits, LogTail};
 use crate::metrics::{MeteredAddr, Metrics};
 use crate::status::{BuildStatus, FlushStatus, GetStatus, PanicForTest, RequestedBy, StatusStore};
@@ -108,15 +109,23 @@ pub fn start_actors(
     metrics: Metrics,
     sink: Arc<dyn NewPathsSink>,
 ) -> Result<BuildHandle> {
-    let store = StatusStore::open(
+    // Before anything else: steps a previous server left running are ended first.
+    let groups = StepGroups::open(&config.state_dir)?;
+    let survivors = groups.end_survivors();
+    let mut store = StatusStore::open(
         &config.state_dir,
         config.history_len,
         metrics.actors.clone(),
     )?;
+    let mut tail = LogTail::open(&config.state_dir, config.log, metrics.actors.clone())?;
+    for s in &survivors {
+        let note = s.note();
+        store.note(s.build_id, note.clone())?;
+        tail.note(s.build_id, &format!("==> {note}"))?;
+    }
     let next_id = store.status().next_build_id();
     let status_rx = store.subscribe();
     let status = MeteredAddr::new(Supervisor::start(|_| store), metrics.actors.clone());
-    let tail = LogTail::open(&config.state_dir, config.log, metrics.actors.clone())?;
     let log = MeteredAddr::new(Supervisor::start(|_| tail), metrics.actors.clone());
     let store = GenerationStore::open(
         GenerationSettings {
@@ -139,6 +148,7 @@ pub fn start_actors(
         branch_head: config.branch_head,
         kill_grace: config.kill_grace,
         max_line_bytes: config.max_line_bytes,
+        groups: Some(groups),
     };
     let with = Collaborators {
         generations: generations.clone(),
@@ -206,9 +216,9 @@ impl BuildHandle {
         crate::fleet::lock::lock_path(&self.state_dir, hash)
     }
 
-    /// Cancels the running build.
-    pub async fn cancel(&self) -> Result<CancelOutcome> {
-        self.supervisor.ask(Cancel).await
+    /// Cancels the running build; `by` is recorded as who cancelled it.
+    pub async fn cancel(&self, by: RequestedBy) -> Result<CancelOutcome> {
+        self.supervisor.ask(Cancel { by }).await
     }
 
     /// The current status.

@@ -8,6 +8,7 @@
 //! - [`handle`]: [`start_actors`], [`BuildHandle`], [`ActorsConfig`].
 //! - [`supervisor`]: BuildSupervisor, `Trigger`/`Cancel`/`Shutdown`, [`NewPathsSink`].
 //! - [`step`]: a step and how one runs (process group, line reading, timeout, kill).
+//! - [`groups`]: running steps' process groups on disk; survivors killed at start-up.
 //! - [`pipeline`]: the default pipeline (git fetch, `nix flake update`, then the targets).
 //! - [`fleet`]: the targets, their evaluation and build, GenerationStore (generations, GC
 //!   roots, signed records, `GET /hosts`), closure diffs and kept lock files.
@@ -20,6 +21,7 @@
 
 pub mod error;
 pub mod fleet;
+pub mod groups;
 pub mod handle;
 pub mod log_tail;
 pub mod metrics;
@@ -35,6 +37,6 @@ pub use handle::{ActorsConfig, BuildHandle, start_actors};
 pub use log_tail::{LogEvent, LogLimits};
 pub use metrics::{Metrics, TEXT_CONTENT_TYPE, encode_text};
 pub use pipeline::DefaultPipeline;
-pub use status::{BuildRecord, BuildResult, BuildStatus, RequestedBy, StatusFile};
+pub use status::{BuildRecord, BuildResult, BuildStatus, RequestedBy, StatusFile, TailnetIdentity};
 pub use step::{Capture, Step};
 pub use supervisor::{BranchHead, CancelOutcome, NewPathsSink, NoSink, TriggerOutcome};

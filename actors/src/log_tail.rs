@@ -96,6 +96,26 @@ impl LogTail {
         })
     }
 
+    /// Appends `line` to build `build_id`'s log file, if it is still kept, and to the ring
+    /// (start-up only: the build is over and no file is open).
+    pub fn note(&mut self, build_id: u64, line: &str) -> Result<()> {
+        let suffix = format!("-{build_id}.log");
+        let file = Self::log_files(&self.dir)?.into_iter().rev().find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(&suffix))
+        });
+        if let Some(path) = file {
+            let append = fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| writeln!(f, "{line}").and_then(|()| f.sync_data()));
+            append.map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+        }
+        self.push(line.into());
+        Ok(())
+    }
+
     /// Log files, oldest first (the names sort by start time).
     pub fn log_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let entries = fs::read_dir(dir)

@@ -68,6 +68,19 @@ pub fn is_temp_file(name: &str) -> bool {
     name.starts_with('.') && name.contains(".tmp-")
 }
 
+/// Removes the temp files [`write_atomically`] left in `dir` (a crash between create and
+/// rename); only at start-up, when no write is under way. Returns how many were removed.
+pub fn remove_leftovers(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(is_temp_file))
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +100,21 @@ mod tests {
         assert_eq!(names, ["x.json"], "no temp file left behind");
         fs::write(&p, b"{not json").unwrap();
         assert!(read_json::<Vec<u32>>(&p).is_err());
+    }
+
+    #[test]
+    fn leftover_temp_files_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        write_atomically(&path, b"two").unwrap();
+        fs::write(dir.path().join(".status.json.tmp-1234-0"), b"half").unwrap();
+        fs::write(dir.path().join("keep.json"), b"x").unwrap();
+        assert_eq!(remove_leftovers(dir.path()), 1);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["keep.json", "status.json"]);
     }
 }

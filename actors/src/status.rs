@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use actix::prelude::*;
-pub use tailcache_wire::build::{BuildRecord, BuildResult, BuildStatus, RequestedBy};
+pub use tailcache_wire::build::{
+    BuildRecord, BuildResult, BuildStatus, RequestedBy, TailnetIdentity,
+};
 use tailcache_wire::hosts::target_result;
 use tokio::sync::watch;
 
@@ -67,6 +69,8 @@ fn recover(s: &mut BuildStatus, history_len: usize) -> bool {
                 exit_status: None,
                 error: s.last_error.clone(),
                 duration_seconds: 0.0,
+                cancelled_by: None,
+                notes: Vec::new(),
             },
             history_len,
         );
@@ -96,6 +100,13 @@ impl StatusStore {
     /// Loads (and if needed recovers and rewrites) `<state_dir>/status.json`.
     pub fn open(state_dir: &Path, history_len: usize, metrics: ActorMetrics) -> Result<Self> {
         let path = state_dir.join("status.json");
+        let stale = persist::remove_leftovers(state_dir);
+        if stale > 0 {
+            tracing::info!(
+                "removed {stale} temp file(s) a crash left in {}",
+                state_dir.display()
+            );
+        }
         let mut status = BuildStatus::load(&path)?;
         if recover(&mut status, history_len) {
             tracing::warn!("the previous build was interrupted by a server stop");
@@ -109,6 +120,21 @@ impl StatusStore {
             publish,
             metrics,
         })
+    }
+
+    /// Adds `note` to build `build_id`'s record in the history (start-up only).
+    pub fn note(&mut self, build_id: u64, note: String) -> Result<()> {
+        if let Some(r) = self
+            .status
+            .history
+            .iter_mut()
+            .find(|r| r.build_id == build_id)
+        {
+            r.notes.push(note);
+            self.status.persist(&self.path)?;
+            self.publish.send_replace(self.status.clone());
+        }
+        Ok(())
     }
 
     /// A receiver that sees every new status.
@@ -315,5 +341,54 @@ mod tests {
         assert_eq!(s.targets, [target(target_result::INTERRUPTED)]);
         assert_eq!(s.history[0].failing_step.as_deref(), Some("build"));
         assert!(!recover(&mut s, 20), "once");
+    }
+
+    /// A status.json written before tailnet identities, cancellers and notes existed.
+    const OLD: &str = r#"{
+  "is_running": false,
+  "build_id": 3,
+  "last_status": "cancelled",
+  "requested_by": { "host": "laptop", "user": "alice" },
+  "history": [
+    {
+      "build_id": 3,
+      "requested_by": { "host": "laptop", "user": "alice" },
+      "started": "2026-01-01T00:00:00Z",
+      "finished": "2026-01-01T00:01:00Z",
+      "result": "cancelled",
+      "commit": null,
+      "failing_step": "build",
+      "exit_status": 143,
+      "error": "cancelled",
+      "duration_seconds": 60.0
+    }
+  ]
+}"#;
+
+    #[test]
+    fn old_status_files_still_load_and_new_fields_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        std::fs::write(&path, OLD).unwrap();
+        let mut s = BuildStatus::load(&path).unwrap();
+        let who = s.requested_by.clone().unwrap();
+        assert_eq!((who.user.as_str(), who.tailnet.as_ref()), ("alice", None));
+        assert_eq!(who.to_string(), "alice@laptop");
+        assert!(s.history[0].notes.is_empty() && s.history[0].cancelled_by.is_none());
+
+        s.history[0].cancelled_by = Some(RequestedBy {
+            tailnet: Some(TailnetIdentity {
+                node: "ci-runner".into(),
+                user: "tagged-devices".into(),
+                tags: vec!["tag:ci".into()],
+            }),
+            ..who
+        });
+        s.history[0].notes.push("a note".into());
+        s.persist(&path).unwrap();
+        let again = BuildStatus::load(&path).unwrap();
+        assert_eq!(again, s);
+        let by = again.history[0].cancelled_by.as_ref().unwrap();
+        assert_eq!(by.to_string(), "ci-runner [tag:ci]");
     }
 }

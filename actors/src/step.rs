@@ -3,9 +3,14 @@
 //! split, invalid UTF-8 replaced) and forwarded to LogTail in batches through a bounded
 //! channel, so a flood of output pushes back on the child instead of filling memory; on
 //! timeout or cancel the group gets SIGTERM, then SIGKILL after a grace period.
+//!
+//! A step never outlives the server: its leader gets SIGKILL from the kernel when the
+//! server dies (`PR_SET_PDEATHSIG`), and its group is recorded on disk while it runs
+//! ([`crate::groups`]) so that what the leader started is killed at the next start-up.
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -14,6 +19,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
+use crate::groups::StepGroups;
 use crate::log_tail::{AppendLines, LogTail};
 use crate::metrics::MeteredAddr;
 
@@ -116,10 +122,12 @@ pub(crate) enum StepEnd {
 }
 
 /// Limits of one step run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct RunLimits {
     pub max_line_bytes: usize,
     pub kill_grace: Duration,
+    /// Where running steps' process groups are recorded (none in some tests).
+    pub groups: Option<StepGroups>,
 }
 
 /// Lines per LogTail message; also the channel size between readers and forwarder.
@@ -133,7 +141,7 @@ pub(crate) async fn run_step(
     build_id: u64,
     log: &MeteredAddr<LogTail>,
     stop: &mut watch::Receiver<Option<StopReason>>,
-    limits: RunLimits,
+    limits: &RunLimits,
 ) -> (StepEnd, Vec<String>) {
     let mut cmd = Command::new(&step.program);
     cmd.args(&step.args)
@@ -146,12 +154,21 @@ pub(crate) async fn run_step(
     if let Some(dir) = &step.cwd {
         cmd.current_dir(dir);
     }
-    let mut child = match cmd.spawn() {
+    die_with_server(&mut cmd);
+    let mut child = match spawn(cmd).await {
         Ok(c) => c,
         Err(e) => return (StepEnd::SpawnFailed(e), Vec::new()),
     };
     // The child leads its own group (process_group(0)), so its pid is the group id.
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    // Held until the group is gone; a crash before then leaves the record for start-up.
+    let _recorded = match (&limits.groups, pgid) {
+        (Some(groups), Some(pgid)) => groups
+            .record(build_id, &step.name, pgid.as_raw())
+            .inspect_err(|e| tracing::warn!("build {build_id}: {e}"))
+            .ok(),
+        _ => None,
+    };
 
     let (tx, rx) = mpsc::channel::<(bool, String)>(BATCH);
     if let Some(out) = child.stdout.take() {
@@ -190,6 +207,64 @@ pub(crate) async fn run_step(
     }
     let captured = forward.await.unwrap_or_default();
     (end, captured)
+}
+
+/// Makes the kernel SIGKILL the step's leader when the server dies.
+#[allow(unsafe_code)]
+fn die_with_server(cmd: &mut Command) {
+    let server = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe functions may be called: it makes two system calls (prctl,
+    // getppid) and builds errors from raw codes, allocating nothing and taking no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+            // The server died before the line above took effect: no signal will come.
+            if nix::unistd::getppid() != server {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A spawn for the spawner thread, with the runtime the child is registered with.
+struct SpawnRequest {
+    cmd: Command,
+    runtime: tokio::runtime::Handle,
+    reply: tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>,
+}
+
+/// Spawns `cmd` from a thread that lives as long as the process. `PR_SET_PDEATHSIG` fires
+/// when the *thread* that forked the child ends, and a tokio worker thread may end before
+/// the process does (`block_in_place` hands its core to a new thread).
+async fn spawn(cmd: Command) -> std::io::Result<tokio::process::Child> {
+    static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, mut rx) = mpsc::channel::<SpawnRequest>(16);
+        std::thread::Builder::new()
+            .name("step-spawner".to_owned())
+            .spawn(move || {
+                while let Some(mut req) = rx.blocking_recv() {
+                    let _runtime = req.runtime.enter();
+                    let _ = req.reply.send(req.cmd.spawn());
+                }
+            })
+            .inspect_err(|e| tracing::error!("cannot start the step spawner thread: {e}"))
+            .ok()
+            .map(|_| tx)
+    });
+    let gone = || std::io::Error::other("the step spawner thread is gone");
+    let spawner = spawner.as_ref().ok_or_else(gone)?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = SpawnRequest {
+        cmd,
+        runtime: tokio::runtime::Handle::current(),
+        reply,
+    };
+    spawner.send(req).await.map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
 }
 
 async fn wait_stop(stop: &mut watch::Receiver<Option<StopReason>>) -> StopReason {

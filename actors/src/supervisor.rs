@@ -24,6 +24,7 @@ use crate::error::Result;
 use crate::fleet::generations::{BuildBegins, BuildEnds, GenerationStore};
 use crate::fleet::run::{Stage, StageEnd};
 use crate::fleet::{BuildObserver, BuildSummary, FleetSettings, TargetSummary};
+use crate::groups::StepGroups;
 use crate::log_tail::{BeginLog, EndLog, LogTail};
 use crate::metrics::{ActorMetrics, Metered, MeteredAddr, Metrics, metered};
 use crate::status::{
@@ -75,6 +76,8 @@ pub struct PipelineSettings {
     pub kill_grace: Duration,
     /// Longer output lines are split.
     pub max_line_bytes: usize,
+    /// Where running steps' process groups are recorded.
+    pub groups: Option<StepGroups>,
 }
 
 /// `git ls-remote <repository> refs/heads/<branch>`: the commit a build started now gets.
@@ -132,6 +135,8 @@ struct Running {
     build_id: u64,
     since: String,
     requested_by: RequestedBy,
+    /// Who cancelled it first, for its record.
+    cancelled_by: Option<RequestedBy>,
     stop: watch::Sender<Option<StopReason>>,
     done: watch::Sender<bool>,
     /// The commit it builds, once its fetch step knows.
@@ -275,6 +280,7 @@ impl BuildSupervisor {
             build_id,
             since: since.clone(),
             requested_by: requested_by.clone(),
+            cancelled_by: None,
             stop,
             done,
             commit,
@@ -341,10 +347,13 @@ pub struct Trigger {
     pub commit: Option<String>,
 }
 
-/// Stop the running build (recorded `cancelled`) and drop a scheduled follow-up.
+/// Stop the running build (recorded `cancelled`, with who asked) and drop a scheduled
+/// follow-up.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<CancelOutcome>")]
-pub struct Cancel;
+pub struct Cancel {
+    pub by: RequestedBy,
+}
 
 /// Refuse new builds, stop the running one (recorded `interrupted`) and answer once it has
 /// been recorded.
@@ -385,16 +394,19 @@ fn same_commit(a: &str, b: &str) -> bool {
 impl Handler<Cancel> for BuildSupervisor {
     type Result = Result<CancelOutcome>;
     fn handle(&mut self, msg: Cancel, ctx: &mut Self::Context) -> Self::Result {
-        metered(self, ctx, msg, |this, _, _| {
+        metered(self, ctx, msg, |this, msg, _| {
             this.follow_up = None;
-            match &this.running {
+            match &mut this.running {
                 Some(r) => {
                     // A shutdown already under way stays a shutdown (`interrupted`).
-                    r.stop.send_if_modified(|s| {
+                    let first = r.stop.send_if_modified(|s| {
                         let first = s.is_none();
                         s.get_or_insert(StopReason::Cancel);
                         first
                     });
+                    if first {
+                        r.cancelled_by = Some(msg.by);
+                    }
                     CancelOutcome::Cancelling {
                         build_id: r.build_id,
                     }
@@ -433,17 +445,22 @@ impl Handler<BuildDone> for BuildSupervisor {
             // Recorded from here, not by the task, so that StatusStore sees this build end
             // before a follow-up starts, and a client that sees it ended may trigger at once.
             // `force` because a finished build must not be lost to a full mailbox.
-            let build_id = msg.record.build_id;
+            let mut record = msg.record;
+            let build_id = record.build_id;
+            let running = this.running.take_if(|r| r.build_id == build_id);
+            if record.result == BuildResult::Cancelled {
+                record.cancelled_by = running.as_ref().and_then(|r| r.cancelled_by.clone());
+            }
             let summary = BuildSummary {
-                record: msg.record.clone(),
+                record: record.clone(),
                 targets: msg.targets,
             };
-            this.status.force(BuildFinished { record: msg.record });
+            this.status.force(BuildFinished { record });
             this.with.generations.force(BuildEnds { build_id });
             if let Some(observer) = &this.with.observer {
                 observer.build_ended(&summary);
             }
-            if let Some(r) = this.running.take_if(|r| r.build_id == build_id) {
+            if let Some(r) = running {
                 r.done.send_replace(true);
             }
             if this.running.is_none()
@@ -526,7 +543,7 @@ impl Build {
     async fn run_steps(
         &self,
         stop: &mut watch::Receiver<Option<StopReason>>,
-        limits: RunLimits,
+        limits: &RunLimits,
     ) -> (Outcome, Option<String>, Vec<PathBuf>) {
         let id = self.build_id;
         let mut commit = None;
@@ -584,8 +601,9 @@ impl Build {
         let limits = RunLimits {
             max_line_bytes: self.settings.max_line_bytes,
             kill_grace: self.settings.kill_grace,
+            groups: self.settings.groups.clone(),
         };
-        let (mut outcome, commit, out_paths) = self.run_steps(&mut stop, limits).await;
+        let (mut outcome, commit, out_paths) = self.run_steps(&mut stop, &limits).await;
         let mut targets = Vec::new();
         if outcome.result == BuildResult::Success
             && let Some(fleet) = &self.settings.fleet
@@ -626,6 +644,8 @@ impl Build {
             exit_status: outcome.exit_status,
             error: outcome.error,
             duration_seconds: seconds,
+            cancelled_by: None,
+            notes: Vec::new(),
         };
         let end = EndLog {
             build_id: id,

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tailcache_actors::{
-    ActorsConfig, BuildResult, CancelOutcome, Capture, LogEvent, LogLimits, TriggerOutcome,
+    ActorsConfig, BuildResult, CancelOutcome, Capture, LogEvent, LogLimits, RequestedBy,
+    TriggerOutcome,
 };
 use tokio::sync::{broadcast, mpsc};
 
@@ -114,16 +115,22 @@ fn cancel_stops_a_long_running_step() {
         let (_, mut follow) = h.follow(0).await.unwrap();
         let id = trigger(&h).await;
         line(&mut follow, |l| l == "started").await;
+        let canceller = RequestedBy {
+            host: "desktop".into(),
+            user: "bob".into(),
+            tailnet: None,
+        };
         assert_eq!(
-            h.cancel().await.unwrap(),
+            h.cancel(canceller.clone()).await.unwrap(),
             CancelOutcome::Cancelling { build_id: id }
         );
         let s = finished(&h, id).await;
         assert_eq!(s.last_status, Some(BuildResult::Cancelled));
+        assert_eq!(s.history[0].cancelled_by, Some(canceller));
         assert_eq!(s.last_failing_step.as_deref(), Some("wait"));
         // Killed by SIGTERM.
         assert_eq!(s.last_exit_status, Some(128 + 15));
-        assert_eq!(h.cancel().await.unwrap(), CancelOutcome::NotRunning);
+        assert_eq!(h.cancel(who()).await.unwrap(), CancelOutcome::NotRunning);
     });
 }
 
@@ -157,7 +164,7 @@ fn a_step_ignoring_sigterm_is_killed_after_the_grace_period() {
         let id = trigger(&h).await;
         line(&mut follow, |l| l == "ready").await;
         let cancelled_at = Instant::now();
-        h.cancel().await.unwrap();
+        h.cancel(who()).await.unwrap();
         let s = finished(&h, id).await;
         assert!(cancelled_at.elapsed() >= Duration::from_millis(300));
         assert_eq!(s.last_status, Some(BuildResult::Cancelled));
@@ -333,7 +340,7 @@ fn coalescing_runs_exactly_one_follow_up_build() {
                 build_id: first + 2
             }
         );
-        h.cancel().await.unwrap();
+        h.cancel(who()).await.unwrap();
         finished(&h, first + 2).await;
     });
 }

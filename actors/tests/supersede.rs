@@ -75,7 +75,7 @@ fn a_trigger_for_another_commit_supersedes_the_running_build() {
         let s = h.status().await.unwrap();
         assert!(s.is_running);
         assert_eq!(s.build_id, Some(first + 1));
-        h.cancel().await.unwrap();
+        h.cancel(who()).await.unwrap();
         finished(&h, first + 1).await;
     });
 }

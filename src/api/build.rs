@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,8 +19,8 @@ use tailcache_actors::LogEvent;
 use tailcache_wire::build::{BuildStatus, CancelOutcome, RequestedBy, TriggerOutcome};
 use tokio::sync::broadcast;
 
-use super::ApiState;
 use super::error::{ApiError, ApiResult};
+use super::{ApiState, BODY_LIMIT, WEBHOOK_BODY_LIMIT, read_body};
 
 /// Header naming the user who asks (the CLI sends `$USER`).
 pub const HEADER_USER: &str = "x-tailcache-user";
@@ -28,7 +29,7 @@ pub const HEADER_HOST: &str = "x-tailcache-host";
 /// Lines `GET /build/logs` returns when `lines` is not given.
 const DEFAULT_LINES: usize = 50;
 
-/// Who asks: the CLI's headers, else the peer's address.
+/// Who the request claims to come from: the CLI's headers, else the peer's address.
 fn requested_by(headers: &HeaderMap, peer: SocketAddr) -> RequestedBy {
     let header = |name| {
         headers
@@ -45,16 +46,37 @@ fn requested_by(headers: &HeaderMap, peer: SocketAddr) -> RequestedBy {
     RequestedBy {
         host: header(HEADER_HOST).unwrap_or_else(|| peer.ip().to_string()),
         user: header(HEADER_USER).unwrap_or_else(|| "unknown".to_owned()),
+        tailnet: None,
+    }
+}
+
+/// Who calls a route that changes builds — token checked, named by the tailnet, admitted
+/// by `[api] allow` (see [`ApiState::caller`]) — once the request's body was read within
+/// its limit: unused, but an oversized body is refused, not ignored.
+#[derive(Debug)]
+pub struct Caller(pub RequestedBy);
+
+impl FromRequest<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let claim = requested_by(&parts.headers, peer);
+        let who = state.caller(&parts.headers, peer, claim).await?;
+        let body = Bytes::from_request(Request::from_parts(parts, body), state).await;
+        read_body(body, BODY_LIMIT)?;
+        Ok(Caller(who))
     }
 }
 
 pub async fn post_trigger(
     State(state): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Caller(who): Caller,
 ) -> ApiResult<Response> {
-    state.authorize(&headers)?;
-    trigger(&state, requested_by(&headers, peer), None).await
+    trigger(&state, who, None).await
 }
 
 /// Triggers a build; `commit` is what a webhook push names (superseding compares it).
@@ -73,10 +95,9 @@ async fn trigger(
             build_id,
             since,
             requested_by,
-        } => format!(
-            "build {build_id} already running since {since} (triggered by {}@{})",
-            requested_by.user, requested_by.host
-        ),
+        } => {
+            format!("build {build_id} already running since {since} (triggered by {requested_by})")
+        }
         TriggerOutcome::Queued { after_build } => {
             format!("a build is running; one more will run after build {after_build}")
         }
@@ -98,9 +119,11 @@ fn with_message(value: &impl serde::Serialize, message: String) -> serde_json::V
     v
 }
 
-pub async fn post_cancel(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult<Response> {
-    state.authorize(&headers)?;
-    let outcome = state.build().cancel().await?;
+pub async fn post_cancel(
+    State(state): State<ApiState>,
+    Caller(who): Caller,
+) -> ApiResult<Response> {
+    let outcome = state.build().cancel(who).await?;
     let message = match &outcome {
         CancelOutcome::Cancelling { build_id } => {
             format!("cancelling build {build_id}")
@@ -235,8 +258,9 @@ struct Pusher {
 pub async fn post_webhook(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let body = read_body(body, WEBHOOK_BODY_LIMIT)?;
     let secret = state
         .inner
         .webhook_secret
@@ -246,7 +270,7 @@ pub async fn post_webhook(
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("sha256="))
-        .and_then(decode_hex)
+        .and_then(|h| hex::decode(h).ok())
         .ok_or(ApiError::BadSignature)?;
     let mut mac =
         Hmac::<sha2::Sha256>::new_from_slice(secret).map_err(|_| ApiError::BadSignature)?;
@@ -279,6 +303,7 @@ pub async fn post_webhook(
                 RequestedBy {
                     host: "github-webhook".to_owned(),
                     user,
+                    tailnet: None,
                 },
                 commit,
             )
@@ -286,16 +311,6 @@ pub async fn post_webhook(
         }
         other => Err(ApiError::BadRequest(format!("unsupported event {other:?}"))),
     }
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -308,13 +323,6 @@ mod tests {
         assert_eq!(sse_data("10%\r50%\r100%"), "100%");
         assert_eq!(sse_data("done\r"), "done");
         assert_eq!(sse_data(""), "");
-    }
-
-    #[test]
-    fn hex() {
-        assert_eq!(decode_hex("00ff10"), Some(vec![0, 255, 16]));
-        assert_eq!(decode_hex("0"), None);
-        assert_eq!(decode_hex("zz"), None);
     }
 
     #[test]

@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 pub enum ApiError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("{0}")]
+    NotAllowed(String),
     #[error("webhook signature missing or invalid")]
     BadSignature,
     #[error("no build is configured: set build.repository (or build.steps) in the config file")]
@@ -19,6 +21,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("not found")]
     NotFound,
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: usize },
     #[error("no host named {name:?}; the server builds: {known}")]
     UnknownHost { name: String, known: String },
     #[error("the server is shutting down")]
@@ -31,10 +35,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, tag) = match &self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotAllowed(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::BadSignature => (StatusCode::UNAUTHORIZED, "bad_signature"),
             ApiError::NotConfigured => (StatusCode::CONFLICT, "not_configured"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::UnknownHost { .. } => (StatusCode::NOT_FOUND, "unknown_host"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Actors(_) => (StatusCode::INTERNAL_SERVER_ERROR, "error"),

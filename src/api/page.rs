@@ -97,6 +97,12 @@ extra-trusted-public-keys = {{PUBKEY}}</pre>
 const $ = (id) => document.getElementById(id);
 const text = (s) => document.createTextNode(s == null ? "–" : String(s));
 
+// As RequestedBy's Display: who the tailnet says it is, else what the request claimed.
+function who(r) {
+  const t = r.tailnet;
+  if (!t) return r.user + "@" + r.host;
+  return t.tags && t.tags.length ? t.node + " [" + t.tags.join(", ") + "]" : t.user + "@" + t.node;
+}
 function row(table, k, v, cls) {
   const tr = document.createElement("tr");
   const a = document.createElement("td"); a.appendChild(text(k));
@@ -210,7 +216,7 @@ async function refreshStatus() {
       if (s.last_failing_step) row(t, "failing step", s.last_failing_step + (s.last_exit_status == null ? "" : " (exit " + s.last_exit_status + ")"));
       if (s.last_error) row(t, "error", s.last_error);
     }
-    if (s.requested_by) row(t, "triggered by", s.requested_by.user + "@" + s.requested_by.host);
+    if (s.requested_by) row(t, "triggered by", who(s.requested_by));
     row(t, "commit", s.last_commit);
     $("status").replaceChildren(t);
     drawHistory(s.history || []);

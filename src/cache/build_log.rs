@@ -8,7 +8,6 @@ use axum::response::Response;
 use tailcache_store::StorePath;
 
 use super::CacheState;
-use super::body::body_from_reader;
 use super::error::{CacheError, CacheResult};
 
 pub async fn get_build_log(
@@ -23,9 +22,11 @@ pub async fn get_build_log(
     let (prefix, rest) = base.split_at(2);
     let dir = state.log_dir().join(prefix);
     let body = if let Ok(f) = std::fs::File::open(dir.join(rest)) {
-        body_from_reader(f, |_| {})
+        state.reads().body(f, |_| {})
     } else if let Ok(f) = std::fs::File::open(dir.join(format!("{rest}.bz2"))) {
-        body_from_reader(bzip2::read::MultiBzDecoder::new(f), |_| {})
+        state
+            .reads()
+            .body(bzip2::read::MultiBzDecoder::new(f), |_| {})
     } else {
         return Err(CacheError::NotFound("no build log for this derivation"));
     };

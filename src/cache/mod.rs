@@ -10,7 +10,7 @@
 //! - [`queue`]: the order of compression jobs (a build's closure before narinfo requests).
 //! - [`narinfo`], [`nar`], [`build_log`]: the HTTP resources.
 //! - [`p2p`]: the signed P2P manifest and the BLAKE3 outboard of each compressed NAR.
-//! - [`body`]: streaming a blocking reader into a response body with bounded memory.
+//! - [`body`]: streaming a blocking reader into a response body, memory and threads bounded.
 //! - [`stats`]: the cache's Prometheus counters.
 //! - [`signatures`]: the bounded cache of our narinfo signatures.
 //! - [`rendered`]: the bounded cache of rendered, signed narinfos (the hit path).
@@ -64,6 +64,7 @@ struct Shared {
     nars: Arc<NarCache>,
     actor: CacheHandle,
     stats: CacheStats,
+    reads: body::ReadPool,
 }
 
 /// The store database, opened on first use so that a server started before Nix was
@@ -114,6 +115,10 @@ pub struct CacheParts {
     pub nars: Arc<NarCache>,
     pub actor: CacheHandle,
     pub stats: CacheStats,
+    /// Blocking reads of response bodies at once (`cache.read_threads`).
+    pub read_threads: usize,
+    /// Bytes of big body chunks at once (`cache.read_buffer_bytes`).
+    pub read_buffer_bytes: usize,
 }
 
 impl CacheState {
@@ -134,6 +139,7 @@ impl CacheState {
                 nars: p.nars,
                 actor: p.actor,
                 stats: p.stats,
+                reads: body::ReadPool::new(p.read_threads, p.read_buffer_bytes),
             }),
         }
     }
@@ -168,6 +174,11 @@ impl CacheState {
 
     pub fn compression(&self) -> Compression {
         self.inner.compression
+    }
+
+    /// Where response bodies are read (NARs, compressed files, logs).
+    pub fn reads(&self) -> &body::ReadPool {
+        &self.inner.reads
     }
 
     pub fn actor(&self) -> &CacheHandle {

@@ -14,7 +14,7 @@ use tailcache_store::nar::NarEncoder;
 use tailcache_store::{Sha256Hash, StorePathHash};
 
 use super::CacheState;
-use super::body::{Resource, respond};
+use super::body::Resource;
 use super::error::{CacheError, CacheResult};
 use crate::config::Compression;
 
@@ -105,7 +105,7 @@ pub async fn get_nar(
                 })?
                 .len();
             let stats = state.clone();
-            respond(
+            state.reads().respond(
                 &headers,
                 head,
                 Resource {
@@ -139,7 +139,7 @@ pub async fn get_nar(
                 ));
             }
             let stats = state.clone();
-            respond(
+            state.reads().respond(
                 &headers,
                 head,
                 Resource {

@@ -83,7 +83,7 @@ impl NarEntry {
             self.nar_hash
         );
         if let Some(root) = &self.blake3_root {
-            text.push_str(&format!("Blake3Root: {}\n", hex(root)));
+            text.push_str(&format!("Blake3Root: {}\n", hex::encode(root)));
         }
         text
     }
@@ -123,18 +123,9 @@ pub fn format_outboard_name(file_hash: &Sha256Hash, compression: Compression) ->
     format!("{}.obao", format_file_name(file_hash, compression))
 }
 
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 

@@ -12,7 +12,7 @@ use tailcache_p2p::manifest::P2pManifest;
 use tailcache_store::Sha256Hash;
 
 use super::CacheState;
-use super::body::{Resource, respond};
+use super::body::Resource;
 use super::error::{CacheError, CacheResult};
 use super::nar::parse_compressed_name;
 use crate::config::Compression;
@@ -68,7 +68,7 @@ pub async fn get_outboard(
             source,
         })?
         .len();
-    respond(
+    state.reads().respond(
         &headers,
         method == Method::HEAD,
         Resource {

@@ -104,7 +104,7 @@ pub fn elapsed_since(start: Option<&str>) -> Option<String> {
 }
 
 pub fn who(r: &RequestedBy) -> String {
-    format!("{}@{}", r.user, r.host)
+    r.to_string()
 }
 
 fn short_commit(c: &str) -> &str {
@@ -202,6 +202,7 @@ mod tests {
             requested_by: Some(RequestedBy {
                 host: "laptop".into(),
                 user: "alice".into(),
+                tailnet: None,
             }),
             ..Default::default()
         };

@@ -524,7 +524,8 @@ fn uri_escape(path: &Path) -> String {
         if b.is_ascii_alphanumeric() || b"/-._~+,=@".contains(&b) {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push_str(&hex::encode_upper([b]));
         }
     }
     out

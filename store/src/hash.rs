@@ -55,20 +55,14 @@ impl Sha256Hash {
             })
     }
 
-    /// Parses a bare 64-character lowercase or uppercase hex digest.
+    /// Parses a bare 64-character lowercase or uppercase hex digest. Strict: exactly 64 hex
+    /// digits (no sign, no whitespace), as Nix accepts them.
     pub fn from_base16(s: &str) -> Result<Self> {
-        let err = || Error::InvalidHash {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|_| Error::InvalidHash {
             input: s.to_owned(),
             reason: "bad base16",
-        };
-        if s.len() != 64 {
-            return Err(err());
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in s.as_bytes().chunks(2).enumerate() {
-            let hex = std::str::from_utf8(pair).map_err(|_| err())?;
-            out[i] = u8::from_str_radix(hex, 16).map_err(|_| err())?;
-        }
+        })?;
         Ok(Sha256Hash(out))
     }
 
@@ -79,7 +73,7 @@ impl Sha256Hash {
 
     /// The bare lowercase hex digest.
     pub fn to_base16(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
     }
 }
 
@@ -199,5 +193,27 @@ mod tests {
         ] {
             assert!(Sha256Hash::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Found by fuzzing: `u8::from_str_radix` takes a sign, so "+c" decoded as 0x0c and this
+    /// 64-character string parsed as some other hash. Nix refuses it; so do we.
+    #[test]
+    fn base16_refuses_signs_and_non_hex() {
+        let plus = "e3b0c44298+c1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(plus.len(), 64);
+        assert!(Sha256Hash::parse(&format!("sha256:{plus}")).is_err());
+        assert!(Sha256Hash::from_base16(plus).is_err());
+        for bad in [
+            EMPTY_HEX.replacen("e3", "-3", 1),
+            EMPTY_HEX.replacen("e3", " 3", 1),
+            EMPTY_HEX.replacen("e3", "g3", 1),
+            EMPTY_HEX.replacen("e3", "é", 1),
+        ] {
+            assert!(Sha256Hash::from_base16(&bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Sha256Hash::from_base16(&EMPTY_HEX.to_uppercase()).unwrap(),
+            Sha256Hash::digest(b"")
+        );
     }
 }

@@ -309,15 +309,11 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
         .into()
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[test]
 fn hmac_matches_rfc_4231_case_2() {
     let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
     assert_eq!(
-        hex(&mac),
+        hex::encode(mac),
         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
     );
 }

@@ -56,6 +56,9 @@ pub struct TestCacheBuilder<'a> {
     build_toml: Option<String>,
     nix: Option<&'a NixEnv>,
     p2p: bool,
+    extra_toml: String,
+    api_extra: String,
+    nofile: Option<u64>,
 }
 
 /// Why the server did not come up.
@@ -151,6 +154,26 @@ impl<'a> TestCacheBuilder<'a> {
         self
     }
 
+    /// More configuration (TOML tables such as `[cache.connections]`), appended to the file.
+    pub fn extra_toml(mut self, toml: &str) -> Self {
+        self.extra_toml.push('\n');
+        self.extra_toml.push_str(toml);
+        self
+    }
+
+    /// More keys of the `[api]` table (TOML lines).
+    pub fn api_extra(mut self, toml: &str) -> Self {
+        self.api_extra.push_str(toml);
+        self
+    }
+
+    /// Starts the server with both its soft and hard `RLIMIT_NOFILE` at `n` (through
+    /// `prlimit`), so that raising soft to hard at start-up gains nothing.
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
+        self
+    }
+
     /// Runs the server (and so its build steps) under this private Nix configuration.
     pub fn nix_env(mut self, nix: &'a NixEnv) -> Self {
         self.nix = Some(nix);
@@ -197,6 +220,7 @@ impl<'a> TestCacheBuilder<'a> {
         }
         // Every server runs the API listener, and its default port is fixed.
         cfg.push_str("\n[api]\nbind = \"127.0.0.1:0\"\n");
+        cfg.push_str(&self.api_extra);
         {
             if let Some(token) = &self.api_token {
                 let f = dir.path().join("api-token");
@@ -217,9 +241,19 @@ impl<'a> TestCacheBuilder<'a> {
             cfg.push_str(build);
             cfg.push('\n');
         }
+        cfg.push_str(&self.extra_toml);
         let config = dir.path().join("config.toml");
         std::fs::write(&config, cfg).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailcache"));
+        let bin = env!("CARGO_BIN_EXE_tailcache");
+        let mut cmd = match self.nofile {
+            // prlimit execs the server: the pid stays the server's.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("serve").arg("--config").arg(&config);
         if let Some(nix) = self.nix {
             nix.configure(&mut cmd);
@@ -378,6 +412,9 @@ impl TestCache {
             build_toml: None,
             nix: None,
             p2p: false,
+            extra_toml: String::new(),
+            api_extra: String::new(),
+            nofile: None,
         }
     }
 

@@ -49,7 +49,45 @@ pub fn request_with_body(
     body: &[u8],
 ) -> Response {
     let addr = host_port(base_url);
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    exchange(s, addr, method, target, extra, body)
+}
+
+/// One request from the local address `source` (any of 127.0.0.0/8 reaches a server on
+/// 127.0.0.1, so a test can play several peers).
+pub fn request_from(
+    source: std::net::IpAddr,
+    base_url: &str,
+    method: &str,
+    target: &str,
+    extra: &[(&str, &str)],
+) -> Response {
+    let addr = host_port(base_url);
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket
+        .bind(&std::net::SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+    socket
+        .connect(&to.into())
+        .unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"));
+    exchange(socket.into(), addr, method, target, extra, b"")
+}
+
+/// Sends the request on `s` (`Connection: close`) and reads the whole answer.
+fn exchange(
+    mut s: TcpStream,
+    addr: &str,
+    method: &str,
+    target: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in extra {
@@ -179,4 +217,74 @@ fn parses_chunked_and_fixed_bodies() {
     .unwrap();
     assert_eq!((r.status, r.body.as_slice()), (404, &b"no"[..]));
     assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab", false).is_err());
+}
+
+/// A kept-alive connection: several requests one after the other, as Nix's curl sends them.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    host: String,
+}
+
+impl Conn {
+    pub fn open(base_url: &str) -> Conn {
+        let host = host_port(base_url).to_string();
+        let stream = TcpStream::connect(&host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        Conn { stream, host }
+    }
+
+    /// Sends `GET target` and reads one response with a `Content-Length` body.
+    pub fn get(&mut self, target: &str) -> std::io::Result<Response> {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        self.stream.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n\r\n") {
+            if self.stream.read(&mut byte)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            raw.push(byte[0]);
+        }
+        let head = parse_response(&raw, true).map_err(std::io::Error::other)?;
+        let len: usize = head
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no content-length"))?;
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        Ok(Response { body, ..head })
+    }
+
+    /// Blocks until the server closes the connection (EOF or reset), at most `deadline`;
+    /// false if it is still open then. Bytes the server sends meanwhile are discarded.
+    pub fn wait_closed(&mut self, deadline: Duration) -> bool {
+        wait_closed(&mut self.stream, deadline)
+    }
+}
+
+/// Reads from `s` until the peer closes it (EOF or reset), at most `deadline`; false if it
+/// is still open then.
+pub fn wait_closed(s: &mut TcpStream, deadline: Duration) -> bool {
+    let end = std::time::Instant::now() + deadline;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
 }

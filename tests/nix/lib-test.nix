@@ -23,6 +23,10 @@ let
     api = {
       listen = "[::]:8000";
       tokenFile = null;
+      allow = [
+        "tag:ci"
+        "local"
+      ];
     };
     build = {
       repository = null;
@@ -316,7 +320,13 @@ let
           compression = "xz";
           nar_cache_max_bytes = 1024;
         };
-        api.bind = "[::]:8000";
+        api = {
+          bind = "[::]:8000";
+          allow = [
+            "tag:ci"
+            "local"
+          ];
+        };
         build = {
           branch = "main";
           attribute = "default";

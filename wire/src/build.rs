@@ -8,11 +8,39 @@ use serde::{Deserialize, Serialize};
 
 use crate::hosts::TargetOutcome;
 
-/// Who asked for a build (from the HTTP request: the peer's host and the user it names).
+/// Who asked for a build (or cancelled one). `host` and `user` are what the request
+/// claims (the CLI's headers, else the peer's address); `tailnet` is who tailscaled says
+/// the caller is, when it could be asked.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestedBy {
     pub host: String,
     pub user: String,
+    /// Absent in files written before identities came from the tailnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tailnet: Option<TailnetIdentity>,
+}
+
+/// A caller as tailscaled's `whois` names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailnetIdentity {
+    /// The node's short name (MagicDNS host name).
+    pub node: String,
+    /// The login of the node's user (`tagged-devices` for a tagged node).
+    pub user: String,
+    /// The node's ACL tags (`tag:ci`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+impl std::fmt::Display for RequestedBy {
+    /// `login@node` when the tailnet said who it is (with its tags), else the claim.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tailnet {
+            Some(t) if t.tags.is_empty() => write!(f, "{}@{}", t.user, t.node),
+            Some(t) => write!(f, "{} [{}]", t.node, t.tags.join(", ")),
+            None => write!(f, "{}@{}", self.user, self.host),
+        }
+    }
 }
 
 /// How a build ended.
@@ -61,6 +89,13 @@ pub struct BuildRecord {
     /// A short human-readable reason (`timed out after 30s`, `cannot start git: …`).
     pub error: Option<String>,
     pub duration_seconds: f64,
+    /// Who cancelled the build (absent unless it was cancelled through the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<RequestedBy>,
+    /// What else happened to the build, e.g. a step that outlived the server and was
+    /// killed at its next start (absent in files written before notes existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The whole status: `status.json` and the body of `GET /build/status`.

@@ -84,7 +84,7 @@ impl Stage<'_> {
             line.push_str(a);
         }
         self.say(line).await;
-        run_step(step, self.build_id, self.log, stop, self.limits).await
+        run_step(step, self.build_id, self.log, stop, &self.limits).await
     }
 
     async fn step_started(&self, step: &str) {

@@ -34,6 +34,7 @@ pub fn who() -> RequestedBy {
     RequestedBy {
         host: "laptop".into(),
         user: "alice".into(),
+        tailnet: None,
     }
 }
 
