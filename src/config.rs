@@ -460,7 +460,9 @@ pub struct CacheConfig {
     /// Compression level (xz 0–9, zstd 1–19); unset: the compression's default
     /// ([`Compression::default_level`]).
     pub compression_level: Option<u32>,
-    /// Threads for one compression job (0: one per core).
+    /// Threads for one compression job. xz: 0 is one per core. zstd: 0 and 1 are one
+    /// thread; 2 or more start that many workers per job (faster, but their buffers stay
+    /// in the allocator and raise the server's resident memory).
     pub compression_threads: u32,
     /// Secret key files (Nix format) to sign narinfos with; empty means
     /// `<state_dir>/secret-key`, generated on first start.
