@@ -139,47 +139,10 @@ for c in none xz; do
     log "  written in $((SECONDS - t0)) s"
 done
 
-hash_of() { basename "$1" | cut -c1-32; }
-narinfo_field() { sed -n "s/^$2: //p" "$1" | head -1; }
-
 # ------------------------------------------------------------------ servers
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-        || echo $((20000 + RANDOM % 30000))
-}
-
 NGX=$D/nginx
-mkdir -p "$NGX/tmp" "$NGX/logs"
 NGINX_PORT=$(free_port)
-user_line=""
-# Workers default to `nobody`, which cannot read the 0700 temp dir.
-[ "$(id -u)" -eq 0 ] && user_line="user root;"
-cat > "$NGX/nginx.conf" <<EOF
-$user_line
-daemon off;
-worker_processes auto;
-pid $NGX/nginx.pid;
-error_log $NGX/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_timeout 65;
-    keepalive_requests 1000000;
-    client_body_temp_path $NGX/tmp/client;
-    proxy_temp_path $NGX/tmp/proxy;
-    fastcgi_temp_path $NGX/tmp/fastcgi;
-    uwsgi_temp_path $NGX/tmp/uwsgi;
-    scgi_temp_path $NGX/tmp/scgi;
-    types { text/x-nix-narinfo narinfo; application/x-nix-nar nar; application/x-xz xz; }
-    default_type application/octet-stream;
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        root $D/www;
-    }
-}
-EOF
+nginx_conf "$NGX" "$D/www" "127.0.0.1:$NGINX_PORT"
 "$NGINX" -p "$NGX" -e "$NGX/logs/error.log" -c "$NGX/nginx.conf" > "$NGX/logs/stdout" 2>&1 &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
@@ -289,23 +252,7 @@ declare -A R   # results: R[metric/server] = value
 NARINFO_CYCLES=${NARINFO_CYCLES:-40}
 wrk_script() { # KEY PREFIX → lua file cycling PREFIX/<hash>.narinfo for every path
     local f=$D/out/narinfo-$1.lua
-    {
-        echo 'local paths = {'
-        while read -r p; do printf '  "%s/%s.narinfo",\n' "$2" "$(hash_of "$p")"; done < "$D/paths.txt"
-        echo '}'
-        cat <<'LUA'
-local i = 0
-request = function()
-  i = i % #paths + 1
-  return wrk.format("GET", paths[i])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("RESULT %.1f %d\n", summary.requests / (summary.duration / 1e6),
-    e.connect + e.read + e.write + e.status + e.timeout))
-end
-LUA
-    } > "$f"
+    wrk_narinfo_lua "$D/paths.txt" "$2" > "$f"
     echo "$f"
 }
 # measure_narinfo KEY BASE_URL PREFIX

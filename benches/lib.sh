@@ -1,7 +1,8 @@
 # benches/lib.sh — what the benchmark scripts share: log/die, the tailcache binary to measure
 # (TAILCACHE_BIN or a fresh `cargo build --profile $TAILCACHE_PROFILE`, release by default), a
 # private Nix configuration for throwaway chroot stores (no daemon, no substituters,
-# signatures required), and removing the run's temp dir. Sourced, not run.
+# signatures required), stopping what a run started and removing its temp dir, narinfo fields,
+# nginx as a static binary cache, and tc shaping of a namespace's interface. Sourced, not run.
 
 log() { printf '# %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -53,16 +54,121 @@ NIXCONF
     unset NIX_CONFIG NIX_REMOTE NIX_PATH NIX_STORE_DIR NIX_STATE_DIR 2>/dev/null || true
 }
 
-# remove_workdir DIR: removes a run's temp dir (builds leave read-only directories in the
-# throwaway store), or with KEEP=1 says where it is.
+# remove_workdir DIR [KEEP]: removes a run's temp dir (builds leave read-only directories in the
+# throwaway store), or with KEEP=1 (default: $KEEP) says where it is.
 remove_workdir() {
-    local dir=$1
+    local dir=$1 keep=${2:-${KEEP:-0}}
     if [ -n "$dir" ] && [ -d "$dir" ]; then
-        if [ "${KEEP:-0}" = 1 ]; then
+        if [ "$keep" = 1 ]; then
             log "kept $dir"
         else
             chmod -R u+w "$dir" 2>/dev/null || true
             rm -rf "$dir"
         fi
     fi
+}
+
+# stop_started: stops every process whose pid is a key of the associative array LIVE, then
+# whatever still runs in the namespaces listed in the array NSS (only the script started
+# anything there), and deletes those namespaces. For EXIT traps.
+stop_started() {
+    local p ns
+    for p in "${!LIVE[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${!LIVE[@]}"; do wait "$p" 2>/dev/null || true; done
+    for ns in "${NSS[@]+"${NSS[@]}"}"; do
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+    done
+    for ns in "${NSS[@]+"${NSS[@]}"}"; do ip netns del "$ns" 2>/dev/null || true; done
+}
+
+now() { date +%s.%N; }
+calc() { awk "BEGIN { $1 }"; }
+hash_of() { basename "$1" | cut -c1-32; }
+narinfo_field() { sed -n "s/^$2: //p" "$1" | head -1; }
+
+# wrk_narinfo_lua PATHS_FILE PREFIX: a wrk script asking for PREFIX/<hash>.narinfo of every store
+# path listed in PATHS_FILE in turn (each wrk thread from its own starting point), whose `done`
+# prints "RESULT <requests per second> <errors>" (errors: connect, read, write, non-2xx status,
+# timeouts).
+wrk_narinfo_lua() {
+    local p
+    echo 'local paths = {'
+    while read -r p; do printf '  "%s/%s.narinfo",\n' "$2" "$(hash_of "$p")"; done < "$1"
+    cat <<'LUA'
+}
+local counter = 0
+setup = function(thread) counter = counter + 1; thread:set("start", counter * 97) end
+local i
+request = function()
+  i = ((i or start or 0) % #paths) + 1
+  return wrk.format("GET", paths[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %.1f %d\n", summary.requests / (summary.duration / 1e6),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+LUA
+}
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+        || echo $((20000 + RANDOM % 30000))
+}
+
+# nginx_conf DIR WWW LISTEN: DIR/nginx.conf serving the files under WWW on LISTEN
+# (address:port), temp files and logs under DIR; the way a static binary cache is served.
+nginx_conf() {
+    local dir=$1 www=$2 listen=$3 user_line=""
+    mkdir -p "$dir/tmp" "$dir/logs"
+    # Workers default to `nobody`, which cannot read a 0700 temp dir.
+    [ "$(id -u)" -eq 0 ] && user_line="user root;"
+    cat > "$dir/nginx.conf" <<NGINX
+$user_line
+daemon off;
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path $dir/tmp/client;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    types { text/x-nix-narinfo narinfo; application/x-nix-nar nar; application/x-xz xz; application/zstd zst; }
+    default_type application/octet-stream;
+    server {
+        listen $listen;
+        root $www;
+    }
+}
+NGINX
+}
+
+# shape NS DEV MBIT DELAY_MS: htb at MBIT on DEV's egress in namespace NS (replacing what was
+# there), below it netem with DELAY_MS one-way delay when the kernel has netem, else pfifo;
+# leaf queues of QUEUE_PKTS packets. NETEM (unknown → yes/no) remembers whether netem works.
+NETEM=unknown
+shape() {
+    local ns=$1 dev=$2 mbit=$3 delay=$4 err
+    # `replace` cannot change an htb root in place: a re-shaped link starts from scratch.
+    tc -n "$ns" qdisc del dev "$dev" root 2>/dev/null || true
+    tc -n "$ns" qdisc add dev "$dev" root handle 1: htb default 10
+    tc -n "$ns" class add dev "$dev" parent 1: classid 1:10 htb rate "${mbit}mbit" ceil "${mbit}mbit" quantum 1600
+    if [ "$delay" != 0 ] && [ "$NETEM" != no ]; then
+        if err=$(tc -n "$ns" qdisc add dev "$dev" parent 1:10 handle 10: netem delay "${delay}ms" limit "$QUEUE_PKTS" 2>&1); then
+            NETEM=yes
+            return
+        fi
+        NETEM=no
+        log "netem is not available (${err%%$'\n'*}): links have no added delay"
+    fi
+    tc -n "$ns" qdisc add dev "$dev" parent 1:10 handle 10: pfifo limit "$QUEUE_PKTS"
 }

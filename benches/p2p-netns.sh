@@ -93,25 +93,11 @@ for t in ip tc curl sha256sum nix-build nix-hash awk; do
 done
 
 cleanup() {
-    local p ns
-    for p in "${!LIVE[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${!LIVE[@]}"; do wait "$p" 2>/dev/null || true; done
-    # Anything still running inside our own namespaces was started by this script.
-    for ns in "${NSS[@]+"${NSS[@]}"}"; do
-        for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-    done
-    for ns in "${NSS[@]+"${NSS[@]}"}"; do
-        ip netns del "$ns" 2>/dev/null || true
-    done
+    stop_started
     remove_workdir "$D"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-now() { date +%s.%N; }
-hash_of() { basename "$1" | cut -c1-32; }
-narinfo_field() { sed -n "s/^$2: //p" "$1" | head -1; }
-calc() { awk "BEGIN { $1 }"; }
 
 # ------------------------------------------------------------------ workspace and binary
 D=$(mktemp -d /tmp/tailcache-p2pbench.XXXXXX)
@@ -146,24 +132,6 @@ SRV=${NS_PREFIX}srv
 SRV_IP=$SUBNET.1
 peer_ns() { echo "${NS_PREFIX}p$1"; }
 peer_ip() { echo "$SUBNET.$((10 + $1))"; }
-NETEM=unknown
-
-# shape NS DEV MBIT DELAY_MS: htb at MBIT on DEV's egress, netem delay (if any) or pfifo below.
-shape() {
-    local ns=$1 dev=$2 mbit=$3 delay=$4
-    tc -n "$ns" qdisc replace dev "$dev" root handle 1: htb default 10
-    tc -n "$ns" class add dev "$dev" parent 1: classid 1:10 htb rate "${mbit}mbit" ceil "${mbit}mbit" quantum 1600
-    if [ "$delay" != 0 ] && [ "$NETEM" != no ]; then
-        if tc -n "$ns" qdisc add dev "$dev" parent 1:10 handle 10: netem delay "${delay}ms" limit "$QUEUE_PKTS" 2> "$D/netem.err"; then
-            NETEM=yes
-            return
-        fi
-        NETEM=no
-        log "netem is not available ($(head -1 "$D/netem.err")): links have no added delay"
-    fi
-    tc -n "$ns" qdisc add dev "$dev" parent 1:10 handle 10: pfifo limit "$QUEUE_PKTS"
-}
-
 # add_host NS IP MBIT PORT: the host's namespace, a veth to the switch, shaping both ways.
 add_host() {
     local ns=$1 ip=$2 mbit=$3 port=$4

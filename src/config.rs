@@ -20,9 +20,11 @@ const ENV_SYSTEMD_STATE_DIR: &str = "STATE_DIRECTORY";
 pub enum Compression {
     /// Never compress: serve every NAR as dumped on the fly.
     None,
-    /// xz: smallest files, best for slow links (the default).
+    /// xz: the smallest files, but slow to make (minutes of every core per GB) and to
+    /// decode (the client's CPU bounds a substitution on any fast link).
     Xz,
-    /// zstd: much faster to compress and decompress, somewhat larger.
+    /// zstd: compressed within seconds per GB and decoded at disk speed, somewhat larger
+    /// than xz (the default).
     Zstd,
 }
 
@@ -53,11 +55,26 @@ impl Compression {
         self.kind().extension()
     }
 
+    /// The level used when `compression_level` is unset: for zstd the one that keeps a
+    /// just-built closure servable compressed within seconds per GB on two cores (higher
+    /// levels cost far more time than the bytes they save on any but a slow link); for xz
+    /// its own default preset.
+    pub fn default_level(self) -> u32 {
+        match self {
+            Compression::None => 0,
+            Compression::Xz => 6,
+            Compression::Zstd => ZSTD_DEFAULT_LEVEL,
+        }
+    }
+
     /// Parses a narinfo `Compression:` value.
     pub fn from_narinfo_name(s: &str) -> Option<Self> {
         Self::from_kind(s.parse().ok()?)
     }
 }
+
+/// zstd's level when none is configured (see [`Compression::default_level`]).
+pub const ZSTD_DEFAULT_LEVEL: u32 = 3;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -388,9 +405,12 @@ pub struct CacheConfig {
     pub priority: u32,
     /// Background compression for NARs.
     pub compression: Compression,
-    /// Compression level (xz 0–9, zstd 1–19).
-    pub compression_level: u32,
-    /// Threads for one xz compression job (0: one per core).
+    /// Compression level (xz 0–9, zstd 1–19); unset: the compression's default
+    /// ([`Compression::default_level`]).
+    pub compression_level: Option<u32>,
+    /// Threads for one compression job. xz: 0 is one per core. zstd: 0 and 1 are one
+    /// thread; 2 or more start that many workers per job (faster, but their buffers stay
+    /// in the allocator and raise the server's resident memory).
     pub compression_threads: u32,
     /// Secret key files (Nix format) to sign narinfos with; empty means
     /// `<state_dir>/secret-key`, generated on first start.
@@ -410,6 +430,14 @@ pub struct CacheConfig {
     pub connections: ConnectionConfig,
 }
 
+impl CacheConfig {
+    /// The compression level in effect: the configured one or the compression's default.
+    pub fn level(&self) -> u32 {
+        self.compression_level
+            .unwrap_or_else(|| self.compression.default_level())
+    }
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
@@ -417,8 +445,8 @@ impl Default for CacheConfig {
             store_dir: tailcache_store::store_path::DEFAULT_STORE_DIR.to_owned(),
             store_root: PathBuf::from("/"),
             priority: 30,
-            compression: Compression::Xz,
-            compression_level: 6,
+            compression: Compression::Zstd,
+            compression_level: None,
             compression_threads: 0,
             secret_key_files: Vec::new(),
             nar_cache_max_bytes: 20 << 30,
@@ -521,11 +549,8 @@ impl Config {
             Compression::Xz => 9,
             Compression::Zstd => 19,
         };
-        if c.compression_level > max_level {
-            anyhow::bail!(
-                "cache.compression_level {} is above {max_level}",
-                c.compression_level
-            );
+        if c.level() > max_level {
+            anyhow::bail!("cache.compression_level {} is above {max_level}", c.level());
         }
         if c.compression_queue == 0 {
             anyhow::bail!("cache.compression_queue must be at least 1");
@@ -638,7 +663,8 @@ mod tests {
         assert!(c.api.bind.ip().is_loopback());
         assert_eq!(c.cache.bind.port(), 5000);
         assert_eq!(c.api.bind.port(), 8000);
-        assert_eq!(c.cache.compression, Compression::Xz);
+        assert_eq!(c.cache.compression, Compression::Zstd);
+        assert_eq!(c.cache.level(), ZSTD_DEFAULT_LEVEL);
         assert!(!c.p2p.enable);
         assert!(
             c.p2p
@@ -813,8 +839,15 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected() {
-        let c: Config = toml::from_str("[cache]\ncompression_level = 12\n").unwrap();
+        let c: Config =
+            toml::from_str("[cache]\ncompression = \"xz\"\ncompression_level = 12\n").unwrap();
         assert!(c.validate().is_err());
+        let c: Config = toml::from_str("[cache]\ncompression_level = 20\n").unwrap();
+        assert!(c.validate().is_err());
+        // An unset level follows the compression: xz's default is a valid xz preset.
+        let c: Config = toml::from_str("[cache]\ncompression = \"xz\"\n").unwrap();
+        assert_eq!(c.cache.level(), 6);
+        assert!(c.validate().is_ok());
         assert!(toml::from_str::<Config>("[cache]\ncompression = \"lz4\"\n").is_err());
     }
 }

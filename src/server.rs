@@ -153,7 +153,7 @@ fn start_cache(
         store: store.clone(),
         settings: CompressionSettings {
             compression: c.compression,
-            level: c.compression_level,
+            level: c.level(),
             threads: c.compression_threads,
         },
         max_bytes: c.nar_cache_max_bytes,

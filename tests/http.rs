@@ -1,7 +1,8 @@
 //! The cache routes over plain HTTP (the Nix binary cache protocol):
 //! `/nix-cache-info`, narinfo fields against `nix path-info` ground truth, HEAD,
 //! NARs equal to `nix-store --dump` (whole, by Range, in nix-serve's and
-//! harmonia's URL forms, and compressed), build logs, `/pubkey`, a store without
+//! harmonia's URL forms, and compressed), rendered narinfos that follow the store, build
+//! logs, `/pubkey`, a store without
 //! a database, and hostile request targets that must get 400/404 and never a
 //! byte from outside the store.
 
@@ -312,6 +313,36 @@ fn compressed_nars_are_advertised_at_once_after_a_restart() {
             "{path}: compressed file served after restart"
         );
     }
+}
+
+/// Narinfos are kept rendered once final; one must never outlive its path in the store.
+#[test]
+fn a_deleted_path_is_not_served_from_rendered_narinfos() {
+    let store = TestStore::build_small();
+    let cache = TestCache::builder().store(&store).start();
+    let path = store.path("self");
+    let target = format!("/{}.narinfo", hash_part(path));
+    // The second and third answers come from the rendered narinfo; all are the same text.
+    let first = cache.get(&target);
+    assert_eq!(first.status, 200);
+    for _ in 0..2 {
+        let again = cache.get(&target);
+        assert_eq!(again.status, 200);
+        assert_eq!(again.body, first.body);
+    }
+    let root = store.root();
+    store.nix().run(
+        "nix-store",
+        &["--store", root.to_str().unwrap(), "--delete", path],
+    );
+    assert_eq!(
+        cache.get(&target).status,
+        404,
+        "{path} deleted from the store"
+    );
+    // Other paths still answer.
+    let leaf = store.path("leaf");
+    assert_eq!(cache.narinfo(leaf).get("StorePath"), Some(leaf));
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! - [`body`]: streaming a blocking reader into a response body, memory and threads bounded.
 //! - [`stats`]: the cache's Prometheus counters.
 //! - [`signatures`]: the bounded cache of our narinfo signatures.
+//! - [`rendered`]: the bounded cache of rendered, signed narinfos (the hit path).
 //! - [`error`]: the one place that maps failures to HTTP statuses.
 //!
 //! The request path never waits on the actor's mailbox: handlers read an `Arc`ed snapshot
@@ -29,6 +30,7 @@ pub mod nar_cache;
 pub mod narinfo;
 pub mod p2p;
 pub mod queue;
+pub mod rendered;
 pub mod signatures;
 pub mod stats;
 
@@ -56,6 +58,7 @@ struct Shared {
     store: Arc<LazyStore>,
     keys: Vec<SecretKey>,
     signatures: signatures::SignatureCache,
+    rendered: rendered::RenderedNarinfos,
     cache_info: String,
     compression: Compression,
     nars: Arc<NarCache>,
@@ -130,6 +133,7 @@ impl CacheState {
                 store: p.store,
                 keys: p.keys,
                 signatures: signatures::SignatureCache::default(),
+                rendered: rendered::RenderedNarinfos::default(),
                 cache_info,
                 compression: p.compression,
                 nars: p.nars,
@@ -154,6 +158,10 @@ impl CacheState {
 
     pub fn signatures(&self) -> &signatures::SignatureCache {
         &self.inner.signatures
+    }
+
+    pub fn rendered(&self) -> &rendered::RenderedNarinfos {
+        &self.inner.rendered
     }
 
     pub fn stats(&self) -> &CacheStats {

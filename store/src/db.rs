@@ -19,6 +19,12 @@
 //! needs no `-shm` file but must never be used on a database that Nix may still write: SQLite
 //! would ignore the WAL and could read half-written pages.
 //!
+//! # Has anything changed?
+//! [`StoreDb::data_version`] reads the WAL-index header from `db.sqlite-shm` — the header
+//! SQLite's own readers compare to know whether their page cache is still current (it changes
+//! with every commit, checkpoint reset and recovery) — with one `pread`, no lock and no
+//! transaction, so a cache of what was read can be checked on every request.
+//!
 //! A read-only connection may not checkpoint, so when one of ours is the last to close, the
 //! `-wal` and `-shm` files stay; Nix checkpoints them the next time it opens the database.
 //!
@@ -30,6 +36,8 @@
 //! would advertise an incomplete closure, and its signature would cover the wrong references.
 
 use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -113,6 +121,14 @@ enum Mode {
     Immutable,
 }
 
+/// Size of the WAL-index header: `db.sqlite-shm` begins with two copies of it.
+const WAL_INDEX_HEADER: usize = 48;
+
+/// The database as of its last commit: two equal versions read at two moments mean that
+/// nothing was committed in between. See [`StoreDb::data_version`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataVersion([u8; WAL_INDEX_HEADER]);
+
 /// A small pool of read-only connections; cheap to clone (Arc inside), Send + Sync.
 #[derive(Clone)]
 pub struct StoreDb {
@@ -125,6 +141,8 @@ struct Inner {
     mode: Mode,
     max_idle: usize,
     idle: Mutex<Vec<Connection>>,
+    /// `db.sqlite-shm`, opened on the first [`StoreDb::data_version`].
+    shm: Mutex<Option<Arc<File>>>,
 }
 
 impl fmt::Debug for StoreDb {
@@ -202,6 +220,7 @@ impl StoreDb {
                 mode,
                 max_idle,
                 idle: Mutex::new(Vec::new()),
+                shm: Mutex::new(None),
             }),
         };
         db.with_conn(|conn| {
@@ -226,6 +245,45 @@ impl StoreDb {
     /// How many connections are idle in the pool right now.
     pub fn idle_connections(&self) -> usize {
         self.inner.lock_idle().len()
+    }
+
+    /// The database's version now; `None` when it cannot be told (no WAL, no `-shm` file, or
+    /// a header being written this instant), in which case nothing read may be reused.
+    ///
+    /// Read *before* a lookup, a version vouches for what the lookup returns for as long as
+    /// the version read later is equal: a commit after this call changes the version, even
+    /// when it lands before the lookup's own transaction. A database opened with
+    /// [`StoreDb::open_immutable`] never changes: its version is constant.
+    pub fn data_version(&self) -> Option<DataVersion> {
+        if self.inner.mode == Mode::Immutable {
+            return Some(DataVersion([0; WAL_INDEX_HEADER]));
+        }
+        let shm = self.shm_file()?;
+        let mut buf = [0u8; 2 * WAL_INDEX_HEADER];
+        shm.read_exact_at(&mut buf, 0).ok()?;
+        let (first, second) = buf.split_at(WAL_INDEX_HEADER);
+        // SQLite writes the second copy, then the first: equal copies (read first to second)
+        // are one consistent header. Byte 12 is `isInit`: 0 while the index is rebuilt.
+        if first != second || first[12] != 1 {
+            return None;
+        }
+        Some(DataVersion(first.try_into().ok()?))
+    }
+
+    /// The open `-shm` file, reopened when it was deleted or replaced (a file without links
+    /// would never change again).
+    fn shm_file(&self) -> Option<Arc<File>> {
+        let mut slot = self.inner.shm.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = slot.as_ref()
+            && f.metadata().is_ok_and(|m| m.nlink() > 0)
+        {
+            return Some(f.clone());
+        }
+        let mut path = self.inner.db_path.clone().into_os_string();
+        path.push("-shm");
+        let f = Arc::new(File::open(path).ok()?);
+        *slot = Some(f.clone());
+        Some(f)
     }
 
     /// Looks a path up by its hash part (what a `<hash>.narinfo` request carries).
@@ -554,6 +612,50 @@ mod tests {
         });
         assert!(db.idle_connections() <= DEFAULT_MAX_IDLE);
         assert!(db.idle_connections() >= 1);
+    }
+
+    #[test]
+    fn data_version_changes_with_every_commit_and_only_then() {
+        let dir = schema_only_store();
+        let layout = StoreLayout::under_root(dir.path());
+        // A writer keeps the database open, as the Nix daemon does.
+        let w = Connection::open(layout.db_path()).unwrap();
+        let db = StoreDb::open(&layout).unwrap();
+        let insert = |n: i64| {
+            w.execute(
+                "INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?1, 'h', 1, 1)",
+                [format!("/nix/store/{n:0>32}-p")],
+            )
+            .unwrap();
+        };
+        insert(0);
+        let mut seen = vec![db.data_version().expect("a WAL database has a version")];
+        for n in 1..20 {
+            // Reads change nothing.
+            assert_eq!(db.all_paths().unwrap().len(), n as usize);
+            assert_eq!(db.data_version(), seen.last().copied());
+            insert(n);
+            let v = db.data_version().unwrap();
+            assert!(!seen.contains(&v), "commit {n} left the version as it was");
+            seen.push(v);
+        }
+        // A checkpoint that restarts the WAL is a change too.
+        w.execute_batch("PRAGMA wal_checkpoint(RESTART);").unwrap();
+        insert(99);
+        assert!(!seen.contains(&db.data_version().unwrap()));
+    }
+
+    #[test]
+    fn data_version_is_unknown_without_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = StoreLayout::under_root(dir.path());
+        std::fs::create_dir_all(layout.db_path().parent().unwrap()).unwrap();
+        Connection::open(layout.db_path())
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE ValidPaths (id integer primary key, path text, hash text, registrationTime integer, deriver text, narSize integer, sigs text, ca text); CREATE TABLE Refs (referrer integer, reference integer); CREATE TABLE DerivationOutputs (drv integer, id text, path text);")
+            .unwrap();
+        let db = StoreDb::open(&layout).unwrap();
+        assert_eq!(db.data_version(), None);
     }
 
     #[test]
