@@ -540,6 +540,13 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        self.validate_listeners()?;
+        validate_build(&self.build)?;
+        validate_notify(&self.notify)
+    }
+
+    /// The cache's settings and both listeners' limits.
+    fn validate_listeners(&self) -> anyhow::Result<()> {
         let c = &self.cache;
         if !c.store_dir.starts_with('/') || c.store_dir.ends_with('/') || c.store_dir.len() < 2 {
             anyhow::bail!("cache.store_dir must be an absolute path without a trailing slash");
@@ -572,62 +579,6 @@ impl Config {
                 );
             }
         }
-        let b = &self.build;
-        if b.log_lines == 0 || b.log_files_kept == 0 {
-            anyhow::bail!("build.log_lines and build.log_files_kept must be at least 1");
-        }
-        let fleet = !b.targets.is_empty() || b.hosts.is_some();
-        if fleet && b.attribute != DEFAULT_ATTRIBUTE {
-            anyhow::bail!(
-                "build.attribute is the one-target shorthand: leave it out with build.targets or build.hosts"
-            );
-        }
-        if !b.targets.is_empty() && b.hosts.is_some() {
-            anyhow::bail!("build.targets and build.hosts = \"auto\" exclude each other");
-        }
-        if fleet && !b.steps.is_empty() {
-            anyhow::bail!(
-                "build.targets and build.hosts apply to the default pipeline, not to build.steps"
-            );
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for t in &b.targets {
-            if !tailcache_actors::fleet::target::valid_target_name(&t.name) {
-                anyhow::bail!(
-                    "build.targets: {:?} cannot name a target (letters, digits and ._@+- only, not starting with . or -)",
-                    t.name
-                );
-            }
-            if tailcache_actors::fleet::target::parse_attr_path(&t.attribute).is_none() {
-                anyhow::bail!("build.targets: {:?} is not an attribute path", t.attribute);
-            }
-            if !names.insert(&t.name) {
-                anyhow::bail!("build.targets: {:?} is named twice", t.name);
-            }
-        }
-        if b.keep_generations == 0 {
-            anyhow::bail!("build.keep_generations must be at least 1");
-        }
-        let n = &self.notify;
-        if let Some(url) = &n.url
-            && !url.starts_with("http://")
-        {
-            anyhow::bail!(
-                "notify.url {url:?}: only http:// URLs are supported (this build has no TLS client); \
-                 use a receiver on the tailnet, e.g. ntfy at http://ntfy.tailnet:8080/topic"
-            );
-        }
-        if n.attempts == 0 || n.timeout_secs == 0 {
-            anyhow::bail!("notify.attempts and notify.timeout_secs must be at least 1");
-        }
-        for step in &b.steps {
-            if step.capture == CaptureConfig::Commit && step.cwd.is_none() {
-                anyhow::bail!(
-                    "build step {:?}: capture = \"commit\" needs a cwd",
-                    step.name
-                );
-            }
-        }
         Ok(())
     }
 
@@ -650,6 +601,70 @@ impl Config {
         }
         PathBuf::from("tailcache-state")
     }
+}
+
+/// The build's settings: pipeline, targets and retention.
+fn validate_build(b: &BuildConfig) -> anyhow::Result<()> {
+    if b.log_lines == 0 || b.log_files_kept == 0 {
+        anyhow::bail!("build.log_lines and build.log_files_kept must be at least 1");
+    }
+    let fleet = !b.targets.is_empty() || b.hosts.is_some();
+    if fleet && b.attribute != DEFAULT_ATTRIBUTE {
+        anyhow::bail!(
+            "build.attribute is the one-target shorthand: leave it out with build.targets or build.hosts"
+        );
+    }
+    if !b.targets.is_empty() && b.hosts.is_some() {
+        anyhow::bail!("build.targets and build.hosts = \"auto\" exclude each other");
+    }
+    if fleet && !b.steps.is_empty() {
+        anyhow::bail!(
+            "build.targets and build.hosts apply to the default pipeline, not to build.steps"
+        );
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for t in &b.targets {
+        if !tailcache_actors::fleet::target::valid_target_name(&t.name) {
+            anyhow::bail!(
+                "build.targets: {:?} cannot name a target (letters, digits and ._@+- only, not starting with . or -)",
+                t.name
+            );
+        }
+        if tailcache_actors::fleet::target::parse_attr_path(&t.attribute).is_none() {
+            anyhow::bail!("build.targets: {:?} is not an attribute path", t.attribute);
+        }
+        if !names.insert(&t.name) {
+            anyhow::bail!("build.targets: {:?} is named twice", t.name);
+        }
+    }
+    if b.keep_generations == 0 {
+        anyhow::bail!("build.keep_generations must be at least 1");
+    }
+    for step in &b.steps {
+        if step.capture == CaptureConfig::Commit && step.cwd.is_none() {
+            anyhow::bail!(
+                "build step {:?}: capture = \"commit\" needs a cwd",
+                step.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Where and how build notifications go.
+fn validate_notify(n: &NotifyConfig) -> anyhow::Result<()> {
+    if let Some(url) = &n.url
+        && !url.starts_with("http://")
+    {
+        anyhow::bail!(
+            "notify.url {url:?}: only http:// URLs are supported (this build has no TLS client); \
+             use a receiver on the tailnet, e.g. ntfy at http://ntfy.tailnet:8080/topic"
+        );
+    }
+    if n.attempts == 0 || n.timeout_secs == 0 {
+        anyhow::bail!("notify.attempts and notify.timeout_secs must be at least 1");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service as _;
 
@@ -536,7 +536,6 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = Arc::new(Mutex::new(Open::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let labels = ListenerLabels { listener: name };
     let mut full = Episode::default();
     let mut starved = Episode::default();
     let mut backoff = Duration::ZERO;
@@ -549,25 +548,7 @@ pub async fn serve(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) if is_fd_exhaustion(&e) => {
-                stats
-                    .accept_errors
-                    .get_or_create(&AcceptErrorLabels {
-                        listener: name,
-                        error: "fd_exhausted",
-                    })
-                    .inc();
-                let n = open.lock().map(|o| o.conns.len()).unwrap_or(0);
-                if starved.hit() {
-                    tracing::warn!(
-                        "{name} listener: cannot accept connections: {e} ({n} connections open \
-                         here, file descriptor limit {}); closing idle connections and \
-                         retrying",
-                        current_nofile()
-                    );
-                }
-                if let Ok(o) = open.lock() {
-                    o.evict_one();
-                }
+                note_fd_exhaustion(name, &stats, &open, &mut starved, &e);
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => continue,
@@ -576,13 +557,7 @@ pub async fn serve(
             }
             Err(e) => {
                 // Errors of one connection (ECONNABORTED, …): the next accept is fine.
-                stats
-                    .accept_errors
-                    .get_or_create(&AcceptErrorLabels {
-                        listener: name,
-                        error: "other",
-                    })
-                    .inc();
+                count_accept_error(name, &stats, "other");
                 tracing::debug!("{name} listener: accept: {e}");
                 continue;
             }
@@ -591,19 +566,7 @@ pub async fn serve(
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                stats.over_limit.get_or_create(&labels).inc();
-                let evicted = open.lock().map(|o| o.evict_one()).unwrap_or(false);
-                if full.hit() {
-                    tracing::warn!(
-                        "{name} listener: {} connections open, its limit; {}",
-                        limits.max_connections,
-                        if evicted {
-                            "closing the longest idle ones to make room"
-                        } else {
-                            "all busy, new connections wait"
-                        }
-                    );
-                }
+                note_over_limit(name, &stats, &open, &mut full, limits.max_connections);
                 tokio::select! {
                     p = slots.clone().acquire_owned() => match p {
                         Ok(p) => p,
@@ -613,19 +576,16 @@ pub async fn serve(
                 }
             }
         };
-        // Small responses (narinfos, API answers) must not wait for Nagle's algorithm.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("{name} listener: TCP_NODELAY: {e}");
-        }
-        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
-            tracing::debug!("{name} listener: TCP_NOTSENT_LOWAT: {e}");
-        }
+        tune_socket(name, &stream);
         let state = Arc::new(ConnState::new(epoch));
         let id = match open.lock() {
             Ok(mut o) => o.insert(state.clone()),
             Err(_) => continue,
         };
-        stats.open.get_or_create(&labels).inc();
+        stats
+            .open
+            .get_or_create(&ListenerLabels { listener: name })
+            .inc();
         let task = Connection {
             name,
             state,
@@ -633,26 +593,82 @@ pub async fn serve(
             stats: stats.clone(),
             stop: stop_rx.clone(),
         };
-        let app = app.clone();
-        let open = open.clone();
-        tokio::spawn(async move {
-            let stats = task.stats.clone();
-            task.run(stream, peer, app).await;
-            if let Ok(mut o) = open.lock() {
-                o.conns.remove(&id);
-            }
-            stats
-                .open
-                .get_or_create(&ListenerLabels { listener: name })
-                .dec();
-            drop(permit);
-        });
+        tokio::spawn(task.run_and_leave(stream, peer, app.clone(), (open.clone(), id), permit));
     }
     drop(listener);
     let _ = stop_tx.send(true);
     // Every connection task returns its slot when it ends.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = slots.acquire_many(all).await;
+}
+
+fn count_accept_error(name: &'static str, stats: &HttpStats, error: &'static str) {
+    stats
+        .accept_errors
+        .get_or_create(&AcceptErrorLabels {
+            listener: name,
+            error,
+        })
+        .inc();
+}
+
+/// Out of descriptors: counted, said once per episode, and an idle connection closed so
+/// that the next accept can succeed.
+fn note_fd_exhaustion(
+    name: &'static str,
+    stats: &HttpStats,
+    open: &Mutex<Open>,
+    starved: &mut Episode,
+    e: &std::io::Error,
+) {
+    count_accept_error(name, stats, "fd_exhausted");
+    let n = open.lock().map(|o| o.conns.len()).unwrap_or(0);
+    if starved.hit() {
+        tracing::warn!(
+            "{name} listener: cannot accept connections: {e} ({n} connections open here, file \
+             descriptor limit {}); closing idle connections and retrying",
+            current_nofile()
+        );
+    }
+    if let Ok(o) = open.lock() {
+        o.evict_one();
+    }
+}
+
+/// At the connection limit: counted, said once per episode, and the longest idle
+/// connection closed to make room (if there is one).
+fn note_over_limit(
+    name: &'static str,
+    stats: &HttpStats,
+    open: &Mutex<Open>,
+    full: &mut Episode,
+    max_connections: usize,
+) {
+    stats
+        .over_limit
+        .get_or_create(&ListenerLabels { listener: name })
+        .inc();
+    let evicted = open.lock().map(|o| o.evict_one()).unwrap_or(false);
+    if full.hit() {
+        tracing::warn!(
+            "{name} listener: {max_connections} connections open, its limit; {}",
+            if evicted {
+                "closing the longest idle ones to make room"
+            } else {
+                "all busy, new connections wait"
+            }
+        );
+    }
+}
+
+fn tune_socket(name: &'static str, stream: &TcpStream) {
+    // Small responses (narinfos, API answers) must not wait for Nagle's algorithm.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("{name} listener: TCP_NODELAY: {e}");
+    }
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        tracing::debug!("{name} listener: TCP_NOTSENT_LOWAT: {e}");
+    }
 }
 
 /// The current soft descriptor limit, for log lines.
@@ -671,6 +687,27 @@ struct Connection {
 }
 
 impl Connection {
+    /// Serves the connection, then takes it off the open list and returns its slot.
+    async fn run_and_leave(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        app: Router,
+        (open, id): (Arc<Mutex<Open>>, u64),
+        permit: OwnedSemaphorePermit,
+    ) {
+        let (name, stats) = (self.name, self.stats.clone());
+        self.run(stream, peer, app).await;
+        if let Ok(mut o) = open.lock() {
+            o.conns.remove(&id);
+        }
+        stats
+            .open
+            .get_or_create(&ListenerLabels { listener: name })
+            .dec();
+        drop(permit);
+    }
+
     async fn run(mut self, stream: TcpStream, peer: SocketAddr, app: Router) {
         let io = TokioIo::new(Watched {
             inner: stream,

@@ -382,8 +382,8 @@ fn build_pipeline(b: &BuildConfig, state_dir: &Path, store: &StoreLayout) -> Pip
     }
 }
 
-/// Prints the listening addresses (tests read these lines) and the nix.conf lines a client
-/// needs.
+/// Prints the nix.conf lines a client needs and then the listening addresses (tests wait
+/// for these lines).
 fn print_client_setup(
     state: &CacheState,
     cache: SocketAddr,
@@ -392,8 +392,6 @@ fn print_client_setup(
 ) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "cache listening on http://{cache}");
-    let _ = writeln!(out, "api listening on http://{api}");
     for key in state.keys() {
         if let Some(path) = generated {
             let _ = writeln!(
@@ -413,6 +411,9 @@ fn print_client_setup(
     let _ = writeln!(out, "add to a client's nix.conf:");
     let _ = writeln!(out, "  extra-substituters = http://{cache}");
     let _ = writeln!(out, "  extra-trusted-public-keys = {}", publics.join(" "));
+    // Last, so that whoever waits for these lines has everything above as well.
+    let _ = writeln!(out, "cache listening on http://{cache}");
+    let _ = writeln!(out, "api listening on http://{api}");
     let _ = out.flush();
 }
 
