@@ -168,13 +168,7 @@ EOF
     env RUST_LOG=warn ${TAILCACHE_ENV:-} "$BIN" serve --config "$dir/config.toml" > "$dir/stdout" 2> "$dir/stderr" &
     local pid=$!
     PIDS+=("$pid")
-    for i in $(seq 300); do
-        port=$(sed -n 's|^cache listening on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$dir/stdout")
-        [ -n "$port" ] && break
-        kill -0 "$pid" 2>/dev/null || { cat "$dir/stderr" >&2; die "tailcache ($name) exited"; }
-        sleep 0.1
-    done
-    [ -n "$port" ] || die "tailcache ($name) did not report its port"
+    port=$(await_line "$dir/stdout" "$dir/stderr" '^cache listening on http://127\.0\.0\.1:\([0-9]*\)$' "$pid" "tailcache ($name)")
     printf -v "TC_PORT_$name" '%s' "$port"
     printf -v "TC_PID_$name" '%s' "$pid"
 }

@@ -81,6 +81,19 @@ stop_started() {
     for ns in "${NSS[@]+"${NSS[@]}"}"; do ip netns del "$ns" 2>/dev/null || true; done
 }
 
+# await_line OUT ERR SED_RE PID WHAT: the first capture of SED_RE in the file OUT (a process's
+# stdout), waiting up to 60 s; dies with the tail of ERR if process PID exits first.
+await_line() {
+    local out=$1 err=$2 re=$3 pid=$4 what=$5 i v
+    for i in $(seq 600); do
+        v=$(sed -n "s|$re|\1|p" "$out" | head -1)
+        [ -n "$v" ] && { echo "$v"; return; }
+        kill -0 "$pid" 2>/dev/null || { tail -20 "$err" >&2; die "$what exited"; }
+        sleep 0.1
+    done
+    die "$what did not print '$re' within 60 s"
+}
+
 now() { date +%s.%N; }
 calc() { awk "BEGIN { $1 }"; }
 hash_of() { basename "$1" | cut -c1-32; }

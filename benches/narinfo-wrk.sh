@@ -109,14 +109,7 @@ EOF
 env RUST_LOG=warn "$BIN" serve --config "$D/tc/config.toml" > "$D/tc/stdout" 2> "$D/tc/stderr" &
 TC_PID=$!
 LIVE[$TC_PID]=1
-TC_URL=""
-for _ in $(seq 300); do
-    TC_URL=$(sed -n 's|^cache listening on \(http://127\.0\.0\.1:[0-9]*\)$|\1|p' "$D/tc/stdout")
-    [ -n "$TC_URL" ] && break
-    kill -0 "$TC_PID" 2>/dev/null || { cat "$D/tc/stderr" >&2; die "tailcache exited"; }
-    sleep 0.1
-done
-[ -n "$TC_URL" ] || die "tailcache did not print its address"
+TC_URL=$(await_line "$D/tc/stdout" "$D/tc/stderr" '^cache listening on \(http://127\.0\.0\.1:[0-9]*\)$' "$TC_PID" tailcache)
 NGINX_URL=http://127.0.0.1:$NGINX_PORT
 for _ in $(seq 100); do curl -sf -o /dev/null "$NGINX_URL/nix-cache-info" && break; sleep 0.1; done
 # Both must answer every narinfo, with the same signed fingerprint fields.

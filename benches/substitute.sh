@@ -382,19 +382,6 @@ NGINX_PID=""
 NGINX_URL=""
 POLL=$D/poll
 
-# await_line DIR SED_RE PID WHAT: the first capture of SED_RE in DIR/stdout, waiting up to
-# 60 s while PID runs (a process prints its addresses there once it listens).
-await_line() {
-    local dir=$1 re=$2 pid=$3 what=$4 i v
-    for i in $(seq 600); do
-        v=$(sed -n "s|$re|\1|p" "$dir/stdout" | head -1)
-        [ -n "$v" ] && { echo "$v"; return; }
-        kill -0 "$pid" 2>/dev/null || { tail -20 "$dir/stderr" >&2; die "$what exited"; }
-        sleep 0.1
-    done
-    die "$what did not print '$re' within 60 s"
-}
-
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; unset "LIVE[$1]"; }
 
 # tc_config COMP IP: a server configuration serving COMP on IP (port 0), with a build whose
@@ -436,10 +423,10 @@ start_tc() {
         > "$dir/stdout" 2> "$dir/stderr" &
     pid=$!
     LIVE[$pid]=1
-    url=$(await_line "$dir" '^cache listening on \(http://[0-9.]*:[0-9]*\)$' "$pid" "tailcache ($c)")
-    api=$(await_line "$dir" '^api listening on \(http://[0-9.]*:[0-9]*\)$' "$pid" "tailcache ($c)")
+    url=$(await_line "$dir/stdout" "$dir/stderr" '^cache listening on \(http://[0-9.]*:[0-9]*\)$' "$pid" "tailcache ($c)")
+    api=$(await_line "$dir/stdout" "$dir/stderr" '^api listening on \(http://[0-9.]*:[0-9]*\)$' "$pid" "tailcache ($c)")
     if grep -q '^\[p2p\]' "$dir/config.toml"; then
-        TRACKER=$(await_line "$dir" '^p2p listening on \(.*\)$' "$pid" "tailcache ($c)")
+        TRACKER=$(await_line "$dir/stdout" "$dir/stderr" '^p2p listening on \(.*\)$' "$pid" "tailcache ($c)")
     fi
     TC_URL[$c]=$url
     TC_PID[$c]=$pid
@@ -642,7 +629,7 @@ EOF
         > "$dir/stdout" 2> "$dir/stderr" &
     AGENT_PID=$!
     LIVE[$AGENT_PID]=1
-    url=$(await_line "$dir" '^agent listening on \(http://[0-9.]*:[0-9]*\)$' "$AGENT_PID" "the agent")
+    url=$(await_line "$dir/stdout" "$dir/stderr" '^agent listening on \(http://[0-9.]*:[0-9]*\)$' "$AGENT_PID" "the agent")
     "${CLI_EXEC[@]}" curl -sf -o /dev/null "$url/nix-cache-info" || die "the agent does not answer at $url"
     AGENT_URL=$url
 }
