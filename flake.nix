@@ -66,7 +66,7 @@
       homeManagerModules = self.homeModules;
 
       # The per-machine flake that `tailcache bootstrap-new-machine` writes, rendered with
-      # example values from its one source, src/cli/bootstrap/*.in (tests/nix_modules.rs
+      # example values from its one source, cli/src/bootstrap/*.in (tests/nix_modules.rs
       # checks that these directories match it).
       templates = {
         laptop = {

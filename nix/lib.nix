@@ -157,7 +157,7 @@ rec {
     )
     ++ (if cfg.notify.tokenFile != null then [ "--notify-token-file" "%d/notify-token" ] else [ ]);
 
-  # The server's TOML config (src/config.rs; unknown keys are an error there). Secrets are
+  # The server's TOML config (server/src/config.rs; unknown keys are an error there). Secrets are
   # not in it: they come from the command line (serverArgs), out of the credentials directory.
   serverConfig =
     cfg:
@@ -439,7 +439,7 @@ rec {
       };
     };
 
-  # ~/.config/tailcache/config.toml for bt/bs/bl and `tailcache switch` (src/cli/config.rs):
+  # ~/.config/tailcache/config.toml for bt/bs/bl and `tailcache switch` (cli/src/config.rs):
   # the cache's keys are the ones a generation record must be signed by.
   clientConfig =
     cfg:

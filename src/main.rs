@@ -1,5 +1,5 @@
 //! The `tailcache` binary: `serve` (the build server and binary cache), `agent` (the local
-//! peer-assisted substituter), `keygen`, and the client verbs of [`tailcache::cli`]
+//! peer-assisted substituter), `keygen`, and the client verbs of [`tailcache_cli`]
 //! (`trigger`, `status`, `logs`, `switch`, `prefetch`, `completions`, `man`,
 //! `bootstrap-new-machine`, `install-links`). Started as `bt`, `bs` or `bl` (links to it), it is
 //! that program.
@@ -9,9 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
-use tailcache::cli::{self, Program, ServerArgs};
-use tailcache::config::{Config, ServeOverrides};
 use tailcache_agent::{AgentConfig, AgentOverrides};
+use tailcache_cli::{self as cli, Program, ServerArgs};
+use tailcache_server::config::{Config, ServeOverrides};
 use tailcache_store::signing::SecretKey;
 
 #[derive(Debug, Parser)]
@@ -170,11 +170,16 @@ fn serve(o: &ServeOverrides) -> anyhow::Result<()> {
             .expect("cannot start the tokio runtime")
     });
     system.block_on(async move {
-        let listeners = tailcache::server::Listeners {
+        let listeners = tailcache_server::server::Listeners {
             cache: bind(config.cache.bind).await?,
             api: bind(config.api.bind).await?,
         };
-        tailcache::server::run(config, listeners, tailcache::server::shutdown_signal()).await
+        tailcache_server::server::run(
+            config,
+            listeners,
+            tailcache_server::server::shutdown_signal(),
+        )
+        .await
     })
 }
 
@@ -186,7 +191,12 @@ fn agent(o: &AgentOverrides) -> anyhow::Result<()> {
         .context("cannot start the tokio runtime")?;
     rt.block_on(async move {
         let listener = bind(config.bind).await?;
-        Ok(tailcache_agent::run(config, listener, tailcache::server::shutdown_signal()).await?)
+        Ok(tailcache_agent::run(
+            config,
+            listener,
+            tailcache_server::server::shutdown_signal(),
+        )
+        .await?)
     })
 }
 

@@ -1,54 +1,93 @@
-//! Where code runs decides what it may use: the agent (`p2p/agent`, crate tailcache-agent)
-//! and the server (the root package's library, `src/` but `main.rs`) never use each other.
-//! Only the binary's dispatch (`src/main.rs`) links both. Cargo already forbids the agent
-//! crate from naming the root package (the root depends on it, and a cycle does not build);
-//! this checks the other direction, which Cargo cannot: a dependency of the package is
-//! visible to its library as well as to its binary.
+//! Where code runs decides what it may use: the three programs — the server (`server/`,
+//! tailcache-server), the client CLI (`cli/`, tailcache-cli) and the agent (`p2p/agent/`,
+//! tailcache-agent) — never depend on one another, directly or through a shared crate.
+//! Only the binary (`src/main.rs`, the root package) links all three. Checked over the
+//! workspace manifests, so a new dependency edge fails here before it is used.
 
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
+const PROGRAMS: [&str; 3] = ["tailcache-server", "tailcache-cli", "tailcache-agent"];
+
+/// Each workspace member's name and the workspace crates it depends on (normal
+/// dependencies only: a dev-dependency does not ship).
+fn workspace_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |dir: &Path| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml")).unwrap()).unwrap()
+    };
+    let top = read(root);
+    let members = top["workspace"]["members"].as_array().unwrap();
+    members
+        .iter()
+        .map(|m| {
+            let manifest = read(&root.join(m.as_str().unwrap()));
+            let name = manifest["package"]["name"].as_str().unwrap().to_owned();
+            let ours = manifest
+                .get("dependencies")
+                .and_then(|d| d.as_table())
+                .map(|d| {
+                    d.keys()
+                        .filter(|k| k.starts_with("tailcache"))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            (name, ours)
+        })
+        .collect()
+}
+
+/// Every workspace crate `name` depends on, directly or not.
+fn closure(graph: &BTreeMap<String, BTreeSet<String>>, name: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![name.to_owned()];
+    while let Some(n) = todo.pop() {
+        for d in graph
+            .get(&n)
+            .unwrap_or_else(|| panic!("{n} is not a workspace member"))
+        {
+            if seen.insert(d.clone()) {
+                todo.push(d.clone());
+            }
         }
+    }
+    seen
+}
+
+#[test]
+fn no_program_crate_depends_on_another() {
+    let graph = workspace_graph();
+    for program in PROGRAMS {
+        let deps = closure(&graph, program);
+        let others: Vec<&str> = PROGRAMS
+            .into_iter()
+            .filter(|p| *p != program && deps.contains(*p))
+            .collect();
+        assert!(
+            others.is_empty(),
+            "{program} depends on {others:?} (all of its workspace dependencies: {deps:?})"
+        );
     }
 }
 
 #[test]
-fn the_server_library_never_uses_the_agent_crate() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    assert!(files.len() > 10, "no sources found under src/");
-    let offenders: Vec<String> = files
-        .iter()
-        .filter(|f| *f != &root.join("src/main.rs"))
-        .filter(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .contains("tailcache_agent")
-        })
-        .map(|f| f.display().to_string())
-        .collect();
-    assert!(
-        offenders.is_empty(),
-        "server code uses the agent crate: {offenders:?}"
-    );
+fn the_binary_links_all_three_programs() {
+    let graph = workspace_graph();
+    let direct = &graph["tailcache"];
+    for program in PROGRAMS {
+        assert!(
+            direct.contains(program),
+            "tailcache does not link {program}"
+        );
+    }
 }
 
 #[test]
-fn the_agent_crate_depends_on_no_server_crate() {
-    let manifest =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("p2p/agent/Cargo.toml"))
-            .unwrap();
-    let deps: toml::Table = toml::from_str::<toml::Table>(&manifest).unwrap()["dependencies"]
-        .as_table()
-        .unwrap()
-        .clone();
-    let ours: Vec<&String> = deps.keys().filter(|k| k.starts_with("tailcache")).collect();
-    assert_eq!(ours, ["tailcache-p2p", "tailcache-store"]);
+fn the_agent_crate_depends_only_on_p2p_and_store() {
+    let graph = workspace_graph();
+    assert_eq!(
+        closure(&graph, "tailcache-agent"),
+        BTreeSet::from(["tailcache-p2p".to_owned(), "tailcache-store".to_owned()])
+    );
 }

@@ -15,7 +15,7 @@ use std::process::Output;
 
 use common::modules::{Modules, lit, path_expr, repo, strings};
 use serde_json::Value;
-use tailcache::cli::bootstrap::{self, Machine, Template};
+use tailcache_cli::bootstrap::{self, Machine, Template};
 use tailcache_testkit::NixEnv;
 use tailcache_testkit::nix::{assert_success, stderr_of};
 use tempfile::TempDir;
@@ -332,7 +332,7 @@ fn home_manager_client_renders_nix_conf_and_units() {
     assert_eq!(client_toml, s["tailcacheConfig"].as_str().unwrap());
     let path = d.path().join("client.toml");
     std::fs::write(&path, m.toml(client_toml)).unwrap();
-    let c = tailcache::cli::config::ClientConfig::load(&path).unwrap();
+    let c = tailcache_cli::config::ClientConfig::load(&path).unwrap();
     assert_eq!(c.server.as_deref(), Some("http://build-server:8000"));
     assert_eq!(
         c.token_file.as_deref(),
@@ -650,7 +650,7 @@ fn nixos_client_renders_nix_conf_and_units() {
     );
     let path = d.path().join("config.toml");
     std::fs::write(&path, m.toml(etc)).unwrap();
-    let c = tailcache::cli::config::ClientConfig::load(&path).unwrap();
+    let c = tailcache_cli::config::ClientConfig::load(&path).unwrap();
     assert_eq!(c.server.as_deref(), Some("http://build-server:8000"));
     assert_eq!(c.trusted_keys, [CLIENT_KEY]);
     let path = d.path().join("agent.toml");
@@ -802,32 +802,41 @@ fn server_module_renders_units_and_the_config_the_server_reads() {
     let text = m.toml(arg_after(exec, "--config"));
     assert!(!text.contains("/var/lib/secrets"), "{text}");
     std::fs::write(&path, &text).unwrap();
-    let c = tailcache::config::Config::from_file(&path).unwrap();
+    let c = tailcache_server::config::Config::from_file(&path).unwrap();
     assert_eq!(c.cache.bind.to_string(), "100.64.0.1:5000");
     assert_eq!(c.api.bind.to_string(), "100.64.0.1:8000");
     assert_eq!(
         c.api.allow,
         [
-            tailcache::config::AllowEntry::User("alice@example.com".into()),
-            tailcache::config::AllowEntry::Local
+            tailcache_server::config::AllowEntry::User("alice@example.com".into()),
+            tailcache_server::config::AllowEntry::Local
         ]
     );
-    assert_eq!(c.cache.compression, tailcache::config::Compression::Zstd);
+    assert_eq!(
+        c.cache.compression,
+        tailcache_server::config::Compression::Zstd
+    );
     assert_eq!(c.cache.nar_cache_max_bytes, 1 << 30);
     assert_eq!(c.build.nix_args, ["--option", "cores", "2"]);
-    assert_eq!(c.build.hosts, Some(tailcache::config::HostsConfig::Auto));
+    assert_eq!(
+        c.build.hosts,
+        Some(tailcache_server::config::HostsConfig::Auto)
+    );
     assert_eq!(c.build.attribute, "default");
     assert_eq!(c.build.keep_generations, 4);
     assert!(c.build.supersede);
     assert_eq!(c.build.builders.as_deref(), Some("ssh://arm aarch64-linux"));
-    assert_eq!(c.notify.format, tailcache::config::NotifyFormat::Json);
+    assert_eq!(
+        c.notify.format,
+        tailcache_server::config::NotifyFormat::Json
+    );
     assert!(c.p2p.enable);
     assert_eq!(c.api.token_file, None);
     // The parser is strict, so a misnamed key would have been caught above.
     let typo = text.replace("bind = \"100.64.0.1:5000\"", "listen = \"100.64.0.1:5000\"");
     assert_ne!(typo, text);
     std::fs::write(&path, typo).unwrap();
-    let err = tailcache::config::Config::from_file(&path).unwrap_err();
+    let err = tailcache_server::config::Config::from_file(&path).unwrap_err();
     assert!(format!("{err:#}").contains("listen"), "{err:#}");
 }
 
@@ -984,7 +993,7 @@ fn the_flake_exports_home_modules_under_both_names() {
 }
 
 /// The flake templates are bootstrap's files rendered with example values, so there is one
-/// place to edit them (src/cli/bootstrap/*.in). After editing it,
+/// place to edit them (cli/src/bootstrap/*.in). After editing it,
 /// `TAILCACHE_WRITE_TEMPLATES=1 cargo test --test nix_modules flake_templates` rewrites them.
 #[test]
 fn flake_templates_are_rendered_from_the_bootstrap_source() {
@@ -1012,7 +1021,7 @@ fn flake_templates_are_rendered_from_the_bootstrap_source() {
     }
     assert!(
         stale.is_empty(),
-        "{stale:?} differ from what src/cli/bootstrap/*.in renders; edit those, then run \
+        "{stale:?} differ from what cli/src/bootstrap/*.in renders; edit those, then run \
          TAILCACHE_WRITE_TEMPLATES=1 cargo test --test nix_modules flake_templates"
     );
 }

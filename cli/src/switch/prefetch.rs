@@ -17,10 +17,10 @@ use tailcache_store::signing::PublicKey;
 
 use super::decide;
 use super::{Action, Follow, SwitchArgs, TargetArgs};
-use crate::cli::client::CliError;
-use crate::cli::hosts::bytes;
-use crate::cli::output;
-use crate::cli::{ServerArgs, exit};
+use crate::client::CliError;
+use crate::hosts::bytes;
+use crate::output;
+use crate::{ServerArgs, exit};
 
 /// The longest wait between two looks after failures.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);

@@ -11,7 +11,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::cli::client::CliError;
+use crate::client::CliError;
 
 /// NixOS's system profile.
 pub const SYSTEM_PROFILE: &str = "/nix/var/nix/profiles/system";

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::client::{CliError, proc_uid};
+use crate::client::{CliError, proc_uid};
 
 /// The state file root uses (the system's generation is root's business).
 pub const ROOT_STATE_FILE: &str = "/var/lib/tailcache-switch/applied.json";

@@ -1,7 +1,7 @@
 //! The everyday client of the build server: `bt` (trigger), `bs` (status) and `bl` (logs),
 //! also reachable as `tailcache trigger|status|logs`, plus `tailcache completions`,
 //! `tailcache man` and `tailcache bootstrap-new-machine`. Speaks the build API of
-//! `src/api/build.rs`.
+//! `server/src/api/build.rs`.
 //!
 //! # Layout
 //! - [`config`]: where the server is (flag > env > config file > default) and the token.

@@ -16,7 +16,7 @@ use super::config::Endpoint;
 use super::exit;
 use super::sse::SseReader;
 
-/// Header naming the user who asks (see `src/api/build.rs`).
+/// Header naming the user who asks (see `server/src/api/build.rs`).
 pub const HEADER_USER: &str = "x-tailcache-user";
 /// Header naming the host the request comes from.
 pub const HEADER_HOST: &str = "x-tailcache-host";
@@ -370,7 +370,7 @@ impl Client {
 }
 
 /// The `status` tag and the message of an error reply (`{"status", "message"}`, see
-/// `src/api/error.rs`); a reply without that JSON gives its short text or the reason phrase.
+/// `server/src/api/error.rs`); a reply without that JSON gives its short text or the reason phrase.
 fn error_body(response: Response) -> (Option<String>, String) {
     let status = response.status();
     let text = response.text().unwrap_or_default();

@@ -8,7 +8,7 @@ use tailcache_wire::generation::{GenerationRecord, RecordError};
 use tailcache_wire::hosts::{GenerationState, GenerationView, HostView};
 
 use super::applied::AppliedGeneration;
-use crate::cli::client::CliError;
+use crate::client::CliError;
 
 /// The store directory records must name (the clients' Nix).
 const STORE_DIR: &str = "/nix/store";

@@ -1,4 +1,4 @@
-//! tailcache: the build server and Nix binary cache for a person's machines on a tailnet.
+//! tailcache-server: the build server and Nix binary cache for a person's machines on a tailnet.
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration, command-line overrides and defaults.
@@ -9,11 +9,9 @@
 //! - [`p2p`]: the server's libp2p tracker/seed node.
 //! - [`server`]: the composition root — starts the actors and the listeners.
 //! - [`listener`]: serving one listener — connection limit, timeouts, accept errors.
-//! - [`cli`]: the client — `bt`, `bs`, `bl`, completions, man pages, bootstrap.
 
 pub mod api;
 pub mod cache;
-pub mod cli;
 pub mod config;
 pub mod keys;
 pub mod listener;

@@ -2,7 +2,7 @@
 //! serialisation of a 2000-small-file tree and of one 64 MiB file into `io::sink`, NAR
 //! verification, narinfo rendering and parsing, and ed25519 signing of the fingerprint.
 //!
-//! Run: `cargo bench --bench cache` (about a minute; sample sizes are kept small on purpose).
+//! Run: `cargo bench -p tailcache-server --bench cache` (about a minute; sample sizes are kept small on purpose).
 //! The end-to-end comparison with nginx is `benches/http-vs-nginx.sh`.
 
 use std::fs;

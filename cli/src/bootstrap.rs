@@ -6,7 +6,7 @@
 //! system side (`services.tailcache.client`: the daemon ignores a user's own substituters),
 //! which the flake exports as `nixosModules.default`.
 //!
-//! The files come from the one source of the per-machine flake, `src/cli/bootstrap/*.in`;
+//! The files come from the one source of the per-machine flake, `cli/src/bootstrap/*.in`;
 //! the flake templates `home/templates/{laptop,desktop,server}` are the same files rendered
 //! with example values ([`render_template`]), and tests/nix_modules.rs checks that they are
 //! and evaluates both with the real module system.
