@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`file`]: how a file and a set of its pieces are named ([`file::FileId`],
 //!   [`file::PieceSet`]).
+//! - [`files`]: which encodings of a NAR a server holds (`GET /p2p/files/…`).
 //! - [`identity`]: a node's libp2p keypair on disk.
 //! - [`manifest`]: the signed P2P manifest and its signature domain.
 //! - [`verify`]: BLAKE3 outboards (hash trees) and verification of received chunks.
@@ -15,6 +16,7 @@
 
 pub mod error;
 pub mod file;
+pub mod files;
 pub mod identity;
 pub mod manifest;
 pub mod node;
