@@ -50,6 +50,11 @@ in
 rec {
   inherit dropNulls hasPrefix shellQuote;
 
+  # The default of each module's `package`: the flake overlay's, else the same package built
+  # from this source with the machine's nixpkgs.
+  defaultPackage = pkgs: pkgs.tailcache or (pkgs.callPackage ./package.nix { });
+  defaultPackageText = "pkgs.tailcache (the flake's overlay), else the package built from this source";
+
   # --- secrets -----------------------------------------------------------------------------
 
   # Why a secret file setting is unacceptable, or null. Secrets are passed as absolute path
@@ -164,36 +169,35 @@ rec {
     dropNulls {
       state_dir = cfg.stateDir;
       cache = {
+        inherit (cfg.cache) priority compression;
         bind = cfg.cache.listen;
-        priority = cfg.cache.priority;
-        compression = cfg.cache.compression;
         nar_cache_max_bytes = cfg.cache.maxBytes;
       };
       api = {
+        inherit (cfg.api) allow;
         bind = cfg.api.listen;
-        allow = cfg.api.allow;
       };
       build = {
-        repository = cfg.build.repository;
-        branch = cfg.build.branch;
+        inherit (cfg.build)
+          repository
+          branch
+          hosts
+          targets
+          supersede
+          builders
+          ;
         # The one-target shorthand, left out when targets are listed or discovered.
         attribute =
           if cfg.build.hosts == null && cfg.build.targets == [ ] then cfg.build.attribute else null;
-        hosts = cfg.build.hosts;
-        targets = cfg.build.targets;
         keep_generations = cfg.build.keepGenerations;
-        supersede = cfg.build.supersede;
-        builders = cfg.build.builders;
         nix_args = cfg.build.nixArgs;
         coalesce = true;
       };
       notify = {
-        url = cfg.notify.url;
-        format = cfg.notify.format;
+        inherit (cfg.notify) url format;
       };
       p2p = {
-        enable = cfg.p2p.enable;
-        listen = cfg.p2p.listen;
+        inherit (cfg.p2p) enable listen;
       };
     };
 
@@ -219,14 +223,20 @@ rec {
       udp = p2p.udp;
     };
 
-  # The hardening of tailcache's long-running units (the server, the agent): no privileges,
-  # a read-only system, nothing of the kernel, the network families libp2p and the nix-daemon
-  # need, and the system-service syscalls.
-  serviceHardening = {
+  # What every unit of tailcache's gets, the short-lived helpers too: no new privileges and
+  # no capabilities, a read-only system, no homes, a /tmp of its own.
+  unitSandbox = {
     NoNewPrivileges = true;
+    CapabilityBoundingSet = "";
     ProtectSystem = "strict";
     ProtectHome = true;
     PrivateTmp = true;
+  };
+
+  # The hardening of tailcache's long-running units (the server, the agent): the sandbox,
+  # nothing of the kernel, the network families libp2p and the nix-daemon need, and the
+  # system-service syscalls.
+  serviceHardening = unitSandbox // {
     PrivateDevices = true;
     ProtectKernelTunables = true;
     ProtectKernelModules = true;
@@ -241,7 +251,6 @@ rec {
     LockPersonality = true;
     MemoryDenyWriteExecute = true;
     RemoveIPC = true;
-    CapabilityBoundingSet = "";
     AmbientCapabilities = "";
     RestrictAddressFamilies = [
       "AF_UNIX"
@@ -255,6 +264,34 @@ rec {
       "~@privileged"
     ];
   };
+
+  # How the unit that follows the server (prefetch, autoSwitch) runs, as a system or a user
+  # service: again 30 s after it ends, whatever the reason, at idle CPU and I/O priority.
+  followerService = {
+    Restart = "always";
+    RestartSec = 30;
+    Nice = 19;
+    IOSchedulingClass = "idle";
+    CPUSchedulingPolicy = "idle";
+  };
+
+  # When a system service of tailcache's that works over the tailnet (the server, the agent,
+  # the prefetch unit) starts: at boot, once the network is online and tailscaled runs (a
+  # tailnet address to listen on, the server and peers to reach), and after `after`.
+  tailnetService =
+    {
+      after ? [ ],
+      wants ? [ ],
+    }:
+    {
+      wantedBy = [ "multi-user.target" ];
+      after = [
+        "network-online.target"
+        "tailscaled.service"
+      ]
+      ++ after;
+      wants = [ "network-online.target" ] ++ wants;
+    };
 
   # systemd's StateDirectory= for a state directory under /var/lib, else null (the module
   # then creates it with tmpfiles and allows writing there).
@@ -426,16 +463,18 @@ rec {
     cfg:
     dropNulls {
       agent = {
+        inherit (cfg.agent)
+          tracker
+          bind
+          reseed
+          metered
+          listen
+          ;
         server = cfg.cacheUrl;
-        tracker = cfg.agent.tracker;
-        bind = cfg.agent.bind;
         trusted_keys = cfg.publicKeys;
-        reseed = cfg.agent.reseed;
-        metered = cfg.agent.metered;
         cache_dir = cfg.agent.cacheDir;
         cache_max_bytes = cfg.agent.cacheMaxBytes;
         upload_rate = cfg.agent.uploadRate;
-        listen = cfg.agent.listen;
       };
     };
 
