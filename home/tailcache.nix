@@ -17,7 +17,7 @@
 }:
 let
   tlib = import ../nix/lib.nix;
-  shared = import ../nix/client-options.nix { inherit lib pkgs; };
+  shared = import ../nix/client-options.nix { inherit lib pkgs cfg; };
   cfg = config.programs.tailcache;
   inherit (lib) mkOption types;
   toml = pkgs.formats.toml { };

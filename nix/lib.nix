@@ -1,7 +1,8 @@
 # The decisions of tailcache's NixOS and home-manager modules as pure functions that need only
 # `builtins`: the server's TOML config, its command line and credentials, firewall ports, the
 # client's nix.settings (substituter order, trusted keys), the agent's config, Atuin settings,
-# the machine templates (Syncthing folders, Tailscale flags) and the system-update script.
+# the machine templates (Syncthing folders, Tailscale flags, the agent; the files of the
+# flake's templates) and the system-update script.
 # The modules call these; tests/nix/lib-test.nix checks them with `nix-instantiate --eval`.
 let
   inherit (builtins)
@@ -515,7 +516,8 @@ rec {
   ];
 
   # What each machine template sets; every value is a default a machine may override field
-  # by field. Device names refer to services.bootstrap-services.syncthing.devices.
+  # by field. Device names refer to services.bootstrap-services.syncthing.devices; `agent` is
+  # the client modules' (templateAgent), the rest services.bootstrap-services'.
   templates =
     let
       folder = path: devices: {
@@ -524,8 +526,13 @@ rec {
       };
     in
     {
-      # Carried around: documents and notes, synced with the desktop and the always-on server.
+      # Carried around: documents and notes, synced with the desktop and the always-on server;
+      # the agent fetches from peers but does not reseed (battery, hotel wifi).
       laptop = {
+        agent = {
+          enable = true;
+          reseed = false;
+        };
         folders = {
           documents = folder "~/Documents" [
             "desktop"
@@ -541,8 +548,12 @@ rec {
           ssh = false;
         };
       };
-      # At home: also the photo library; reachable over Tailscale SSH.
+      # At home: also the photo library; reachable over Tailscale SSH; the agent reseeds.
       desktop = {
+        agent = {
+          enable = true;
+          reseed = true;
+        };
         folders = {
           documents = folder "~/Documents" [
             "laptop"
@@ -559,8 +570,13 @@ rec {
           ssh = true;
         };
       };
-      # Always on: the hub every folder meets at, plus a receive-only backup of the others.
+      # Always on: the hub every folder meets at, plus a receive-only backup of the others. No
+      # agent: this machine is the cache.
       server = {
+        agent = {
+          enable = false;
+          reseed = false;
+        };
         folders = {
           documents = folder "~/sync/documents" [
             "laptop"
@@ -583,6 +599,36 @@ rec {
           ssh = true;
         };
       };
+    };
+
+  # The agent of a client following `template` (null: none), the defaults of the client
+  # modules' agent.enable and agent.reseed.
+  templateAgent =
+    template:
+    if template == null then
+      {
+        enable = false;
+        reseed = false;
+      }
+    else
+      templates.${template}.agent;
+
+  # The flake template `name` (`nix flake init -t tailcache#<name>`): the per-machine flake in
+  # `dir`, which holds the files every template shares and one `<template>.nix` per template
+  # (the machine's home.nix imports the one beside it), with only this template's own.
+  # `nix flake init` copies a template's files as they are, and a symbolic link would point
+  # nowhere in the new directory, so each template is a filtered copy of the one directory.
+  templateSource =
+    dir: name:
+    builtins.path {
+      name = "tailcache-template-${name}";
+      path = dir;
+      filter =
+        path: _type:
+        let
+          file = baseNameOf path;
+        in
+        file == "${name}.nix" || !(builtins.elem file (map (t: "${t}.nix") templateNames));
     };
 
   # A template's settings with every leaf wrapped by `mkDefault`, so that the module system
