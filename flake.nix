@@ -66,22 +66,21 @@
       homeManagerModules = self.homeModules;
 
       # The per-machine flake that `tailcache bootstrap-new-machine` writes, rendered with
-      # example values from its one source, cli/src/bootstrap/*.in (tests/nix_modules.rs
-      # checks that these directories match it).
-      templates = {
-        laptop = {
-          path = ./home/templates/laptop;
-          description = "home-manager flake for a laptop: documents and notes synced, agent without reseeding";
-        };
-        desktop = {
-          path = ./home/templates/desktop;
-          description = "home-manager flake for a desktop: documents, notes and photos synced, agent reseeding";
-        };
-        server = {
-          path = ./home/templates/server;
-          description = "home-manager flake for the always-on server: the hub of every folder, no agent";
-        };
-      };
+      # example values from its one source, cli/src/bootstrap/*.in, into one directory
+      # (tests/nix_modules.rs checks that it matches, and what `nix flake init` makes of it):
+      # each template is that directory with only its own <template>.nix beside the shared
+      # files.
+      templates =
+        builtins.mapAttrs
+          (name: description: {
+            inherit description;
+            path = (import ./nix/lib.nix).templateSource ./home/template name;
+          })
+          {
+            laptop = "home-manager flake for a laptop: documents and notes synced, agent without reseeding";
+            desktop = "home-manager flake for a desktop: documents, notes and photos synced, agent reseeding";
+            server = "home-manager flake for the always-on server: the hub of every folder, no agent";
+          };
 
       checks = forAllSystems (
         pkgs:

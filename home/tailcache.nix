@@ -17,7 +17,7 @@
 }:
 let
   tlib = import ../nix/lib.nix;
-  shared = import ../nix/client-options.nix { inherit lib pkgs; };
+  shared = import ../nix/client-options.nix { inherit lib pkgs cfg; };
   cfg = config.programs.tailcache;
   inherit (lib) mkOption types;
   toml = pkgs.formats.toml { };
@@ -40,18 +40,7 @@ let
     });
 in
 {
-  options.programs.tailcache = {
-    inherit (shared)
-      enable
-      package
-      server
-      cacheUrl
-      publicKeys
-      tokenFile
-      negativeTtl
-      prefetch
-      ;
-
+  options.programs.tailcache = shared // {
     host = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -268,12 +257,8 @@ in
             # A user manager's PATH has no Nix outside NixOS (a multi-user install keeps it in
             # /nix/var/nix/profiles/default/bin); the activation looks for nix-env there too.
             Environment = [ "PATH=${lib.makeBinPath [ config.nix.package ]}:/usr/bin:/bin" ];
-            Restart = "always";
-            RestartSec = 30;
-            Nice = 19;
-            IOSchedulingClass = "idle";
-            CPUSchedulingPolicy = "idle";
-          };
+          }
+          // tlib.followerService;
           Install.WantedBy = [ "default.target" ];
         };
       })

@@ -25,55 +25,52 @@ let
     else
       throw "${name}: failed: ${lib.concatStringsSep ", " (builtins.attrNames failed)}";
 
-  nixos =
+  # The configuration of a container with `module` and `settings`.
+  nixosWith =
+    module: settings:
     (lib.nixosSystem {
       modules = [
-        self.nixosModules.default
+        module
+        settings
         {
           boot.isContainer = true;
           system.stateVersion = "25.05";
           nixpkgs.pkgs = pkgs;
-          services.tailcache.server = {
-            enable = true;
-            cache.listen = "100.64.0.1:5000";
-            api.listen = "100.64.0.1:8000";
-            signingKeyFile = "/var/lib/secrets/tailcache-key";
-            api.tokenFile = "/var/lib/secrets/tailcache-token";
-            openFirewall = true;
-            p2p.enable = true;
-            p2p.listen = [
-              "/ip4/100.64.0.1/udp/5002/quic-v1"
-              "/ip4/100.64.0.1/tcp/5002"
-            ];
-            build = {
-              repository = "https://example.invalid/config.git";
-              schedule = "daily";
-            };
-          };
         }
       ];
     }).config;
+
+  nixos = nixosWith self.nixosModules.default {
+    services.tailcache.server = {
+      enable = true;
+      cache.listen = "100.64.0.1:5000";
+      api.listen = "100.64.0.1:8000";
+      signingKeyFile = "/var/lib/secrets/tailcache-key";
+      api.tokenFile = "/var/lib/secrets/tailcache-token";
+      openFirewall = true;
+      p2p.enable = true;
+      p2p.listen = [
+        "/ip4/100.64.0.1/udp/5002/quic-v1"
+        "/ip4/100.64.0.1/tcp/5002"
+      ];
+      build = {
+        repository = "https://example.invalid/config.git";
+        schedule = "daily";
+      };
+    };
+  };
   unit = nixos.systemd.services.tailcache-server;
 
-  client =
-    (lib.nixosSystem {
-      modules = [
-        self.nixosModules.client
-        {
-          boot.isContainer = true;
-          system.stateVersion = "25.05";
-          nixpkgs.pkgs = pkgs;
-          networking.hostName = "laptop";
-          services.tailcache.client = {
-            enable = true;
-            publicKeys = [ "build-server-1:AAAA" ];
-            agent.enable = true;
-            prefetch.enable = true;
-            autoSwitch = "boot";
-          };
-        }
-      ];
-    }).config;
+  client = nixosWith self.nixosModules.client {
+    networking.hostName = "laptop";
+    services.tailcache.client = {
+      enable = true;
+      publicKeys = [ "build-server-1:AAAA" ];
+      agent.enable = true;
+      prefetch.enable = true;
+      autoSwitch = "boot";
+    };
+  };
   prefetchUnit = client.systemd.services.tailcache-prefetch;
 
   home =

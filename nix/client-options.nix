@@ -1,20 +1,26 @@
 # The options a client machine's modules share — NixOS's `services.tailcache.client` and
 # home-manager's `programs.tailcache`: where the build server is, which keys it signs with,
-# the agent, and the unit that follows the server (prefetch, autoSwitch). Each module adds
-# what only it has (the home module's upstream caches and agent cache directory, the NixOS
-# module's system units).
-{ lib, pkgs }:
+# the machine template, the agent, and the unit that follows the server (prefetch,
+# autoSwitch). Each module adds what only it has (the home module's upstream caches and agent
+# cache directory, the NixOS module's system units). `cfg` is the module's own configuration,
+# where the template's defaults are read.
+{
+  lib,
+  pkgs,
+  cfg,
+}:
 let
   tlib = import ./lib.nix;
   inherit (lib) mkOption mkEnableOption types;
+  templateAgent = tlib.templateAgent cfg.template;
 in
 {
   enable = mkEnableOption "the tailcache client (tailcache, bt, bs, bl) and the build server's binary cache";
 
   package = mkOption {
     type = types.package;
-    default = pkgs.tailcache or (pkgs.callPackage ./package.nix { });
-    defaultText = "pkgs.tailcache (the flake's overlay), else the package built from this source";
+    default = tlib.defaultPackage pkgs;
+    defaultText = tlib.defaultPackageText;
     description = "The tailcache package (tailcache, bt, bs, bl).";
   };
 
@@ -54,8 +60,25 @@ in
     '';
   };
 
+  template = mkOption {
+    type = types.nullOr (types.enum tlib.templateNames);
+    default = null;
+    example = "laptop";
+    description = ''
+      The machine template this machine follows, whose agent settings are the defaults: a
+      laptop fetches from peers without reseeding, a desktop reseeds, a server runs no agent
+      (it is the cache). null: no agent unless enabled.
+    '';
+  };
+
   agent = {
-    enable = mkEnableOption "the peer-assisted fetch agent (a local substituter listed first)";
+    enable = mkOption {
+      type = types.bool;
+      default = templateAgent.enable;
+      defaultText = "true for the laptop and desktop templates, else false";
+      example = true;
+      description = "Whether to enable the peer-assisted fetch agent (a local substituter listed first).";
+    };
     bind = mkOption {
       type = types.str;
       default = "127.0.0.1:5001";
@@ -69,7 +92,10 @@ in
     };
     reseed = mkOption {
       type = types.bool;
-      default = false;
+      # A template's reseeding goes with its agent: none where the agent is off (on NixOS the
+      # system's runs instead of the user's).
+      default = cfg.agent.enable && templateAgent.reseed;
+      defaultText = "true for the desktop template when agent.enable, else false";
       description = "Keep fetched files and upload them to other machines.";
     };
     metered = mkOption {

@@ -1,7 +1,8 @@
 # The decisions of tailcache's NixOS and home-manager modules as pure functions that need only
 # `builtins`: the server's TOML config, its command line and credentials, firewall ports, the
 # client's nix.settings (substituter order, trusted keys), the agent's config, Atuin settings,
-# the machine templates (Syncthing folders, Tailscale flags) and the system-update script.
+# the machine templates (Syncthing folders, Tailscale flags, the agent; the files of the
+# flake's templates) and the system-update script.
 # The modules call these; tests/nix/lib-test.nix checks them with `nix-instantiate --eval`.
 let
   inherit (builtins)
@@ -49,6 +50,11 @@ let
 in
 rec {
   inherit dropNulls hasPrefix shellQuote;
+
+  # The default of each module's `package`: the flake overlay's, else the same package built
+  # from this source with the machine's nixpkgs.
+  defaultPackage = pkgs: pkgs.tailcache or (pkgs.callPackage ./package.nix { });
+  defaultPackageText = "pkgs.tailcache (the flake's overlay), else the package built from this source";
 
   # --- secrets -----------------------------------------------------------------------------
 
@@ -164,36 +170,35 @@ rec {
     dropNulls {
       state_dir = cfg.stateDir;
       cache = {
+        inherit (cfg.cache) priority compression;
         bind = cfg.cache.listen;
-        priority = cfg.cache.priority;
-        compression = cfg.cache.compression;
         nar_cache_max_bytes = cfg.cache.maxBytes;
       };
       api = {
+        inherit (cfg.api) allow;
         bind = cfg.api.listen;
-        allow = cfg.api.allow;
       };
       build = {
-        repository = cfg.build.repository;
-        branch = cfg.build.branch;
+        inherit (cfg.build)
+          repository
+          branch
+          hosts
+          targets
+          supersede
+          builders
+          ;
         # The one-target shorthand, left out when targets are listed or discovered.
         attribute =
           if cfg.build.hosts == null && cfg.build.targets == [ ] then cfg.build.attribute else null;
-        hosts = cfg.build.hosts;
-        targets = cfg.build.targets;
         keep_generations = cfg.build.keepGenerations;
-        supersede = cfg.build.supersede;
-        builders = cfg.build.builders;
         nix_args = cfg.build.nixArgs;
         coalesce = true;
       };
       notify = {
-        url = cfg.notify.url;
-        format = cfg.notify.format;
+        inherit (cfg.notify) url format;
       };
       p2p = {
-        enable = cfg.p2p.enable;
-        listen = cfg.p2p.listen;
+        inherit (cfg.p2p) enable listen;
       };
     };
 
@@ -219,14 +224,20 @@ rec {
       udp = p2p.udp;
     };
 
-  # The hardening of tailcache's long-running units (the server, the agent): no privileges,
-  # a read-only system, nothing of the kernel, the network families libp2p and the nix-daemon
-  # need, and the system-service syscalls.
-  serviceHardening = {
+  # What every unit of tailcache's gets, the short-lived helpers too: no new privileges and
+  # no capabilities, a read-only system, no homes, a /tmp of its own.
+  unitSandbox = {
     NoNewPrivileges = true;
+    CapabilityBoundingSet = "";
     ProtectSystem = "strict";
     ProtectHome = true;
     PrivateTmp = true;
+  };
+
+  # The hardening of tailcache's long-running units (the server, the agent): the sandbox,
+  # nothing of the kernel, the network families libp2p and the nix-daemon need, and the
+  # system-service syscalls.
+  serviceHardening = unitSandbox // {
     PrivateDevices = true;
     ProtectKernelTunables = true;
     ProtectKernelModules = true;
@@ -241,7 +252,6 @@ rec {
     LockPersonality = true;
     MemoryDenyWriteExecute = true;
     RemoveIPC = true;
-    CapabilityBoundingSet = "";
     AmbientCapabilities = "";
     RestrictAddressFamilies = [
       "AF_UNIX"
@@ -255,6 +265,34 @@ rec {
       "~@privileged"
     ];
   };
+
+  # How the unit that follows the server (prefetch, autoSwitch) runs, as a system or a user
+  # service: again 30 s after it ends, whatever the reason, at idle CPU and I/O priority.
+  followerService = {
+    Restart = "always";
+    RestartSec = 30;
+    Nice = 19;
+    IOSchedulingClass = "idle";
+    CPUSchedulingPolicy = "idle";
+  };
+
+  # When a system service of tailcache's that works over the tailnet (the server, the agent,
+  # the prefetch unit) starts: at boot, once the network is online and tailscaled runs (a
+  # tailnet address to listen on, the server and peers to reach), and after `after`.
+  tailnetService =
+    {
+      after ? [ ],
+      wants ? [ ],
+    }:
+    {
+      wantedBy = [ "multi-user.target" ];
+      after = [
+        "network-online.target"
+        "tailscaled.service"
+      ]
+      ++ after;
+      wants = [ "network-online.target" ] ++ wants;
+    };
 
   # systemd's StateDirectory= for a state directory under /var/lib, else null (the module
   # then creates it with tmpfiles and allows writing there).
@@ -426,16 +464,18 @@ rec {
     cfg:
     dropNulls {
       agent = {
+        inherit (cfg.agent)
+          tracker
+          bind
+          reseed
+          metered
+          listen
+          ;
         server = cfg.cacheUrl;
-        tracker = cfg.agent.tracker;
-        bind = cfg.agent.bind;
         trusted_keys = cfg.publicKeys;
-        reseed = cfg.agent.reseed;
-        metered = cfg.agent.metered;
         cache_dir = cfg.agent.cacheDir;
         cache_max_bytes = cfg.agent.cacheMaxBytes;
         upload_rate = cfg.agent.uploadRate;
-        listen = cfg.agent.listen;
       };
     };
 
@@ -476,7 +516,8 @@ rec {
   ];
 
   # What each machine template sets; every value is a default a machine may override field
-  # by field. Device names refer to services.bootstrap-services.syncthing.devices.
+  # by field. Device names refer to services.bootstrap-services.syncthing.devices; `agent` is
+  # the client modules' (templateAgent), the rest services.bootstrap-services'.
   templates =
     let
       folder = path: devices: {
@@ -485,8 +526,13 @@ rec {
       };
     in
     {
-      # Carried around: documents and notes, synced with the desktop and the always-on server.
+      # Carried around: documents and notes, synced with the desktop and the always-on server;
+      # the agent fetches from peers but does not reseed (battery, hotel wifi).
       laptop = {
+        agent = {
+          enable = true;
+          reseed = false;
+        };
         folders = {
           documents = folder "~/Documents" [
             "desktop"
@@ -502,8 +548,12 @@ rec {
           ssh = false;
         };
       };
-      # At home: also the photo library; reachable over Tailscale SSH.
+      # At home: also the photo library; reachable over Tailscale SSH; the agent reseeds.
       desktop = {
+        agent = {
+          enable = true;
+          reseed = true;
+        };
         folders = {
           documents = folder "~/Documents" [
             "laptop"
@@ -520,8 +570,13 @@ rec {
           ssh = true;
         };
       };
-      # Always on: the hub every folder meets at, plus a receive-only backup of the others.
+      # Always on: the hub every folder meets at, plus a receive-only backup of the others. No
+      # agent: this machine is the cache.
       server = {
+        agent = {
+          enable = false;
+          reseed = false;
+        };
         folders = {
           documents = folder "~/sync/documents" [
             "laptop"
@@ -544,6 +599,36 @@ rec {
           ssh = true;
         };
       };
+    };
+
+  # The agent of a client following `template` (null: none), the defaults of the client
+  # modules' agent.enable and agent.reseed.
+  templateAgent =
+    template:
+    if template == null then
+      {
+        enable = false;
+        reseed = false;
+      }
+    else
+      templates.${template}.agent;
+
+  # The flake template `name` (`nix flake init -t tailcache#<name>`): the per-machine flake in
+  # `dir`, which holds the files every template shares and one `<template>.nix` per template
+  # (the machine's home.nix imports the one beside it), with only this template's own.
+  # `nix flake init` copies a template's files as they are, and a symbolic link would point
+  # nowhere in the new directory, so each template is a filtered copy of the one directory.
+  templateSource =
+    dir: name:
+    builtins.path {
+      name = "tailcache-template-${name}";
+      path = dir;
+      filter =
+        path: _type:
+        let
+          file = baseNameOf path;
+        in
+        file == "${name}.nix" || !(builtins.elem file (map (t: "${t}.nix") templateNames));
     };
 
   # A template's settings with every leaf wrapped by `mkDefault`, so that the module system

@@ -15,7 +15,7 @@
 }:
 let
   tlib = import ../nix/lib.nix;
-  shared = import ../nix/client-options.nix { inherit lib pkgs; };
+  shared = import ../nix/client-options.nix { inherit lib pkgs cfg; };
   cfg = config.services.tailcache.client;
   inherit (lib) mkOption types;
   toml = pkgs.formats.toml { };
@@ -28,19 +28,7 @@ let
   follows = cfg.prefetch.enable || cfg.autoSwitch != null;
 in
 {
-  options.services.tailcache.client = {
-    inherit (shared)
-      enable
-      package
-      server
-      cacheUrl
-      publicKeys
-      tokenFile
-      negativeTtl
-      agent
-      prefetch
-      ;
-
+  options.services.tailcache.client = shared // {
     host = mkOption {
       type = types.str;
       default = config.networking.hostName;
@@ -112,15 +100,9 @@ in
         };
         users.groups.tailcache-agent = { };
 
-        systemd.services.tailcache-agent = {
+        # Peers and the tracker are on the tailnet.
+        systemd.services.tailcache-agent = tlib.tailnetService { } // {
           description = "tailcache agent: local substituter with peer-assisted fetches";
-          wantedBy = [ "multi-user.target" ];
-          # Peers and the tracker are on the tailnet.
-          after = [
-            "network-online.target"
-            "tailscaled.service"
-          ];
-          wants = [ "network-online.target" ];
           environment.RUST_LOG = "info";
           serviceConfig = {
             ExecStart = lib.escapeShellArgs [
@@ -149,44 +131,40 @@ in
         # Runs as root: the substitution then happens in this process (root opens the store
         # itself), so the idle priorities below apply to the download too; an activation
         # needs root anyway.
-        systemd.services.tailcache-prefetch = {
-          description = "tailcache prefetch: substitute each new generation of ${cfg.host} the build server makes ready";
-          wantedBy = [ "multi-user.target" ];
-          after = [
-            "network-online.target"
-            "tailscaled.service"
-            "nix-daemon.socket"
-          ]
-          ++ lib.optional cfg.agent.enable "tailcache-agent.service";
-          wants = [ "network-online.target" ] ++ lib.optional cfg.agent.enable "tailcache-agent.service";
-          path = [ config.nix.package ];
-          environment.RUST_LOG = "info";
-          # An activation replaces this unit's own definition: never stop it midway.
-          restartIfChanged = false;
-          serviceConfig = {
-            ExecStart = lib.escapeShellArgs (
-              [ "${cfg.package}/bin/tailcache" ]
-              ++ tlib.prefetchArgs {
-                configFile = "${configFile}";
-                inherit (cfg) host autoSwitch;
-                home = false;
-                inherit (cfg.prefetch) interval;
-              }
-            );
-            StateDirectory = "tailcache-switch";
-            StateDirectoryMode = "0700";
-            Restart = "always";
-            RestartSec = 30;
-            Nice = 19;
-            IOSchedulingClass = "idle";
-            CPUSchedulingPolicy = "idle";
-            PrivateTmp = true;
+        systemd.services.tailcache-prefetch =
+          let
+            agent = lib.optional cfg.agent.enable "tailcache-agent.service";
+          in
+          tlib.tailnetService {
+            after = [ "nix-daemon.socket" ] ++ agent;
+            wants = agent;
           }
-          // lib.optionalAttrs (cfg.autoSwitch == null) {
-            # Only substituting: no need to see the users' homes.
-            ProtectHome = true;
+          // {
+            description = "tailcache prefetch: substitute each new generation of ${cfg.host} the build server makes ready";
+            path = [ config.nix.package ];
+            environment.RUST_LOG = "info";
+            # An activation replaces this unit's own definition: never stop it midway.
+            restartIfChanged = false;
+            serviceConfig = {
+              ExecStart = lib.escapeShellArgs (
+                [ "${cfg.package}/bin/tailcache" ]
+                ++ tlib.prefetchArgs {
+                  configFile = "${configFile}";
+                  inherit (cfg) host autoSwitch;
+                  home = false;
+                  inherit (cfg.prefetch) interval;
+                }
+              );
+              StateDirectory = "tailcache-switch";
+              StateDirectoryMode = "0700";
+              PrivateTmp = true;
+            }
+            // tlib.followerService
+            // lib.optionalAttrs (cfg.autoSwitch == null) {
+              # Only substituting: no need to see the users' homes.
+              ProtectHome = true;
+            };
           };
-        };
       })
     ]
   );

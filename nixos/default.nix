@@ -45,8 +45,8 @@ in
 
     package = mkOption {
       type = types.package;
-      default = pkgs.tailcache or (pkgs.callPackage ../nix/package.nix { });
-      defaultText = "pkgs.tailcache (the flake's overlay), else the package built from this source";
+      default = tlib.defaultPackage pkgs;
+      defaultText = tlib.defaultPackageText;
       description = "The tailcache package.";
     };
 
@@ -435,16 +435,9 @@ in
       "d ${cfg.stateDir} 0700 ${cfg.user} ${cfg.group} - -"
     ];
 
-    systemd.services.tailcache-server = {
+    # Listening on the tailnet address needs tailscaled up (a failed bind is retried).
+    systemd.services.tailcache-server = tlib.tailnetService { after = [ "nix-daemon.socket" ]; } // {
       description = "tailcache build server and Nix binary cache";
-      wantedBy = [ "multi-user.target" ];
-      # Listening on the tailnet address needs tailscaled up (a failed bind is retried).
-      after = [
-        "network-online.target"
-        "nix-daemon.socket"
-        "tailscaled.service"
-      ];
-      wants = [ "network-online.target" ];
       requires = lib.mkIf cfg.keepStoreDbOpen [ "tailcache-store-db.service" ];
       # The default pipeline runs git and nix; /bin/sh runs the fetch script.
       path = [
@@ -500,17 +493,13 @@ in
         StandardInput = "null";
         StandardOutput = "null";
         Restart = "always";
-        ProtectSystem = "strict";
         ReadWritePaths = [ "/nix/var/nix/db" ];
-        ProtectHome = true;
-        PrivateTmp = true;
         PrivateDevices = true;
         PrivateNetwork = true;
-        NoNewPrivileges = true;
-        CapabilityBoundingSet = "";
         RestrictAddressFamilies = [ "AF_UNIX" ];
         SystemCallArchitectures = "native";
-      };
+      }
+      // tlib.unitSandbox;
     };
 
     systemd.services.tailcache-server-trigger = lib.mkIf (cfg.build.schedule != null) {
@@ -529,17 +518,13 @@ in
         User = cfg.user;
         Group = cfg.group;
         LoadCredential = lib.optional (cfg.api.tokenFile != null) "api-token:${cfg.api.tokenFile}";
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
         RestrictAddressFamilies = [
           "AF_UNIX"
           "AF_INET"
           "AF_INET6"
         ];
-        CapabilityBoundingSet = "";
-      };
+      }
+      // tlib.unitSandbox;
     };
 
     systemd.timers.tailcache-server-trigger = lib.mkIf (cfg.build.schedule != null) {

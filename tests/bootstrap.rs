@@ -134,7 +134,7 @@ fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    for f in ["secrets.nix", "flake.nix", "home.nix"] {
+    for f in ["secrets.nix", "flake.nix", "home.nix", "laptop.nix"] {
         let p = out.join(f);
         let o = nix_instantiate(d.path(), &["--parse", p.to_str().unwrap()]);
         assert!(
@@ -212,6 +212,14 @@ fn writes_parsing_files_with_the_real_key_and_refuses_to_overwrite() {
         ],
     );
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // The machine follows one template: the laptop's file made way for the server's.
+    assert!(out.join("server.nix").exists());
+    assert!(!out.join("laptop.nix").exists());
+    assert!(
+        text(&o.stdout).contains("removed laptop.nix"),
+        "{}",
+        text(&o.stdout)
+    );
     let c = machine(&m, &out);
     assert_eq!(c["template"], "server");
     assert_eq!(c["tailcache"]["agent"], false);

@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -99,8 +100,9 @@ fn every_nix_file_parses() {
         "home/default.nix",
         "home/tailcache.nix",
         "home/bootstrap-services.nix",
-        "home/templates/laptop/home.nix",
-        "home/templates/server/flake.nix",
+        "home/template/flake.nix",
+        "home/template/home.nix",
+        "home/template/laptop.nix",
         "tests/nix/lib-test.nix",
         "tests/nix/eval.nix",
         "tests/nix/pkgs.nix",
@@ -992,38 +994,124 @@ fn the_flake_exports_home_modules_under_both_names() {
     assert_eq!(strings(&v["templates"]), ["desktop", "laptop", "server"]);
 }
 
-/// The flake templates are bootstrap's files rendered with example values, so there is one
-/// place to edit them (cli/src/bootstrap/*.in). After editing it,
+/// The flake's templates are bootstrap's files rendered with example values, in one
+/// directory, `home/template`: the files every template shares, once (they render the same for
+/// each), and each template's own `<template>.nix`. So there is one place to edit them
+/// (cli/src/bootstrap/*.in). After editing it,
 /// `TAILCACHE_WRITE_TEMPLATES=1 cargo test --test nix_modules flake_templates` rewrites them.
 #[test]
 fn flake_templates_are_rendered_from_the_bootstrap_source() {
     let write = std::env::var_os("TAILCACHE_WRITE_TEMPLATES").is_some();
-    let mut stale = Vec::new();
-    for t in [Template::Laptop, Template::Desktop, Template::Server] {
-        let dir = repo().join("home/templates").join(t.name());
+    let dir = repo().join("home/template");
+    let mut expected: BTreeMap<&str, String> = BTreeMap::new();
+    for t in Template::ALL {
         let files = bootstrap::render_template(t);
-        for (name, text) in &files {
-            let path = dir.join(name);
-            if write {
-                std::fs::write(&path, text).unwrap();
-            } else if std::fs::read_to_string(&path).ok().as_ref() != Some(text) {
-                stale.push(path);
+        let own: Vec<&str> = files
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| Template::ALL.iter().any(|o| o.file() == *name))
+            .collect();
+        assert_eq!(own, [t.file()], "{t:?}");
+        for (name, text) in files {
+            if let Some(before) = expected.insert(name, text.clone()) {
+                assert_eq!(
+                    before, text,
+                    "{name} renders differently for {t:?}: only <template>.nix may"
+                );
             }
         }
-        let mut expected: Vec<&str> = files.iter().map(|(name, _)| *name).collect();
-        expected.sort_unstable();
-        let mut present: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        present.sort_unstable();
-        assert_eq!(present, expected, "files in {}", dir.display());
     }
+    let mut stale = Vec::new();
+    for (name, text) in &expected {
+        let path = dir.join(name);
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, text).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_ref() != Some(text) {
+            stale.push(path);
+        }
+    }
+    let mut present: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    present.sort_unstable();
+    let expected_names: Vec<&str> = expected.keys().copied().collect();
+    assert_eq!(present, expected_names, "files in {}", dir.display());
     assert!(
         stale.is_empty(),
         "{stale:?} differ from what cli/src/bootstrap/*.in renders; edit those, then run \
          TAILCACHE_WRITE_TEMPLATES=1 cargo test --test nix_modules flake_templates"
     );
+}
+
+/// `nix flake init -t <this flake>#<template>` in an empty directory, by the real Nix: the
+/// directory's files and their contents. The flake is a copy of what its templates need
+/// (flake.nix, nix/, home/), locked with empty stand-ins for nixpkgs and home-manager, which
+/// templates never read; the store is one of its own whose store directory is a real
+/// directory, since `nix flake init` reads the template at its store path.
+fn nix_flake_init(nix: &NixEnv, scratch: &Path, template: &str) -> BTreeMap<String, String> {
+    let flake = scratch.join("flake");
+    if !flake.exists() {
+        for part in ["flake.nix", "nix", "home"] {
+            copy_tree(&repo().join(part), &flake.join(part));
+        }
+        let stub = scratch.join("stub");
+        std::fs::create_dir_all(&stub).unwrap();
+        std::fs::write(stub.join("flake.nix"), "{ outputs = _: { }; }\n").unwrap();
+        let stub = format!("path:{}", stub.display());
+        let o = nix_flakes(nix, scratch, &flake)
+            .args(["flake", "lock", "--override-input", "nixpkgs", &stub])
+            .args(["--override-input", "home-manager", &stub])
+            .output()
+            .unwrap();
+        assert_success("nix flake lock", &o);
+    }
+    let out = scratch.join(format!("init-{template}"));
+    std::fs::create_dir_all(&out).unwrap();
+    let o = nix_flakes(nix, scratch, &out)
+        .args(["flake", "init", "-t"])
+        .arg(format!("path:{}#{template}", flake.display()))
+        .output()
+        .unwrap();
+    assert_success(&format!("nix flake init -t #{template}"), &o);
+    std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            assert!(e.file_type().unwrap().is_file(), "{:?}", e.path());
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            (e.file_name().to_string_lossy().into_owned(), text)
+        })
+        .collect()
+}
+
+/// `nix` with flakes, run in `dir`, on a store of its own under `scratch`.
+fn nix_flakes(nix: &NixEnv, scratch: &Path, dir: &Path) -> std::process::Command {
+    let s = scratch.join("flake-store");
+    let store = format!(
+        "local?store={}&state={}&log={}",
+        s.join("store").display(),
+        s.join("state").display(),
+        s.join("log").display()
+    );
+    let mut c = nix.command("nix");
+    c.current_dir(dir)
+        .args(["--extra-experimental-features", "flakes", "--store", &store]);
+    c
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
 }
 
 /// What a machine flake in `dir` gives `home-manager switch`: the summary of its one home
@@ -1041,40 +1129,82 @@ fn machine_summary(m: &Modules, dir: &Path) -> Value {
     ))
 }
 
+/// What `nix flake init` gives each template: exactly bootstrap's files with the example
+/// values, the shared ones and the template's own; and that, with its example secrets,
+/// evaluates under the real module system to that template's machine.
 #[test]
 fn flake_templates_evaluate_with_the_real_module_system() {
     let m = Modules::new();
     let d = scratch();
-    for t in ["laptop", "desktop", "server"] {
-        // The template, with its example secrets in place of the git-ignored file.
-        let dir = d.path().join(t);
-        std::fs::create_dir_all(&dir).unwrap();
-        let src = repo().join("home/templates").join(t);
-        for f in ["flake.nix", "home.nix", "secrets.example.nix", ".gitignore"] {
-            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    for t in Template::ALL {
+        let name = t.name();
+        let files = nix_flake_init(&m.nix, d.path(), name);
+        let rendered: BTreeMap<String, String> = bootstrap::render_template(t)
+            .into_iter()
+            .map(|(n, text)| (n.to_owned(), text))
+            .collect();
+        let names: Vec<&String> = files.keys().collect();
+        assert_eq!(names, rendered.keys().collect::<Vec<_>>(), "{name}");
+        for (file, text) in &rendered {
+            assert_eq!(&files[file], text, "{name}: {file}");
         }
-        let ignore = std::fs::read_to_string(dir.join(".gitignore")).unwrap();
+        let ignore = &files[".gitignore"];
         assert!(ignore.lines().any(|l| l == "secrets.nix"), "{ignore}");
+        // The template, with its example secrets in place of the git-ignored file.
+        let dir = d.path().join(format!("init-{name}"));
         std::fs::copy(dir.join("secrets.example.nix"), dir.join("secrets.nix")).unwrap();
         let v = machine_summary(&m, &dir);
-        assert_eq!(v["name"], "me", "{t}");
+        assert_eq!(v["name"], "me", "{name}");
         assert_eq!(v["system"], "x86_64-linux");
-        assert_eq!(v["template"], t);
+        assert_eq!(v["template"], name);
         assert_eq!(
             v["summary"]["failedAssertions"],
             serde_json::json!([]),
-            "{t}"
+            "{name}"
         );
-        assert_eq!(v["summary"]["warnings"], serde_json::json!([]), "{t}");
+        assert_eq!(v["summary"]["warnings"], serde_json::json!([]), "{name}");
         assert_eq!(v["prefetch"], true);
         assert_eq!(v["hasNixos"], false);
+        // The template's agent: a laptop's fetches, a desktop's reseeds, a server has none.
+        assert_eq!(v["agent"]["enable"], t != Template::Server, "{name}");
+        assert_eq!(v["agent"]["reseed"], t == Template::Desktop, "{name}");
         let folders = v["folders"].as_object().unwrap();
-        assert!(folders.contains_key("documents"), "{t}: {folders:?}");
+        assert!(folders.contains_key("documents"), "{name}: {folders:?}");
         assert_eq!(
             v["summary"]["nixSettings"]["trusted-public-keys"][0],
             "build-server-tailcache-1:REPLACE-WITH-GET-/pubkey"
         );
     }
+
+    // Without the template's file, home.nix says so.
+    let dir = d.path().join("init-laptop");
+    std::fs::remove_file(dir.join("laptop.nix")).unwrap();
+    let e = m.error(&format!(
+        "t.homeSummary (t.machine {}).config",
+        path_expr(&dir)
+    ));
+    assert!(
+        e.contains("Failed assertions")
+            && e.contains("the template's file (laptop.nix, desktop.nix or server.nix) is missing"),
+        "{e}"
+    );
+    // With two, the module system reports the conflict.
+    let dir = d.path().join("init-desktop");
+    std::fs::copy(
+        d.path().join("init-server/server.nix"),
+        dir.join("server.nix"),
+    )
+    .unwrap();
+    let e = m.error(&format!(
+        "(t.machine {}).config.programs.tailcache.template",
+        path_expr(&dir)
+    ));
+    assert!(
+        e.contains("template' has conflicting definition values")
+            && e.contains("/server.nix")
+            && e.contains("/desktop.nix"),
+        "{e}"
+    );
 }
 
 /// What bootstrap writes for alice's machine, written into `dir`.
@@ -1106,7 +1236,7 @@ fn generated(dir: &Path, template: Template, nixos: bool) {
 fn bootstrap_output_evaluates_with_the_real_module_system() {
     let m = Modules::new();
     let d = scratch();
-    for template in [Template::Laptop, Template::Desktop, Template::Server] {
+    for template in Template::ALL {
         for nixos in [false, true] {
             let what = format!("{} nixos={nixos}", template.name());
             let dir = d.path().join(format!("{}-{nixos}", template.name()));
@@ -1174,22 +1304,17 @@ fn bootstrap_output_evaluates_with_the_real_module_system() {
     generated(&dir, Template::Desktop, false);
     let home = dir.join("home.nix");
     let t = std::fs::read_to_string(&home).unwrap();
-    assert!(t.contains("agent.reseed = true;"), "{t}");
-    std::fs::write(
-        &home,
-        t.replace("agent.reseed = true;", "agent.reseeed = true;"),
-    )
-    .unwrap();
+    // The agent's settings are the template's defaults; home.nix is where a machine sets them.
+    let anchor = "    prefetch.enable = true;\n";
+    assert!(t.contains(anchor), "{t}");
+    let with = |line: &str| t.replace(anchor, &format!("{anchor}    {line}\n"));
+    std::fs::write(&home, with("agent.reseeed = true;")).unwrap();
     let e = m.error(&format!("(t.machine {}).config.programs", path_expr(&dir)));
     assert!(
         e.contains("programs.tailcache.agent.reseeed") && e.contains("does not exist"),
         "{e}"
     );
-    std::fs::write(
-        &home,
-        t.replace("agent.enable = true;", "agent.enable = \"yes\";"),
-    )
-    .unwrap();
+    std::fs::write(&home, with("agent.enable = \"yes\";")).unwrap();
     let e = m.error(&format!(
         "(t.machine {}).config.programs.tailcache.agent.enable",
         path_expr(&dir)

@@ -1,15 +1,18 @@
 //! `tailcache bootstrap-new-machine`: asks the cache for its public key (`GET /pubkey`),
 //! shows it with a fingerprint for the person to confirm, then writes a home-manager flake
 //! for this machine: `secrets.nix` (server addresses and key; git-ignored), `.gitignore`,
-//! `flake.nix` and `home.nix` using the `programs.tailcache` options of the home-manager
-//! module; on NixOS (`--nixos`, or `/etc/NIXOS` present) also `nixos-client.nix`, the
-//! system side (`services.tailcache.client`: the daemon ignores a user's own substituters),
-//! which the flake exports as `nixosModules.default`.
+//! `flake.nix`, `home.nix` using the `programs.tailcache` options of the home-manager
+//! module, and the template's own file (`laptop.nix`, …: it names the template, whose values
+//! the modules take as defaults); on NixOS (`--nixos`, or `/etc/NIXOS` present) also
+//! `nixos-client.nix`, the system side (`services.tailcache.client`: the daemon ignores a
+//! user's own substituters), which the flake exports as `nixosModules.default`.
 //!
 //! The files come from the one source of the per-machine flake, `cli/src/bootstrap/*.in`;
-//! the flake templates `home/templates/{laptop,desktop,server}` are the same files rendered
-//! with example values ([`render_template`]), and tests/nix_modules.rs checks that they are
-//! and evaluates both with the real module system.
+//! the flake's templates are the same files rendered with example values
+//! ([`render_template`]) into one directory, `home/template` (the shared files and each
+//! template's own; the flake gives each template the shared ones and its own), and
+//! tests/nix_modules.rs checks that they are, runs `nix flake init` on them and evaluates
+//! both with the real module system.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -27,12 +30,16 @@ pub const NIXOS_MARKER: &str = "/etc/NIXOS";
 /// The per-machine flake, with `@name@` placeholders ([`fill`]).
 const FLAKE: &str = include_str!("bootstrap/flake.nix.in");
 const HOME: &str = include_str!("bootstrap/home.nix.in");
+const TEMPLATE: &str = include_str!("bootstrap/template.nix.in");
 const SECRETS: &str = include_str!("bootstrap/secrets.nix.in");
 const GITIGNORE: &str = include_str!("bootstrap/gitignore.in");
 const NIXOS_CLIENT: &str = include_str!("bootstrap/nixos-client.nix.in");
 
 /// The system side of a NixOS machine, next to the home-manager files.
 pub const NIXOS_FILE: &str = "nixos-client.nix";
+
+/// The files of the home-manager flake whatever its template (each adds its own file).
+const SHARED_FILES: [&str; 4] = ["secrets.nix", ".gitignore", "flake.nix", "home.nix"];
 
 /// What kind of machine this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,6 +50,8 @@ pub enum Template {
 }
 
 impl Template {
+    pub const ALL: [Template; 3] = [Template::Laptop, Template::Desktop, Template::Server];
+
     pub fn name(self) -> &'static str {
         match self {
             Template::Laptop => "laptop",
@@ -51,7 +60,17 @@ impl Template {
         }
     }
 
-    /// What home.nix's header says about the machine (nix/lib.nix holds what it sets).
+    /// The template's own file in the flake, which home.nix imports: it names the template.
+    pub fn file(self) -> &'static str {
+        match self {
+            Template::Laptop => "laptop.nix",
+            Template::Desktop => "desktop.nix",
+            Template::Server => "server.nix",
+        }
+    }
+
+    /// What the header of the template's file says about the machine (nix/lib.nix holds
+    /// what the template sets).
     fn summary(self) -> &'static str {
         match self {
             Template::Laptop => {
@@ -68,16 +87,6 @@ impl Template {
                  # ~/sync/backups; Tailscale SSH on, routes not accepted. No agent: this machine is the\n\
                  # cache."
             }
-        }
-    }
-
-    /// (agent.enable, agent.reseed): a laptop shares what it has but does not reseed on
-    /// battery, a desktop reseeds, a server has the cache itself.
-    fn agent(self) -> (bool, bool) {
-        match self {
-            Template::Laptop => (true, false),
-            Template::Desktop => (true, true),
-            Template::Server => (false, false),
         }
     }
 }
@@ -173,8 +182,10 @@ pub fn render(m: &Machine) -> Vec<(&'static str, String)> {
     render_files(m.template, &values, "secrets.nix")
 }
 
-/// The flake template `home/templates/<template>`: the same files with example values
-/// (user `me`, the server `build-server`) and `secrets.example.nix` for `secrets.nix`.
+/// The flake template `<template>`: the same files with example values (user `me`, the
+/// server `build-server`) and `secrets.example.nix` for `secrets.nix`. The flake's templates
+/// are these files in one directory, `home/template`: the shared ones, which are the same for
+/// every template, and each template's own.
 pub fn render_template(template: Template) -> Vec<(&'static str, String)> {
     let values = Values {
         user: nix_str("me"),
@@ -207,16 +218,14 @@ fn render_files(
     v: &Values,
     secrets_name: &'static str,
 ) -> Vec<(&'static str, String)> {
-    let (agent, reseed) = t.agent();
     let keys: Vec<String> = v.public_keys.iter().map(|k| format!("    {k}")).collect();
     let keys = keys.join("\n");
     // On NixOS the agent is the system's (one per machine, on one port), and system-update
     // switches the system too.
     let home_agent = if v.nixos {
         "    # The agent runs as a system service (nixos-client.nix).\n    agent.enable = false;"
-            .to_owned()
     } else {
-        format!("    agent.enable = {agent};\n    agent.reseed = {reseed};")
+        "    # The agent (agent.enable, agent.reseed) is the template's; set either here to differ."
     };
     let system_update = if v.nixos {
         "\n    systemUpdate.nixos = true;   # system-update switches the system first (sudo)"
@@ -229,24 +238,15 @@ fn render_files(
     } else {
         ""
     };
-    let agent_summary = match (agent, reseed) {
-        (false, _) => "no agent (this machine is the cache)",
-        (true, false) => "the agent as a system service (fetching from peers, not reseeding)",
-        (true, true) => "the agent as a system service (reseeding what it fetched)",
-    };
-    let (agent, reseed) = (agent.to_string(), reseed.to_string());
     let vars = [
         ("template", t.name()),
         ("summary", t.summary()),
         ("user", &v.user),
         ("homeDirectory", &v.home_directory),
         ("system", &v.system),
-        ("agentEnable", &agent),
-        ("agentReseed", &reseed),
-        ("homeAgent", &home_agent),
+        ("homeAgent", home_agent),
         ("systemUpdate", system_update),
         ("nixosOutput", nixos_output),
-        ("agentSummary", agent_summary),
         ("dir", &v.dir),
         ("server", &v.server),
         ("cacheUrl", &v.cache_url),
@@ -257,6 +257,7 @@ fn render_files(
         (".gitignore", fill(GITIGNORE, &vars)),
         ("flake.nix", fill(FLAKE, &vars)),
         ("home.nix", fill(HOME, &vars)),
+        (t.file(), fill(TEMPLATE, &vars)),
     ];
     if v.nixos {
         files.push((NIXOS_FILE, fill(NIXOS_CLIENT, &vars)));
@@ -293,10 +294,12 @@ fn nix_system() -> String {
     format!("{}-linux", std::env::consts::ARCH)
 }
 
-/// Refuses to overwrite files a run would write, unless `--force`.
+/// Refuses to overwrite files a run would write, or to replace another template's file,
+/// unless `--force`.
 fn refuse_to_overwrite(a: &BootstrapArgs, nixos: bool) -> Result<(), CliError> {
-    let files_exist: Vec<PathBuf> = ["secrets.nix", ".gitignore", "flake.nix", "home.nix"]
+    let files_exist: Vec<PathBuf> = SHARED_FILES
         .into_iter()
+        .chain(Template::ALL.map(Template::file))
         .chain(nixos.then_some(NIXOS_FILE))
         .map(|f| a.dir.join(f))
         .filter(|p| p.exists())
@@ -404,6 +407,14 @@ pub fn run(a: &BootstrapArgs) -> Result<u8, CliError> {
     write_files(&a.dir, &files)?;
     let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
     println!("wrote {} to {}", names.join(", "), a.dir.display());
+    let replaced = remove_other_templates(&a.dir, a.template)?;
+    if !replaced.is_empty() {
+        println!(
+            "removed {} (the template is now {})",
+            replaced.join(", "),
+            a.template.name()
+        );
+    }
     if nixos {
         println!(
             "next, the system: add nixosModules.default of this flake to the NixOS \
@@ -433,6 +444,21 @@ fn absolute(dir: &Path) -> PathBuf {
     }
 }
 
+/// Removes the files of templates other than `t` (there with `--force` only): home.nix
+/// imports whichever template's file is beside it, and a machine follows one template.
+fn remove_other_templates(dir: &Path, t: Template) -> Result<Vec<&'static str>, CliError> {
+    let mut removed = Vec::new();
+    for other in Template::ALL.into_iter().filter(|o| *o != t) {
+        let path = dir.join(other.file());
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .map_err(|e| CliError::local(format!("removing {}", path.display()), e))?;
+            removed.push(other.file());
+        }
+    }
+    Ok(removed)
+}
+
 fn write_files(dir: &Path, files: &[(&str, String)]) -> Result<(), CliError> {
     std::fs::create_dir_all(dir).map_err(|e| CliError::local(dir.display().to_string(), e))?;
     for (name, text) in files {
@@ -457,7 +483,7 @@ mod tests {
 
     #[test]
     fn every_placeholder_has_a_value() {
-        for t in [Template::Laptop, Template::Desktop, Template::Server] {
+        for t in Template::ALL {
             for (name, text) in render_template(t) {
                 assert!(!text.contains('@'), "{t:?} {name}: {text}");
             }

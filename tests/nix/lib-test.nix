@@ -191,6 +191,34 @@ let
         ];
       };
     };
+    # The agent a template's machine runs: a laptop's fetches, a desktop's reseeds too, a
+    # server has none (it is the cache), and no template means no agent.
+    template-agents = {
+      expr = map lib.templateAgent [
+        null
+        "laptop"
+        "desktop"
+        "server"
+      ];
+      expected = [
+        {
+          enable = false;
+          reseed = false;
+        }
+        {
+          enable = true;
+          reseed = false;
+        }
+        {
+          enable = true;
+          reseed = true;
+        }
+        {
+          enable = false;
+          reseed = false;
+        }
+      ];
+    };
     server-backups-receive-only = {
       expr = lib.templates.server.folders.backups.type;
       expected = "receiveonly";

@@ -1,6 +1,7 @@
-# A home-manager flake for one machine, from tailcache's laptop template: made by
-# `nix flake init -t github:tailcache/tailcache#laptop` or by
-# `tailcache bootstrap-new-machine --template laptop`. The machine's user, home directory
+# A home-manager flake for one machine, from one of tailcache's templates (laptop, desktop,
+# server; the one of laptop.nix, desktop.nix and server.nix beside this file says which):
+# made by `nix flake init -t github:tailcache/tailcache#<template>` or by
+# `tailcache bootstrap-new-machine --template <template>`. The machine's user, home directory
 # and system are set below. secrets.nix (server addresses, keys, Syncthing ids) is git-ignored
 # (after `nix flake init`, copy secrets.example.nix to it and fill it in), so apply with a
 # `path:` reference, which includes untracked files:
@@ -8,7 +9,7 @@
 # On NixOS, bootstrap-new-machine --nixos also writes nixos-client.nix (the system side),
 # exported below as nixosModules.default.
 {
-  description = "Home configuration (tailcache laptop template)";
+  description = "Home configuration of one machine (a tailcache template)";
 
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
