@@ -29,6 +29,6 @@ pub mod signing;
 pub mod store_path;
 
 pub use compression::Compression;
-pub use error::{Error, Result};
+pub use error::{Error, IoError, Result};
 pub use hash::Sha256Hash;
 pub use store_path::{StorePath, StorePathHash};

@@ -15,13 +15,14 @@
 //! (the listener's send timeout drops them), all they hold together is the budget plus a
 //! small chunk each.
 
-use std::io::Read;
+use std::io::{Read, Seek as _, SeekFrom};
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use tailcache_store::IoError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{CacheError, CacheResult};
@@ -256,6 +257,34 @@ impl ReadPool {
             }
         }
         Ok(response)
+    }
+
+    /// [`respond`](Self::respond) with the bytes of `file`, which the caller opened: once
+    /// open, a file unlinked meanwhile (an evicted NAR) is still served whole. `what` names
+    /// it in the error if it cannot be stat'ed.
+    pub fn respond_file<F>(
+        &self,
+        headers: &HeaderMap,
+        head: bool,
+        file: std::fs::File,
+        content_type: &'static str,
+        what: &str,
+        on_bytes: F,
+    ) -> CacheResult<Response>
+    where
+        F: Fn(u64) + Send + 'static,
+    {
+        let size = file
+            .metadata()
+            .map_err(|e| IoError::new(format!("stat {what}"), e))?
+            .len();
+        let resource = Resource { size, content_type };
+        let open = move |offset| {
+            let mut file = file;
+            file.seek(SeekFrom::Start(offset))?;
+            Ok(file)
+        };
+        self.respond(headers, head, resource, open, on_bytes)
     }
 }
 
