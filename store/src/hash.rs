@@ -125,30 +125,41 @@ impl HashingCounter {
     }
 }
 
-/// A writer adapter that hashes and counts everything written through it.
+/// A sink for [`TeeWriter`]: hashes and counts what is written to it.
+impl std::io::Write for HashingCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer adapter that passes bytes on to `inner` and a copy of exactly the bytes `inner`
+/// took to `copy` (a [`HashingCounter`], a hash tree builder), so `copy` describes what was
+/// written without a second read.
 #[derive(Debug)]
-pub struct HashingWriter<W> {
+pub struct TeeWriter<W, C> {
     inner: W,
-    pub counter: HashingCounter,
+    copy: C,
 }
 
-impl<W> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            counter: HashingCounter::default(),
-        }
+impl<W, C> TeeWriter<W, C> {
+    pub fn new(inner: W, copy: C) -> Self {
+        TeeWriter { inner, copy }
     }
 
-    pub fn into_parts(self) -> (W, HashingCounter) {
-        (self.inner, self.counter)
+    pub fn into_parts(self) -> (W, C) {
+        (self.inner, self.copy)
     }
 }
 
-impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+impl<W: std::io::Write, C: std::io::Write> std::io::Write for TeeWriter<W, C> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.counter.update(&buf[..n]);
+        self.copy.write_all(&buf[..n])?;
         Ok(n)
     }
 

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use tailcache_p2p::verify::{DEFAULT_BLOCK_LOG, Outboard, OutboardBuilder};
-use tailcache_store::hash::{HashingCounter, HashingWriter};
+use tailcache_store::hash::{HashingCounter, TeeWriter};
 use tailcache_store::nar::NarEncoder;
 use tailcache_store::{IoError, Sha256Hash, StorePathHash};
 
@@ -91,35 +91,16 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<(), CompressErro
         .map_err(io(format!("write {}", path.display())))
 }
 
-/// Passes compressed bytes to the file and, once written, to the BLAKE3 tree builder, so the
-/// outboard describes exactly the bytes on disk without a second read.
-struct Blake3Tee<W> {
-    inner: W,
-    tree: OutboardBuilder,
-}
-
-impl<W: std::io::Write> std::io::Write for Blake3Tee<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.tree.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 type Compressed = (Sha256Hash, u64, [u8; 32], Outboard);
 
 fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<Compressed, CompressError> {
     let file = std::fs::File::create(tmp).map_err(io(format!("create {}", tmp.display())))?;
     let tree = OutboardBuilder::new(DEFAULT_BLOCK_LOG)
         .map_err(|e| io("BLAKE3 outboard")(std::io::Error::other(e)))?;
-    let out = HashingWriter::new(Blake3Tee {
-        inner: std::io::BufWriter::with_capacity(256 * 1024, file),
-        tree,
-    });
+    // The file hash and the BLAKE3 tree see exactly the compressed bytes on their way to
+    // the file.
+    let file = std::io::BufWriter::with_capacity(256 * 1024, file);
+    let out = TeeWriter::new(TeeWriter::new(file, tree), HashingCounter::default());
     let display = job.physical_path.display().to_string();
     let mut nar = NarEncoder::new(&job.physical_path)
         .map_err(|e| io(display.clone())(std::io::Error::other(e)))?;
@@ -165,14 +146,12 @@ fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<Compressed, CompressE
             want_size: job.nar_size,
         });
     }
-    let (tee, counter) = out.into_parts();
-    let file = tee
-        .inner
-        .into_inner()
-        .map_err(|e| io("flush")(e.into_error()))?;
+    let (out, counter) = out.into_parts();
+    let (file, tree) = out.into_parts();
+    let file = file.into_inner().map_err(|e| io("flush")(e.into_error()))?;
     file.sync_all().map_err(io("fsync"))?;
     let (file_hash, file_size) = counter.finish();
-    let (root, outboard) = tee.tree.finish();
+    let (root, outboard) = tree.finish();
     Ok((file_hash, file_size, root, outboard))
 }
 
