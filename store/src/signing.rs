@@ -4,7 +4,7 @@
 //! - secret key: `<name>:<base64 of 64 bytes = 32-byte seed ‖ 32-byte public key>`
 //! - public key: `<name>:<base64 of 32 bytes>`
 //! - signature:  `<name>:<base64 of a 64-byte detached signature>` over the UTF-8 fingerprint
-//!   (see [`crate::narinfo::fingerprint`]).
+//!   (see [`crate::path_info::fingerprint`]).
 //!
 //! The name ties a signature to a key: a verifier only tries the key whose name matches.
 
