@@ -68,6 +68,13 @@ remove_workdir() {
     fi
 }
 
+# What a run leaves behind, for stop_started and cleanup_run: the pids of the processes it
+# started (keys of LIVE: `LIVE[$!]=1` after each start), the network namespaces it made
+# (NSS) and its work directory (D).
+declare -A LIVE=()
+NSS=()
+D=""
+
 # stop_started: stops every process whose pid is a key of the associative array LIVE, then
 # whatever still runs in the namespaces listed in the array NSS (only the script started
 # anything there), and deletes those namespaces. For EXIT traps.
@@ -79,6 +86,23 @@ stop_started() {
         for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
     done
     for ns in "${NSS[@]+"${NSS[@]}"}"; do ip netns del "$ns" 2>/dev/null || true; done
+}
+
+# stop_pid PID: stops one process the run started, and forgets it.
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; unset "LIVE[$1]"; }
+
+# cleanup_run: stop_started, then remove_workdir "$D".
+cleanup_run() {
+    stop_started
+    remove_workdir "$D"
+}
+
+# on_exit [FUNCTION]: runs FUNCTION (default cleanup_run) when the script exits, also after a
+# failure or Ctrl-C.
+on_exit() {
+    # shellcheck disable=SC2064 # the function's name is meant to be expanded now
+    trap "${1:-cleanup_run}" EXIT
+    trap 'exit 130' INT TERM
 }
 
 # await_line OUT ERR SED_RE PID WHAT: the first capture of SED_RE in the file OUT (a process's

@@ -49,15 +49,7 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || die "missing tool: nginx"
 
-declare -A LIVE=()
-NSS=()
-D=""
-cleanup() {
-    stop_started
-    remove_workdir "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit
 
 D=$(mktemp -d /tmp/tailcache-narinfo.XXXXXX)
 S=$D/store
