@@ -409,41 +409,28 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(
-            range("bytes=0-9", 100).unwrap(),
-            Span::Partial { start: 0, end: 9 }
-        );
-        assert_eq!(
-            range("bytes=90-", 100).unwrap(),
-            Span::Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            range("bytes=90-1000", 100).unwrap(),
-            Span::Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            range("bytes=-10", 100).unwrap(),
-            Span::Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            range("bytes=-1000", 100).unwrap(),
-            Span::Partial { start: 0, end: 99 }
-        );
+        let partial = |start, end| Span::Partial { start, end };
+        for (header, want) in [
+            ("bytes=0-9", partial(0, 9)),
+            ("bytes=90-", partial(90, 99)),
+            ("bytes=90-1000", partial(90, 99)),
+            ("bytes=-10", partial(90, 99)),
+            ("bytes=-1000", partial(0, 99)),
+        ] {
+            assert_eq!(range(header, 100).unwrap(), want, "{header}");
+        }
         assert_eq!(range("bytes=0-1,5-6", 100).unwrap(), Span::Full);
         assert_eq!(range("items=0-1", 100).unwrap(), Span::Full);
         assert_eq!(range("bytes=5-1", 100).unwrap(), Span::Full);
-        assert!(matches!(
-            range("bytes=100-", 100),
-            Err(CacheError::RangeNotSatisfiable { .. })
-        ));
-        assert!(matches!(
-            range("bytes=-0", 100),
-            Err(CacheError::RangeNotSatisfiable { .. })
-        ));
-        assert!(matches!(
-            range("bytes=0-", 0),
-            Err(CacheError::RangeNotSatisfiable { .. })
-        ));
+        for (header, size) in [("bytes=100-", 100), ("bytes=-0", 100), ("bytes=0-", 0)] {
+            assert!(
+                matches!(
+                    range(header, size),
+                    Err(CacheError::RangeNotSatisfiable { .. })
+                ),
+                "{header} of {size} bytes"
+            );
+        }
         assert_eq!(parse_range(&HeaderMap::new(), 5).unwrap(), Span::Full);
     }
 
