@@ -125,41 +125,29 @@ impl HashingCounter {
     }
 }
 
-/// A sink for [`TeeWriter`]: hashes and counts what is written to it.
-impl std::io::Write for HashingCounter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.update(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A writer adapter that passes bytes on to `inner` and a copy of exactly the bytes `inner`
-/// took to `copy` (a [`HashingCounter`], a hash tree builder), so `copy` describes what was
-/// written without a second read.
+/// A writer adapter that passes bytes on to `inner` and exactly the bytes `inner` took to
+/// `copy` (which may hash or count them), so `copy` sees what was written without a second
+/// read.
 #[derive(Debug)]
-pub struct TeeWriter<W, C> {
+pub struct TeeWriter<W, F> {
     inner: W,
-    copy: C,
+    copy: F,
 }
 
-impl<W, C> TeeWriter<W, C> {
-    pub fn new(inner: W, copy: C) -> Self {
+impl<W, F: FnMut(&[u8])> TeeWriter<W, F> {
+    pub fn new(inner: W, copy: F) -> Self {
         TeeWriter { inner, copy }
     }
 
-    pub fn into_parts(self) -> (W, C) {
-        (self.inner, self.copy)
+    pub fn into_inner(self) -> W {
+        self.inner
     }
 }
 
-impl<W: std::io::Write, C: std::io::Write> std::io::Write for TeeWriter<W, C> {
+impl<W: std::io::Write, F: FnMut(&[u8])> std::io::Write for TeeWriter<W, F> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.copy.write_all(&buf[..n])?;
+        (self.copy)(&buf[..n]);
         Ok(n)
     }
 

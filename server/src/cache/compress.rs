@@ -95,12 +95,16 @@ type Compressed = (Sha256Hash, u64, [u8; 32], Outboard);
 
 fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<Compressed, CompressError> {
     let file = std::fs::File::create(tmp).map_err(io(format!("create {}", tmp.display())))?;
-    let tree = OutboardBuilder::new(DEFAULT_BLOCK_LOG)
+    let mut tree = OutboardBuilder::new(DEFAULT_BLOCK_LOG)
         .map_err(|e| io("BLAKE3 outboard")(std::io::Error::other(e)))?;
     // The file hash and the BLAKE3 tree see exactly the compressed bytes on their way to
     // the file.
+    let mut file_counter = HashingCounter::default();
     let file = std::io::BufWriter::with_capacity(256 * 1024, file);
-    let out = TeeWriter::new(TeeWriter::new(file, tree), HashingCounter::default());
+    let out = TeeWriter::new(file, |bytes: &[u8]| {
+        file_counter.update(bytes);
+        tree.update(bytes);
+    });
     let display = job.physical_path.display().to_string();
     let mut nar = NarEncoder::new(&job.physical_path)
         .map_err(|e| io(display.clone())(std::io::Error::other(e)))?;
@@ -146,11 +150,12 @@ fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<Compressed, CompressE
             want_size: job.nar_size,
         });
     }
-    let (out, counter) = out.into_parts();
-    let (file, tree) = out.into_parts();
-    let file = file.into_inner().map_err(|e| io("flush")(e.into_error()))?;
+    let file = out
+        .into_inner()
+        .into_inner()
+        .map_err(|e| io("flush")(e.into_error()))?;
     file.sync_all().map_err(io("fsync"))?;
-    let (file_hash, file_size) = counter.finish();
+    let (file_hash, file_size) = file_counter.finish();
     let (root, outboard) = tree.finish();
     Ok((file_hash, file_size, root, outboard))
 }
