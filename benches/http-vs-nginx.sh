@@ -39,11 +39,10 @@ NARINFO_PATHS=${NARINFO_PATHS:-50}
 DURATION=${DURATION:-5}
 RUNS=${RUNS:-7}
 COMPRESS_TIMEOUT=${COMPRESS_TIMEOUT:-900}
-KEEP=${KEEP:-0}
-[ "${1:-}" = "--keep" ] && KEEP=1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/benches/lib.sh"
+script_args "$@"
 on_exit
 
 # ------------------------------------------------------------------ tools

@@ -7,6 +7,18 @@
 log() { printf '# %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# script_args "$@": the arguments every benchmark takes. `--keep` sets KEEP=1 (keep the work
+# directory, as KEEP=1 in the environment does); `-h`/`--help` prints the script's header.
+script_args() {
+    KEEP=${KEEP:-0}
+    case "${1:-}" in
+        --keep) KEEP=1 ;;
+        -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        "") ;;
+        *) printf 'usage: %s [--keep]\n' "$0" >&2; exit 2 ;;
+    esac
+}
+
 # tailcache_bin ROOT: sets BIN to TAILCACHE_BIN, or builds the binary of ROOT with the cargo
 # profile TAILCACHE_PROFILE: `release` (default) is what users get; `profiling` is the same with
 # debug line tables and symbols, for perf.

@@ -37,11 +37,10 @@ PATHS=${PATHS:-400}
 CONNS=${CONNS:-2:32 1:1}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
-KEEP=${KEEP:-0}
-[ "${1:-}" = "--keep" ] && KEEP=1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/benches/lib.sh"
+script_args "$@"
 
 for t in nix-build nix-store nix wrk curl; do
     command -v "$t" >/dev/null 2>&1 || die "missing tool: $t"

@@ -75,11 +75,10 @@ COMPRESS_TIMEOUT=${COMPRESS_TIMEOUT:-900}
 AGENT_LOG=${AGENT_LOG:-info}
 SERVER_LOG=${SERVER_LOG:-warn}
 LABEL=${LABEL:-}
-KEEP=${KEEP:-0}
-[ "${1:-}" = "--keep" ] && KEEP=1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/benches/lib.sh"
+script_args "$@"
 
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces and tc)"
 [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "SUBNET must be three octets, e.g. 10.213.7"

@@ -102,16 +102,10 @@ SUBNET=${SUBNET:-10.214.$(($$ % 250))}
 SERVER_LOG=${SERVER_LOG:-warn}
 AGENT_LOG=${AGENT_LOG:-warn}
 LABEL=${LABEL:-}
-KEEP=${KEEP:-0}
-case "${1:-}" in
-    --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) printf 'usage: %s [--keep]\n' "$0" >&2; exit 2 ;;
-esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/benches/lib.sh"
+script_args "$@"
 
 # ------------------------------------------------------------------ arguments and tools
 [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "SUBNET must be three octets, e.g. 10.214.7"
