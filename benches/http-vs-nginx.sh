@@ -39,28 +39,11 @@ NARINFO_PATHS=${NARINFO_PATHS:-50}
 DURATION=${DURATION:-5}
 RUNS=${RUNS:-7}
 COMPRESS_TIMEOUT=${COMPRESS_TIMEOUT:-900}
-KEEP=${KEEP:-0}
-[ "${1:-}" = "--keep" ] && KEEP=1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-D=""
-PIDS=()
-
 . "$ROOT/benches/lib.sh"
-
-cleanup() {
-    local p
-    local live=()
-    for p in "${PIDS[@]+"${PIDS[@]}"}"; do
-        kill "$p" 2>/dev/null && live+=("$p")
-    done
-    for p in "${live[@]+"${live[@]}"}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    remove_workdir "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+script_args "$@"
+on_exit
 
 # ------------------------------------------------------------------ tools
 need_tools() {
@@ -145,7 +128,7 @@ NGINX_PORT=$(free_port)
 nginx_conf "$NGX" "$D/www" "127.0.0.1:$NGINX_PORT"
 "$NGINX" -p "$NGX" -e "$NGX/logs/error.log" -c "$NGX/nginx.conf" > "$NGX/logs/stdout" 2>&1 &
 NGINX_PID=$!
-PIDS+=("$NGINX_PID")
+LIVE[$NGINX_PID]=1
 
 # start_tailcache NAME COMPRESSION: starts an instance, sets TC_PORT_<NAME> and TC_PID_<NAME>.
 start_tailcache() {
@@ -167,7 +150,7 @@ EOF
     # shellcheck disable=SC2086
     env RUST_LOG=warn ${TAILCACHE_ENV:-} "$BIN" serve --config "$dir/config.toml" > "$dir/stdout" 2> "$dir/stderr" &
     local pid=$!
-    PIDS+=("$pid")
+    LIVE[$pid]=1
     port=$(await_line "$dir/stdout" "$dir/stderr" '^cache listening on http://127\.0\.0\.1:\([0-9]*\)$' "$pid" "tailcache ($name)")
     printf -v "TC_PORT_$name" '%s' "$port"
     printf -v "TC_PID_$name" '%s' "$pid"

@@ -7,6 +7,18 @@
 log() { printf '# %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# script_args "$@": the arguments every benchmark takes. `--keep` sets KEEP=1 (keep the work
+# directory, as KEEP=1 in the environment does); `-h`/`--help` prints the script's header.
+script_args() {
+    KEEP=${KEEP:-0}
+    case "${1:-}" in
+        --keep) KEEP=1 ;;
+        -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        "") ;;
+        *) printf 'usage: %s [--keep]\n' "$0" >&2; exit 2 ;;
+    esac
+}
+
 # tailcache_bin ROOT: sets BIN to TAILCACHE_BIN, or builds the binary of ROOT with the cargo
 # profile TAILCACHE_PROFILE: `release` (default) is what users get; `profiling` is the same with
 # debug line tables and symbols, for perf.
@@ -68,6 +80,13 @@ remove_workdir() {
     fi
 }
 
+# What a run leaves behind, for stop_started and cleanup_run: the pids of the processes it
+# started (keys of LIVE: `LIVE[$!]=1` after each start), the network namespaces it made
+# (NSS) and its work directory (D).
+declare -A LIVE=()
+NSS=()
+D=""
+
 # stop_started: stops every process whose pid is a key of the associative array LIVE, then
 # whatever still runs in the namespaces listed in the array NSS (only the script started
 # anything there), and deletes those namespaces. For EXIT traps.
@@ -79,6 +98,23 @@ stop_started() {
         for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
     done
     for ns in "${NSS[@]+"${NSS[@]}"}"; do ip netns del "$ns" 2>/dev/null || true; done
+}
+
+# stop_pid PID: stops one process the run started, and forgets it.
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; unset "LIVE[$1]"; }
+
+# cleanup_run: stop_started, then remove_workdir "$D".
+cleanup_run() {
+    stop_started
+    remove_workdir "$D"
+}
+
+# on_exit [FUNCTION]: runs FUNCTION (default cleanup_run) when the script exits, also after a
+# failure or Ctrl-C.
+on_exit() {
+    # shellcheck disable=SC2064 # the function's name is meant to be expanded now
+    trap "${1:-cleanup_run}" EXIT
+    trap 'exit 130' INT TERM
 }
 
 # await_line OUT ERR SED_RE PID WHAT: the first capture of SED_RE in the file OUT (a process's

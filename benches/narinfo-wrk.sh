@@ -37,11 +37,10 @@ PATHS=${PATHS:-400}
 CONNS=${CONNS:-2:32 1:1}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
-KEEP=${KEEP:-0}
-[ "${1:-}" = "--keep" ] && KEEP=1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/benches/lib.sh"
+script_args "$@"
 
 for t in nix-build nix-store nix wrk curl; do
     command -v "$t" >/dev/null 2>&1 || die "missing tool: $t"
@@ -49,15 +48,7 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || die "missing tool: nginx"
 
-declare -A LIVE=()
-NSS=()
-D=""
-cleanup() {
-    stop_started
-    remove_workdir "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit
 
 D=$(mktemp -d /tmp/tailcache-narinfo.XXXXXX)
 S=$D/store

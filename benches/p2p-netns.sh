@@ -75,15 +75,10 @@ COMPRESS_TIMEOUT=${COMPRESS_TIMEOUT:-900}
 AGENT_LOG=${AGENT_LOG:-info}
 SERVER_LOG=${SERVER_LOG:-warn}
 LABEL=${LABEL:-}
-KEEP=${KEEP:-0}
-[ "${1:-}" = "--keep" ] && KEEP=1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-D=""
-declare -A LIVE=()   # pids of processes started here and not yet reaped
-NSS=()
-
 . "$ROOT/benches/lib.sh"
+script_args "$@"
 
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces and tc)"
 [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "SUBNET must be three octets, e.g. 10.213.7"
@@ -92,12 +87,7 @@ for t in ip tc curl sha256sum nix-build nix-hash awk; do
     command -v "$t" >/dev/null 2>&1 || die "missing tool: $t (Nix: apt-get install nix-bin)"
 done
 
-cleanup() {
-    stop_started
-    remove_workdir "$D"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit
 
 # ------------------------------------------------------------------ workspace and binary
 D=$(mktemp -d /tmp/tailcache-p2pbench.XXXXXX)
@@ -191,8 +181,6 @@ secret_key_files = ["$D/key.sec"]
 enable = true
 listen = $(listen_addrs "$SRV_IP" 5002)
 EOF
-
-stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; unset "LIVE[$1]"; }
 
 # start_server TAG: a fresh server process (the compressed file survives in its state dir);
 # sets TRACKER and waits until the zstd file and its P2P manifest are served.

@@ -102,16 +102,10 @@ SUBNET=${SUBNET:-10.214.$(($$ % 250))}
 SERVER_LOG=${SERVER_LOG:-warn}
 AGENT_LOG=${AGENT_LOG:-warn}
 LABEL=${LABEL:-}
-KEEP=${KEEP:-0}
-case "${1:-}" in
-    --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) printf 'usage: %s [--keep]\n' "$0" >&2; exit 2 ;;
-esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/benches/lib.sh"
+script_args "$@"
 
 # ------------------------------------------------------------------ arguments and tools
 [[ "$SUBNET" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "SUBNET must be three octets, e.g. 10.214.7"
@@ -151,18 +145,14 @@ for c in none zstd xz; do
 done
 
 # ------------------------------------------------------------------ cleanup
-D=""
 OWN_D=0
-declare -A LIVE=()   # pids of processes started here and not yet stopped
-NSS=()
 cleanup() {
     stop_started
     # Client stores are per run and large: never left behind, even in a kept directory.
     [ -n "$D" ] && [ -d "$D/client" ] && remove_workdir "$D/client" 0
     if [ "$OWN_D" = 1 ]; then remove_workdir "$D" "$KEEP"; else remove_workdir "$D" 1; fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit cleanup
 
 START=$(now)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -381,8 +371,6 @@ TRACKER=""
 NGINX_PID=""
 NGINX_URL=""
 POLL=$D/poll
-
-stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; unset "LIVE[$1]"; }
 
 # tc_config COMP IP: a server configuration serving COMP on IP (port 0), with a build whose
 # only step prints the closure's top path (capture = out-paths: the server is told about the

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::api::parse_json;
 use common::fleet::{current_system, git, store_and_key, toml_str};
-use common::nix::{assert_success, is_valid, nix_copy_from};
+use common::nix::{Fetch, assert_success, is_valid};
 use common::{NixEnv, TestCache};
 
 /// Real Nix builds: generous, but bounded.
@@ -134,7 +134,7 @@ fn the_default_pipeline_builds_a_flake_that_stock_nix_then_substitutes() {
     // Stock Nix substitutes it from the cache listener, signatures required.
     let client = d.path().join("client");
     let client = client.to_str().unwrap();
-    let copy = nix_copy_from(&nix, server.url(), client, &key.public, &[&out]);
+    let copy = Fetch::Copy.run(&nix, server.url(), client, &key.public, &[&out]);
     assert_success("nix copy --from the cache", &copy);
     assert!(is_valid(&nix, client, &out));
     let content = std::fs::read_to_string(

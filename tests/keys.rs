@@ -9,9 +9,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::nix::{
-    assert_client_matches, assert_success, client_store, nix_copy_from, nix_substitute,
-};
+use common::nix::{Fetch, assert_client_matches, assert_success, client_store};
 use common::{TestCache, TestStore};
 
 fn pubkey(cache: &TestCache) -> String {
@@ -34,7 +32,7 @@ fn nix_generated_key_signs_what_nix_accepts() {
 
     let paths = store.closure();
     let client = client_store(&store.scratch("clients"), "substitute");
-    let out = nix_substitute(store.nix(), cache.url(), &client, &key.public, &paths);
+    let out = Fetch::Substitute.run(store.nix(), cache.url(), &client, &key.public, &paths);
     assert_success("nix-store -r trusting the nix-generated key", &out);
     assert_client_matches(&store, &client, &paths);
 }
@@ -75,14 +73,14 @@ fn tailcache_keygen_key_pair_is_accepted_by_nix() {
     store.copy_to_file_cache(&filecache, "none", &sec);
     let from_file = client_store(&store.scratch("clients"), "from-file");
     let url = format!("file://{}", filecache.display());
-    let out = nix_copy_from(nix, &url, &from_file, &public, &paths);
+    let out = Fetch::Copy.run(nix, &url, &from_file, &public, &paths);
     assert_success("nix copy from a cache Nix signed with the keygen key", &out);
 
     // tailcache signs with it, and Nix trusting the keygen public key accepts.
     let cache = TestCache::builder().store(&store).secret_key(&sec).start();
     assert_eq!(pubkey(&cache), public);
     let client = client_store(&store.scratch("clients"), "copy");
-    let out = nix_copy_from(nix, cache.url(), &client, &public, &paths);
+    let out = Fetch::Copy.run(nix, cache.url(), &client, &public, &paths);
     assert_success("nix copy trusting the keygen public key", &out);
     assert_client_matches(&store, &client, &paths);
 }
@@ -109,7 +107,7 @@ fn key_is_generated_on_first_start() {
 
     let paths = [store.path("refs")];
     let client = client_store(&store.scratch("clients"), "substitute");
-    let out = nix_substitute(store.nix(), cache.url(), &client, &public, &paths);
+    let out = Fetch::Substitute.run(store.nix(), cache.url(), &client, &public, &paths);
     assert_success("nix-store -r trusting the generated key", &out);
 }
 

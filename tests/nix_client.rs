@@ -7,8 +7,8 @@
 mod common;
 
 use common::nix::{
-    assert_client_matches, assert_success, client_store, is_valid, nix_copy_from, nix_substitute,
-    stderr_of, unknown_store_path,
+    Fetch, assert_client_matches, assert_success, client_store, is_valid, stderr_of,
+    unknown_store_path,
 };
 use common::{TestCache, TestStore};
 
@@ -40,7 +40,7 @@ fn copy_and_substitute_every_shape(compression: &str) {
     let clients = store.scratch("clients");
 
     let copy = client_store(&clients, "copy");
-    let out = nix_copy_from(store.nix(), cache.url(), &copy, &key.public, &paths);
+    let out = Fetch::Copy.run(store.nix(), cache.url(), &copy, &key.public, &paths);
     assert_success("nix copy --from the cache", &out);
     assert_client_matches(&store, &copy, &paths);
     let got = common::nix::path_infos(store.nix(), &copy, &paths);
@@ -55,7 +55,7 @@ fn copy_and_substitute_every_shape(compression: &str) {
     }
 
     let subst = client_store(&clients, "substitute");
-    let out = nix_substitute(store.nix(), cache.url(), &subst, &key.public, &paths);
+    let out = Fetch::Substitute.run(store.nix(), cache.url(), &subst, &key.public, &paths);
     assert_success("nix-store -r with the cache as substituter", &out);
     assert_client_matches(&store, &subst, &paths);
 }
@@ -81,7 +81,7 @@ fn wrong_key_is_refused(compression: &str) {
     let clients = store.scratch("clients");
 
     let copy = client_store(&clients, "copy");
-    let out = nix_copy_from(store.nix(), cache.url(), &copy, &other.public, &[target]);
+    let out = Fetch::Copy.run(store.nix(), cache.url(), &copy, &other.public, &[target]);
     assert!(
         !out.status.success(),
         "nix copy trusted a path signed by an untrusted key"
@@ -94,7 +94,7 @@ fn wrong_key_is_refused(compression: &str) {
     assert!(!is_valid(store.nix(), &copy, target));
 
     let subst = client_store(&clients, "substitute");
-    let out = nix_substitute(store.nix(), cache.url(), &subst, &other.public, &[target]);
+    let out = Fetch::Substitute.run(store.nix(), cache.url(), &subst, &other.public, &[target]);
     assert!(
         !out.status.success(),
         "nix-store -r accepted an untrusted signature"
@@ -128,7 +128,7 @@ fn tampered_nar_is_refused(compression: &str) {
     let clients = store.scratch("clients");
 
     let copy = client_store(&clients, "copy");
-    let out = nix_copy_from(store.nix(), cache.url(), &copy, &key.public, &[target]);
+    let out = Fetch::Copy.run(store.nix(), cache.url(), &copy, &key.public, &[target]);
     assert!(!out.status.success(), "nix copy accepted a tampered NAR");
     let err = stderr_of(&out);
     assert!(
@@ -138,7 +138,7 @@ fn tampered_nar_is_refused(compression: &str) {
     assert!(!is_valid(store.nix(), &copy, target));
 
     let subst = client_store(&clients, "substitute");
-    let out = nix_substitute(store.nix(), cache.url(), &subst, &key.public, &[target]);
+    let out = Fetch::Substitute.run(store.nix(), cache.url(), &subst, &key.public, &[target]);
     assert!(
         !out.status.success(),
         "nix-store -r accepted a tampered NAR"
@@ -171,7 +171,7 @@ fn unknown_path_is_not_substituted(compression: &str) {
     let clients = store.scratch("clients");
 
     let copy = client_store(&clients, "copy");
-    let out = nix_copy_from(store.nix(), cache.url(), &copy, &key.public, &[&missing]);
+    let out = Fetch::Copy.run(store.nix(), cache.url(), &copy, &key.public, &[&missing]);
     assert!(
         !out.status.success(),
         "nix copy of a path the cache lacks succeeded"
@@ -186,7 +186,7 @@ fn unknown_path_is_not_substituted(compression: &str) {
     assert!(!is_valid(store.nix(), &copy, &missing));
 
     let subst = client_store(&clients, "substitute");
-    let out = nix_substitute(store.nix(), cache.url(), &subst, &key.public, &[&missing]);
+    let out = Fetch::Substitute.run(store.nix(), cache.url(), &subst, &key.public, &[&missing]);
     assert!(
         !out.status.success(),
         "nix-store -r of a path the cache lacks succeeded"

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::agent::{AgentBuilder, P2pFixture};
 use common::http;
-use common::nix::{assert_client_matches, assert_success, client_store, nix_copy_from};
+use common::nix::{Fetch, assert_client_matches, assert_success, client_store};
 use common::peer::{Lie, TestPeer};
 use tailcache_store::Sha256Hash;
 
@@ -62,7 +62,7 @@ fn second_agent_fetches_from_the_first_and_nix_substitutes_through_it() {
 
     let clients = s.store.scratch("clients");
     let client = client_store(&clients, "via-b");
-    let out = nix_copy_from(s.store.nix(), b.url(), &client, &s.key.public, &[&s.big]);
+    let out = Fetch::Copy.run(s.store.nix(), b.url(), &client, &s.key.public, &[&s.big]);
     assert_success("nix copy --from the agent", &out);
     assert_client_matches(&s.store, &client, &[&s.big]);
 
@@ -149,14 +149,14 @@ fn a_corrupted_cached_file_never_reaches_the_client_and_is_fetched_again() {
     rot_in_the_middle(&s, &a);
     let clients = s.store.scratch("clients");
     let client = client_store(&clients, "via-a");
-    let out = nix_copy_from(s.store.nix(), a.url(), &client, &s.key.public, &[&s.big]);
+    let out = Fetch::Copy.run(s.store.nix(), a.url(), &client, &s.key.public, &[&s.big]);
     assert_success("nix copy --from the agent with a rotten cache", &out);
     assert_client_matches(&s.store, &client, &[&s.big]);
     assert_eq!(a.metric("corrupt_files_total"), 2.0);
     wait_evicted_or_intact(&s, &a, &truth);
     s.assert_kept_intact(&a);
     let again = client_store(&clients, "via-a-again");
-    let out = nix_copy_from(s.store.nix(), a.url(), &again, &s.key.public, &[&s.big]);
+    let out = Fetch::Copy.run(s.store.nix(), a.url(), &again, &s.key.public, &[&s.big]);
     assert_success("nix copy --from the agent after the eviction", &out);
     assert_client_matches(&s.store, &again, &[&s.big]);
     s.assert_kept_intact(&a);
@@ -219,7 +219,7 @@ fn a_manifest_signed_by_an_untrusted_key_is_refused() {
     let c = AgentBuilder::new(&s.server, &other.public).start();
     let clients = s.store.scratch("clients");
     let client = client_store(&clients, "via-c");
-    let out = nix_copy_from(s.store.nix(), c.url(), &client, &s.key.public, &[&s.big]);
+    let out = Fetch::Copy.run(s.store.nix(), c.url(), &client, &s.key.public, &[&s.big]);
     assert_success("nix copy --from an agent with the wrong P2P key", &out);
     assert_client_matches(&s.store, &client, &[&s.big]);
     assert_eq!(c.metric("manifests_refused_total"), 1.0);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use common::agent::{AgentBuilder, P2pFixture, TestAgent};
-use common::nix::{assert_client_matches, assert_success, client_store, nix_copy_from};
+use common::nix::{Fetch, assert_client_matches, assert_success, client_store};
 use tailcache_p2p::node::{RateLimit, TokenBucket};
 
 /// The shaped server uplink, bytes per second.
@@ -191,7 +191,7 @@ fn agents_starting_together_share_the_servers_bytes_and_nix_substitutes_after() 
     let late = s.agent();
     let clients = s.store.scratch("clients");
     let client = client_store(&clients, "via-late");
-    let out = nix_copy_from(s.store.nix(), late.url(), &client, &s.key.public, &[&s.big]);
+    let out = Fetch::Copy.run(s.store.nix(), late.url(), &client, &s.key.public, &[&s.big]);
     assert_success("nix copy --from the late agent", &out);
     assert_client_matches(&s.store, &client, &[&s.big]);
     let late_figures = s.report("late", std::slice::from_ref(&late));

@@ -3,16 +3,14 @@
 
 use std::path::PathBuf;
 
+use tailcache_store::IoError;
+
 /// Everything the actors report as failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file operation on the state directory failed.
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// `status.json` exists but is not a status this version understands.
     #[error("cannot parse {path}: {source}")]
     StatusFile {
@@ -39,10 +37,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io(IoError::new(context, source))
     }
 }
 

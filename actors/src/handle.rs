@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Supervisor;
 use tokio::sync::{broadcast, watch};
 
 use tailcache_store::signing::SecretKey;
@@ -125,8 +124,8 @@ pub fn start_actors(
     }
     let next_id = store.status().next_build_id();
     let status_rx = store.subscribe();
-    let status = MeteredAddr::new(Supervisor::start(|_| store), metrics.actors.clone());
-    let log = MeteredAddr::new(Supervisor::start(|_| tail), metrics.actors.clone());
+    let status = MeteredAddr::start(store);
+    let log = MeteredAddr::start(tail);
     let store = GenerationStore::open(
         GenerationSettings {
             state_dir: config.state_dir.clone(),
@@ -139,7 +138,7 @@ pub fn start_actors(
         sink.as_ref(),
         metrics.actors.clone(),
     )?;
-    let generations = MeteredAddr::new(Supervisor::start(|_| store), metrics.actors.clone());
+    let generations = MeteredAddr::start(store);
     let settings = PipelineSettings {
         steps: config.steps,
         fleet: config.fleet,
@@ -163,7 +162,7 @@ pub fn start_actors(
         with,
         metrics.clone(),
     );
-    let supervisor = MeteredAddr::new(Supervisor::start(|_| sup), metrics.actors.clone());
+    let supervisor = MeteredAddr::start(sup);
     Ok(BuildHandle {
         supervisor,
         status,

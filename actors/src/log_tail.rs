@@ -169,10 +169,6 @@ impl LogTail {
 
 impl Actor for LogTail {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-    }
 }
 
 impl Supervised for LogTail {
@@ -183,6 +179,7 @@ impl Supervised for LogTail {
 
 impl Metered for LogTail {
     const NAME: &'static str = "LogTail";
+    const MAILBOX_CAPACITY: usize = MAILBOX_CAPACITY;
     fn actor_metrics(&self) -> &ActorMetrics {
         &self.metrics
     }

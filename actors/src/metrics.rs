@@ -1,7 +1,9 @@
 //! Metrics every actor reports, defined once: messages handled, handler latency and mailbox
 //! depth per actor and message type, restarts per actor, and build counts and durations by
 //! result. [`metered`] is the single place a handler is timed, counted and guarded against
-//! panics; [`MeteredAddr`] is the single place a send is counted into the mailbox depth.
+//! panics; [`MeteredAddr`] is the single place a send is counted into the mailbox depth, and
+//! [`MeteredAddr::start`] the one place an actor is started, supervised, with its mailbox
+//! bounded.
 //! Exposed in the Prometheus text format by the root crate (`GET /metrics`).
 
 use std::any::type_name;
@@ -233,6 +235,8 @@ pub fn encode_text(registry: &Registry) -> Result<String> {
 pub trait Metered: Actor<Context = Context<Self>> {
     /// The `actor` label.
     const NAME: &'static str;
+    /// Messages its mailbox holds; a send beyond waits ([`MeteredAddr::ask`]) or is refused.
+    const MAILBOX_CAPACITY: usize;
     fn actor_metrics(&self) -> &ActorMetrics;
 }
 
@@ -303,6 +307,20 @@ impl<A: Metered> Clone for MeteredAddr<A> {
 }
 
 impl<A: Metered> MeteredAddr<A> {
+    /// Starts `actor` under `actix::Supervisor` (restarted after a failed handler, its mailbox
+    /// kept) on the current actix system, with its mailbox bounded from the first message on.
+    pub fn start(actor: A) -> Self
+    where
+        A: Supervised,
+    {
+        let metrics = actor.actor_metrics().clone();
+        let addr = Supervisor::start(move |ctx: &mut Context<A>| {
+            ctx.set_mailbox_capacity(A::MAILBOX_CAPACITY);
+            actor
+        });
+        MeteredAddr::new(addr, metrics)
+    }
+
     pub fn new(addr: Addr<A>, metrics: ActorMetrics) -> Self {
         metrics.declare(A::NAME);
         MeteredAddr { addr, metrics }

@@ -157,10 +157,6 @@ impl StatusStore {
 
 impl Actor for StatusStore {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-    }
 }
 
 impl Supervised for StatusStore {
@@ -176,6 +172,7 @@ impl Supervised for StatusStore {
 
 impl Metered for StatusStore {
     const NAME: &'static str = "StatusStore";
+    const MAILBOX_CAPACITY: usize = MAILBOX_CAPACITY;
     fn actor_metrics(&self) -> &ActorMetrics {
         &self.metrics
     }

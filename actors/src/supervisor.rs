@@ -318,10 +318,6 @@ impl BuildSupervisor {
 
 impl Actor for BuildSupervisor {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-    }
 }
 
 impl Supervised for BuildSupervisor {
@@ -333,6 +329,7 @@ impl Supervised for BuildSupervisor {
 
 impl Metered for BuildSupervisor {
     const NAME: &'static str = "BuildSupervisor";
+    const MAILBOX_CAPACITY: usize = MAILBOX_CAPACITY;
     fn actor_metrics(&self) -> &ActorMetrics {
         &self.metrics.actors
     }

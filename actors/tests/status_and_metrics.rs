@@ -6,7 +6,6 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use actix::Supervisor;
 use common::*;
 use prometheus_client::registry::Registry;
 use tailcache_actors::metrics::{MeteredAddr, Metrics};
@@ -62,7 +61,7 @@ fn status_writes_are_atomic() {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let store = StatusStore::open(&state_dir, 20, metrics.actors.clone()).unwrap();
-        let addr = MeteredAddr::new(Supervisor::start(|_| store), metrics.actors.clone());
+        let addr = MeteredAddr::start(store);
         let started = BuildStarted {
             build_id: 1,
             requested_by: who(),

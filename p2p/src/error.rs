@@ -6,12 +6,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in the P2P layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] tailcache_store::IoError),
 
     // --- node (libp2p transport, control and data protocols) ---
     /// Building the swarm or listening failed.

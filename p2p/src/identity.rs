@@ -2,12 +2,11 @@
 //! file of mode 0600, generated on first start. The server's tracker/seed node and every
 //! agent keep theirs this way, so a restart keeps the same PeerId.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use libp2p::identity::Keypair;
-use tailcache_store::signing::read_private_file;
+use tailcache_store::IoError;
+use tailcache_store::signing::{read_private_file, write_private_file};
 
 use crate::error::{Error, Result};
 
@@ -17,7 +16,7 @@ use crate::error::{Error, Result};
 pub fn load_or_generate(path: &Path) -> Result<Keypair> {
     let bytes = match read_private_file(path) {
         Ok(bytes) => bytes,
-        Err(tailcache_store::Error::Io { source, .. })
+        Err(tailcache_store::Error::Io(IoError { source, .. }))
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
             return generate(path);
@@ -39,26 +38,15 @@ fn generate(path: &Path) -> Result<Keypair> {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-    let io = |what: &str, source| Error::Io {
-        context: format!("{what} {}", path.display()),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io("cannot create", e))?;
-    f.write_all(&bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io("cannot write", e))?;
+    write_private_file(path, &bytes)?;
     Ok(key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 
     #[test]
     fn generated_once_kept_after_and_refused_when_readable_by_others() {

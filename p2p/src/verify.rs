@@ -33,6 +33,8 @@ use blake3::hazmat::{
     ChainingValue, HasherExt as _, Mode, merge_subtrees_non_root, merge_subtrees_root,
 };
 
+use tailcache_store::IoError;
+
 use crate::error::{Error, Result};
 
 /// 16 KiB groups: bao's chunk-group log 4.
@@ -172,10 +174,7 @@ pub fn outboard_of_reader(mut reader: impl Read, block_log: u8) -> Result<([u8; 
             Ok(n) => builder.update(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
-                return Err(Error::Io {
-                    context: "reading a file to hash".into(),
-                    source: e,
-                });
+                return Err(IoError::new("reading a file to hash", e).into());
             }
         }
     }
@@ -183,10 +182,8 @@ pub fn outboard_of_reader(mut reader: impl Read, block_log: u8) -> Result<([u8; 
 
 /// Root and outboard of a file on disk.
 pub fn outboard_of_file(path: &std::path::Path) -> Result<([u8; 32], Outboard)> {
-    let file = std::fs::File::open(path).map_err(|source| Error::Io {
-        context: format!("opening {}", path.display()),
-        source,
-    })?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| IoError::new(format!("opening {}", path.display()), e))?;
     outboard_of_reader(file, DEFAULT_BLOCK_LOG)
 }
 

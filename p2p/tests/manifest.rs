@@ -136,14 +136,19 @@ fn signatures_never_cross_between_nix_and_p2p_domains() {
     let pk = PublicKey::parse(NIX_PUBLIC).unwrap();
     let info = NarInfo::parse(NIX_NARINFO, "/nix/store").unwrap();
     assert!(
-        info.verify(std::slice::from_ref(&pk), "/nix/store"),
+        info.info.verify(std::slice::from_ref(&pk), "/nix/store"),
         "fixture is Nix-signed"
     );
-    let fingerprint = info.fingerprint("/nix/store");
+    let fingerprint = info.info.fingerprint("/nix/store");
     assert!(fingerprint.starts_with("1;/nix/store/"));
 
     // Nix's signature placed in a manifest by the same key.
-    let nix_sig = info.sigs.iter().find(|s| s.starts_with(pk.name())).unwrap();
+    let nix_sig = info
+        .info
+        .sigs
+        .iter()
+        .find(|s| s.starts_with(pk.name()))
+        .unwrap();
     let raw = BASE64.decode(nix_sig.split_once(':').unwrap().1).unwrap();
     let forged = SignedManifest {
         manifest: manifest(),
@@ -161,8 +166,12 @@ fn signatures_never_cross_between_nix_and_p2p_domains() {
     let as_nix = format!("{}:{}", pk.name(), BASE64.encode(signed.signature));
     assert!(!pk.verify(&fingerprint, &as_nix));
     let mut with_sig = info.clone();
-    with_sig.sigs = vec![as_nix];
-    assert!(!with_sig.verify(std::slice::from_ref(&pk), "/nix/store"));
+    with_sig.info.sigs = vec![as_nix];
+    assert!(
+        !with_sig
+            .info
+            .verify(std::slice::from_ref(&pk), "/nix/store")
+    );
 
     // The structural reason: the signed messages can never be equal.
     let msg = manifest().signing_message();

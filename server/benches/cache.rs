@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tailcache_store::narinfo::NarInfo;
 use tailcache_store::signing::SecretKey;
-use tailcache_store::{Sha256Hash, StorePath, nar};
+use tailcache_store::{PathInfo, Sha256Hash, StorePath, nar};
 
 const STORE_DIR: &str = "/nix/store";
 const SMALL_FILES: u32 = 2000;
@@ -111,28 +111,31 @@ fn sample_narinfo(key: &SecretKey) -> NarInfo {
         StorePath::from_base_name(&format!("{hash}-{name}")).expect("valid store path")
     };
     let references = (0..10).map(|i| path(i, &format!("dep-{i}-1.0"))).collect();
-    let mut info = NarInfo {
-        store_path: path(100, "hello-2.12.1"),
-        url: "nar/1w1fff338fvdw53sqgamddn1b2xgds473pv6y13gizdbqjv4i5p3.nar.xz".to_owned(),
-        compression: tailcache_store::Compression::Xz,
-        file_hash: Some(Sha256Hash::digest(b"file")),
-        file_size: Some(50_264),
+    let mut info = PathInfo {
+        path: path(100, "hello-2.12.1"),
         nar_hash: Sha256Hash::digest(b"nar"),
         nar_size: 226_552,
         references,
         deriver: Some(path(101, "hello-2.12.1.drv")),
         sigs: Vec::new(),
         ca: None,
+        registration_time: 0,
     };
     info.sign(key, STORE_DIR);
-    info
+    NarInfo {
+        info,
+        url: "nar/1w1fff338fvdw53sqgamddn1b2xgds473pv6y13gizdbqjv4i5p3.nar.xz".to_owned(),
+        compression: tailcache_store::Compression::Xz,
+        file_hash: Some(Sha256Hash::digest(b"file")),
+        file_size: Some(50_264),
+    }
 }
 
 fn bench_narinfo(c: &mut Criterion) {
     let key = SecretKey::from_seed("bench-1", &[7u8; 32]).expect("key from seed");
     let info = sample_narinfo(&key);
     let text = info.render(STORE_DIR);
-    let fingerprint = info.fingerprint(STORE_DIR);
+    let fingerprint = info.info.fingerprint(STORE_DIR);
 
     let mut g = c.benchmark_group("narinfo");
     g.sample_size(50)
@@ -143,24 +146,24 @@ fn bench_narinfo(c: &mut Criterion) {
         b.iter(|| NarInfo::parse(black_box(&text), STORE_DIR).expect("parse"));
     });
     g.bench_function("fingerprint", |b| {
-        b.iter(|| black_box(&info).fingerprint(STORE_DIR));
+        b.iter(|| black_box(&info).info.fingerprint(STORE_DIR));
     });
     g.bench_function("sign_fingerprint", |b| {
         b.iter(|| key.sign(black_box(&fingerprint)));
     });
     // What a narinfo request costs beyond the DB lookup: sign and render an unsigned narinfo.
     let mut unsigned = info.clone();
-    unsigned.sigs.clear();
+    unsigned.info.sigs.clear();
     g.bench_function("sign_and_render", |b| {
         b.iter(|| {
             let mut n = black_box(&unsigned).clone();
-            n.sign(&key, STORE_DIR);
+            n.info.sign(&key, STORE_DIR);
             n.render(STORE_DIR)
         });
     });
     let public = [key.public()];
     g.bench_function("verify", |b| {
-        b.iter(|| black_box(&info).verify(&public, STORE_DIR));
+        b.iter(|| black_box(&info).info.verify(&public, STORE_DIR));
     });
     g.finish();
 }

@@ -47,6 +47,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, Row};
 
 use crate::error::{Error, Result};
 use crate::hash::Sha256Hash;
+use crate::path_info::PathInfo;
 use crate::store_path::{DEFAULT_STORE_DIR, StorePath, StorePathHash};
 
 /// Idle connections kept for reuse; more are opened under load and closed when returned.
@@ -95,21 +96,6 @@ impl StoreLayout {
     pub fn log_dir(&self) -> PathBuf {
         self.root.join("nix/var/log/nix/drvs")
     }
-}
-
-/// What the database records about one valid path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathInfo {
-    pub path: StorePath,
-    pub nar_hash: Sha256Hash,
-    pub nar_size: u64,
-    /// Sorted as Nix sorts them (by path string), including the path itself if it refers to
-    /// itself.
-    pub references: Vec<StorePath>,
-    pub deriver: Option<StorePath>,
-    pub sigs: Vec<String>,
-    pub ca: Option<String>,
-    pub registration_time: i64,
 }
 
 /// How connections read the database file.

@@ -35,18 +35,30 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 impl Error {
     /// Wraps an I/O error with what was being done when it happened.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
+        Error::Io(IoError::new(context, source))
+    }
+}
+
+/// An I/O error and what was being done when it happened (`cannot write /x/y: …`). The
+/// `Io` variant of every crate's error type, so each says it the same way.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct IoError {
+    pub context: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    pub fn new(context: impl Into<String>, source: std::io::Error) -> Self {
+        IoError {
             context: context.into(),
             source,
         }

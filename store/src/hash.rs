@@ -125,30 +125,29 @@ impl HashingCounter {
     }
 }
 
-/// A writer adapter that hashes and counts everything written through it.
+/// A writer adapter that passes bytes on to `inner` and exactly the bytes `inner` took to
+/// `copy` (which may hash or count them), so `copy` sees what was written without a second
+/// read.
 #[derive(Debug)]
-pub struct HashingWriter<W> {
+pub struct TeeWriter<W, F> {
     inner: W,
-    pub counter: HashingCounter,
+    copy: F,
 }
 
-impl<W> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            counter: HashingCounter::default(),
-        }
+impl<W, F: FnMut(&[u8])> TeeWriter<W, F> {
+    pub fn new(inner: W, copy: F) -> Self {
+        TeeWriter { inner, copy }
     }
 
-    pub fn into_parts(self) -> (W, HashingCounter) {
-        (self.inner, self.counter)
+    pub fn into_inner(self) -> W {
+        self.inner
     }
 }
 
-impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+impl<W: std::io::Write, F: FnMut(&[u8])> std::io::Write for TeeWriter<W, F> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.counter.update(&buf[..n]);
+        (self.copy)(&buf[..n]);
         Ok(n)
     }
 

@@ -10,7 +10,8 @@
 //! - [`compression`]: a binary-cache file's compression (`Compression:`, file suffixes).
 //! - [`store_path`]: validated store paths (`<32-char nix32 hash>-<name>`).
 //! - [`nar`]: the NAR format — a streaming encoder over a path and a decoder/verifier.
-//! - [`narinfo`]: narinfo rendering and parsing, and the signature fingerprint.
+//! - [`path_info`]: what Nix records about a valid path, and the signature fingerprint.
+//! - [`narinfo`]: narinfo rendering and parsing.
 //! - [`signing`]: ed25519 keys in Nix's `name:base64` format, signing and verification.
 //! - [`lru`]: least-recently-used eviction under a byte budget, for caches of such files.
 //! - [`db`]: read-only access to a store's SQLite database (`ValidPaths`, `Refs`, …).
@@ -25,10 +26,12 @@ pub mod nar;
 pub mod narinfo;
 pub mod nix_string;
 pub mod nixbase32;
+pub mod path_info;
 pub mod signing;
 pub mod store_path;
 
 pub use compression::Compression;
-pub use error::{Error, Result};
+pub use error::{Error, IoError, Result};
 pub use hash::Sha256Hash;
+pub use path_info::PathInfo;
 pub use store_path::{StorePath, StorePathHash};

@@ -10,45 +10,42 @@
 //! NarSize are required. Where Nix would quietly misread input (a key not followed by `": "`),
 //! this parser refuses it instead.
 //!
-//! Fingerprint (what a `Sig:` signs; URL, Compression, FileHash and FileSize are outside it):
-//! `1;<store_dir>/<base name>;sha256:<nix32 NarHash>;<NarSize>;<full reference paths, sorted,
-//! comma-joined>`.
+//! A narinfo is a [`PathInfo`] (what its `Sig:` lines sign: [`PathInfo::fingerprint`]) plus
+//! where the NAR file is and how it is compressed (URL, Compression, FileHash, FileSize), as
+//! Nix's `NarInfo` extends its `ValidPathInfo`.
 
 use std::fmt::Write as _;
 
 use crate::compression::Compression;
 use crate::error::{Error, Result};
 use crate::hash::Sha256Hash;
-use crate::signing::{PublicKey, SecretKey, verify_any};
+use crate::path_info::{PathInfo, sorted_base_names};
 use crate::store_path::StorePath;
 
 /// What Nix writes (and reads) as Deriver when it does not know one.
 const UNKNOWN_DERIVER: &str = "unknown-deriver";
 
-/// One narinfo. `references` are kept sorted by base name and `sigs` free of duplicates when
-/// parsed; [`NarInfo::render`] sorts references itself, so callers may push in any order.
+/// One narinfo. When parsed, `info.references` are sorted by base name, `info.sigs` free of
+/// duplicates and `info.registration_time` 0; [`NarInfo::render`] sorts references itself,
+/// so callers may push in any order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NarInfo {
-    pub store_path: StorePath,
+    /// The path and what its signatures sign.
+    pub info: PathInfo,
     pub url: String,
     /// How the file at `url` is compressed (Nix reads a missing Compression as `bzip2`).
     pub compression: Compression,
     pub file_hash: Option<Sha256Hash>,
     pub file_size: Option<u64>,
-    pub nar_hash: Sha256Hash,
-    pub nar_size: u64,
-    pub references: Vec<StorePath>,
-    pub deriver: Option<StorePath>,
-    pub sigs: Vec<String>,
-    pub ca: Option<String>,
 }
 
 impl NarInfo {
     /// Renders the narinfo text for the logical store directory `store_dir`.
     pub fn render(&self, store_dir: &str) -> String {
+        let info = &self.info;
         let mut out = String::with_capacity(512);
         // Writing into a String cannot fail; the results are ignored for that reason.
-        let _ = writeln!(out, "StorePath: {}", self.store_path.to_absolute(store_dir));
+        let _ = writeln!(out, "StorePath: {}", info.path.to_absolute(store_dir));
         let _ = writeln!(out, "URL: {}", self.url);
         let _ = writeln!(out, "Compression: {}", self.compression);
         if let Some(h) = &self.file_hash {
@@ -57,19 +54,19 @@ impl NarInfo {
         if let Some(n) = self.file_size {
             let _ = writeln!(out, "FileSize: {n}");
         }
-        let _ = writeln!(out, "NarHash: {}", self.nar_hash);
-        let _ = writeln!(out, "NarSize: {}", self.nar_size);
+        let _ = writeln!(out, "NarHash: {}", info.nar_hash);
+        let _ = writeln!(out, "NarSize: {}", info.nar_size);
         // Nix always writes this line, with a space after the colon even when it is empty.
         out.push_str("References: ");
-        out.push_str(&sorted_base_names(&self.references).join(" "));
+        out.push_str(&sorted_base_names(&info.references).join(" "));
         out.push('\n');
-        if let Some(d) = &self.deriver {
+        if let Some(d) = &info.deriver {
             let _ = writeln!(out, "Deriver: {d}");
         }
-        for sig in &self.sigs {
+        for sig in &info.sigs {
             let _ = writeln!(out, "Sig: {sig}");
         }
-        if let Some(ca) = &self.ca {
+        if let Some(ca) = &info.ca {
             let _ = writeln!(out, "CA: {ca}");
         }
         out
@@ -101,64 +98,6 @@ impl NarInfo {
         }
         fields.finish().map_err(|e| corrupt(e.to_owned()))
     }
-
-    /// The signature fingerprint of this narinfo.
-    pub fn fingerprint(&self, store_dir: &str) -> String {
-        fingerprint(
-            store_dir,
-            &self.store_path,
-            &self.nar_hash,
-            self.nar_size,
-            &self.references,
-        )
-    }
-
-    /// Adds `key`'s signature, replacing an existing one by a key of the same name.
-    pub fn sign(&mut self, key: &SecretKey, store_dir: &str) {
-        self.add_signature(key.sign(&self.fingerprint(store_dir)));
-    }
-
-    /// Adds a signature made earlier (`name:base64`), replacing any by the same key name.
-    pub fn add_signature(&mut self, sig: String) {
-        if let Some((name, _)) = sig.split_once(':') {
-            let prefix = format!("{name}:");
-            self.sigs.retain(|s| !s.starts_with(&prefix));
-        }
-        self.sigs.push(sig);
-    }
-
-    /// Whether one of the signatures is valid for one of `keys`.
-    pub fn verify(&self, keys: &[PublicKey], store_dir: &str) -> bool {
-        verify_any(keys, &self.fingerprint(store_dir), &self.sigs)
-    }
-}
-
-/// `1;<store_dir>/<path>;<sha256:nix32 narHash>;<narSize>;<comma-joined full reference paths,
-/// sorted>` — the text Nix signs for a store path.
-pub fn fingerprint(
-    store_dir: &str,
-    path: &StorePath,
-    nar_hash: &Sha256Hash,
-    nar_size: u64,
-    references: &[StorePath],
-) -> String {
-    let refs: Vec<String> = sorted_base_names(references)
-        .into_iter()
-        .map(|b| format!("{store_dir}/{b}"))
-        .collect();
-    format!(
-        "1;{};{nar_hash};{nar_size};{}",
-        path.to_absolute(store_dir),
-        refs.join(",")
-    )
-}
-
-/// Base names in Nix's order (`StorePath`'s `Ord`, the text order) without duplicates.
-fn sorted_base_names(paths: &[StorePath]) -> Vec<String> {
-    let mut sorted: Vec<&StorePath> = paths.iter().collect();
-    sorted.sort_unstable();
-    sorted.dedup();
-    sorted.into_iter().map(StorePath::base_name).collect()
 }
 
 /// What [`NarInfo::parse`] has read so far, one `Key: value` line at a time.
@@ -264,17 +203,20 @@ impl Fields {
         let mut seen = std::collections::HashSet::new();
         self.sigs.retain(|s| seen.insert(s.clone()));
         Ok(NarInfo {
-            store_path,
+            info: PathInfo {
+                path: store_path,
+                nar_hash,
+                nar_size: self.nar_size,
+                references: self.references,
+                deriver: self.deriver,
+                sigs: self.sigs,
+                ca: self.ca,
+                registration_time: 0,
+            },
             url: self.url,
             compression: self.compression,
             file_hash: self.file_hash,
             file_size: self.file_size,
-            nar_hash,
-            nar_size: self.nar_size,
-            references: self.references,
-            deriver: self.deriver,
-            sigs: self.sigs,
-            ca: self.ca,
         })
     }
 }
@@ -318,6 +260,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::path_info::fingerprint;
+    use crate::signing::SecretKey;
 
     const DIR: &str = "/nix/store";
     const P: &str = "1b63mzvv9ai6wcxl2603184mh6mrfms2-fixture-dep";
@@ -338,13 +282,13 @@ mod tests {
     #[test]
     fn minimal_narinfo_gets_nix_defaults() {
         let ni = NarInfo::parse(&minimal(), DIR).unwrap();
-        assert_eq!(ni.store_path.base_name(), P);
+        assert_eq!(ni.info.path.base_name(), P);
         assert_eq!(ni.compression, Compression::Bzip2);
         assert_eq!(ni.file_hash, None);
         assert_eq!(ni.file_size, None);
-        assert!(ni.references.is_empty() && ni.sigs.is_empty());
-        assert_eq!(ni.deriver, None);
-        assert_eq!(ni.ca, None);
+        assert!(ni.info.references.is_empty() && ni.info.sigs.is_empty());
+        assert_eq!(ni.info.deriver, None);
+        assert_eq!(ni.info.ca, None);
         assert_eq!(
             ni.render(DIR),
             format!(
@@ -368,11 +312,16 @@ mod tests {
         assert_eq!(ni.url, "nar/new.nar.xz");
         assert_eq!(ni.file_hash, Some(Sha256Hash::parse(hex).unwrap()));
         assert_eq!(ni.file_size, Some(7));
-        let refs: Vec<String> = ni.references.iter().map(StorePath::base_name).collect();
+        let refs: Vec<String> = ni
+            .info
+            .references
+            .iter()
+            .map(StorePath::base_name)
+            .collect();
         assert_eq!(refs, [P, Q]);
-        assert_eq!(ni.deriver, None);
-        assert_eq!(ni.sigs, ["a:b", "c:d"]);
-        assert_eq!(ni.ca, None);
+        assert_eq!(ni.info.deriver, None);
+        assert_eq!(ni.info.sigs, ["a:b", "c:d"]);
+        assert_eq!(ni.info.ca, None);
         let empty = format!("{}Compression: \n", minimal());
         assert_eq!(
             NarInfo::parse(&empty, DIR).unwrap().compression,
@@ -381,7 +330,10 @@ mod tests {
         err_of(&format!("{}Compression: lz5\n", minimal()));
         // An empty References line may be followed by a real one (Nix allows it) …
         let twice = format!("{}References: \nReferences: {P}\n", minimal());
-        assert_eq!(NarInfo::parse(&twice, DIR).unwrap().references.len(), 1);
+        assert_eq!(
+            NarInfo::parse(&twice, DIR).unwrap().info.references.len(),
+            1
+        );
         // … but not a second non-empty one.
         err_of(&format!("{}References: {P}\nReferences: {Q}\n", minimal()));
         err_of(&format!(
@@ -464,31 +416,31 @@ mod tests {
     #[test]
     fn sign_replaces_our_signature_and_keeps_others() {
         let mut ni = NarInfo::parse(&minimal(), DIR).unwrap();
-        ni.sigs = vec!["other-1:abc".to_owned(), "ours-1:stale".to_owned()];
+        ni.info.sigs = vec!["other-1:abc".to_owned(), "ours-1:stale".to_owned()];
         let key = SecretKey::generate("ours-1").unwrap();
-        assert!(!ni.verify(&[key.public()], DIR));
-        ni.sign(&key, DIR);
-        assert_eq!(ni.sigs.len(), 2);
-        assert_eq!(ni.sigs[0], "other-1:abc");
-        assert!(ni.sigs[1].starts_with("ours-1:") && ni.sigs[1] != "ours-1:stale");
-        assert!(ni.verify(&[key.public()], DIR));
-        ni.sign(&key, DIR);
-        assert_eq!(ni.sigs.len(), 2);
+        assert!(!ni.info.verify(&[key.public()], DIR));
+        ni.info.sign(&key, DIR);
+        assert_eq!(ni.info.sigs.len(), 2);
+        assert_eq!(ni.info.sigs[0], "other-1:abc");
+        assert!(ni.info.sigs[1].starts_with("ours-1:") && ni.info.sigs[1] != "ours-1:stale");
+        assert!(ni.info.verify(&[key.public()], DIR));
+        ni.info.sign(&key, DIR);
+        assert_eq!(ni.info.sigs.len(), 2);
         // The signature covers NarSize, NarHash, the path and references, and the store dir.
-        assert!(!ni.verify(&[key.public()], "/other/store"));
+        assert!(!ni.info.verify(&[key.public()], "/other/store"));
         let mut changed = ni.clone();
-        changed.nar_size += 1;
-        assert!(!changed.verify(&[key.public()], DIR));
+        changed.info.nar_size += 1;
+        assert!(!changed.info.verify(&[key.public()], DIR));
         let mut changed = ni.clone();
-        changed.references.push(changed.store_path.clone());
-        assert!(!changed.verify(&[key.public()], DIR));
+        changed.info.references.push(changed.info.path.clone());
+        assert!(!changed.info.verify(&[key.public()], DIR));
         // … but not URL, Compression, FileHash, FileSize.
         let mut changed = ni.clone();
         changed.url = "nar/y.nar.zst".to_owned();
         changed.compression = Compression::Zstd;
         changed.file_size = Some(3);
         changed.file_hash = Some(Sha256Hash::digest(b"y"));
-        assert!(changed.verify(&[key.public()], DIR));
+        assert!(changed.info.verify(&[key.public()], DIR));
     }
 
     fn arb_store_path() -> impl Strategy<Value = StorePath> {
@@ -522,10 +474,11 @@ mod tests {
             let mut references = references;
             references.sort();
             references.dedup();
-            NarInfo {
-                store_path, url, compression, file_hash, file_size, nar_hash, nar_size,
-                references, deriver, sigs: sigs.into_iter().collect(), ca,
-            }
+            let info = PathInfo {
+                path: store_path, nar_hash, nar_size, references, deriver,
+                sigs: sigs.into_iter().collect(), ca, registration_time: 0,
+            };
+            NarInfo { info, url, compression, file_hash, file_size }
         }
     }
 

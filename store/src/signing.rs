@@ -4,7 +4,7 @@
 //! - secret key: `<name>:<base64 of 64 bytes = 32-byte seed ‖ 32-byte public key>`
 //! - public key: `<name>:<base64 of 32 bytes>`
 //! - signature:  `<name>:<base64 of a 64-byte detached signature>` over the UTF-8 fingerprint
-//!   (see [`crate::narinfo::fingerprint`]).
+//!   (see [`crate::path_info::fingerprint`]).
 //!
 //! The name ties a signature to a key: a verifier only tries the key whose name matches.
 
@@ -48,6 +48,26 @@ pub fn read_private_file(path: &Path) -> Result<Vec<u8>> {
     file.read_to_end(&mut bytes)
         .map_err(|e| Error::io(ctx("reading"), e))?;
     Ok(bytes)
+}
+
+/// Writes `bytes` to a new secret file (a signing key, a libp2p identity) created with mode
+/// 0600, never wider even briefly. An existing file is left alone and reported as an error;
+/// a file that could not be written whole is removed (it would later fail to parse).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let ctx = format!("creating secret key file {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(ctx.clone(), e))?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(Error::io(ctx, e));
+    }
+    Ok(())
 }
 
 /// A named ed25519 secret key. `Debug` prints the name and public key only.
@@ -127,26 +147,9 @@ impl SecretKey {
         })
     }
 
-    /// Writes the key to a new file created with mode 0600 (never wider, even briefly);
-    /// an existing file is left alone and reported as an error.
+    /// Writes the key to a new file created with mode 0600 ([`write_private_file`]).
     pub fn write_new(&self, path: &Path) -> Result<()> {
-        let ctx = format!("creating secret key file {}", path.display());
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| Error::io(ctx.clone(), e))?;
-        let written = file
-            .write_all(self.to_nix_string().as_bytes())
-            .and_then(|()| file.sync_all());
-        if let Err(e) = written {
-            // A half-written key file would later fail to parse; don't leave it behind.
-            drop(file);
-            let _ = std::fs::remove_file(path);
-            return Err(Error::io(ctx, e));
-        }
-        Ok(())
+        write_private_file(path, self.to_nix_string().as_bytes())
     }
 
     pub fn name(&self) -> &str {
@@ -291,6 +294,7 @@ fn validate_name(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::IoError;
 
     const FIXTURE_SECRET: &str = include_str!("../tests/fixtures/narinfo/test-only-secret.key");
     const FIXTURE_PUBLIC: &str = include_str!("../tests/fixtures/narinfo/test-only-public.key");
@@ -471,7 +475,7 @@ mod tests {
         let missing = dir.path().join("missing");
         let err = SecretKey::load(&missing).unwrap_err();
         assert!(
-            matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+            matches!(&err, Error::Io(IoError { source, .. }) if source.kind() == std::io::ErrorKind::NotFound),
             "{err:?}"
         );
         assert!(err.to_string().contains("missing"), "{err}");
@@ -484,7 +488,7 @@ mod tests {
         assert!(err.to_string().contains("garbage"), "{err}");
 
         let err = SecretKey::load(dir.path()).unwrap_err();
-        assert!(matches!(&err, Error::Io { .. }), "{err:?}");
+        assert!(matches!(&err, Error::Io(_)), "{err:?}");
     }
 
     #[test]
@@ -504,7 +508,7 @@ mod tests {
         let other = SecretKey::generate("written-2").unwrap();
         let err = other.write_new(&path).unwrap_err();
         assert!(
-            matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists),
+            matches!(&err, Error::Io(IoError { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists),
             "{err:?}"
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), sk.to_nix_string());

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tailcache_store::db::{StoreDb, StoreLayout};
-use tailcache_store::{Error, Sha256Hash, StorePath, StorePathHash};
+use tailcache_store::{Error, IoError, Sha256Hash, StorePath, StorePathHash};
 use tailcache_testkit::NixEnv;
 
 const STORE_DIR: &str = "/nix/store";
@@ -351,7 +351,7 @@ fn missing_database_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let err = StoreDb::open(&StoreLayout::under_root(dir.path())).unwrap_err();
     match &err {
-        Error::Io { context, source } => {
+        Error::Io(IoError { context, source }) => {
             assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
             assert!(context.contains("db.sqlite does not exist"), "{context}");
         }

@@ -150,14 +150,14 @@ in top
             DIR,
         )
         .unwrap();
-        assert_eq!(ni.sigs.len(), 1, "{:?}", ni.sigs);
-        assert!(json_sigs.contains(&ni.sigs[0]));
+        assert_eq!(ni.info.sigs.len(), 1, "{:?}", ni.info.sigs);
+        assert!(json_sigs.contains(&ni.info.sigs[0]));
         assert!(
-            k1_public.verify(&ni.fingerprint(DIR), &ni.sigs[0]),
+            k1_public.verify(&ni.info.fingerprint(DIR), &ni.info.sigs[0]),
             "Nix's signature with our key does not verify for {sp}"
         );
         // Ours is deterministic and must be the very same signature.
-        assert_eq!(k1.sign(&ni.fingerprint(DIR)), ni.sigs[0]);
+        assert_eq!(k1.sign(&ni.info.fingerprint(DIR)), ni.info.sigs[0]);
     }
     assert!(
         store_paths.iter().any(|sp| sp.name() == "keytest-top"
@@ -166,6 +166,7 @@ in top
                 DIR
             )
             .unwrap()
+            .info
             .references
             .len()
                 == 2),
@@ -212,8 +213,8 @@ in top
         let mut ni = NarInfo::parse(&std::fs::read_to_string(&file).unwrap(), DIR).unwrap();
         // Drop the k1 signatures that `nix store sign` left in the store, so that only ours
         // can make Nix trust these paths.
-        ni.sigs.clear();
-        ni.sign(&k2, DIR);
+        ni.info.sigs.clear();
+        ni.info.sign(&k2, DIR);
         std::fs::write(&file, ni.render(DIR)).unwrap();
     }
     let k2_pub = k2.public().to_nix_string();

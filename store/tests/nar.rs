@@ -703,7 +703,7 @@ fn sockets_are_unsupported_and_missing_paths_are_io_errors() {
     ));
     assert!(matches!(
         NarEncoder::new(&root.join("missing")),
-        Err(Error::Io { .. })
+        Err(Error::Io(_))
     ));
 }
 

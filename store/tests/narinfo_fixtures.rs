@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use rstest::rstest;
 use tailcache_store::StorePath;
-use tailcache_store::narinfo::{NarInfo, fingerprint};
+use tailcache_store::narinfo::NarInfo;
+use tailcache_store::path_info::fingerprint;
 use tailcache_store::signing::{PublicKey, SecretKey};
 
 const DIR: &str = "/nix/store";
@@ -47,32 +48,32 @@ fn round_trips_and_signatures_match_nix(
 ) {
     let text = narinfo_text(compression, role);
     let ni = NarInfo::parse(&text, DIR).unwrap();
-    assert_eq!(ni.store_path, path_of(role));
+    assert_eq!(ni.info.path, path_of(role));
     assert_eq!(ni.compression.name(), compression);
     assert_eq!(ni.render(DIR), text, "render(parse(x)) != x");
 
     let (sk, pk) = nix_keys();
-    assert_eq!(ni.sigs.len(), 1);
+    assert_eq!(ni.info.sigs.len(), 1);
     assert!(
-        ni.verify(std::slice::from_ref(&pk), DIR),
+        ni.info.verify(std::slice::from_ref(&pk), DIR),
         "Nix's Sig does not verify"
     );
-    assert!(pk.verify(&ni.fingerprint(DIR), &ni.sigs[0]));
+    assert!(pk.verify(&ni.info.fingerprint(DIR), &ni.info.sigs[0]));
 
     // ed25519 is deterministic: signing the same fingerprint with the same key must give
     // Nix's exact signature.
     let mut ours = ni.clone();
-    ours.sigs.clear();
-    ours.sign(&sk, DIR);
-    assert_eq!(ours.sigs, ni.sigs);
+    ours.info.sigs.clear();
+    ours.info.sign(&sk, DIR);
+    assert_eq!(ours.info.sigs, ni.info.sigs);
 
     // A key with the same name but other bytes does not verify it.
     let impostor = SecretKey::generate(pk.name()).unwrap().public();
-    assert!(!ni.verify(&[impostor], DIR));
+    assert!(!ni.info.verify(&[impostor], DIR));
     // Changing a signed field breaks it.
     let mut tampered = ni.clone();
-    tampered.nar_size += 1;
-    assert!(!tampered.verify(&[pk], DIR));
+    tampered.info.nar_size += 1;
+    assert!(!tampered.info.verify(&[pk], DIR));
 }
 
 #[test]
@@ -82,53 +83,56 @@ fn fields_are_what_nix_stored() {
     let note = NarInfo::parse(&narinfo_text("none", "text-ca"), DIR).unwrap();
     let added = NarInfo::parse(&narinfo_text("none", "added-ca"), DIR).unwrap();
 
-    assert!(dep.references.is_empty());
-    assert_eq!(dep.deriver.as_ref().unwrap().name(), "fixture-dep.drv");
-    assert_eq!(dep.ca, None);
+    assert!(dep.info.references.is_empty());
+    assert_eq!(dep.info.deriver.as_ref().unwrap().name(), "fixture-dep.drv");
+    assert_eq!(dep.info.ca, None);
 
     let mut want = vec![path_of("dep"), path_of("withrefs"), path_of("text-ca")];
     want.sort_by_key(StorePath::base_name);
-    assert_eq!(withrefs.references, want, "self reference included, sorted");
     assert_eq!(
-        withrefs.deriver.as_ref().unwrap().name(),
+        withrefs.info.references, want,
+        "self reference included, sorted"
+    );
+    assert_eq!(
+        withrefs.info.deriver.as_ref().unwrap().name(),
         "fixture-withrefs.drv"
     );
-    let fp = withrefs.fingerprint(DIR);
+    let fp = withrefs.info.fingerprint(DIR);
     assert!(fp.starts_with(&format!(
         "1;{};{};{};",
         path_of("withrefs").to_absolute(DIR),
-        withrefs.nar_hash,
-        withrefs.nar_size
+        withrefs.info.nar_hash,
+        withrefs.info.nar_size
     )));
     assert_eq!(
         fp,
         fingerprint(
             DIR,
-            &withrefs.store_path,
-            &withrefs.nar_hash,
-            withrefs.nar_size,
+            &withrefs.info.path,
+            &withrefs.info.nar_hash,
+            withrefs.info.nar_size,
             &[path_of("text-ca"), path_of("withrefs"), path_of("dep")]
         )
     );
 
-    assert_eq!(note.references, [path_of("tree-ca")]);
-    assert!(note.ca.as_deref().unwrap().starts_with("text:sha256:"));
+    assert_eq!(note.info.references, [path_of("tree-ca")]);
+    assert!(note.info.ca.as_deref().unwrap().starts_with("text:sha256:"));
 
     // `nix-store --add` of a file: recursive sha256 ingestion, so the CA hash is the NAR hash.
     assert_eq!(
-        added.ca.as_deref(),
-        Some(format!("fixed:r:{}", added.nar_hash).as_str())
+        added.info.ca.as_deref(),
+        Some(format!("fixed:r:{}", added.info.nar_hash).as_str())
     );
-    assert_eq!(added.deriver, None);
+    assert_eq!(added.info.deriver, None);
 
     // Uncompressed: the file is the NAR.
-    assert_eq!(dep.file_hash, Some(dep.nar_hash));
-    assert_eq!(dep.file_size, Some(dep.nar_size));
+    assert_eq!(dep.file_hash, Some(dep.info.nar_hash));
+    assert_eq!(dep.file_size, Some(dep.info.nar_size));
     assert!(dep.url.ends_with(".nar"));
     // xz: same signed content, different file.
     let dep_xz = NarInfo::parse(&narinfo_text("xz", "dep"), DIR).unwrap();
-    assert_eq!(dep_xz.fingerprint(DIR), dep.fingerprint(DIR));
-    assert_eq!(dep_xz.sigs, dep.sigs);
+    assert_eq!(dep_xz.info.fingerprint(DIR), dep.info.fingerprint(DIR));
+    assert_eq!(dep_xz.info.sigs, dep.info.sigs);
     assert_ne!(dep_xz.file_hash, dep.file_hash);
     assert!(dep_xz.url.ends_with(".nar.xz"));
     assert_eq!(

@@ -518,49 +518,55 @@ pub fn client_store(parent: &Path, name: &str) -> String {
     parent.join(name).to_str().unwrap().to_string()
 }
 
-/// Trust options for the stock client: only `trusted_key`, signatures required.
-fn trust_args(trusted_key: &str) -> Vec<String> {
-    vec![
-        "--option".into(),
-        "trusted-public-keys".into(),
-        trusted_key.into(),
-        "--option".into(),
-        "require-sigs".into(),
-        "true".into(),
-    ]
+/// How the stock client takes paths from a binary cache: signatures required, only the
+/// given key trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// `nix copy --from URL --to CLIENT PATHS`.
+    Copy,
+    /// `nix-store --store CLIENT -r PATHS --option substituters URL`: substitution, as a
+    /// machine does it.
+    Substitute,
 }
 
-/// `nix copy --from URL --to CLIENT PATHS` with signatures required.
-pub fn nix_copy_from(
-    nix: &NixEnv,
-    url: &str,
-    client: &str,
-    trusted_key: &str,
-    paths: &[&str],
-) -> Output {
-    nix.command("nix")
-        .args(["copy", "--from", url, "--to", client])
-        .args(trust_args(trusted_key))
-        .args(paths)
-        .output()
-        .unwrap()
-}
-
-/// `nix-store --store CLIENT -r PATHS --option substituters URL`, signatures required.
-pub fn nix_substitute(
-    nix: &NixEnv,
-    url: &str,
-    client: &str,
-    trusted_key: &str,
-    paths: &[&str],
-) -> Output {
-    nix.command("nix-store")
-        .args(["--store", client, "-r"])
-        .args(paths)
-        .args(["--option", "substituters", url])
-        .args(trust_args(trusted_key))
-        .output()
-        .unwrap()
+impl Fetch {
+    /// Fetches `paths` from the cache at `url` into the client store `client`, trusting
+    /// `trusted_key` only.
+    pub fn run(
+        self,
+        nix: &NixEnv,
+        url: &str,
+        client: &str,
+        trusted_key: &str,
+        paths: &[&str],
+    ) -> Output {
+        let trust = [
+            "--option",
+            "trusted-public-keys",
+            trusted_key,
+            "--option",
+            "require-sigs",
+            "true",
+        ];
+        let mut cmd = match self {
+            Fetch::Copy => {
+                let mut c = nix.command("nix");
+                c.args(["copy", "--from", url, "--to", client])
+                    .args(trust)
+                    .args(paths);
+                c
+            }
+            Fetch::Substitute => {
+                let mut c = nix.command("nix-store");
+                c.args(["--store", client, "-r"])
+                    .args(paths)
+                    .args(["--option", "substituters", url])
+                    .args(trust);
+                c
+            }
+        };
+        cmd.output().unwrap()
+    }
 }
 
 pub fn stderr_of(out: &Output) -> String {

@@ -19,7 +19,7 @@ const MAX_CLOSURE: usize = 500_000;
 fn walk(
     db: &StoreDb,
     root: &StorePath,
-    mut visit: impl FnMut(&tailcache_store::db::PathInfo),
+    mut visit: impl FnMut(&tailcache_store::PathInfo),
 ) -> tailcache_store::Result<bool> {
     let mut queue = VecDeque::from([root.clone()]);
     let mut seen = HashSet::new();

@@ -465,10 +465,6 @@ fn remove_logged(path: &Path) {
 
 impl Actor for GenerationStore {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-    }
 }
 
 impl Supervised for GenerationStore {
@@ -484,6 +480,7 @@ impl Supervised for GenerationStore {
 
 impl Metered for GenerationStore {
     const NAME: &'static str = "GenerationStore";
+    const MAILBOX_CAPACITY: usize = MAILBOX_CAPACITY;
     fn actor_metrics(&self) -> &ActorMetrics {
         &self.metrics
     }

@@ -567,26 +567,19 @@ mod tests {
 
     #[test]
     fn nix_versions() {
-        assert_eq!(
-            nix_version_at_least("nix (Nix) 2.8.0\n", (2, 15)),
-            Some(false)
-        );
-        assert_eq!(
-            nix_version_at_least("nix (Nix) 2.15.0", (2, 15)),
-            Some(true)
-        );
-        assert_eq!(
-            nix_version_at_least("nix (Nix) 2.24.10", (2, 15)),
-            Some(true)
-        );
-        assert_eq!(
-            nix_version_at_least("nix (Lix, like Nix) 2.91.1", (2, 15)),
-            Some(true)
-        );
-        assert_eq!(
-            nix_version_at_least("nix (Nix) 2.16pre20230411_ef0b483", (2, 15)),
-            Some(true)
-        );
+        for (version, at_least_2_15) in [
+            ("nix (Nix) 2.8.0\n", false),
+            ("nix (Nix) 2.15.0", true),
+            ("nix (Nix) 2.24.10", true),
+            ("nix (Lix, like Nix) 2.91.1", true),
+            ("nix (Nix) 2.16pre20230411_ef0b483", true),
+        ] {
+            assert_eq!(
+                nix_version_at_least(version, (2, 15)),
+                Some(at_least_2_15),
+                "{version}"
+            );
+        }
         assert_eq!(nix_version_at_least("garbage", (2, 15)), None);
     }
 }

@@ -271,10 +271,9 @@ impl Activation {
 pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
     let started = Instant::now();
     let follow = Follow::new(server, &args.target)?;
-    let Follow { client, nix, .. } = &follow;
     let style = Style::stdout();
     let view = follow.view(args.target.home)?;
-    let activation = activation_of(view.kind, args, nix)?;
+    let activation = activation_of(view.kind, args, &follow.nix)?;
 
     // Refusals first: nothing below changes anything until the record has passed.
     let trusted = follow.trusted_keys(&args.target)?;
@@ -318,25 +317,13 @@ pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
         println!("dry run: nothing was fetched, set or activated");
         return Ok(exit::OK);
     }
-    if needs_root(&activation, nix, args) && proc_uid(1) != Some(0) {
+    if needs_root(&activation, &follow.nix, args) && proc_uid(1) != Some(0) {
         return Err(needs_sudo(&record.target));
     }
 
-    follow.require_sigs()?;
-    let fetched = substitute(nix, &record.out_path)?;
-    apply(&activation, nix, &record)?;
-
-    state.set(
-        &key_id,
-        &record.target,
-        AppliedGeneration {
-            generation: record.generation,
-            out_path: record.out_path.clone(),
-            action: activation.label().to_owned(),
-            applied_at: jiff::Timestamp::now(),
-            server: client.url().to_owned(),
-        },
-    );
+    let fetched = install(&follow, &activation, &record)?;
+    let applied = applied_now(&record, &activation, follow.client.url());
+    state.set(&key_id, &record.target, applied);
     applied::save(&state_path, &state)?;
     println!(
         "{} {} is at generation {} ({}) · fetched in {}, {} in all",
@@ -348,6 +335,35 @@ pub fn run(server: &ServerArgs, args: &SwitchArgs) -> Result<u8, CliError> {
         output::duration(started.elapsed().as_secs_f64())
     );
     Ok(exit::OK)
+}
+
+/// The one step that changes the machine: has Nix substitute the record's out path
+/// (signatures required), then sets the profile and activates. Returns how long the
+/// substitution took.
+fn install(
+    follow: &Follow,
+    activation: &Activation,
+    record: &GenerationRecord,
+) -> Result<std::time::Duration, CliError> {
+    follow.require_sigs()?;
+    let fetched = substitute(&follow.nix, &record.out_path)?;
+    apply(activation, &follow.nix, record)?;
+    Ok(fetched)
+}
+
+/// What the applied-state file records for `record`, applied just now from `server`.
+fn applied_now(
+    record: &GenerationRecord,
+    activation: &Activation,
+    server: &str,
+) -> AppliedGeneration {
+    AppliedGeneration {
+        generation: record.generation,
+        out_path: record.out_path.clone(),
+        action: activation.label().to_owned(),
+        applied_at: jiff::Timestamp::now(),
+        server: server.to_owned(),
+    }
 }
 
 fn needs_sudo(target: &str) -> CliError {

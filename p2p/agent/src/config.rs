@@ -208,28 +208,31 @@ mod parse {
         PublicKey::parse(s).map_err(|e| format!("invalid public key {s:?}: {e}"))
     }
 
+    /// A list of strings, each parsed by `parse`; an error names `key`.
+    fn list<'de, D: Deserializer<'de>, T>(
+        d: D,
+        key: &str,
+        parse: impl Fn(&str) -> std::result::Result<T, String>,
+    ) -> std::result::Result<Vec<T>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| parse(s).map_err(|e| D::Error::custom(format!("agent.{key}: {e}"))))
+            .collect()
+    }
+
     pub fn trusted_keys<'de, D: Deserializer<'de>>(
         d: D,
     ) -> std::result::Result<Vec<PublicKey>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|k| {
-                public_key(k).map_err(|e| D::Error::custom(format!("agent.trusted_keys: {e}")))
-            })
-            .collect()
+        list(d, "trusted_keys", public_key)
     }
 
     pub fn listen<'de, D: Deserializer<'de>>(
         d: D,
     ) -> std::result::Result<Vec<Multiaddr>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|a| {
-                a.parse().map_err(|e| {
-                    D::Error::custom(format!("agent.listen: invalid multiaddr {a:?}: {e}"))
-                })
-            })
-            .collect()
+        list(d, "listen", |a| {
+            a.parse()
+                .map_err(|e| format!("invalid multiaddr {a:?}: {e}"))
+        })
     }
 }
 

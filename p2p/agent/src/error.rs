@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use tailcache_store::IoError;
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -21,12 +23,8 @@ pub enum Error {
         #[source]
         source: toml::de::Error,
     },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error(transparent)]
     P2p(#[from] tailcache_p2p::Error),
     #[error("cannot build the HTTP client: {0}")]
@@ -36,10 +34,7 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with what was being done when it happened.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io(IoError::new(context, source))
     }
 }
 

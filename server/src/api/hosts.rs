@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use tailcache_store::IoError;
 use tailcache_wire::hosts::{HostView, HostsReply};
 
 use super::ApiState;
@@ -50,9 +51,8 @@ pub async fn get_lock(
         )
             .into_response()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::NotFound),
-        Err(e) => Err(ApiError::Actors(tailcache_actors::Error::Io {
-            context: format!("cannot read {}", path.display()),
-            source: e,
-        })),
+        Err(e) => Err(ApiError::Actors(
+            IoError::new(format!("cannot read {}", path.display()), e).into(),
+        )),
     }
 }

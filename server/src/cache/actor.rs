@@ -56,14 +56,11 @@ pub struct CacheServer {
 
 impl Actor for CacheServer {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-    }
 }
 
 impl Metered for CacheServer {
     const NAME: &'static str = "CacheServer";
+    const MAILBOX_CAPACITY: usize = MAILBOX_CAPACITY;
 
     fn actor_metrics(&self) -> &ActorMetrics {
         &self.metrics
@@ -298,7 +295,7 @@ impl CacheServer {
             stats: p.stats,
             metrics: p.metrics.clone(),
         };
-        let addr = MeteredAddr::new(Supervisor::start(|_| actor), p.metrics);
+        let addr = MeteredAddr::start(actor);
         tokio::spawn(worker(rx, p.nars.clone(), addr.clone()));
         CacheHandle {
             addr,

@@ -15,13 +15,14 @@
 //! (the listener's send timeout drops them), all they hold together is the budget plus a
 //! small chunk each.
 
-use std::io::Read;
+use std::io::{Read, Seek as _, SeekFrom};
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use tailcache_store::IoError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::{CacheError, CacheResult};
@@ -257,6 +258,34 @@ impl ReadPool {
         }
         Ok(response)
     }
+
+    /// [`respond`](Self::respond) with the bytes of `file`, which the caller opened: once
+    /// open, a file unlinked meanwhile (an evicted NAR) is still served whole. `what` names
+    /// it in the error if it cannot be stat'ed.
+    pub fn respond_file<F>(
+        &self,
+        headers: &HeaderMap,
+        head: bool,
+        file: std::fs::File,
+        content_type: &'static str,
+        what: &str,
+        on_bytes: F,
+    ) -> CacheResult<Response>
+    where
+        F: Fn(u64) + Send + 'static,
+    {
+        let size = file
+            .metadata()
+            .map_err(|e| IoError::new(format!("stat {what}"), e))?
+            .len();
+        let resource = Resource { size, content_type };
+        let open = move |offset| {
+            let mut file = file;
+            file.seek(SeekFrom::Start(offset))?;
+            Ok(file)
+        };
+        self.respond(headers, head, resource, open, on_bytes)
+    }
 }
 
 /// Reads until `buf` is full or the source ends, so chunks are large even when the source
@@ -380,41 +409,28 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(
-            range("bytes=0-9", 100).unwrap(),
-            Span::Partial { start: 0, end: 9 }
-        );
-        assert_eq!(
-            range("bytes=90-", 100).unwrap(),
-            Span::Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            range("bytes=90-1000", 100).unwrap(),
-            Span::Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            range("bytes=-10", 100).unwrap(),
-            Span::Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            range("bytes=-1000", 100).unwrap(),
-            Span::Partial { start: 0, end: 99 }
-        );
+        let partial = |start, end| Span::Partial { start, end };
+        for (header, want) in [
+            ("bytes=0-9", partial(0, 9)),
+            ("bytes=90-", partial(90, 99)),
+            ("bytes=90-1000", partial(90, 99)),
+            ("bytes=-10", partial(90, 99)),
+            ("bytes=-1000", partial(0, 99)),
+        ] {
+            assert_eq!(range(header, 100).unwrap(), want, "{header}");
+        }
         assert_eq!(range("bytes=0-1,5-6", 100).unwrap(), Span::Full);
         assert_eq!(range("items=0-1", 100).unwrap(), Span::Full);
         assert_eq!(range("bytes=5-1", 100).unwrap(), Span::Full);
-        assert!(matches!(
-            range("bytes=100-", 100),
-            Err(CacheError::RangeNotSatisfiable { .. })
-        ));
-        assert!(matches!(
-            range("bytes=-0", 100),
-            Err(CacheError::RangeNotSatisfiable { .. })
-        ));
-        assert!(matches!(
-            range("bytes=0-", 0),
-            Err(CacheError::RangeNotSatisfiable { .. })
-        ));
+        for (header, size) in [("bytes=100-", 100), ("bytes=-0", 100), ("bytes=0-", 0)] {
+            assert!(
+                matches!(
+                    range(header, size),
+                    Err(CacheError::RangeNotSatisfiable { .. })
+                ),
+                "{header} of {size} bytes"
+            );
+        }
         assert_eq!(parse_range(&HeaderMap::new(), 5).unwrap(), Span::Full);
     }
 

@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 
 use tailcache_p2p::verify::{DEFAULT_BLOCK_LOG, Outboard, OutboardBuilder};
-use tailcache_store::hash::{HashingCounter, HashingWriter};
+use tailcache_store::hash::{HashingCounter, TeeWriter};
 use tailcache_store::nar::NarEncoder;
-use tailcache_store::{Sha256Hash, StorePathHash};
+use tailcache_store::{IoError, Sha256Hash, StorePathHash};
 
 use super::nar_cache::{NarCache, NarEntry};
 use crate::config::Compression;
@@ -43,16 +43,13 @@ pub enum CompressError {
     },
     #[error("compression is disabled")]
     Disabled,
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CompressError {
     let context = context.into();
-    move |source| CompressError::Io { context, source }
+    move |source| IoError::new(context, source).into()
 }
 
 /// Runs `job`, leaving either a complete file in `cache`'s directory or nothing.
@@ -94,42 +91,23 @@ fn write_synced(path: &std::path::Path, bytes: &[u8]) -> Result<(), CompressErro
         .map_err(io(format!("write {}", path.display())))
 }
 
-/// Passes compressed bytes to the file and, once written, to the BLAKE3 tree builder, so the
-/// outboard describes exactly the bytes on disk without a second read.
-struct Blake3Tee<W> {
-    inner: W,
-    tree: OutboardBuilder,
-}
-
-impl<W: std::io::Write> std::io::Write for Blake3Tee<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.tree.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 type Compressed = (Sha256Hash, u64, [u8; 32], Outboard);
 
 fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<Compressed, CompressError> {
     let file = std::fs::File::create(tmp).map_err(io(format!("create {}", tmp.display())))?;
-    let tree = OutboardBuilder::new(DEFAULT_BLOCK_LOG).map_err(|e| CompressError::Io {
-        context: "BLAKE3 outboard".into(),
-        source: std::io::Error::other(e),
-    })?;
-    let out = HashingWriter::new(Blake3Tee {
-        inner: std::io::BufWriter::with_capacity(256 * 1024, file),
-        tree,
+    let mut tree = OutboardBuilder::new(DEFAULT_BLOCK_LOG)
+        .map_err(|e| io("BLAKE3 outboard")(std::io::Error::other(e)))?;
+    // The file hash and the BLAKE3 tree see exactly the compressed bytes on their way to
+    // the file.
+    let mut file_counter = HashingCounter::default();
+    let file = std::io::BufWriter::with_capacity(256 * 1024, file);
+    let out = TeeWriter::new(file, |bytes: &[u8]| {
+        file_counter.update(bytes);
+        tree.update(bytes);
     });
     let display = job.physical_path.display().to_string();
-    let mut nar = NarEncoder::new(&job.physical_path).map_err(|e| CompressError::Io {
-        context: display.clone(),
-        source: std::io::Error::other(e),
-    })?;
+    let mut nar = NarEncoder::new(&job.physical_path)
+        .map_err(|e| io(display.clone())(std::io::Error::other(e)))?;
     let mut nar_counter = HashingCounter::default();
     let out = match job.compression {
         Compression::None => return Err(CompressError::Disabled),
@@ -143,10 +121,7 @@ fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<Compressed, CompressE
                 .preset(job.level)
                 .check(liblzma::stream::Check::Crc64)
                 .encoder()
-                .map_err(|e| CompressError::Io {
-                    context: "xz encoder".into(),
-                    source: std::io::Error::other(e),
-                })?;
+                .map_err(|e| io("xz encoder")(std::io::Error::other(e)))?;
             let mut enc = liblzma::write::XzEncoder::new_stream(out, stream);
             pump(&mut nar, &mut nar_counter, &mut enc, &display)?;
             enc.finish().map_err(io("xz finish"))?
@@ -175,14 +150,13 @@ fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<Compressed, CompressE
             want_size: job.nar_size,
         });
     }
-    let (tee, counter) = out.into_parts();
-    let file = tee.inner.into_inner().map_err(|e| CompressError::Io {
-        context: "flush".into(),
-        source: e.into_error(),
-    })?;
+    let file = out
+        .into_inner()
+        .into_inner()
+        .map_err(|e| io("flush")(e.into_error()))?;
     file.sync_all().map_err(io("fsync"))?;
-    let (file_hash, file_size) = counter.finish();
-    let (root, outboard) = tee.tree.finish();
+    let (file_hash, file_size) = file_counter.finish();
+    let (root, outboard) = tree.finish();
     Ok((file_hash, file_size, root, outboard))
 }
 

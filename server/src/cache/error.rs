@@ -4,6 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use tailcache_store::IoError;
 
 /// Why a cache request failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +22,8 @@ pub enum CacheError {
     #[error("store database error: {0}")]
     Store(#[from] tailcache_store::Error),
     /// A local file could not be read.
-    #[error("{context}: {source}")]
-    Io {
-        context: &'static str,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 pub type CacheResult<T> = Result<T, CacheError>;
@@ -36,7 +34,7 @@ impl IntoResponse for CacheError {
             CacheError::BadRequest(_) => StatusCode::BAD_REQUEST,
             CacheError::NotFound(_) => StatusCode::NOT_FOUND,
             CacheError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            CacheError::Store(_) | CacheError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            CacheError::Store(_) | CacheError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = if status.is_server_error() {
             tracing::error!("{self}");

@@ -4,8 +4,6 @@
 //! the NAR directory. Every name is parsed into hashes before anything touches the disk, so no
 //! URL can reach a file outside the store or that directory. `Range` works for both.
 
-use std::io::{Seek as _, SeekFrom};
-
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
@@ -97,26 +95,13 @@ pub async fn get_nar(
             // Open now: once open, eviction unlinking the file cannot cut the download short.
             let file = std::fs::File::open(&path)
                 .map_err(|_| CacheError::NotFound("no such compressed NAR"))?;
-            let size = file
-                .metadata()
-                .map_err(|source| CacheError::Io {
-                    context: "stat compressed NAR",
-                    source,
-                })?
-                .len();
             let stats = state.clone();
-            state.reads().respond(
+            state.reads().respond_file(
                 &headers,
                 head,
-                Resource {
-                    size,
-                    content_type: NAR_CONTENT_TYPE,
-                },
-                move |offset| {
-                    let mut file = file;
-                    file.seek(SeekFrom::Start(offset))?;
-                    Ok(file)
-                },
+                file,
+                NAR_CONTENT_TYPE,
+                "compressed NAR",
                 move |n| stats.stats().add_nar_bytes(compression, n),
             )
         }

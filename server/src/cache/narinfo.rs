@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tailcache_store::PathInfo;
 use tailcache_store::StorePathHash;
-use tailcache_store::db::PathInfo;
 use tailcache_store::narinfo::NarInfo;
 
 use super::CacheState;
@@ -76,7 +76,7 @@ pub fn render(state: &CacheState, info: PathInfo) -> String {
 }
 
 /// [`render`], also saying which file the text advertises.
-fn render_served(state: &CacheState, info: PathInfo) -> (String, Served) {
+fn render_served(state: &CacheState, mut info: PathInfo) -> (String, Served) {
     let store_dir = state.store_dir();
     let path_hash = info.path.hash();
     // Queues the compression this path lacks (never waits; see CacheHandle).
@@ -127,27 +127,21 @@ fn render_served(state: &CacheState, info: PathInfo) -> (String, Served) {
                 )
             }
         };
-    let mut narinfo = NarInfo {
-        store_path: info.path,
+    let ours = state
+        .signatures()
+        .get_or_sign((path_hash, info.nar_hash), || {
+            let fingerprint = info.fingerprint(store_dir);
+            state.keys().iter().map(|k| k.sign(&fingerprint)).collect()
+        });
+    for sig in ours.iter() {
+        info.add_signature(sig.clone());
+    }
+    let narinfo = NarInfo {
+        info,
         url,
         compression,
         file_hash: Some(file_hash),
         file_size: Some(file_size),
-        nar_hash: info.nar_hash,
-        nar_size: info.nar_size,
-        references: info.references,
-        deriver: info.deriver,
-        sigs: info.sigs,
-        ca: info.ca,
     };
-    let ours = state
-        .signatures()
-        .get_or_sign((path_hash, narinfo.nar_hash), || {
-            let fingerprint = narinfo.fingerprint(store_dir);
-            state.keys().iter().map(|k| k.sign(&fingerprint)).collect()
-        });
-    for sig in ours.iter() {
-        narinfo.add_signature(sig.clone());
-    }
     (narinfo.render(store_dir), served)
 }

@@ -12,7 +12,6 @@ use tailcache_p2p::manifest::P2pManifest;
 use tailcache_store::Sha256Hash;
 
 use super::CacheState;
-use super::body::Resource;
 use super::error::{CacheError, CacheResult};
 use super::nar::parse_compressed_name;
 use crate::config::Compression;
@@ -56,26 +55,12 @@ pub async fn get_outboard(
     let path = state.nars().outboard_path(&file_hash, compression);
     // Open now, as for NARs: eviction unlinking it cannot cut the response short.
     let file = std::fs::File::open(&path).map_err(|_| CacheError::NotFound("no such outboard"))?;
-    let size = file
-        .metadata()
-        .map_err(|source| CacheError::Io {
-            context: "stat outboard",
-            source,
-        })?
-        .len();
-    state.reads().respond(
+    state.reads().respond_file(
         &headers,
         method == Method::HEAD,
-        Resource {
-            size,
-            content_type: CONTENT_TYPE,
-        },
-        move |offset| {
-            use std::io::{Seek as _, SeekFrom};
-            let mut file = file;
-            file.seek(SeekFrom::Start(offset))?;
-            Ok(file)
-        },
+        file,
+        CONTENT_TYPE,
+        "outboard",
         |_| {},
     )
 }
