@@ -436,6 +436,7 @@ rec {
         cache_max_bytes = cfg.agent.cacheMaxBytes;
         upload_rate = cfg.agent.uploadRate;
         listen = cfg.agent.listen;
+        encoding = cfg.agent.encoding;
       };
     };
 

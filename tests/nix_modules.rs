@@ -237,7 +237,7 @@ fn home_manager_client_renders_nix_conf_and_units() {
                  cacheUrl = "http://build-server:5000";
                  publicKeys = [ "build-server-1:huc2E40Qsk/7Q6Vkp15QU2Ru5HfDeT63lhu/JJeon34=" ];
                  tokenFile = "/home/alice/nix-config/secrets/tailcache-token";
-                 agent = { enable = true; reseed = true; tracker = "/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"; };
+                 agent = { enable = true; reseed = true; encoding = "xz"; tracker = "/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"; };
                  prefetch = { enable = true; interval = 30; };
                  autoSwitch = true;
                };"#
@@ -327,6 +327,7 @@ fn home_manager_client_renders_nix_conf_and_units() {
     );
     assert_eq!(a.bind.to_string(), "127.0.0.1:5001");
     assert_eq!(a.cache_dir, None);
+    assert_eq!(a.encoding, tailcache_agent::choose::Encoding::Xz);
     let exec = unit_value(&prefetch, "ExecStart");
     let client_toml = arg_after(exec, "--config");
     assert_eq!(client_toml, s["tailcacheConfig"].as_str().unwrap());
@@ -666,6 +667,8 @@ fn nixos_client_renders_nix_conf_and_units() {
     );
     assert!(a.reseed);
     assert_eq!(agent_keys(&a), [CLIENT_KEY]);
+    // Not set: the module's default is the agent's.
+    assert_eq!(a.encoding, tailcache_agent::choose::Encoding::Auto);
 }
 
 /// The follower runs only when asked: prefetch, or autoSwitch (which fetches what it applies);

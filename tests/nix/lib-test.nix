@@ -75,6 +75,7 @@ let
       cacheMaxBytes = 100;
       uploadRate = 0;
       listen = null;
+      encoding = "auto";
     };
   };
 
@@ -281,6 +282,7 @@ let
         metered = false;
         cache_max_bytes = 100;
         upload_rate = 0;
+        encoding = "auto";
       };
     };
     client-config-no-token = {
