@@ -614,6 +614,43 @@ mod tests {
         assert_eq!(rewrite_cache_info("Priority: 5\n"), "Priority: 0\n");
     }
 
+    /// A stand-in cache server on loopback whose `/p2p/files/<case>` answers as named: what
+    /// an older server (404), a broken one (bad JSON, a body too large) or a hung one (no
+    /// answer) would send. The agent must then pass the narinfo on as it is.
+    #[tokio::test]
+    async fn a_file_list_that_fails_in_any_way_is_no_list() {
+        use axum::routing::get;
+        let good = NarFiles {
+            nar_hash: Sha256Hash::digest(b"nar"),
+            nar_size: 3,
+            files: Vec::new(),
+        };
+        let json = good.to_json();
+        let app = axum::Router::new()
+            .route("/p2p/files/good", get(move || async move { json }))
+            .route("/p2p/files/bad", get(|| async { "{\"nar_hash\": 1}" }))
+            .route(
+                "/p2p/files/huge",
+                get(|| async { vec![b' '; MAX_FILES_BODY as usize + 1] }),
+            )
+            .route(
+                "/p2p/files/hung",
+                get(|| std::future::pending::<&'static str>()),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let server = Server::new(&url.parse().unwrap()).unwrap();
+        let list = |case: &str| nar_files(server.clone(), format!("/p2p/files/{case}"));
+        assert_eq!(list("good").await, Some(good));
+        for case in ["missing", "bad", "huge"] {
+            assert_eq!(list(case).await, None, "{case}");
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(list("hung").await, None);
+        assert!(started.elapsed() >= FILES_TIMEOUT);
+    }
+
     #[test]
     fn only_compressed_file_names_are_fetched_in_pieces() {
         let h = Sha256Hash::digest(b"x");
