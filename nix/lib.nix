@@ -167,6 +167,8 @@ rec {
         bind = cfg.cache.listen;
         priority = cfg.cache.priority;
         compression = cfg.cache.compression;
+        archive_compression = cfg.cache.archiveCompression;
+        archive_level = cfg.cache.archiveLevel;
         nar_cache_max_bytes = cfg.cache.maxBytes;
       };
       api = {

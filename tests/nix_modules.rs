@@ -744,7 +744,7 @@ const SERVER_CFG: &str = r#"services.tailcache.server = {
   enable = true;
   signingKeyFile = "/var/lib/secrets/key";
   openFirewall = true;
-  cache = { listen = "100.64.0.1:5000"; priority = 30; compression = "zstd"; maxBytes = 1073741824; };
+  cache = { listen = "100.64.0.1:5000"; priority = 30; compression = "zstd"; archiveCompression = "xz"; maxBytes = 1073741824; };
   api = { listen = "100.64.0.1:8000"; tokenFile = "/var/lib/secrets/token"; allow = [ "user:alice@example.com" "local" ]; };
   build = {
     repository = "https://example.invalid/config.git";
@@ -806,6 +806,12 @@ fn server_module_renders_units_and_the_config_the_server_reads() {
     assert!(!text.contains("/var/lib/secrets"), "{text}");
     std::fs::write(&path, &text).unwrap();
     let c = tailcache_server::config::Config::from_file(&path).unwrap();
+    // Valid as a whole too (e.g. the archive compression against the primary one).
+    tailcache_server::config::Config::load(&tailcache_server::config::ServeOverrides {
+        config: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap();
     assert_eq!(c.cache.bind.to_string(), "100.64.0.1:5000");
     assert_eq!(c.api.bind.to_string(), "100.64.0.1:8000");
     assert_eq!(
@@ -819,6 +825,11 @@ fn server_module_renders_units_and_the_config_the_server_reads() {
         c.cache.compression,
         tailcache_server::config::Compression::Zstd
     );
+    assert_eq!(
+        c.cache.archive_compression,
+        tailcache_server::config::Compression::Xz
+    );
+    assert_eq!(c.cache.archive_level, None);
     assert_eq!(c.cache.nar_cache_max_bytes, 1 << 30);
     assert_eq!(c.build.nix_args, ["--option", "cores", "2"]);
     assert_eq!(

@@ -57,6 +57,7 @@ pub struct TestCacheBuilder<'a> {
     nix: Option<&'a NixEnv>,
     p2p: bool,
     extra_toml: String,
+    cache_extra: String,
     api_extra: String,
     nofile: Option<u64>,
 }
@@ -161,6 +162,13 @@ impl<'a> TestCacheBuilder<'a> {
         self
     }
 
+    /// More keys of the `[cache]` table (TOML lines).
+    pub fn cache_extra(mut self, toml: &str) -> Self {
+        self.cache_extra.push_str(toml);
+        self.cache_extra.push('\n');
+        self
+    }
+
     /// More keys of the `[api]` table (TOML lines).
     pub fn api_extra(mut self, toml: &str) -> Self {
         self.api_extra.push_str(toml);
@@ -218,6 +226,7 @@ impl<'a> TestCacheBuilder<'a> {
             let keys: Vec<String> = self.secret_keys.iter().map(|k| toml_str(k)).collect();
             cfg.push_str(&format!("secret_key_files = [{}]\n", keys.join(", ")));
         }
+        cfg.push_str(&self.cache_extra);
         // Every server runs the API listener, and its default port is fixed.
         cfg.push_str("\n[api]\nbind = \"127.0.0.1:0\"\n");
         cfg.push_str(&self.api_extra);
@@ -413,6 +422,7 @@ impl TestCache {
             nix: None,
             p2p: false,
             extra_toml: String::new(),
+            cache_extra: String::new(),
             api_extra: String::new(),
             nofile: None,
         }

@@ -18,6 +18,8 @@ let
       listen = "100.64.0.1:5000";
       priority = 30;
       compression = "xz";
+      archiveCompression = "zstd";
+      archiveLevel = null;
       maxBytes = 1024;
     };
     api = {
@@ -320,6 +322,7 @@ let
           bind = "100.64.0.1:5000";
           priority = 30;
           compression = "xz";
+          archive_compression = "zstd";
           nar_cache_max_bytes = 1024;
         };
         api = {
