@@ -561,17 +561,12 @@ impl TestCache {
         let url = info.get("URL").unwrap().to_string();
         let compression = info.get("Compression").unwrap_or("bzip2").to_string();
         if self.backend == Backend::Tailcache && compression == "none" {
-            assert!(
-                tamper_tree(&store.physical(store_path), needle),
-                "{needle:?} not found under {store_path}"
-            );
+            tamper_store_path(store, store_path, needle);
             return;
         }
-        let file_name = url.rsplit('/').next().unwrap().to_string();
         let file = match self.backend {
             Backend::Reference => self.dir.path().join("refcache").join(&url),
-            Backend::Tailcache => find_file(&self.state_dir(), &file_name)
-                .unwrap_or_else(|| panic!("no {file_name} under the server's state dir")),
+            Backend::Tailcache => self.nar_file_path(&url),
         };
         let data = std::fs::read(&file).unwrap();
         let mut nar = filter(&compression, "-dc", &data);
@@ -582,6 +577,25 @@ impl TestCache {
         let changed = filter(&compression, "-1c", &nar);
         std::fs::write(&file, changed).unwrap();
     }
+}
+
+impl TestCache {
+    /// Where the server keeps the compressed file `url` (`nar/<file hash>.nar.<ext>`, as a
+    /// narinfo or a file list names it) on disk: somewhere under its state directory.
+    pub fn nar_file_path(&self, url: &str) -> PathBuf {
+        let file_name = url.rsplit('/').next().unwrap();
+        find_file(&self.state_dir(), file_name)
+            .unwrap_or_else(|| panic!("no {file_name} under the server's state dir"))
+    }
+}
+
+/// Flips the first byte of `needle` in a file of `store_path` in the physical store the
+/// server serves, behind its database's back (the file keeps its size).
+pub fn tamper_store_path(store: &TestStore, store_path: &str, needle: &[u8]) {
+    assert!(
+        tamper_tree(&store.physical(store_path), needle),
+        "{needle:?} not found under {store_path}"
+    );
 }
 
 impl Drop for TestCache {

@@ -7,7 +7,7 @@
 //! `GET /nar/<filehash>.nar.xz|.zst` comes from the agent's cache or is fetched in verified
 //! pieces from peers and the server ([`crate::fetch`]) when a manifest signed by a trusted
 //! key exists, and is proxied from the server otherwise, as is the uncompressed
-//! `/nar/<narhash>.nar` (which Nix checks against the signed NarHash); `GET /metrics` is
+//! `/nar/<outhash>-<narhash>.nar` (which Nix checks against the signed NarHash); `GET /metrics` is
 //! Prometheus text.
 //! Every byte of a NAR file the agent serves itself is verified first ([`crate::serve`]): a
 //! kept file against the signed manifest and outboard kept beside it, so that it is served
@@ -633,10 +633,7 @@ mod tests {
                 "/p2p/files/huge",
                 get(|| async { vec![b' '; MAX_FILES_BODY as usize + 1] }),
             )
-            .route(
-                "/p2p/files/hung",
-                get(|| std::future::pending::<&'static str>()),
-            );
+            .route("/p2p/files/hung", get(std::future::pending::<&'static str>));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
