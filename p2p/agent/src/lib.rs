@@ -118,7 +118,8 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
     let measurements = Measurements::default();
-    {
+    // Only `auto` uses the decoding speeds: the others spare the half second of CPU.
+    if config.encoding == choose::Encoding::Auto {
         let m = measurements.clone();
         tokio::spawn(async move { m.calibrate().await });
     }
