@@ -296,18 +296,18 @@ impl AgentState {
                 return bad_gateway(e);
             }
         };
-        let body = match (status, String::from_utf8(body)) {
-            (StatusCode::OK, Ok(text)) => match files.await.ok().flatten() {
+        let body = match String::from_utf8(body) {
+            Ok(text) if status == StatusCode::OK => match files.await.ok().flatten() {
                 Some(files) => self.advertised(&text, &files).unwrap_or(text).into_bytes(),
                 None => {
                     self.0.metrics.file_lists_failed.inc();
                     text.into_bytes()
                 }
             },
-            (_, text) => {
+            // A miss, an error or no text: passed on as it is.
+            other => {
                 files.abort();
-                text.unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-                    .into_bytes()
+                other.map_or_else(|e| e.into_bytes(), String::into_bytes)
             }
         };
         let mut response = (status, body).into_response();
