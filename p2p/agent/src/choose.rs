@@ -75,6 +75,16 @@ pub fn expected_seconds(file: &NarFile, nar_size: u64, measured: &Measured) -> O
     Some(transfer.max(decoding))
 }
 
+/// Whether [`choose`] may pick another file than the server's under `encoding` with what is
+/// `measured`: when not, the agent need not ask for the list of files at all.
+pub fn may_rewrite(encoding: Encoding, measured: &Measured) -> bool {
+    match encoding {
+        Encoding::Server => false,
+        Encoding::Auto => measured.goodput.is_some_and(|g| g > 0.0),
+        Encoding::None | Encoding::Zstd | Encoding::Xz => true,
+    }
+}
+
 /// The file to advertise instead of the one the server's narinfo names (in `server`
 /// compression), or `None` to pass the narinfo on as it is. A pinned encoding the server has
 /// no file for, like an `auto` without measurements, keeps the server's choice; so do ties.
@@ -207,6 +217,22 @@ mod tests {
         // The server advertises a kind the list does not hold: left as it is.
         let m = measured(1250.0 * MB);
         assert!(choose(Encoding::Auto, &files(true), Compression::Bzip2, &m).is_none());
+    }
+
+    #[test]
+    fn without_a_goodput_auto_needs_no_list() {
+        let unmeasured = Measured::default();
+        assert!(!may_rewrite(Encoding::Auto, &unmeasured));
+        assert!(may_rewrite(Encoding::Auto, &measured(1.0)));
+        assert!(!may_rewrite(Encoding::Server, &measured(1.0)));
+        for pinned in [Encoding::None, Encoding::Zstd, Encoding::Xz] {
+            assert!(may_rewrite(pinned, &unmeasured));
+        }
+        // Consistent with choose: what needs no list never rewrites.
+        let f = files(true);
+        for server in [Compression::Zstd, Compression::Xz, Compression::None] {
+            assert!(choose(Encoding::Auto, &f, server, &unmeasured).is_none());
+        }
     }
 
     #[test]

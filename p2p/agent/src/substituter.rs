@@ -32,7 +32,7 @@ use tailcache_store::signing::PublicKey;
 use tailcache_store::{Compression, Sha256Hash, StorePathHash};
 use tokio::sync::watch;
 
-use crate::choose::{Encoding, choose};
+use crate::choose::{Encoding, Measured, choose, may_rewrite};
 use crate::error::FetchError;
 use crate::fetch::schedule::Limits;
 use crate::fetch::{Download, Progress, Scores};
@@ -268,9 +268,12 @@ impl AgentState {
     }
 
     /// `GET|HEAD /<hash>.narinfo`: the server's narinfo naming the file the encoding picks.
-    /// A HEAD is answered as the GET would be (its Content-Length included).
+    /// A HEAD is answered as the GET would be (its Content-Length included). When nothing
+    /// could be picked but the server's file (`server`, or `auto` before a goodput is
+    /// measured) the request is proxied as it is, without asking for the list.
     async fn narinfo(&self, method: &Method, path: &str, hash: &str) -> Response {
-        if self.0.encoding == Encoding::Server || StorePathHash::parse(hash).is_err() {
+        let measured = self.0.measurements.snapshot();
+        if !may_rewrite(self.0.encoding, &measured) || StorePathHash::parse(hash).is_err() {
             return self.proxy(method, path, false).await;
         }
         // Asked beside the narinfo, so that a hit still costs one round trip.
@@ -298,7 +301,10 @@ impl AgentState {
         };
         let body = match String::from_utf8(body) {
             Ok(text) if status == StatusCode::OK => match files.await.ok().flatten() {
-                Some(files) => self.advertised(&text, &files).unwrap_or(text).into_bytes(),
+                Some(files) => {
+                    let rewritten = self.advertised(&text, &files, &measured);
+                    rewritten.unwrap_or(text).into_bytes()
+                }
                 None => {
                     self.0.metrics.file_lists_failed.inc();
                     text.into_bytes()
@@ -318,13 +324,12 @@ impl AgentState {
     }
 
     /// `text` naming the file the encoding picks, when that is another than the server's.
-    fn advertised(&self, text: &str, files: &NarFiles) -> Option<String> {
+    fn advertised(&self, text: &str, files: &NarFiles, measured: &Measured) -> Option<String> {
         let server = match text.lines().find_map(|l| l.strip_prefix("Compression: ")) {
             Some(name) => Compression::from_name(name)?,
             None => Compression::NARINFO_DEFAULT,
         };
-        let measured = self.0.measurements.snapshot();
-        let file = choose(self.0.encoding, files, server, &measured)?;
+        let file = choose(self.0.encoding, files, server, measured)?;
         let out = narinfo::advertise(text, files, file);
         match &out {
             Some(_) => {
