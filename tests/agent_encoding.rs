@@ -290,7 +290,10 @@ fn a_store_path_altered_behind_the_servers_database_is_refused_by_nix_through_th
 fn measured(agent: &TestAgent) -> Measured {
     let positive = |v: f64| (v > 0.0).then_some(v);
     Measured {
-        goodput: positive(agent.metric("goodput_bytes_per_second")),
+        goodput: positive(agent.metric_with("goodput_bytes_per_second", "route=\"pieces\"")),
+        uncompressed_goodput: positive(
+            agent.metric_with("goodput_bytes_per_second", "route=\"uncompressed\""),
+        ),
         decode: DecodeSpeeds {
             zstd: positive(agent.metric_with("decode_bytes_per_second", "compression=\"zstd\"")),
             xz: positive(agent.metric_with("decode_bytes_per_second", "compression=\"xz\"")),
@@ -304,7 +307,7 @@ fn with_auto_the_narinfos_follow_the_measurements_and_nix_substitutes() {
     let s = Setup::start(TestStore::build(), "");
     let agent = s.agent("auto");
     // Nothing measured yet: every narinfo is the server's, byte for byte.
-    assert_eq!(agent.metric("goodput_bytes_per_second"), 0.0);
+    assert_eq!(measured(&agent).goodput_of(Compression::None), None);
     for path in s.paths() {
         assert_eq!(
             narinfo_text(agent.url(), path),
@@ -357,4 +360,5 @@ fn with_auto_the_narinfos_follow_the_measurements_and_nix_substitutes() {
     let (client, out) = s.copy(&agent, "auto", &s.paths());
     assert_success("nix copy --from the agent (auto)", &out);
     assert_client_matches(&s.store, &client, &s.paths());
+    eprintln!("after nix copy: {:?}", measured(&agent));
 }

@@ -57,18 +57,36 @@ impl DecodeSpeeds {
     }
 }
 
-/// What the agent has measured so far.
+/// What the agent has measured so far. Goodputs are NAR-file bytes per second of wall time
+/// while downloading, `None` until measured, one per way a file arrives: a compressed file
+/// comes in verified pieces from peers and the server, the uncompressed NAR from the server
+/// alone (at the pace Nix writes it) — on a slow link to the server next to a fast peer the
+/// two differ. Either stands in for the other until that one is measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Measured {
-    /// NAR-file bytes per second of wall time while downloading; `None` until measured.
+    /// Of compressed files fetched in pieces.
     pub goodput: Option<f64>,
+    /// Of uncompressed NARs proxied from the server.
+    pub uncompressed_goodput: Option<f64>,
     pub decode: DecodeSpeeds,
+}
+
+impl Measured {
+    /// The goodput a file in compression `c` can expect.
+    pub fn goodput_of(&self, c: Compression) -> Option<f64> {
+        let positive = |g: &f64| *g > 0.0;
+        let (own, other) = match c {
+            Compression::None => (self.uncompressed_goodput, self.goodput),
+            _ => (self.goodput, self.uncompressed_goodput),
+        };
+        own.filter(positive).or(other.filter(positive))
+    }
 }
 
 /// Expected seconds from the first byte requested to the NAR decoded, for `file` of a NAR of
 /// `nar_size` bytes; `None` when a speed it needs is not known.
 pub fn expected_seconds(file: &NarFile, nar_size: u64, measured: &Measured) -> Option<f64> {
-    let goodput = measured.goodput.filter(|g| *g > 0.0)?;
+    let goodput = measured.goodput_of(file.compression)?;
     let decode = measured.decode.of(file.compression).filter(|d| *d > 0.0)?;
     let transfer = file.file_size as f64 / goodput;
     let decoding = nar_size as f64 / decode;
@@ -80,7 +98,7 @@ pub fn expected_seconds(file: &NarFile, nar_size: u64, measured: &Measured) -> O
 pub fn may_rewrite(encoding: Encoding, measured: &Measured) -> bool {
     match encoding {
         Encoding::Server => false,
-        Encoding::Auto => measured.goodput.is_some_and(|g| g > 0.0),
+        Encoding::Auto => measured.goodput_of(Compression::None).is_some(),
         Encoding::None | Encoding::Zstd | Encoding::Xz => true,
     }
 }
@@ -162,6 +180,7 @@ mod tests {
     fn measured(goodput: f64) -> Measured {
         Measured {
             goodput: Some(goodput),
+            uncompressed_goodput: None,
             decode: DecodeSpeeds {
                 zstd: Some(800.0 * MB),
                 xz: Some(80.0 * MB),
@@ -202,6 +221,21 @@ mod tests {
         m.decode.xz = Some(8.0 * MB);
         assert_eq!(auto(&files(true), &m), None);
         m.decode.xz = Some(80.0 * MB);
+        assert_eq!(auto(&files(true), &m), Some(Compression::Xz));
+    }
+
+    #[test]
+    fn the_uncompressed_nar_is_judged_by_the_servers_own_goodput() {
+        // A fast peer, a slow server: pieces arrive at 10 Gbit/s, but the uncompressed NAR
+        // comes from the server alone, at 20 Mbit/s once measured.
+        let mut m = measured(1250.0 * MB);
+        assert_eq!(auto(&files(true), &m), Some(Compression::None));
+        m.uncompressed_goodput = Some(2.5 * MB);
+        assert_eq!(auto(&files(true), &m), None);
+        // Measured only that way (the agent has fetched nothing but uncompressed NARs): it
+        // stands in for the pieces too.
+        m.goodput = None;
+        assert_eq!(m.goodput_of(Compression::Xz), Some(2.5 * MB));
         assert_eq!(auto(&files(true), &m), Some(Compression::Xz));
     }
 
@@ -279,6 +313,7 @@ mod tests {
         #[test]
         fn auto_never_picks_a_slower_file(
             goodput in 1e3f64..1e10,
+            uncompressed in 1e3f64..1e10,
             zstd in 1e6f64..2e9,
             xz in 1e5f64..5e8,
             zstd_size in 1u64..200_000_000,
@@ -287,7 +322,11 @@ mod tests {
             let mut f = files(true);
             f.files[0].file_size = zstd_size;
             f.files[1].file_size = xz_size;
-            let m = Measured { goodput: Some(goodput), decode: DecodeSpeeds { zstd: Some(zstd), xz: Some(xz) } };
+            let m = Measured {
+                goodput: Some(goodput),
+                uncompressed_goodput: Some(uncompressed),
+                decode: DecodeSpeeds { zstd: Some(zstd), xz: Some(xz) },
+            };
             let server_time = t_with(&f, Compression::Zstd, &m);
             match choose(Encoding::Auto, &f, Compression::Zstd, &m) {
                 None => {

@@ -3,7 +3,7 @@
 //! decodes zstd and xz.
 //!
 //! Goodput is NAR-file bytes received per second of wall time during which at least one
-//! download ran ([`LinkMeter`], pure: time is an argument). Counting busy time rather than
+//! download ran ([`LinkMeter`], pure: time is an argument), one meter per [`Route`]. Counting busy time rather than
 //! each download's own rate matters: Nix fetches many paths at once, and per-download rates
 //! would each see a share of the link. Samples of at least [`MIN_SAMPLE_BYTES`] (small
 //! downloads add up) are folded into a moving average.
@@ -92,10 +92,22 @@ impl LinkMeter {
     }
 }
 
+/// The way a NAR file arrives, each with a meter of its own (see [`Measured`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A compressed file fetched in verified pieces, from peers and the server; paced by the
+    /// link, not by Nix (the response reads the partial file at its own pace).
+    Pieces,
+    /// The uncompressed NAR proxied from the server, as fast as Nix takes it (a compressed
+    /// body would be paced by Nix's decoding, so none is measured).
+    Uncompressed,
+}
+
 /// The agent's measurements, shared by every request: cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Measurements {
-    link: Arc<Mutex<LinkMeter>>,
+    pieces: Arc<Mutex<LinkMeter>>,
+    uncompressed: Arc<Mutex<LinkMeter>>,
     decode: Arc<OnceLock<DecodeSpeeds>>,
 }
 
@@ -116,17 +128,23 @@ fn lock(link: &Mutex<LinkMeter>) -> std::sync::MutexGuard<'_, LinkMeter> {
 }
 
 impl Measurements {
-    /// A download begins; it ends when the returned guard is dropped.
-    pub fn transfer(&self) -> Transfer {
-        lock(&self.link).begin(Instant::now());
-        Transfer {
-            link: self.link.clone(),
+    fn meter(&self, route: Route) -> &Arc<Mutex<LinkMeter>> {
+        match route {
+            Route::Pieces => &self.pieces,
+            Route::Uncompressed => &self.uncompressed,
         }
     }
 
+    /// A download begins; it ends when the returned guard is dropped.
+    pub fn transfer(&self, route: Route) -> Transfer {
+        let link = self.meter(route).clone();
+        lock(&link).begin(Instant::now());
+        Transfer { link }
+    }
+
     /// NAR-file bytes received by a running download.
-    pub fn received(&self, bytes: u64) {
-        lock(&self.link).received(bytes, Instant::now());
+    pub fn received(&self, route: Route, bytes: u64) {
+        lock(self.meter(route)).received(bytes, Instant::now());
     }
 
     /// Calibrates the decoding speeds on a blocking thread (once; later calls do nothing).
@@ -150,7 +168,8 @@ impl Measurements {
 
     pub fn snapshot(&self) -> Measured {
         Measured {
-            goodput: lock(&self.link).goodput(),
+            goodput: lock(&self.pieces).goodput(),
+            uncompressed_goodput: lock(&self.uncompressed).goodput(),
             decode: self.decode.get().copied().unwrap_or_default(),
         }
     }
@@ -346,13 +365,19 @@ mod tests {
         let m = Measurements::default();
         assert_eq!(m.snapshot(), Measured::default());
         {
-            let _t = m.transfer();
+            let _t = m.transfer(Route::Pieces);
+            // Real time passes: the shared meter reads the clock itself.
             std::thread::sleep(Duration::from_millis(5));
-            m.received(2 * MIB);
+            m.received(Route::Pieces, 2 * MIB);
         }
-        let g = m.snapshot().goodput.unwrap();
+        let snapshot = m.snapshot();
+        let g = snapshot.goodput.unwrap();
         // 2 MiB in at least 5 ms: at most 400 MiB/s, and positive.
         assert!(g > 0.0 && g <= 2.0 * MIB as f64 / 0.005, "{g}");
+        assert_eq!(
+            snapshot.uncompressed_goodput, None,
+            "the other route's meter"
+        );
     }
 
     #[test]

@@ -15,6 +15,11 @@ use tailcache_store::Compression;
 use crate::choose::Measured;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CompressionLabels {
     compression: &'static str,
 }
@@ -42,8 +47,8 @@ pub struct AgentMetrics {
     pub corrupt_files: Counter,
     pub peers_known: Gauge,
     pub uploaded_bytes: Gauge,
-    /// Measured goodput of NAR downloads (0 until measured).
-    pub goodput: FloatGauge,
+    /// Measured goodput of NAR downloads by route: `pieces`, `uncompressed` (0 until measured).
+    pub goodput: Family<RouteLabels, FloatGauge>,
     /// Measured decoding speed by compression (0 until measured).
     pub decode_speed: Family<CompressionLabels, FloatGauge>,
     /// Narinfos served naming another file than the server's, by the compression named.
@@ -100,7 +105,7 @@ impl AgentMetrics {
         }
         r.register(
             "goodput_bytes_per_second",
-            "Measured goodput of NAR file downloads (bytes per second of busy wall time)",
+            "Measured goodput of NAR file downloads (bytes per second of busy wall time), by route: compressed files in verified pieces, uncompressed NARs proxied",
             m.goodput.clone(),
         );
         r.register(
@@ -123,7 +128,13 @@ impl AgentMetrics {
 
     /// Publishes the measurements in the gauges.
     pub fn set_measured(&self, measured: &Measured) {
-        self.goodput.set(measured.goodput.unwrap_or(0.0));
+        for (route, goodput) in [
+            ("pieces", measured.goodput),
+            ("uncompressed", measured.uncompressed_goodput),
+        ] {
+            let g = self.goodput.get_or_create(&RouteLabels { route });
+            g.set(goodput.unwrap_or(0.0));
+        }
         for c in [Compression::Zstd, Compression::Xz] {
             self.decode_speed
                 .get_or_create(&c.into())

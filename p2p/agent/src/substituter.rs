@@ -37,7 +37,7 @@ use crate::error::FetchError;
 use crate::fetch::schedule::Limits;
 use crate::fetch::{Download, Progress, Scores};
 use crate::http_client::{self, Server};
-use crate::measure::Measurements;
+use crate::measure::{Measurements, Route};
 use crate::metrics::AgentMetrics;
 use crate::narinfo;
 use crate::serve::{CachedFile, nar_response, plain, stream_download};
@@ -232,11 +232,10 @@ impl AgentState {
     }
 
     /// The server's answer to the same request; `count` adds the body to the server bytes.
-    /// The GET of an uncompressed NAR also counts towards the goodput: Nix takes it as fast
-    /// as the link gives it, while a compressed body would be paced by Nix's decoding.
+    /// The GET of an uncompressed NAR is measured too ([`Route::Uncompressed`]).
     async fn proxy(&self, method: &Method, path: &str, count: bool) -> Response {
         let measured = count && *method == Method::GET && is_uncompressed_nar(path);
-        let transfer = measured.then(|| self.0.measurements.transfer());
+        let transfer = measured.then(|| self.0.measurements.transfer(Route::Uncompressed));
         let resp = match http_client::request(&self.0.server, method.as_str(), path, None).await {
             Ok(r) => r,
             Err(e) => return bad_gateway(e),
@@ -257,7 +256,7 @@ impl AgentState {
                 metrics.server_bytes.inc_by(c.len() as u64);
                 // Ends (dropped with the body) when the response does.
                 if transfer.is_some() {
-                    measurements.received(c.len() as u64);
+                    measurements.received(Route::Uncompressed, c.len() as u64);
                 }
             }
             chunk

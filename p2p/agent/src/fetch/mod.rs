@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 
 use crate::error::FetchError;
 use crate::http_client::{self, Server};
-use crate::measure::Measurements;
+use crate::measure::{Measurements, Route};
 use crate::metrics::AgentMetrics;
 use crate::store::Partial;
 use schedule::{Action, Event, Found, Limits, MapAnswer, Outcome, Scheduler, Source};
@@ -138,9 +138,7 @@ impl Download {
         if self.manifest.file_size == 0 {
             return Ok(());
         }
-        // Paced by the link, not by Nix (the response reads the file at its own pace): this
-        // is the goodput the choice of encoding needs.
-        let _busy = self.measurements.transfer();
+        let _busy = self.measurements.transfer(Route::Pieces);
         let mut machine = Scheduler::new(
             self.node.peer_id(),
             self.manifest.file_size,
@@ -335,12 +333,12 @@ impl Download {
                         match source {
                             Source::Peer(p) if !machine.is_banned(&p) => {
                                 self.metrics.peer_bytes.inc_by(len);
-                                self.measurements.received(len);
+                                self.measurements.received(Route::Pieces, len);
                             }
                             Source::Peer(_) => {}
                             Source::Server => {
                                 self.metrics.server_bytes.inc_by(len);
-                                self.measurements.received(len);
+                                self.measurements.received(Route::Pieces, len);
                             }
                         }
                         Outcome::Verified { elapsed }
