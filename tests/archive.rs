@@ -415,3 +415,30 @@ fn the_size_bound_holds_over_both_directories_archive_files_going_first() {
         .collect();
     assert!(files.is_empty(), "evicted archive files left: {files:?}");
 }
+
+#[test]
+fn the_server_refuses_to_start_with_an_archive_in_its_primary_compression() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("nix/store")).unwrap();
+    for (compression, archive, says) in [
+        ("zstd", "zstd", "is the same as cache.compression"),
+        ("none", "xz", "needs cache.compression"),
+    ] {
+        let err = TestCache::builder()
+            .store_root(dir.path())
+            .compression(compression)
+            .cache_extra(&format!("archive_compression = \"{archive}\""))
+            .try_start()
+            .err()
+            .unwrap_or_else(|| panic!("started with {compression} and archive {archive}"));
+        assert!(
+            err.status.is_some_and(|s| !s.success()),
+            "{compression}/{archive}: {err:?}"
+        );
+        assert!(
+            err.stderr.contains("cache.archive_compression") && err.stderr.contains(says),
+            "{compression}/{archive}: {}",
+            err.stderr
+        );
+    }
+}
