@@ -59,7 +59,9 @@
 #   DELAY_MS=5         one-way delay on each end of a shaped link (netem; skipped if missing)
 #   MTU=1280           MTU of the shaped link (a tailnet's)
 #   QUEUE_PKTS=200     leaf queue length of the shaper, in packets
-#   TC_CACHE_CONF=""   extra lines for the servers' [cache] table (e.g. "compression_level = 3")
+#   TC_CACHE_CONF=""   extra lines for the servers' [cache] table (e.g. "compression_level = 3");
+#                      with archive_compression = "xz" (or "zstd"), step 3 also times until every
+#                      path's archive file is made (GET /p2p/files/<hash> lists it)
 #   AGENT_CONF=""      extra lines for the agent's [agent] table
 #   TAILCACHE_BIN=…    the binary to measure (default: `cargo build --release` of this checkout)
 #   WORK_DIR=…         work directory; when it holds a closure (and nginx caches) from an
@@ -463,6 +465,37 @@ file_bytes() {
          END { add(); printf "%.0f", s }' "$POLL"/*
 }
 
+# archive_count COMP BASE: paths of the closure whose files (GET BASE/p2p/files/<hash>, one
+# curl into $POLL/) include one in COMP.
+archive_count() {
+    local p
+    rm -rf "$POLL"
+    mkdir -p "$POLL"
+    while read -r p; do
+        printf 'url = "%s/p2p/files/%s"\noutput = "%s/%s"\n' "$2" "$(hash_of "$p")" "$POLL" "$(hash_of "$p")"
+    done < "$D/closure/paths" > "$D/poll.curl"
+    "${CLI_EXEC[@]}" curl -sf --max-time 60 -K "$D/poll.curl" || true
+    { grep -l "\"compression\":\"$1\"" "$POLL"/* 2>/dev/null || true; } | wc -l
+}
+
+# wait_archived COMP BASE: until every path of the closure has its COMP archive file; then
+# prints the bytes of those files (from the lists last polled).
+wait_archived() {
+    local c=$1 base=$2 t0=$SECONDS n
+    while :; do
+        n=$(archive_count "$c" "$base")
+        [ "$n" -eq "$NPATHS" ] && break
+        [ $((SECONDS - t0)) -lt "$COMPRESS_TIMEOUT" ] || die "$base: $n of $NPATHS archive files ($c) after ${COMPRESS_TIMEOUT}s"
+        sleep 0.5
+    done
+    python3 - "$c" "$POLL" <<'PY'
+import json, os, sys
+c, d = sys.argv[1], sys.argv[2]
+print(sum(f["file_size"] for n in os.listdir(d)
+          for f in json.load(open(os.path.join(d, n)))["files"] if f["compression"] == c))
+PY
+}
+
 # wait_manifests BASE: until the server has a P2P manifest for every NAR file of the closure.
 wait_manifests() {
     local base=$1 t0=$SECONDS f u missing
@@ -485,6 +518,9 @@ wait_manifests() {
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 CLK_TCK=$(getconf CLK_TCK)
 declare -A SERVABLE=() SERVABLE_BYTES=() SERVABLE_P2P=() SERVABLE_CPU=()
+declare -A ARCHIVED=() ARCHIVED_BYTES=() ARCHIVED_CPU=()
+# The archive compression TC_CACHE_CONF turns on, if any.
+ARCHIVE=$(printf '%s\n' "$TC_CACHE_CONF" | sed -n 's/^ *archive_compression *= *"\(xz\|zstd\)".*/\1/p' | head -1)
 PLACE=lo HOST=127.0.0.1
 for c in "${COMPS[@]+"${COMPS[@]}"}"; do
     [ "$c" = none ] && continue
@@ -507,6 +543,12 @@ for c in "${COMPS[@]+"${COMPS[@]}"}"; do
         SERVABLE_P2P[$c]=$(calc "printf \"%.1f\", $(now) - $t0")
     fi
     log "  servable compressed ${SERVABLE[$c]} s after the build; files $(calc "printf \"%.1f\", ${SERVABLE_BYTES[$c]} / 1048576") MiB"
+    if [ -n "$ARCHIVE" ] && [ "$ARCHIVE" != "$c" ]; then
+        ARCHIVED_BYTES[$c]=$(wait_archived "$ARCHIVE" "${TC_URL[$c]}")
+        ARCHIVED[$c]=$(calc "printf \"%.1f\", $(now) - $t0")
+        ARCHIVED_CPU[$c]=$(calc "printf \"%.1f\", ($(cpu_ticks "${TC_PID[$c]}") - $c0) / $CLK_TCK")
+        log "  every archive file ($ARCHIVE) made ${ARCHIVED[$c]} s after the build; $(calc "printf \"%.1f\", ${ARCHIVED_BYTES[$c]} / 1048576") MiB"
+    fi
     cp "$D/tc/$c/stdout" "$D/servable/server-$c.stdout"
     stop_pid "${TC_PID[$c]}"
 done
@@ -797,6 +839,8 @@ esac
             continue
         fi
         echo "| $c | ${SERVABLE[$c]} | $(calc "printf \"%.1f\", ${SERVABLE[$c]} / ($NAR_BYTES / 1e9)") | $(calc "printf \"%.1f\", ${SERVABLE_CPU[$c]} / ($NAR_BYTES / 1e9)") | $(mib "${SERVABLE_BYTES[$c]}") | $(calc "printf \"%.2f\", ${SERVABLE_BYTES[$c]} / $NAR_BYTES") | ${SERVABLE_P2P[$c]:-} |"
+        [ -n "${ARCHIVED[$c]:-}" ] || continue
+        echo "| $c, then every $ARCHIVE archive file | ${ARCHIVED[$c]} | $(calc "printf \"%.1f\", ${ARCHIVED[$c]} / ($NAR_BYTES / 1e9)") | $(calc "printf \"%.1f\", ${ARCHIVED_CPU[$c]} / ($NAR_BYTES / 1e9)") | $(mib "${ARCHIVED_BYTES[$c]}") | $(calc "printf \"%.2f\", ${ARCHIVED_BYTES[$c]} / $NAR_BYTES") | |"
     done
     for c in none zstd xz; do
         [ -n "${NGX_COPY_S[$c]:-}" ] || continue

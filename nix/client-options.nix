@@ -122,6 +122,22 @@ in
       ];
       description = "libp2p multiaddrs the agent listens on for peers; null: loopback only (the agent's default), so set the tailnet address for peers to reach it.";
     };
+    encoding = mkOption {
+      type = types.enum [
+        "auto"
+        "server"
+        "none"
+        "zstd"
+        "xz"
+      ];
+      default = "auto";
+      description = ''
+        Which of a NAR's files the agent names to Nix: auto, the fastest end to end on this
+        machine's link (measured goodput against measured decoding speed: the uncompressed NAR
+        on a very fast link, the server's smaller archive file on a slow one); server, the
+        server's narinfo as it is; or a pinned one (none, zstd, xz) when the server has it.
+      '';
+    };
   };
 
   prefetch = {

@@ -172,6 +172,8 @@ rec {
       cache = {
         inherit (cfg.cache) priority compression;
         bind = cfg.cache.listen;
+        archive_compression = cfg.cache.archiveCompression;
+        archive_level = cfg.cache.archiveLevel;
         nar_cache_max_bytes = cfg.cache.maxBytes;
       };
       api = {
@@ -476,6 +478,7 @@ rec {
         cache_dir = cfg.agent.cacheDir;
         cache_max_bytes = cfg.agent.cacheMaxBytes;
         upload_rate = cfg.agent.uploadRate;
+        encoding = cfg.agent.encoding;
       };
     };
 

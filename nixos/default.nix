@@ -114,10 +114,25 @@ in
         default = "zstd";
         description = "Background compression of NARs: zstd is servable within seconds of a build and decoded at disk speed; xz is ~20% smaller but takes minutes of every core per GB to make and bounds the client's CPU.";
       };
+      archiveCompression = mkOption {
+        type = types.enum [
+          "none"
+          "xz"
+          "zstd"
+        ];
+        default = "none";
+        example = "xz";
+        description = "A second, smaller file per NAR for slow links (archive_compression), made in the background at idle priority after the primary one; the narinfo keeps naming the primary file, agents may pick either. Must differ from compression; none: off.";
+      };
+      archiveLevel = mkOption {
+        type = types.nullOr types.ints.unsigned;
+        default = null;
+        description = "Level of the archive files (archive_level); null: xz 6, zstd 19.";
+      };
       maxBytes = mkOption {
         type = types.ints.unsigned;
         default = 21474836480;
-        description = "Upper bound of the compressed-NAR directory (nar_cache_max_bytes).";
+        description = "Upper bound of the compressed-NAR directories, primary and archive files together (nar_cache_max_bytes).";
       };
     };
 

@@ -239,7 +239,7 @@ fn home_manager_client_renders_nix_conf_and_units() {
                  cacheUrl = "http://build-server:5000";
                  publicKeys = [ "build-server-1:huc2E40Qsk/7Q6Vkp15QU2Ru5HfDeT63lhu/JJeon34=" ];
                  tokenFile = "/home/alice/nix-config/secrets/tailcache-token";
-                 agent = { enable = true; reseed = true; tracker = "/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"; };
+                 agent = { enable = true; reseed = true; encoding = "xz"; tracker = "/ip4/100.64.0.1/tcp/5002/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"; };
                  prefetch = { enable = true; interval = 30; };
                  autoSwitch = true;
                };"#
@@ -329,6 +329,7 @@ fn home_manager_client_renders_nix_conf_and_units() {
     );
     assert_eq!(a.bind.to_string(), "127.0.0.1:5001");
     assert_eq!(a.cache_dir, None);
+    assert_eq!(a.encoding, tailcache_agent::choose::Encoding::Xz);
     let exec = unit_value(&prefetch, "ExecStart");
     let client_toml = arg_after(exec, "--config");
     assert_eq!(client_toml, s["tailcacheConfig"].as_str().unwrap());
@@ -668,6 +669,8 @@ fn nixos_client_renders_nix_conf_and_units() {
     );
     assert!(a.reseed);
     assert_eq!(agent_keys(&a), [CLIENT_KEY]);
+    // Not set: the module's default is the agent's.
+    assert_eq!(a.encoding, tailcache_agent::choose::Encoding::Auto);
 }
 
 /// The follower runs only when asked: prefetch, or autoSwitch (which fetches what it applies);
@@ -743,7 +746,7 @@ const SERVER_CFG: &str = r#"services.tailcache.server = {
   enable = true;
   signingKeyFile = "/var/lib/secrets/key";
   openFirewall = true;
-  cache = { listen = "100.64.0.1:5000"; priority = 30; compression = "zstd"; maxBytes = 1073741824; };
+  cache = { listen = "100.64.0.1:5000"; priority = 30; compression = "zstd"; archiveCompression = "xz"; maxBytes = 1073741824; };
   api = { listen = "100.64.0.1:8000"; tokenFile = "/var/lib/secrets/token"; allow = [ "user:alice@example.com" "local" ]; };
   build = {
     repository = "https://example.invalid/config.git";
@@ -805,6 +808,12 @@ fn server_module_renders_units_and_the_config_the_server_reads() {
     assert!(!text.contains("/var/lib/secrets"), "{text}");
     std::fs::write(&path, &text).unwrap();
     let c = tailcache_server::config::Config::from_file(&path).unwrap();
+    // Valid as a whole too (e.g. the archive compression against the primary one).
+    tailcache_server::config::Config::load(&tailcache_server::config::ServeOverrides {
+        config: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap();
     assert_eq!(c.cache.bind.to_string(), "100.64.0.1:5000");
     assert_eq!(c.api.bind.to_string(), "100.64.0.1:8000");
     assert_eq!(
@@ -818,6 +827,11 @@ fn server_module_renders_units_and_the_config_the_server_reads() {
         c.cache.compression,
         tailcache_server::config::Compression::Zstd
     );
+    assert_eq!(
+        c.cache.archive_compression,
+        tailcache_server::config::Compression::Xz
+    );
+    assert_eq!(c.cache.archive_level, None);
     assert_eq!(c.cache.nar_cache_max_bytes, 1 << 30);
     assert_eq!(c.build.nix_args, ["--option", "cores", "2"]);
     assert_eq!(

@@ -6,69 +6,12 @@
 
 mod common;
 
-use common::{NarInfo, TestCache, TestStore, decompress, http};
+use common::p2p_files::{advertised, fetch_verified, server_keys};
+use common::{TestCache, TestStore, decompress, http};
 use tailcache_p2p::Error;
 use tailcache_p2p::manifest::SignedManifest;
-use tailcache_p2p::verify::{Outboard, VerifiedOutboard};
 use tailcache_store::Sha256Hash;
 use tailcache_store::signing::PublicKey;
-
-/// What a client fetches and checks for one NAR file.
-struct Fetched {
-    file: String,
-    data: Vec<u8>,
-    outboard: VerifiedOutboard,
-}
-
-fn server_keys(cache: &TestCache) -> Vec<PublicKey> {
-    let r = cache.get("/pubkey");
-    assert_eq!(r.status, 200);
-    r.text()
-        .lines()
-        .map(|l| PublicKey::parse(l).unwrap())
-        .collect()
-}
-
-/// Fetches manifest, outboard and file of the NAR a narinfo names, and verifies all three
-/// with `trusted` only.
-fn fetch_verified(cache: &TestCache, info: &NarInfo, trusted: &[PublicKey]) -> Fetched {
-    let url = info.get("URL").unwrap();
-    let file = url.strip_prefix("nar/").unwrap().to_owned();
-
-    let r = cache.get(&format!("/p2p/manifest/{file}"));
-    assert_eq!(r.status, 200, "manifest of {file}: {}", r.text());
-    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
-    let signed = SignedManifest::from_bytes(&r.body).unwrap();
-    let m = signed.verify(trusted).unwrap().clone();
-    assert_eq!(
-        m.file_hash,
-        Sha256Hash::parse(info.get("FileHash").unwrap()).unwrap()
-    );
-    assert_eq!(m.file_size.to_string(), info.get("FileSize").unwrap());
-    assert_eq!(Some(m.compression.name()), info.get("Compression"));
-
-    let r = cache.get(&format!("/p2p/outboard/{file}"));
-    assert_eq!(r.status, 200, "outboard of {file}: {}", r.text());
-    let outboard = Outboard::from_bytes(m.file_size, m.block_log, r.body)
-        .verify_against(&m.blake3_root)
-        .unwrap();
-
-    let r = cache.get(&format!("/{url}"));
-    assert_eq!(r.status, 200);
-    let mut stream = outboard.stream();
-    let mut data = Vec::new();
-    for piece in r.body.chunks(100_000) {
-        stream.push(piece, &mut data).unwrap();
-    }
-    stream.finish().unwrap();
-    assert_eq!(data, r.body);
-    assert_eq!(Sha256Hash::digest(&data), m.file_hash);
-    Fetched {
-        file,
-        data,
-        outboard,
-    }
-}
 
 #[test]
 fn manifests_and_outboards_verify_every_byte_with_the_servers_key_only() {
@@ -95,7 +38,7 @@ fn manifests_and_outboards_verify_every_byte_with_the_servers_key_only() {
 
     let mut fetched = Vec::new();
     for (path, info) in paths.iter().zip(&infos) {
-        let f = fetch_verified(&cache, info, &trusted);
+        let f = fetch_verified(&cache, &advertised(info), &trusted);
         assert_eq!(decompress("xz", &f.data), store.dump(path), "{path}");
         fetched.push(f);
     }
@@ -161,7 +104,7 @@ fn manifests_and_outboards_verify_every_byte_with_the_servers_key_only() {
     drop(cache);
     let cache = start();
     for (info, f) in infos.iter().zip(&fetched) {
-        let again = fetch_verified(&cache, info, &trusted);
+        let again = fetch_verified(&cache, &advertised(info), &trusted);
         assert_eq!(again.file, f.file);
         assert_eq!(again.data, f.data);
     }

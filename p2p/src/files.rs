@@ -104,7 +104,10 @@ mod tests {
         };
         let json = files.to_json();
         let text = String::from_utf8(json.clone()).unwrap();
-        assert!(text.contains(&format!("\"nar_hash\":\"{nar_hash}\"")), "{text}");
+        assert!(
+            text.contains(&format!("\"nar_hash\":\"{nar_hash}\"")),
+            "{text}"
+        );
         assert!(text.contains("\"compression\":\"xz\""), "{text}");
         assert_eq!(NarFiles::from_json(&json).unwrap(), files);
         assert_eq!(files.get(Compression::Xz).unwrap().file_size, 60);

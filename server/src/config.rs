@@ -67,6 +67,26 @@ impl Compression {
         }
     }
 
+    /// The level of an archive file when `archive_level` is unset: the smallest files
+    /// within reason (xz's default preset; zstd's highest level without `--ultra` windows),
+    /// since time is what a background file has.
+    pub fn archive_level(self) -> u32 {
+        match self {
+            Compression::None => 0,
+            Compression::Xz => 6,
+            Compression::Zstd => 19,
+        }
+    }
+
+    /// The highest level this compression takes.
+    pub fn max_level(self) -> u32 {
+        match self {
+            Compression::None => u32::MAX,
+            Compression::Xz => 9,
+            Compression::Zstd => 19,
+        }
+    }
+
     /// Parses a narinfo `Compression:` value.
     pub fn from_narinfo_name(s: &str) -> Option<Self> {
         Self::from_kind(s.parse().ok()?)
@@ -408,6 +428,14 @@ pub struct CacheConfig {
     /// Compression level (xz 0–9, zstd 1–19); unset: the compression's default
     /// ([`Compression::default_level`]).
     pub compression_level: Option<u32>,
+    /// A second, smaller file per NAR for slow links, made in the background after the
+    /// `compression` file, on one thread at idle priority; the narinfo keeps naming the
+    /// `compression` file, `GET /p2p/files/<hash>` lists both. `none` (the default): off.
+    /// Must differ from `compression`.
+    pub archive_compression: Compression,
+    /// Level of the archive file (xz 0–9, zstd 1–19); unset: xz 6, zstd 19
+    /// ([`Compression::archive_level`]).
+    pub archive_level: Option<u32>,
     /// Threads for one compression job. xz: 0 is one per core. zstd: 0 and 1 are one
     /// thread; 2 or more start that many workers per job (faster, but their buffers stay
     /// in the allocator and raise the server's resident memory).
@@ -436,6 +464,12 @@ impl CacheConfig {
         self.compression_level
             .unwrap_or_else(|| self.compression.default_level())
     }
+
+    /// The archive file's level in effect: the configured one or the archive default.
+    pub fn archive_level(&self) -> u32 {
+        self.archive_level
+            .unwrap_or_else(|| self.archive_compression.archive_level())
+    }
 }
 
 impl Default for CacheConfig {
@@ -447,6 +481,8 @@ impl Default for CacheConfig {
             priority: 30,
             compression: Compression::Zstd,
             compression_level: None,
+            archive_compression: Compression::None,
+            archive_level: None,
             compression_threads: 0,
             secret_key_files: Vec::new(),
             nar_cache_max_bytes: 20 << 30,
@@ -551,14 +587,11 @@ impl Config {
         if !c.store_dir.starts_with('/') || c.store_dir.ends_with('/') || c.store_dir.len() < 2 {
             anyhow::bail!("cache.store_dir must be an absolute path without a trailing slash");
         }
-        let max_level = match c.compression {
-            Compression::None => u32::MAX,
-            Compression::Xz => 9,
-            Compression::Zstd => 19,
-        };
+        let max_level = c.compression.max_level();
         if c.level() > max_level {
             anyhow::bail!("cache.compression_level {} is above {max_level}", c.level());
         }
+        validate_archive(c)?;
         if c.compression_queue == 0 {
             anyhow::bail!("cache.compression_queue must be at least 1");
         }
@@ -601,6 +634,41 @@ impl Config {
         }
         PathBuf::from("tailcache-state")
     }
+}
+
+/// The archive file: after a primary one, in another compression.
+fn validate_archive(c: &CacheConfig) -> anyhow::Result<()> {
+    let archive = c.archive_compression;
+    let name = archive.narinfo_name();
+    if archive == Compression::None {
+        if let Some(level) = c.archive_level {
+            anyhow::bail!(
+                "cache.archive_level = {level} needs cache.archive_compression (\"xz\" or \"zstd\")"
+            );
+        }
+        return Ok(());
+    }
+    if c.compression == Compression::None {
+        anyhow::bail!(
+            "cache.archive_compression = \"{name}\" needs cache.compression: the archive file is \
+             made after the primary compressed file, and with compression = \"none\" there is none"
+        );
+    }
+    if archive == c.compression {
+        anyhow::bail!(
+            "cache.archive_compression = \"{name}\" is the same as cache.compression: clients \
+             tell a NAR's files apart by their compression, so the archive file must use the \
+             other one (or \"none\" to turn it off)"
+        );
+    }
+    let max = archive.max_level();
+    if c.archive_level() > max {
+        anyhow::bail!(
+            "cache.archive_level {} is above {max}, the highest {name} level",
+            c.archive_level()
+        );
+    }
+    Ok(())
 }
 
 /// The build's settings: pipeline, targets and retention.
@@ -850,6 +918,63 @@ mod tests {
         );
         assert!(toml::from_str::<Config>("[notify]\nformat = \"xml\"\n").is_err());
         assert!(toml::from_str::<Config>("[notify]\ntopic = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn archive_settings_default_off_and_are_checked_at_load() {
+        let check = |text: &str| {
+            let c: Config = toml::from_str(text).unwrap();
+            c.validate().map(|()| c)
+        };
+        let c = check("").unwrap();
+        assert_eq!(c.cache.archive_compression, Compression::None);
+        let c = check("[cache]\narchive_compression = \"xz\"\n").unwrap();
+        assert_eq!(c.cache.archive_level(), 6);
+        let c = check("[cache]\ncompression = \"xz\"\narchive_compression = \"zstd\"\n").unwrap();
+        assert_eq!(c.cache.archive_level(), 19);
+        let c = check("[cache]\narchive_compression = \"xz\"\narchive_level = 9\n").unwrap();
+        assert_eq!(c.cache.archive_level(), 9);
+        for (bad, says) in [
+            (
+                "[cache]\narchive_compression = \"zstd\"\n",
+                "is the same as cache.compression",
+            ),
+            (
+                "[cache]\ncompression = \"xz\"\narchive_compression = \"xz\"\n",
+                "is the same as cache.compression",
+            ),
+            (
+                "[cache]\ncompression = \"none\"\narchive_compression = \"xz\"\n",
+                "needs cache.compression",
+            ),
+            (
+                "[cache]\narchive_compression = \"xz\"\narchive_level = 10\n",
+                "cache.archive_level 10 is above 9",
+            ),
+            (
+                "[cache]\ncompression = \"xz\"\narchive_compression = \"zstd\"\narchive_level = 22\n",
+                "cache.archive_level 22 is above 19",
+            ),
+            (
+                "[cache]\narchive_level = 3\n",
+                "needs cache.archive_compression",
+            ),
+        ] {
+            let err = check(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(toml::from_str::<Config>("[cache]\narchive_compression = \"bz2\"\n").is_err());
+        // The command line's compression is checked against the file's archive too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[cache]\narchive_compression = \"xz\"\n").unwrap();
+        let o = ServeOverrides {
+            config: Some(path),
+            compression: Some(Compression::Xz),
+            ..Default::default()
+        };
+        let err = Config::load(&o).unwrap_err().to_string();
+        assert!(err.contains("is the same as cache.compression"), "{err}");
     }
 
     #[test]

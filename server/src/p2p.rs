@@ -1,6 +1,6 @@
 //! The server's P2P node: a libp2p node in tracker mode that is the bootstrap peer and seeds
-//! every compressed NAR in the NAR directory. Identity file, listening and file ranges come
-//! from `tailcache_p2p`, which the agent uses the same way.
+//! every compressed NAR in the NAR directories (primary and archive files). Identity file,
+//! listening and file ranges come from `tailcache_p2p`, which the agent uses the same way.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,13 +11,13 @@ use tailcache_p2p::libp2p::Multiaddr;
 use tailcache_p2p::node::{self, Client, NodeConfig, PieceSource, RangeReader};
 use tailcache_p2p::tracker::TrackerLimits;
 
-use crate::cache::nar_cache::NarCache;
+use crate::cache::nar_cache::NarDirs;
 use crate::config::{Compression, P2pConfig};
 
-/// Uploads come straight from the NAR directory, by file hash.
+/// Uploads come straight from the NAR directories, by file hash.
 #[derive(Debug)]
 struct NarSource {
-    nars: Arc<NarCache>,
+    dirs: NarDirs,
 }
 
 impl PieceSource for NarSource {
@@ -25,8 +25,12 @@ impl PieceSource for NarSource {
         let hash = file.hash();
         [Compression::Xz, Compression::Zstd]
             .into_iter()
-            .find_map(|c| self.nars.find_file(&hash, c).map(|_| c))
-            .and_then(|c| node::file_range(&self.nars.file_path(&hash, c), offset, len))
+            .find_map(|c| {
+                self.dirs
+                    .find_file(&hash, c)
+                    .map(|(dir, _)| dir.file_path(&hash, c))
+            })
+            .and_then(|path| node::file_range(&path, offset, len))
     }
 }
 
@@ -35,7 +39,7 @@ impl PieceSource for NarSource {
 pub async fn start_server_node(
     config: &P2pConfig,
     state_dir: &Path,
-    nars: Arc<NarCache>,
+    dirs: NarDirs,
 ) -> anyhow::Result<(Client, Vec<Multiaddr>)> {
     let listen = config
         .listen
@@ -52,7 +56,7 @@ pub async fn start_server_node(
     let keypair = tailcache_p2p::identity::load_or_generate(&key_file)?;
     let mut node_config = NodeConfig::new(keypair);
     node_config.tracker = Some(TrackerLimits::default());
-    let client = node::spawn(node_config, Arc::new(NarSource { nars }))
+    let client = node::spawn(node_config, Arc::new(NarSource { dirs }))
         .context("cannot start the p2p node")?;
     let addrs = client.listen_all(&listen).await?;
     Ok((client, addrs))

@@ -24,10 +24,10 @@ use tokio::net::TcpListener;
 use crate::api::tailnet::{Allow, LocalApi};
 use crate::api::{self, ApiParts, ApiState, ApiStats};
 use crate::cache::actor::{CacheHandle, CacheServer, CacheServerParts, CompressionSettings};
-use crate::cache::nar_cache::NarCache;
+use crate::cache::nar_cache::NarDirs;
 use crate::cache::stats::CacheStats;
 use crate::cache::{self, CacheParts, CacheState, LazyStore};
-use crate::config::{BuildConfig, CacheConfig, CaptureConfig, Config, HostsConfig};
+use crate::config::{BuildConfig, CacheConfig, CaptureConfig, Compression, Config, HostsConfig};
 use crate::keys;
 use crate::listener::{self, HttpStats, Limits};
 
@@ -72,7 +72,7 @@ pub async fn run(
     let api_limits = Limits::new("api", &config.api.connections, nofile, 1.0 / 3.0, 1);
     let (build, build_configured) = start_build(&config, &state_dir, &cache, &keys, metrics)?;
     // Kept alive for the server's life: dropping the last client stops the node.
-    let _p2p_node = start_p2p(&config, &state_dir, &cache.nars).await?;
+    let _p2p_node = start_p2p(&config, &state_dir, &cache.dirs).await?;
     let cache_state = cache.state;
 
     let cache_addr = listeners.cache.local_addr()?;
@@ -116,12 +116,12 @@ pub async fn run(
 /// What the cache side of `serve` is made of.
 struct Cache {
     layout: StoreLayout,
-    nars: Arc<NarCache>,
+    dirs: NarDirs,
     actor: CacheHandle,
     state: CacheState,
 }
 
-/// The store, the compressed-NAR directory, the CacheServer actor and the cache listener's
+/// The store, the compressed-NAR directories, the CacheServer actor and the cache listener's
 /// state.
 fn start_cache(
     c: &CacheConfig,
@@ -143,30 +143,36 @@ fn start_cache(
     }
     let store = Arc::new(LazyStore::new(layout.clone()));
     let nar_dir = state_dir.join("nar");
-    let nars = Arc::new(
-        NarCache::open(&nar_dir)
-            .with_context(|| format!("cannot open NAR directory {}", nar_dir.display()))?,
-    );
+    let dirs = NarDirs::open(&nar_dir)
+        .with_context(|| format!("cannot open NAR directory {}", nar_dir.display()))?;
     let stats = CacheStats::register(registry);
+    let archive = (c.archive_compression != Compression::None).then(|| CompressionSettings {
+        compression: c.archive_compression,
+        level: c.archive_level(),
+        // One encoder thread, at idle priority: the archive must never compete with serving.
+        threads: 1,
+    });
     let cache_actor = CacheServer::start(CacheServerParts {
-        nars: nars.clone(),
+        dirs: dirs.clone(),
         store: store.clone(),
         settings: CompressionSettings {
             compression: c.compression,
             level: c.level(),
             threads: c.compression_threads,
         },
+        archive,
         max_bytes: c.nar_cache_max_bytes,
         queue: c.compression_queue,
         stats: stats.clone(),
         metrics: metrics.actors.clone(),
-    });
+    })
+    .context("cannot start the compression workers")?;
     let cache_state = CacheState::new(CacheParts {
         store,
         keys: keys.secret.clone(),
         priority: c.priority,
         compression: c.compression,
-        nars: nars.clone(),
+        dirs: dirs.clone(),
         actor: cache_actor.clone(),
         stats,
         read_threads: c.read_threads,
@@ -174,7 +180,7 @@ fn start_cache(
     });
     Ok(Cache {
         layout,
-        nars,
+        dirs,
         actor: cache_actor,
         state: cache_state,
     })
@@ -223,12 +229,12 @@ fn start_build(
 async fn start_p2p(
     config: &Config,
     state_dir: &Path,
-    nars: &Arc<NarCache>,
+    dirs: &NarDirs,
 ) -> anyhow::Result<Option<tailcache_p2p::node::Client>> {
     if !config.p2p.enable {
         return Ok(None);
     }
-    let (node, addrs) = crate::p2p::start_server_node(&config.p2p, state_dir, nars.clone()).await?;
+    let (node, addrs) = crate::p2p::start_server_node(&config.p2p, state_dir, dirs.clone()).await?;
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     for a in &addrs {

@@ -1,7 +1,8 @@
 //! `TestAgent`: the real `tailcache agent` binary started on `127.0.0.1:0` (HTTP and libp2p)
-//! in front of a `TestCache` with P2P enabled, with a generated `[agent]` config and its own
-//! cache directory; killed on drop like the server. `P2pFixture`: a server with P2P on in
-//! front of a throwaway store, with the big path compressed, for the agent tests.
+//! in front of a `TestCache` with P2P enabled, with a generated `[agent]` config
+//! (`encoding = "server"` unless asked otherwise) and its own cache directory; killed on drop
+//! like the server. `P2pFixture`: a server with P2P on in front of a throwaway store, with
+//! the big path compressed, for the agent tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +23,7 @@ pub struct AgentBuilder {
     upload_rate: u64,
     cache_dir: Option<PathBuf>,
     cache_max_bytes: Option<u64>,
+    encoding: String,
 }
 
 /// A running agent: `TestCache`'s process handling, with the agent's URL as `url()`.
@@ -43,7 +45,17 @@ impl AgentBuilder {
             upload_rate: 0,
             cache_dir: None,
             cache_max_bytes: None,
+            // The server's choice unless a test asks for another: the P2P tests judge how
+            // the file the server names travels, which `auto` would change once it has
+            // measured a fast loopback link.
+            encoding: "server".into(),
         }
+    }
+
+    /// `[agent] encoding`: `auto`, `server`, `none`, `zstd` or `xz`.
+    pub fn encoding(mut self, encoding: &str) -> Self {
+        self.encoding = encoding.to_string();
+        self
     }
 
     pub fn reseed(mut self, on: bool) -> Self {
@@ -85,13 +97,14 @@ impl AgentBuilder {
         let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
         let mut cfg = format!(
             "[agent]\nserver = {}\nbind = \"127.0.0.1:0\"\nreseed = {}\nmetered = {}\n\
-             upload_rate = {}\ncache_dir = {}\nmin_p2p_size = 0\n\
+             upload_rate = {}\ncache_dir = {}\nmin_p2p_size = 0\nencoding = {}\n\
              listen = [\"/ip4/127.0.0.1/tcp/0\", \"/ip4/127.0.0.1/udp/0/quic-v1\"]\n",
             q(&self.server),
             self.reseed,
             self.metered,
             self.upload_rate,
             q(cache_dir.to_str().unwrap()),
+            q(&self.encoding),
         );
         let keys: Vec<String> = self.trusted_keys.iter().map(|k| q(k)).collect();
         cfg.push_str(&format!("trusted_keys = [{}]\n", keys.join(", ")));
@@ -131,6 +144,18 @@ impl TestAgent {
             })
             .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
             .sum()
+    }
+
+    /// The value of an agent metric with one label (`compression="xz"`).
+    pub fn metric_with(&self, name: &str, label: &str) -> f64 {
+        let r = self.proc.get("/metrics");
+        assert_eq!(r.status, 200, "agent /metrics");
+        let prefix = format!("tailcache_agent_{name}{{{label}}} ");
+        r.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}in the agent's metrics"))
     }
 
     /// Path of a completed file in the agent's cache, by file hash (base16).

@@ -57,6 +57,7 @@ pub struct TestCacheBuilder<'a> {
     nix: Option<&'a NixEnv>,
     p2p: bool,
     extra_toml: String,
+    cache_extra: String,
     api_extra: String,
     nofile: Option<u64>,
 }
@@ -161,6 +162,13 @@ impl<'a> TestCacheBuilder<'a> {
         self
     }
 
+    /// More keys of the `[cache]` table (TOML lines).
+    pub fn cache_extra(mut self, toml: &str) -> Self {
+        self.cache_extra.push_str(toml);
+        self.cache_extra.push('\n');
+        self
+    }
+
     /// More keys of the `[api]` table (TOML lines).
     pub fn api_extra(mut self, toml: &str) -> Self {
         self.api_extra.push_str(toml);
@@ -218,6 +226,7 @@ impl<'a> TestCacheBuilder<'a> {
             let keys: Vec<String> = self.secret_keys.iter().map(|k| toml_str(k)).collect();
             cfg.push_str(&format!("secret_key_files = [{}]\n", keys.join(", ")));
         }
+        cfg.push_str(&self.cache_extra);
         // Every server runs the API listener, and its default port is fixed.
         cfg.push_str("\n[api]\nbind = \"127.0.0.1:0\"\n");
         cfg.push_str(&self.api_extra);
@@ -413,6 +422,7 @@ impl TestCache {
             nix: None,
             p2p: false,
             extra_toml: String::new(),
+            cache_extra: String::new(),
             api_extra: String::new(),
             nofile: None,
         }
@@ -551,17 +561,12 @@ impl TestCache {
         let url = info.get("URL").unwrap().to_string();
         let compression = info.get("Compression").unwrap_or("bzip2").to_string();
         if self.backend == Backend::Tailcache && compression == "none" {
-            assert!(
-                tamper_tree(&store.physical(store_path), needle),
-                "{needle:?} not found under {store_path}"
-            );
+            tamper_store_path(store, store_path, needle);
             return;
         }
-        let file_name = url.rsplit('/').next().unwrap().to_string();
         let file = match self.backend {
             Backend::Reference => self.dir.path().join("refcache").join(&url),
-            Backend::Tailcache => find_file(&self.state_dir(), &file_name)
-                .unwrap_or_else(|| panic!("no {file_name} under the server's state dir")),
+            Backend::Tailcache => self.nar_file_path(&url),
         };
         let data = std::fs::read(&file).unwrap();
         let mut nar = filter(&compression, "-dc", &data);
@@ -572,6 +577,25 @@ impl TestCache {
         let changed = filter(&compression, "-1c", &nar);
         std::fs::write(&file, changed).unwrap();
     }
+}
+
+impl TestCache {
+    /// Where the server keeps the compressed file `url` (`nar/<file hash>.nar.<ext>`, as a
+    /// narinfo or a file list names it) on disk: somewhere under its state directory.
+    pub fn nar_file_path(&self, url: &str) -> PathBuf {
+        let file_name = url.rsplit('/').next().unwrap();
+        find_file(&self.state_dir(), file_name)
+            .unwrap_or_else(|| panic!("no {file_name} under the server's state dir"))
+    }
+}
+
+/// Flips the first byte of `needle` in a file of `store_path` in the physical store the
+/// server serves, behind its database's back (the file keeps its size).
+pub fn tamper_store_path(store: &TestStore, store_path: &str, needle: &[u8]) {
+    assert!(
+        tamper_tree(&store.physical(store_path), needle),
+        "{needle:?} not found under {store_path}"
+    );
 }
 
 impl Drop for TestCache {

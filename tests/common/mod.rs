@@ -1,6 +1,7 @@
 //! Shared machinery of the integration tests: throwaway Nix stores built by real
 //! Nix (`nix`), the real `tailcache serve` binary under test (`cache`), a tiny
-//! HTTP/1.1 client (`http`), Nix-compatible narinfo parsing (`narinfo`), processes seen
+//! HTTP/1.1 client (`http`), Nix-compatible narinfo parsing (`narinfo`), a NAR's files and
+//! their verified P2P manifests (`p2p_files`), processes seen
 //! through `/proc` (`proc`), and for the build API an SSE client (`sse`) and scenario
 //! helpers (`api`); a flake of three hosts and a server that builds it (`fleet`); the Nix
 //! modules under the real module system (`modules`).
@@ -14,6 +15,7 @@ pub mod fleet;
 pub mod http;
 pub mod modules;
 pub mod narinfo;
+pub mod p2p_files;
 pub mod peer;
 pub mod proc;
 pub mod sse;

@@ -1,7 +1,8 @@
 //! `TestPeer`: a real libp2p node of the `tailcache-p2p` crate inside the test process (on
-//! its own tokio runtime), to look at a server's tracker the way a peer does and to play a
-//! peer that lies on the data protocol: it announces a file as a finished seeder and then
-//! answers every range request with bytes that are not the file's.
+//! its own tokio runtime), to look at a server's tracker the way a peer does, to fetch a file
+//! from the server's seed, and to play a peer that lies on the data protocol: it announces a
+//! file as a finished seeder and then answers every range request with bytes that are not the
+//! file's.
 
 use std::sync::Arc;
 
@@ -130,6 +131,25 @@ impl TestPeer {
             .into_iter()
             .map(|r| r.peer_id)
             .collect()
+    }
+}
+
+impl TestPeer {
+    /// `len` bytes of `file` from offset 0, asked of the server's own node (its seed) over
+    /// the data protocol; `None` if it refuses.
+    pub fn fetch_from_server(&self, file: FileId, len: u64) -> Option<Vec<u8>> {
+        self.rt.block_on(async {
+            use tokio::io::AsyncReadExt as _;
+            let mut reader = self
+                .client
+                .fetch_range(self.tracker, file, 0, len)
+                .await
+                .ok()?;
+            let mut data = Vec::new();
+            reader.read_to_end(&mut data).await.unwrap();
+            reader.finish().await.unwrap();
+            Some(data)
+        })
     }
 }
 

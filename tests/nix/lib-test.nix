@@ -18,6 +18,8 @@ let
       listen = "100.64.0.1:5000";
       priority = 30;
       compression = "xz";
+      archiveCompression = "zstd";
+      archiveLevel = null;
       maxBytes = 1024;
     };
     api = {
@@ -75,6 +77,7 @@ let
       cacheMaxBytes = 100;
       uploadRate = 0;
       listen = null;
+      encoding = "auto";
     };
   };
 
@@ -309,6 +312,7 @@ let
         metered = false;
         cache_max_bytes = 100;
         upload_rate = 0;
+        encoding = "auto";
       };
     };
     client-config-no-token = {
@@ -346,6 +350,7 @@ let
           bind = "100.64.0.1:5000";
           priority = 30;
           compression = "xz";
+          archive_compression = "zstd";
           nar_cache_max_bytes = 1024;
         };
         api = {

@@ -12,6 +12,7 @@ use tailcache_p2p::libp2p::Multiaddr;
 use tailcache_p2p::node::{PeerAddr, loopback_listen_addrs};
 use tailcache_store::signing::PublicKey;
 
+use crate::choose::Encoding;
 use crate::error::{Error, Result};
 use crate::http_client::ServerUrl;
 
@@ -56,6 +57,9 @@ pub struct AgentConfig {
     pub requests_per_peer: usize,
     /// Range requests in flight to the server at once (the scarce link).
     pub server_requests: usize,
+    /// Which of a NAR's files the narinfos name: `auto` (the fastest on this link),
+    /// `server` (the server's narinfo as it is), or one pinned: `none`, `zstd`, `xz`.
+    pub encoding: Encoding,
 }
 
 impl Default for AgentConfig {
@@ -77,6 +81,7 @@ impl Default for AgentConfig {
             listen: loopback_listen_addrs(),
             requests_per_peer: 4,
             server_requests: 2,
+            encoding: Encoding::Auto,
         }
     }
 }
@@ -274,6 +279,17 @@ mod tests {
         // No [agent] section: the defaults.
         let c = AgentConfig::from_toml("[cache]\npriority = 10\n").unwrap();
         assert_eq!(c.bind.port(), 5001);
+        assert_eq!(c.encoding, Encoding::Auto);
+        for (name, want) in [
+            ("auto", Encoding::Auto),
+            ("server", Encoding::Server),
+            ("none", Encoding::None),
+            ("zstd", Encoding::Zstd),
+            ("xz", Encoding::Xz),
+        ] {
+            let c = AgentConfig::from_toml(&format!("[agent]\nencoding = \"{name}\"\n")).unwrap();
+            assert_eq!(c.encoding, want);
+        }
     }
 
     #[test]
@@ -281,6 +297,7 @@ mod tests {
         for (text, key) in [
             ("[agent]\nreseeed = true\n", "reseeed"),
             ("[agent]\nserver = \"https://h\"\n", "agent.server"),
+            ("[agent]\nencoding = \"gzip\"\n", "encoding"),
             ("[agent]\nserver = \"h:5000\"\n", "agent.server"),
             (
                 "[agent]\ntracker = \"/ip4/1.2.3.4/tcp/1\"\n",

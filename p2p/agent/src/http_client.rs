@@ -95,11 +95,16 @@ impl Response {
 
     /// Reads the whole body (bounded).
     pub async fn bytes(self) -> std::io::Result<Vec<u8>> {
+        self.bytes_at_most(MAX_WHOLE_BODY).await
+    }
+
+    /// Reads the whole body, refusing one longer than `max` bytes.
+    pub async fn bytes_at_most(self, max: u64) -> std::io::Result<Vec<u8>> {
         let mut out = Vec::new();
         let mut stream = std::pin::pin!(self.into_stream());
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
-            if out.len() as u64 + chunk.len() as u64 > MAX_WHOLE_BODY {
+            if out.len() as u64 + chunk.len() as u64 > max {
                 return Err(std::io::Error::other("response body too large"));
             }
             out.extend_from_slice(&chunk);

@@ -8,9 +8,15 @@
 //! download in progress is announced as partial at once and its verified pieces are served
 //! to peers (swarming, see [`fetch`]); `metered` never uploads.
 //!
+//! The narinfos it passes on name the file of the NAR that is fastest end to end on this
+//! machine's link ([`choose`], from what [`measure`] measured), when the server has several.
+//!
 //! # Layout
 //! - [`config`]: the `[agent]` section of the config file and command-line overrides.
 //! - [`substituter`]: the HTTP routes Nix talks to.
+//! - [`choose`]: which of a NAR's files to advertise (pure).
+//! - [`narinfo`]: the server's narinfo naming another file (pure).
+//! - [`measure`]: the link's goodput and this machine's decoding speeds.
 //! - [`fetch`]: one download — the pure scheduler ([`fetch::schedule`]) and its driver.
 //! - [`serve`]: response bodies made only of verified bytes.
 //! - [`store`]: the cache of fetched files, and what peers are served of them.
@@ -18,11 +24,14 @@
 //! - [`metrics`]: the agent's Prometheus metrics.
 //! - [`error`]: the crate's error types.
 
+pub mod choose;
 pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod http_client;
+pub mod measure;
 pub mod metrics;
+pub mod narinfo;
 pub mod serve;
 pub mod store;
 pub mod substituter;
@@ -40,6 +49,7 @@ pub use error::{Error, FetchError, Result};
 
 use fetch::schedule::Limits;
 use http_client::Server;
+use measure::Measurements;
 use metrics::AgentMetrics;
 use store::FileStore;
 use substituter::{AgentState, Inner};
@@ -107,6 +117,12 @@ pub async fn run(
 
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
+    let measurements = Measurements::default();
+    // Only `auto` uses the decoding speeds: the others spare the half second of CPU.
+    if config.encoding == choose::Encoding::Auto {
+        let m = measurements.clone();
+        tokio::spawn(async move { m.calibrate().await });
+    }
     let state = AgentState(Arc::new(Inner {
         server: Server::new(&config.server).map_err(Error::HttpClient)?,
         node: node.clone(),
@@ -124,6 +140,8 @@ pub async fn run(
         metrics,
         registry,
         scores: Arc::new(Mutex::new(HashMap::new())),
+        encoding: config.encoding,
+        measurements,
     }));
     if let Some(tracker) = &config.tracker {
         match node.dial(tracker.peer, vec![tracker.addr.clone()]).await {

@@ -1,10 +1,38 @@
 //! The agent's Prometheus metrics (`GET /metrics` on the agent): bytes from peers and from
 //! the server, verification failures, bans, refused manifests, cached files found corrupt,
-//! peers known, bytes uploaded.
+//! peers known, bytes uploaded; and what the choice of encoding rests on and did: the
+//! measured goodput and decoding speeds, the narinfos rewritten, the file lists missing.
 
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tailcache_store::Compression;
+
+use crate::choose::Measured;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompressionLabels {
+    compression: &'static str,
+}
+
+impl From<Compression> for CompressionLabels {
+    fn from(c: Compression) -> Self {
+        CompressionLabels {
+            compression: c.name(),
+        }
+    }
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
 
 #[derive(Debug, Clone, Default)]
 pub struct AgentMetrics {
@@ -19,6 +47,14 @@ pub struct AgentMetrics {
     pub corrupt_files: Counter,
     pub peers_known: Gauge,
     pub uploaded_bytes: Gauge,
+    /// Measured goodput of NAR downloads by route: `pieces`, `uncompressed` (0 until measured).
+    pub goodput: Family<RouteLabels, FloatGauge>,
+    /// Measured decoding speed by compression (0 until measured).
+    pub decode_speed: Family<CompressionLabels, FloatGauge>,
+    /// Narinfos served naming another file than the server's, by the compression named.
+    pub narinfo_rewrites: Family<CompressionLabels, Counter>,
+    /// Narinfos passed on as they are because the server's file list was not to be had.
+    pub file_lists_failed: Counter,
 }
 
 impl AgentMetrics {
@@ -61,6 +97,48 @@ impl AgentMetrics {
             "Bytes uploaded to peers",
             m.uploaded_bytes.clone(),
         );
+        for c in [Compression::None, Compression::Zstd, Compression::Xz] {
+            let _ = m.narinfo_rewrites.get_or_create(&c.into());
+        }
+        for c in [Compression::Zstd, Compression::Xz] {
+            let _ = m.decode_speed.get_or_create(&c.into());
+        }
+        r.register(
+            "goodput_bytes_per_second",
+            "Measured goodput of NAR file downloads (bytes per second of busy wall time), by route: compressed files in verified pieces, uncompressed NARs proxied",
+            m.goodput.clone(),
+        );
+        r.register(
+            "decode_bytes_per_second",
+            "Measured decoding speed of this machine, NAR bytes per second, by compression",
+            m.decode_speed.clone(),
+        );
+        r.register(
+            "narinfo_rewrites",
+            "Narinfos served naming another of the NAR's files than the server's, by its compression",
+            m.narinfo_rewrites.clone(),
+        );
+        r.register(
+            "file_lists_failed",
+            "Narinfos passed on unchanged because the server's list of files failed",
+            m.file_lists_failed.clone(),
+        );
         m
+    }
+
+    /// Publishes the measurements in the gauges.
+    pub fn set_measured(&self, measured: &Measured) {
+        for (route, goodput) in [
+            ("pieces", measured.goodput),
+            ("uncompressed", measured.uncompressed_goodput),
+        ] {
+            let g = self.goodput.get_or_create(&RouteLabels { route });
+            g.set(goodput.unwrap_or(0.0));
+        }
+        for c in [Compression::Zstd, Compression::Xz] {
+            self.decode_speed
+                .get_or_create(&c.into())
+                .set(measured.decode.of(c).unwrap_or(0.0));
+        }
     }
 }

@@ -1,14 +1,20 @@
 //! The agent's HTTP side, a Nix substituter on 127.0.0.1: `GET /nix-cache-info` is the
 //! server's with a priority [`PRIORITY_LEAD`] better; `GET|HEAD /<hash>.narinfo` is the
-//! server's answer byte for byte (Nix checks the server's signature itself);
+//! server's answer, naming the NAR file the configured encoding picks among those the server
+//! lists (`GET /p2p/files/<hash>`, asked at the same time; [`crate::choose`]) — only the
+//! unsigned file lines change ([`crate::narinfo`]), so Nix checks the server's signature
+//! itself — or byte for byte when the list fails, matches another NAR, or changes nothing;
 //! `GET /nar/<filehash>.nar.xz|.zst` comes from the agent's cache or is fetched in verified
 //! pieces from peers and the server ([`crate::fetch`]) when a manifest signed by a trusted
-//! key exists, and is proxied from the server otherwise; `GET /metrics` is Prometheus text.
+//! key exists, and is proxied from the server otherwise, as is the uncompressed
+//! `/nar/<outhash>-<narhash>.nar` (which Nix checks against the signed NarHash); `GET /metrics` is
+//! Prometheus text.
 //! Every byte of a NAR file the agent serves itself is verified first ([`crate::serve`]): a
 //! kept file against the signed manifest and outboard kept beside it, so that it is served
 //! (checked) even when the server cannot be asked.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -17,19 +23,23 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use prometheus_client::registry::Registry;
 use tailcache_p2p::FileId;
+use tailcache_p2p::files::NarFiles;
 use tailcache_p2p::manifest::{P2pManifest, SignedManifest};
 use tailcache_p2p::node::{Client, PeerAddr};
 use tailcache_p2p::tracker::FileAnnouncement;
 use tailcache_p2p::verify::{Outboard, VerifiedOutboard};
 use tailcache_store::signing::PublicKey;
-use tailcache_store::{Compression, Sha256Hash};
+use tailcache_store::{Compression, Sha256Hash, StorePathHash};
 use tokio::sync::watch;
 
+use crate::choose::{Encoding, Measured, choose, may_rewrite};
 use crate::error::FetchError;
 use crate::fetch::schedule::Limits;
 use crate::fetch::{Download, Progress, Scores};
 use crate::http_client::{self, Server};
+use crate::measure::{Measurements, Route};
 use crate::metrics::AgentMetrics;
+use crate::narinfo;
 use crate::serve::{CachedFile, nar_response, plain, stream_download};
 use crate::store::{FileStore, Partial, Proof};
 
@@ -38,6 +48,11 @@ pub const PRIORITY_LEAD: u32 = 10;
 
 /// Compressions whose files the agent fetches in pieces (those the server makes).
 const PIECEWISE: [Compression; 2] = [Compression::Xz, Compression::Zstd];
+
+/// How long the server's list of a NAR's files may take; past it the narinfo goes as it is.
+const FILES_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest list of files read (a few entries of a few hundred bytes).
+const MAX_FILES_BODY: u64 = 64 << 10;
 
 /// Everything a request handler needs.
 pub(crate) struct Inner {
@@ -53,6 +68,8 @@ pub(crate) struct Inner {
     pub metrics: AgentMetrics,
     pub registry: Registry,
     pub scores: Scores,
+    pub encoding: Encoding,
+    pub measurements: Measurements,
 }
 
 #[derive(Clone)]
@@ -82,8 +99,12 @@ async fn handle(State(state): State<AgentState>, method: Method, uri: Uri) -> Re
     if path == "/metrics" {
         return state.metrics_text();
     }
-    if path.starts_with('/') && path.ends_with(".narinfo") && !path[1..].contains('/') {
-        return state.proxy(&method, path, false).await;
+    if let Some(hash) = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix(".narinfo"))
+        .filter(|h| !h.contains('/'))
+    {
+        return state.narinfo(&method, path, hash).await;
     }
     if let Some(file) = path.strip_prefix("/nar/") {
         if !head && let Some(id) = compressed_file_id(file) {
@@ -92,6 +113,34 @@ async fn handle(State(state): State<AgentState>, method: Method, uri: Uri) -> Re
         return state.proxy(&method, path, true).await;
     }
     plain(StatusCode::NOT_FOUND, "not found\n")
+}
+
+/// The server's list of the files of one NAR; `None` when it fails in any way (an older
+/// server without the route answers 404) or takes longer than [`FILES_TIMEOUT`].
+async fn nar_files(server: Server, target: String) -> Option<NarFiles> {
+    let fetch = async {
+        let resp = http_client::request(&server, "GET", &target, None)
+            .await
+            .ok()?;
+        if resp.status != 200 {
+            tracing::debug!("{target}: status {}", resp.status);
+            return None;
+        }
+        let body = resp.bytes_at_most(MAX_FILES_BODY).await.ok()?;
+        NarFiles::from_json(&body)
+            .map_err(|e| tracing::debug!("{target}: {e}"))
+            .ok()
+    };
+    tokio::time::timeout(FILES_TIMEOUT, fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Whether `path` is `/nar/<…>.nar` (and not a compressed file).
+fn is_uncompressed_nar(path: &str) -> bool {
+    path.strip_prefix("/nar/")
+        .is_some_and(|f| f.ends_with(".nar"))
 }
 
 /// The file id (FileHash) of `<nix32 sha256>.nar.xz|.nar.zst`.
@@ -166,6 +215,7 @@ impl AgentState {
         m.peers_known.set(known as i64);
         m.uploaded_bytes
             .set(i64::try_from(self.0.node.stats().uploaded_bytes).unwrap_or(i64::MAX));
+        m.set_measured(&self.0.measurements.snapshot());
         let mut text = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.0.registry) {
             tracing::error!("encoding metrics: {e}");
@@ -182,7 +232,10 @@ impl AgentState {
     }
 
     /// The server's answer to the same request; `count` adds the body to the server bytes.
+    /// The GET of an uncompressed NAR is measured too ([`Route::Uncompressed`]).
     async fn proxy(&self, method: &Method, path: &str, count: bool) -> Response {
+        let measured = count && *method == Method::GET && is_uncompressed_nar(path);
+        let transfer = measured.then(|| self.0.measurements.transfer(Route::Uncompressed));
         let resp = match http_client::request(&self.0.server, method.as_str(), path, None).await {
             Ok(r) => r,
             Err(e) => return bad_gateway(e),
@@ -197,15 +250,94 @@ impl AgentState {
             }
         }
         let metrics = self.0.metrics.clone();
+        let measurements = self.0.measurements.clone();
         let body = resp.into_stream().map(move |chunk| {
             if count && let Ok(c) = &chunk {
                 metrics.server_bytes.inc_by(c.len() as u64);
+                // Ends (dropped with the body) when the response does.
+                if transfer.is_some() {
+                    measurements.received(Route::Uncompressed, c.len() as u64);
+                }
             }
             chunk
         });
         builder
             .body(Body::from_stream(body))
             .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response\n"))
+    }
+
+    /// `GET|HEAD /<hash>.narinfo`: the server's narinfo naming the file the encoding picks.
+    /// A HEAD is answered as the GET would be (its Content-Length included). When nothing
+    /// could be picked but the server's file (`server`, or `auto` before a goodput is
+    /// measured) the request is proxied as it is, without asking for the list.
+    async fn narinfo(&self, method: &Method, path: &str, hash: &str) -> Response {
+        let measured = self.0.measurements.snapshot();
+        if !may_rewrite(self.0.encoding, &measured) || StorePathHash::parse(hash).is_err() {
+            return self.proxy(method, path, false).await;
+        }
+        // Asked beside the narinfo, so that a hit still costs one round trip.
+        let files = tokio::spawn(nar_files(
+            self.0.server.clone(),
+            format!("/p2p/files/{hash}"),
+        ));
+        let resp = match http_client::request(&self.0.server, "GET", path, None).await {
+            Ok(r) => r,
+            Err(e) => {
+                files.abort();
+                return bad_gateway(e);
+            }
+        };
+        let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let content_type = resp
+            .header("content-type")
+            .and_then(|v| HeaderValue::from_str(v).ok());
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                files.abort();
+                return bad_gateway(e);
+            }
+        };
+        let body = match String::from_utf8(body) {
+            Ok(text) if status == StatusCode::OK => match files.await.ok().flatten() {
+                Some(files) => {
+                    let rewritten = self.advertised(&text, &files, &measured);
+                    rewritten.unwrap_or(text).into_bytes()
+                }
+                None => {
+                    self.0.metrics.file_lists_failed.inc();
+                    text.into_bytes()
+                }
+            },
+            // A miss, an error or no text: passed on as it is.
+            other => {
+                files.abort();
+                other.map_or_else(|e| e.into_bytes(), String::into_bytes)
+            }
+        };
+        let mut response = (status, body).into_response();
+        if let Some(v) = content_type {
+            response.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        response
+    }
+
+    /// `text` naming the file the encoding picks, when that is another than the server's.
+    fn advertised(&self, text: &str, files: &NarFiles, measured: &Measured) -> Option<String> {
+        let server = match text.lines().find_map(|l| l.strip_prefix("Compression: ")) {
+            Some(name) => Compression::from_name(name)?,
+            None => Compression::NARINFO_DEFAULT,
+        };
+        let file = choose(self.0.encoding, files, server, measured)?;
+        let out = narinfo::advertise(text, files, file);
+        match &out {
+            Some(_) => {
+                let rewrites = &self.0.metrics.narinfo_rewrites;
+                rewrites.get_or_create(&file.compression.into()).inc();
+            }
+            None => tracing::debug!("the file list does not fit the narinfo {text:?}"),
+        }
+        out
     }
 
     async fn get_json_bytes(&self, target: &str) -> Option<Vec<u8>> {
@@ -337,6 +469,7 @@ impl AgentState {
             tracker: self.0.tracker.clone(),
             scores: self.0.scores.clone(),
             metrics: self.0.metrics.clone(),
+            measurements: self.0.measurements.clone(),
             limits: self.0.limits.clone(),
             partial: None,
         };
@@ -483,6 +616,40 @@ mod tests {
             "StoreDir: /nix/store\nPriority: 40\n"
         );
         assert_eq!(rewrite_cache_info("Priority: 5\n"), "Priority: 0\n");
+    }
+
+    /// A stand-in cache server on loopback whose `/p2p/files/<case>` answers as named: what
+    /// an older server (404), a broken one (bad JSON, a body too large) or a hung one (no
+    /// answer) would send. The agent must then pass the narinfo on as it is.
+    #[tokio::test]
+    async fn a_file_list_that_fails_in_any_way_is_no_list() {
+        use axum::routing::get;
+        let good = NarFiles {
+            nar_hash: Sha256Hash::digest(b"nar"),
+            nar_size: 3,
+            files: Vec::new(),
+        };
+        let json = good.to_json();
+        let app = axum::Router::new()
+            .route("/p2p/files/good", get(move || async move { json }))
+            .route("/p2p/files/bad", get(|| async { "{\"nar_hash\": 1}" }))
+            .route(
+                "/p2p/files/huge",
+                get(|| async { vec![b' '; MAX_FILES_BODY as usize + 1] }),
+            )
+            .route("/p2p/files/hung", get(std::future::pending::<&'static str>));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let server = Server::new(&url.parse().unwrap()).unwrap();
+        let list = |case: &str| nar_files(server.clone(), format!("/p2p/files/{case}"));
+        assert_eq!(list("good").await, Some(good));
+        for case in ["missing", "bad", "huge"] {
+            assert_eq!(list(case).await, None, "{case}");
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(list("hung").await, None);
+        assert!(started.elapsed() >= FILES_TIMEOUT);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The CacheServer actor: owns the cache's mutable state — the compression queues and which
-//! paths are pending, the size bound of the compressed-NAR directory, the counters — and
+//! paths are pending, the size bound of the compressed-NAR directories, the counters — and
 //! its typed handle. It runs supervised (restarted after a panic) and metered like the build
 //! actors. Request handlers *tell* it about paths worth compressing through
 //! [`CacheHandle::request_compression`], which never waits: when the queue or the mailbox is
@@ -7,6 +7,14 @@
 //! A finished build hands it its new store paths ([`NewPathsSink`]); their whole closure
 //! goes into a second queue that the compression worker empties first, so a just-built
 //! generation becomes servable before older work is done.
+//!
+//! With an archive compression configured, each NAR whose primary file is made is queued for
+//! a second file in the archive lane: its own bounded queue and its own worker thread at idle
+//! priority ([`super::priority`]), which is handed a job only while the primary lane has
+//! nothing queued or running — a just-built closure's primary files never wait for archive
+//! work. An archive request that finds the queue full is dropped; a sweep of the primary
+//! index (at start-up, and after drops once the queue has drained) queues what lacks its
+//! archive file.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -21,7 +29,8 @@ use tokio::sync::mpsc;
 
 use super::LazyStore;
 use super::compress::{self, Job};
-use super::nar_cache::NarCache;
+use super::nar_cache::{NarCache, NarDirs};
+use super::priority;
 use super::queue::CompressionQueue;
 use super::stats::CacheStats;
 use crate::config::Compression;
@@ -30,6 +39,8 @@ use crate::config::Compression;
 pub const MAILBOX_CAPACITY: usize = 256;
 /// Most store paths one build's closure walk queues.
 const MAX_CLOSURE: usize = 100_000;
+/// Paths whose archive job failed that sweeps skip; beyond this the list starts over.
+const MAX_FAILED: usize = 4096;
 
 /// How NARs are compressed.
 #[derive(Debug, Clone, Copy)]
@@ -39,16 +50,92 @@ pub struct CompressionSettings {
     pub threads: u32,
 }
 
+/// Which of a NAR's files a job makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// The file narinfos name, made first.
+    Primary,
+    /// The second, smaller file, made in the background.
+    Archive,
+}
+
+/// One lane's queue, worker and settings.
+#[derive(Debug)]
+struct LaneState {
+    settings: CompressionSettings,
+    /// Where its files go.
+    nars: Arc<NarCache>,
+    /// To the worker; room for one job, so what it takes next is decided as late as possible.
+    jobs: mpsc::Sender<Job>,
+    queue: CompressionQueue,
+    /// Jobs sent to the worker that have not reported back.
+    in_flight: usize,
+}
+
+impl LaneState {
+    /// Whether the path's NAR has this lane's file.
+    fn done(&self, msg: &Compress) -> bool {
+        compressed_in(
+            &self.nars,
+            &msg.path_hash,
+            &msg.nar_hash,
+            self.settings.compression,
+        )
+    }
+
+    /// Sends the worker its next job if the channel has room; whether one was sent.
+    fn send_next(&mut self) -> bool {
+        let Ok(permit) = self.jobs.try_reserve() else {
+            if self.jobs.is_closed() {
+                tracing::error!("a compression worker has stopped");
+            }
+            return false;
+        };
+        let Some(msg) = self.queue.take_next() else {
+            return false;
+        };
+        let s = self.settings;
+        permit.send(Job {
+            path_hash: msg.path_hash,
+            physical_path: msg.physical_path,
+            nar_hash: msg.nar_hash,
+            nar_size: msg.nar_size,
+            compression: s.compression,
+            level: s.level,
+            threads: s.threads,
+        });
+        self.in_flight += 1;
+        true
+    }
+
+    fn finished(&mut self, path: &StorePathHash) {
+        self.queue.finished(path);
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+}
+
+/// The archive lane and how it catches up with the primary files.
+#[derive(Debug)]
+struct ArchiveLane {
+    lane: LaneState,
+    /// Some primary file may lack its archive file without being queued (start-up, a
+    /// request dropped on a full queue): sweep the primary index once the queue drains.
+    backlog: bool,
+    /// A sweep is reading the primary index and the store.
+    sweeping: bool,
+    /// Paths whose archive job failed: sweeps skip them (a request after a new primary
+    /// file still tries).
+    failed: HashSet<StorePathHash>,
+}
+
 /// The actor.
 #[derive(Debug)]
 pub struct CacheServer {
-    nars: Arc<NarCache>,
+    dirs: NarDirs,
     store: Arc<LazyStore>,
-    /// To the worker; room for one job, so what it takes next is decided as late as possible.
-    jobs: mpsc::Sender<Job>,
-    /// What is compressed next: a build's closure first, then narinfo requests.
-    queue: CompressionQueue,
-    settings: CompressionSettings,
+    /// Primary files: a build's closure first, then narinfo requests.
+    primary: LaneState,
+    archive: Option<ArchiveLane>,
     max_bytes: u64,
     stats: CacheStats,
     metrics: ActorMetrics,
@@ -56,6 +143,12 @@ pub struct CacheServer {
 
 impl Actor for CacheServer {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Primary files made before a restart (or before the archive was turned on) may lack
+        // their archive file.
+        self.dispatch(ctx);
+    }
 }
 
 impl Metered for CacheServer {
@@ -71,6 +164,9 @@ impl Supervised for CacheServer {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.metrics.restarted(Self::NAME);
         // `pending` stays: jobs in flight still report back and clear their entries.
+        if let Some(a) = &mut self.archive {
+            a.backlog = true;
+        }
     }
 }
 
@@ -88,8 +184,18 @@ pub struct Compress {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct Compressed {
-    path_hash: StorePathHash,
+    lane: Lane,
+    job: Job,
     ok: bool,
+}
+
+/// What a sweep of the primary index found lacking its archive file.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct ArchiveBacklog {
+    jobs: Vec<Compress>,
+    /// It stopped at the queue's capacity: sweep again once these are done.
+    more: bool,
 }
 
 /// A build produced these store paths (absolute, as `nix build` prints them).
@@ -110,7 +216,7 @@ impl Handler<Compress> for CacheServer {
     type Result = ();
 
     fn handle(&mut self, msg: Compress, ctx: &mut Self::Context) {
-        let _ = metered(self, ctx, msg, |act, msg, _| act.enqueue(msg));
+        let _ = metered(self, ctx, msg, |act, msg, ctx| act.enqueue(msg, ctx));
     }
 }
 
@@ -118,22 +224,65 @@ impl Handler<Compressed> for CacheServer {
     type Result = ();
 
     fn handle(&mut self, msg: Compressed, ctx: &mut Self::Context) {
-        let _ = metered(self, ctx, msg, |act, msg, _| {
-            act.queue.finished(&msg.path_hash);
-            act.dispatch();
-            act.stats.set_queue_len(act.queue.len());
-            act.stats.compression_finished(msg.ok);
-            let total = act.nars.total_bytes();
-            act.stats.set_nar_dir_bytes(total);
-            if msg.ok && total > act.max_bytes {
-                let (nars, max, stats) = (act.nars.clone(), act.max_bytes, act.stats.clone());
+        let _ = metered(self, ctx, msg, |act, msg, ctx| {
+            let Compressed { lane, job, ok } = msg;
+            match lane {
+                Lane::Primary => {
+                    act.primary.finished(&job.path_hash);
+                    act.stats.compression_finished(ok);
+                    if ok {
+                        act.enqueue_archive(request_of(job));
+                    }
+                }
+                Lane::Archive => {
+                    if let Some(a) = &mut act.archive {
+                        a.lane.finished(&job.path_hash);
+                        if ok {
+                            a.failed.remove(&job.path_hash);
+                        } else {
+                            if a.failed.len() >= MAX_FAILED {
+                                a.failed.clear();
+                            }
+                            a.failed.insert(job.path_hash);
+                        }
+                    }
+                    act.stats.archive_finished(ok);
+                }
+            }
+            act.dispatch(ctx);
+            act.stats.set_dir_bytes(&act.dirs);
+            if ok && act.dirs.total_bytes() > act.max_bytes {
+                let (dirs, max, stats) = (act.dirs.clone(), act.max_bytes, act.stats.clone());
                 // Unlinking files is blocking I/O; keep it off the actor's thread.
                 tokio::task::spawn_blocking(move || {
-                    let n = nars.evict_to(max);
-                    stats.set_nar_dir_bytes(nars.total_bytes());
+                    let n = dirs.evict_to(max);
+                    stats.set_dir_bytes(&dirs);
                     tracing::info!("evicted {n} compressed NARs to stay under {max} bytes");
                 });
             }
+        });
+    }
+}
+
+impl Handler<ArchiveBacklog> for CacheServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: ArchiveBacklog, ctx: &mut Self::Context) {
+        let _ = metered(self, ctx, msg, |act, msg, ctx| {
+            if let Some(a) = &mut act.archive {
+                a.sweeping = false;
+                a.backlog |= msg.more;
+            }
+            if !msg.jobs.is_empty() {
+                tracing::info!(
+                    "{} primary files lack their archive file; queued",
+                    msg.jobs.len()
+                );
+            }
+            for job in msg.jobs {
+                act.enqueue_archive(job);
+            }
+            act.dispatch(ctx);
         });
     }
 }
@@ -143,7 +292,7 @@ impl Handler<NewPaths> for CacheServer {
 
     fn handle(&mut self, msg: NewPaths, ctx: &mut Self::Context) {
         let _ = metered(self, ctx, msg, |act, msg, ctx| {
-            if act.settings.compression == Compression::None {
+            if act.primary.settings.compression == Compression::None {
                 return;
             }
             let store = act.store.clone();
@@ -162,7 +311,9 @@ impl Handler<Prioritize> for CacheServer {
     type Result = ();
 
     fn handle(&mut self, msg: Prioritize, ctx: &mut Self::Context) {
-        let _ = metered(self, ctx, msg, |act, msg, _| act.prioritize(msg.jobs));
+        let _ = metered(self, ctx, msg, |act, msg, ctx| {
+            act.prioritize(msg.jobs, ctx)
+        });
     }
 }
 
@@ -205,145 +356,274 @@ fn closure(store: &LazyStore, roots: &[PathBuf]) -> Vec<Compress> {
 }
 
 impl CacheServer {
-    /// Whether a path needs no compression: none is configured, or it is already done in
-    /// the configured one (a file in another, from before a configuration change, is
-    /// served meanwhile and replaced).
+    /// Whether a path needs no primary file: none is configured, or it is already done in
+    /// the configured compression (a file in another, from before a configuration change,
+    /// is served meanwhile and replaced).
     fn done(&self, msg: &Compress) -> bool {
-        self.settings.compression == Compression::None
-            || compressed_in(
-                &self.nars,
-                &msg.path_hash,
-                &msg.nar_hash,
-                self.settings.compression,
-            )
+        self.primary.settings.compression == Compression::None || self.primary.done(msg)
     }
 
     /// A narinfo request's path: queued behind everything else, dropped when the queue is
-    /// full (the next request for it asks again).
-    fn enqueue(&mut self, msg: Compress) {
-        if self.done(&msg) || self.queue.is_pending(&msg.path_hash) {
-            return;
+    /// full (the next request for it asks again). One whose primary file is made may still
+    /// lack its archive file.
+    fn enqueue(&mut self, msg: Compress, ctx: &mut Context<Self>) {
+        if self.done(&msg) {
+            self.enqueue_archive(msg);
+        } else if !self.primary.queue.is_pending(&msg.path_hash) {
+            let path = msg.path_hash;
+            if !self.primary.queue.request(msg) {
+                tracing::debug!("compression queue full; {path} will be retried");
+                return;
+            }
         }
-        let path = msg.path_hash;
-        if !self.queue.request(msg) {
-            tracing::debug!("compression queue full; {path} will be retried");
-            return;
-        }
-        self.dispatch();
-        self.stats.set_queue_len(self.queue.len());
+        self.dispatch(ctx);
     }
 
     /// A build's closure: before everything else, including paths already waiting.
-    fn prioritize(&mut self, jobs: Vec<Compress>) {
-        let todo: Vec<Compress> = jobs.into_iter().filter(|j| !self.done(j)).collect();
-        let dropped = self.queue.prioritize(todo);
+    fn prioritize(&mut self, jobs: Vec<Compress>, ctx: &mut Context<Self>) {
+        let (done, todo): (Vec<Compress>, Vec<Compress>) =
+            jobs.into_iter().partition(|j| self.done(j));
+        let dropped = self.primary.queue.prioritize(todo);
         if dropped > 0 {
             tracing::warn!(
                 "{dropped} paths of a build's closure not queued (too many waiting); they are compressed on request"
             );
         }
-        self.dispatch();
-        self.stats.set_queue_len(self.queue.len());
+        for job in done {
+            self.enqueue_archive(job);
+        }
+        self.dispatch(ctx);
     }
 
-    /// Hands the worker its next job while it has room: the front queue first.
-    fn dispatch(&mut self) {
-        while let Ok(permit) = self.jobs.try_reserve() {
-            let Some(msg) = self.queue.take_next() else {
-                return;
-            };
-            permit.send(Job {
-                path_hash: msg.path_hash,
-                physical_path: msg.physical_path,
-                nar_hash: msg.nar_hash,
-                nar_size: msg.nar_size,
-                compression: self.settings.compression,
-                level: self.settings.level,
-                threads: self.settings.threads,
-            });
+    /// A path whose primary file exists: queued for its archive file, if one is configured
+    /// and missing. A full queue drops it until the next sweep.
+    fn enqueue_archive(&mut self, msg: Compress) {
+        let Some(a) = &mut self.archive else {
+            return;
+        };
+        if a.lane.done(&msg) || a.lane.queue.is_pending(&msg.path_hash) {
+            return;
         }
-        if self.jobs.is_closed() {
-            tracing::error!("the compression worker has stopped");
+        if !a.lane.queue.request(msg) {
+            a.backlog = true;
         }
+    }
+
+    /// Hands the workers their next jobs: the primary worker while it has room; the archive
+    /// worker one job, only while the primary lane has nothing queued or running and the
+    /// archive worker is idle. With neither busy, sweeps for missing archive files.
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        while self.primary.send_next() {}
+        let primary_idle = self.primary.queue.is_empty();
+        let mut sweep = false;
+        if let Some(a) = &mut self.archive
+            && primary_idle
+            && a.lane.in_flight == 0
+        {
+            let sent = a.lane.send_next();
+            sweep = !sent && a.lane.queue.is_empty() && a.backlog && !a.sweeping;
+            if sweep {
+                a.backlog = false;
+                a.sweeping = true;
+            }
+        }
+        if sweep {
+            self.sweep_archive_backlog(ctx);
+        }
+        self.stats.set_queue_len(self.primary.queue.len());
+        if let Some(a) = &self.archive {
+            self.stats.set_archive_queue_len(a.lane.queue.len());
+        }
+    }
+
+    /// Reads, on a blocking thread, which primary files lack their archive file (up to the
+    /// archive queue's capacity) and tells the actor.
+    fn sweep_archive_backlog(&self, ctx: &mut Context<Self>) {
+        let Some(a) = &self.archive else {
+            return;
+        };
+        let (dirs, store) = (self.dirs.clone(), self.store.clone());
+        let (compression, skip) = (a.lane.settings.compression, a.failed.clone());
+        let limit = a.lane.queue.capacity();
+        let addr = MeteredAddr::new(ctx.address(), self.metrics.clone());
+        tokio::task::spawn_blocking(move || {
+            let (jobs, more) = archive_backlog(&store, &dirs, compression, &skip, limit);
+            // Must not be lost: it ends the sweep.
+            addr.force(ArchiveBacklog { jobs, more });
+        });
+    }
+}
+
+/// Primary files without an archive file in `compression`, as requests for one: at most
+/// `limit`, and whether there were more. Paths in `skip`, and paths no longer valid with the
+/// same NAR, are left out.
+fn archive_backlog(
+    store: &LazyStore,
+    dirs: &NarDirs,
+    compression: Compression,
+    skip: &HashSet<StorePathHash>,
+    limit: usize,
+) -> (Vec<Compress>, bool) {
+    let Some(db) = store.db() else {
+        return (Vec::new(), false);
+    };
+    let mut out = Vec::new();
+    for (path, nar_hash) in dirs.primary.keys() {
+        if skip.contains(&path) || compressed_in(&dirs.archive, &path, &nar_hash, compression) {
+            continue;
+        }
+        if out.len() >= limit {
+            return (out, true);
+        }
+        match db.query_path_info(&path) {
+            Ok(Some(info)) if info.nar_hash == nar_hash => out.push(Compress {
+                path_hash: path,
+                physical_path: store.layout().physical_path(&info.path),
+                nar_hash,
+                nar_size: info.nar_size,
+            }),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot look up {path}: {e}"),
+        }
+    }
+    (out, false)
+}
+
+/// The request a job was made from.
+fn request_of(job: Job) -> Compress {
+    Compress {
+        path_hash: job.path_hash,
+        physical_path: job.physical_path,
+        nar_hash: job.nar_hash,
+        nar_size: job.nar_size,
     }
 }
 
 /// What [`CacheServer::start`] needs.
 #[derive(Debug)]
 pub struct CacheServerParts {
-    pub nars: Arc<NarCache>,
+    pub dirs: NarDirs,
     pub store: Arc<LazyStore>,
     pub settings: CompressionSettings,
+    /// The archive file's compression, level and threads; `None`: no archive files.
+    pub archive: Option<CompressionSettings>,
     pub max_bytes: u64,
+    /// Paths that may wait in each lane's queue.
     pub queue: usize,
     pub stats: CacheStats,
     pub metrics: ActorMetrics,
 }
 
 impl CacheServer {
-    /// Starts the actor (supervised) and its compression worker on the current actix system.
-    pub fn start(p: CacheServerParts) -> CacheHandle {
-        let (tx, rx) = mpsc::channel(1);
-        p.stats.set_nar_dir_bytes(p.nars.total_bytes());
-        let actor = CacheServer {
-            nars: p.nars.clone(),
-            store: p.store,
-            jobs: tx,
+    /// Starts the actor (supervised) and its compression workers on the current actix system.
+    pub fn start(p: CacheServerParts) -> std::io::Result<CacheHandle> {
+        let (primary_tx, primary_rx) = mpsc::channel(1);
+        let lane = |settings, nars: &Arc<NarCache>, jobs| LaneState {
+            settings,
+            nars: nars.clone(),
+            jobs,
             queue: CompressionQueue::new(p.queue),
-            settings: p.settings,
+            in_flight: 0,
+        };
+        p.stats.set_dir_bytes(&p.dirs);
+        let mut archive_rx = None;
+        let archive = p.archive.map(|settings| {
+            let (tx, rx) = mpsc::channel(1);
+            archive_rx = Some(rx);
+            ArchiveLane {
+                lane: lane(settings, &p.dirs.archive, tx),
+                backlog: true,
+                sweeping: false,
+                failed: HashSet::new(),
+            }
+        });
+        let actor = CacheServer {
+            dirs: p.dirs.clone(),
+            store: p.store,
+            primary: lane(p.settings, &p.dirs.primary, primary_tx),
+            archive,
             max_bytes: p.max_bytes,
             stats: p.stats,
             metrics: p.metrics.clone(),
         };
         let addr = MeteredAddr::start(actor);
-        tokio::spawn(worker(rx, p.nars.clone(), addr.clone()));
-        CacheHandle {
-            addr,
-            nars: p.nars,
-            compression: p.settings.compression,
+        spawn_worker(
+            Lane::Primary,
+            primary_rx,
+            p.dirs.primary.clone(),
+            addr.clone(),
+        )?;
+        if let Some(rx) = archive_rx {
+            spawn_worker(Lane::Archive, rx, p.dirs.archive.clone(), addr.clone())?;
         }
+        Ok(CacheHandle {
+            addr,
+            nars: p.dirs.primary,
+            compression: p.settings.compression,
+        })
     }
 }
 
-/// Runs jobs one at a time (an xz job already uses every core) on a blocking thread.
-async fn worker(mut rx: mpsc::Receiver<Job>, nars: Arc<NarCache>, addr: MeteredAddr<CacheServer>) {
-    while let Some(job) = rx.recv().await {
-        let path_hash = job.path_hash;
-        let nars = nars.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            if compressed_in(&nars, &job.path_hash, &job.nar_hash, job.compression) {
-                return true;
+/// Starts a lane's worker on a thread of its own: jobs one at a time (an xz job may already
+/// use every core). The archive worker first lowers its thread to idle priority.
+fn spawn_worker(
+    lane: Lane,
+    mut rx: mpsc::Receiver<Job>,
+    nars: Arc<NarCache>,
+    addr: MeteredAddr<CacheServer>,
+) -> std::io::Result<()> {
+    let name = match lane {
+        Lane::Primary => "compress",
+        Lane::Archive => "archive",
+    };
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            if lane == Lane::Archive {
+                priority::lower_current_thread();
             }
-            let started = std::time::Instant::now();
-            let entry = match compress::run(&job, &nars) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!("compression of {} failed: {e}", job.physical_path.display());
-                    return false;
+            while let Some(job) = rx.blocking_recv() {
+                // A panic in one job must not stop the worker: it counts as a failure.
+                let ok =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&job, &nars)))
+                        .unwrap_or(false);
+                if !addr.connected() {
+                    return;
                 }
-            };
-            tracing::info!(
-                "compressed {} ({} → {} bytes, {:.1?})",
-                job.physical_path.display(),
-                job.nar_size,
-                entry.file_size,
-                started.elapsed()
-            );
-            match nars.insert(job.path_hash, entry) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!("cannot record compressed NAR: {e}");
-                    false
-                }
+                // Must not be lost: it clears the path's pending entry.
+                addr.force(Compressed { lane, job, ok });
             }
         })
-        .await
-        .unwrap_or(false);
-        if !addr.connected() {
-            return;
+        .map(drop)
+}
+
+/// Makes a job's file and records it in the index; whether the file is there.
+fn run_job(job: &Job, nars: &NarCache) -> bool {
+    if compressed_in(nars, &job.path_hash, &job.nar_hash, job.compression) {
+        return true;
+    }
+    let started = std::time::Instant::now();
+    let entry = match compress::run(job, nars) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("compression of {} failed: {e}", job.physical_path.display());
+            return false;
         }
-        // Must not be lost: it clears the path's pending entry.
-        addr.force(Compressed { path_hash, ok });
+    };
+    tracing::info!(
+        "compressed {} ({} → {} bytes {}, {:.1?})",
+        job.physical_path.display(),
+        job.nar_size,
+        entry.file_size,
+        job.compression.narinfo_name(),
+        started.elapsed()
+    );
+    match nars.insert(job.path_hash, entry) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("cannot record compressed NAR: {e}");
+            false
+        }
     }
 }
 

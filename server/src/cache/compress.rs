@@ -1,10 +1,11 @@
 //! One compression job: dump a store path as a NAR, check it against the NAR hash the store
-//! database records, compress it (zstd, or xz with liblzma's multi-threaded encoder) into a
-//! temporary file while hashing the compressed bytes — SHA-256 for the narinfo, and the
-//! BLAKE3 tree for P2P verification — then rename the outboard to `<filehash>.nar.xz.obao`
-//! and the file to `<filehash>.nar.xz` (both before the index entry names them).
-//! Runs on a blocking thread; memory is bounded by the encoders' buffers, not the NAR size
-//! (the outboard is 32 bytes per 16 KiB of compressed file).
+//! database records, compress it (zstd, or xz with liblzma's multi-threaded encoder, its
+//! single-threaded one for one thread) into a temporary file while hashing the compressed
+//! bytes — SHA-256 for the narinfo, and the BLAKE3 tree for P2P verification — then rename
+//! the outboard to `<filehash>.nar.xz.obao` and the file to `<filehash>.nar.xz` (both before
+//! the index entry names them). Runs on a compression worker's thread (see `actor`); memory
+//! is bounded by the encoders' buffers, not the NAR size (the outboard is 32 bytes per 16 KiB
+//! of compressed file).
 
 use std::path::PathBuf;
 
@@ -116,12 +117,19 @@ fn compress_to(job: &Job, tmp: &std::path::Path) -> Result<Compressed, CompressE
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
                 n => n,
             };
-            let stream = liblzma::stream::MtStreamBuilder::new()
-                .threads(threads)
-                .preset(job.level)
-                .check(liblzma::stream::Check::Crc64)
-                .encoder()
-                .map_err(|e| io("xz encoder")(std::io::Error::other(e)))?;
+            let check = liblzma::stream::Check::Crc64;
+            // One thread: liblzma's single-threaded encoder, on this very thread (the
+            // multi-threaded one would start a worker of its own even for one).
+            let stream = if threads == 1 {
+                liblzma::stream::Stream::new_easy_encoder(job.level, check)
+            } else {
+                liblzma::stream::MtStreamBuilder::new()
+                    .threads(threads)
+                    .preset(job.level)
+                    .check(check)
+                    .encoder()
+            }
+            .map_err(|e| io("xz encoder")(std::io::Error::other(e)))?;
             let mut enc = liblzma::write::XzEncoder::new_stream(out, stream);
             pump(&mut nar, &mut nar_counter, &mut enc, &display)?;
             enc.finish().map_err(io("xz finish"))?

@@ -5,11 +5,14 @@
 //! # Layout
 //! - [`actor`]: the CacheServer actor — owns keys, the compressed-NAR directory, the
 //!   compression queue and counters — and its typed handle.
-//! - [`nar_cache`]: the on-disk directory of compressed NARs and its index.
-//! - [`compress`]: one compression job (NAR dump → xz/zstd file), run on a blocking thread.
+//! - [`nar_cache`]: the on-disk directories of compressed NARs (primary and archive files)
+//!   and their indexes.
+//! - [`compress`]: one compression job (NAR dump → xz/zstd file), run on a worker thread.
 //! - [`queue`]: the order of compression jobs (a build's closure before narinfo requests).
+//! - [`priority`]: the archive worker's idle priority.
 //! - [`narinfo`], [`nar`], [`build_log`]: the HTTP resources.
-//! - [`p2p`]: the signed P2P manifest and the BLAKE3 outboard of each compressed NAR.
+//! - [`p2p`]: the files of each NAR (`/p2p/files`), and the signed P2P manifest and the
+//!   BLAKE3 outboard of each compressed file.
 //! - [`body`]: streaming a blocking reader into a response body, memory and threads bounded.
 //! - [`stats`]: the cache's Prometheus counters.
 //! - [`signatures`]: the bounded cache of our narinfo signatures.
@@ -29,6 +32,7 @@ pub mod nar;
 pub mod nar_cache;
 pub mod narinfo;
 pub mod p2p;
+pub mod priority;
 pub mod queue;
 pub mod rendered;
 pub mod signatures;
@@ -44,7 +48,7 @@ use tailcache_store::signing::SecretKey;
 
 use crate::config::Compression;
 use actor::CacheHandle;
-use nar_cache::NarCache;
+use nar_cache::{NarCache, NarDirs};
 use stats::CacheStats;
 
 /// What every cache request handler reads. Cheap to clone.
@@ -61,7 +65,7 @@ struct Shared {
     rendered: rendered::RenderedNarinfos,
     cache_info: String,
     compression: Compression,
-    nars: Arc<NarCache>,
+    dirs: NarDirs,
     actor: CacheHandle,
     stats: CacheStats,
     reads: body::ReadPool,
@@ -112,7 +116,7 @@ pub struct CacheParts {
     pub keys: Vec<SecretKey>,
     pub priority: u32,
     pub compression: Compression,
-    pub nars: Arc<NarCache>,
+    pub dirs: NarDirs,
     pub actor: CacheHandle,
     pub stats: CacheStats,
     /// Blocking reads of response bodies at once (`cache.read_threads`).
@@ -136,7 +140,7 @@ impl CacheState {
                 rendered: rendered::RenderedNarinfos::default(),
                 cache_info,
                 compression: p.compression,
-                nars: p.nars,
+                dirs: p.dirs,
                 actor: p.actor,
                 stats: p.stats,
                 reads: body::ReadPool::new(p.read_threads, p.read_buffer_bytes),
@@ -168,8 +172,14 @@ impl CacheState {
         &self.inner.stats
     }
 
+    /// The primary files' directory: what narinfos advertise.
     pub fn nars(&self) -> &NarCache {
-        &self.inner.nars
+        &self.inner.dirs.primary
+    }
+
+    /// Both directories of compressed files (primary and archive).
+    pub fn dirs(&self) -> &NarDirs {
+        &self.inner.dirs
     }
 
     pub fn compression(&self) -> Compression {
@@ -198,6 +208,7 @@ pub fn router() -> Router<CacheState> {
         .route("/pubkey", get(get_pubkey))
         .route("/nar/{file}", get(nar::get_nar))
         .route("/log/{drv}", get(build_log::get_build_log))
+        .route("/p2p/files/{hash}", get(p2p::get_files))
         .route("/p2p/manifest/{file}", get(p2p::get_manifest))
         .route("/p2p/outboard/{file}", get(p2p::get_outboard))
         .route("/{file}", get(narinfo::get_narinfo))

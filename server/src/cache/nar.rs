@@ -1,8 +1,9 @@
 //! `GET|HEAD /nar/…`: NARs. Three URL forms name an uncompressed NAR, dumped from the store on
 //! the fly: ours and nix-serve's `<outhash>-<narhash>.nar`, harmonia's `<narhash>.nar?hash=<outhash>`,
 //! and a bare `<narhash>.nar`. Compressed NARs are `<filehash>.nar.xz|.nar.zst`, served from
-//! the NAR directory. Every name is parsed into hashes before anything touches the disk, so no
-//! URL can reach a file outside the store or that directory. `Range` works for both.
+//! the NAR directories (primary and archive files alike). Every name is parsed into hashes
+//! before anything touches the disk, so no URL can reach a file outside the store or those
+//! directories. `Range` works for both.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
@@ -35,6 +36,12 @@ enum NarName {
         file_hash: Sha256Hash,
         compression: Compression,
     },
+}
+
+/// `nar/<outhash>-<narhash>.nar`: the uncompressed NAR of a store path, relative to the cache
+/// root (found by store path, not by a scan for its NAR hash).
+pub fn uncompressed_url(path: &StorePathHash, nar_hash: &Sha256Hash) -> String {
+    format!("nar/{path}-{}.nar", nar_hash.to_nix32())
 }
 
 const BAD_NAME: CacheError = CacheError::BadRequest("malformed NAR file name");
@@ -91,10 +98,11 @@ pub async fn get_nar(
             file_hash,
             compression,
         } => {
-            let path = state.nars().file_path(&file_hash, compression);
             // Open now: once open, eviction unlinking the file cannot cut the download short.
-            let file = std::fs::File::open(&path)
-                .map_err(|_| CacheError::NotFound("no such compressed NAR"))?;
+            let file = state
+                .dirs()
+                .open_file(&file_hash, compression)
+                .ok_or(CacheError::NotFound("no such compressed NAR"))?;
             let stats = state.clone();
             state.reads().respond_file(
                 &headers,

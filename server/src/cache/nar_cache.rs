@@ -8,6 +8,10 @@
 //! file is gone, a file or outboard no entry names); an entry whose outboard is missing
 //! keeps serving HTTP but is not offered to peers. The size bound is enforced by the
 //! CacheServer actor, which evicts the least recently served entries with their outboards.
+//!
+//! The server keeps two such directories ([`NarDirs`]): the primary files, which narinfos
+//! name, and in `archive/` inside it the optional second, smaller file per NAR. Both are
+//! served alike; the size bound holds over both, archive files going first.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -255,6 +259,12 @@ impl NarCache {
         Ok(())
     }
 
+    /// Every entry's store path and NAR hash, at one moment.
+    pub fn keys(&self) -> Vec<(StorePathHash, Sha256Hash)> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.iter().map(|(k, e)| (*k, e.nar_hash)).collect()
+    }
+
     /// Total bytes of all compressed files.
     pub fn total_bytes(&self) -> u64 {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
@@ -304,6 +314,79 @@ impl NarCache {
             remove_logged(&self.dir.join(e.file_name()));
             remove_logged(&self.dir.join(e.outboard_name()));
         }
+    }
+}
+
+/// Where the compressed files are: the primary directory, whose files narinfos name, and
+/// the archive directory (`archive/` inside it) with the second, smaller file per NAR. Files
+/// are named by their own hash, so a URL finds its file in either.
+#[derive(Debug, Clone)]
+pub struct NarDirs {
+    pub primary: Arc<NarCache>,
+    pub archive: Arc<NarCache>,
+}
+
+impl NarDirs {
+    /// Opens (creating) `dir` and `dir/archive`, each cleaned of crash leftovers.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        let primary = Arc::new(NarCache::open(dir)?);
+        let archive = Arc::new(NarCache::open(&dir.join("archive"))?);
+        Ok(NarDirs { primary, archive })
+    }
+
+    fn both(&self) -> [&NarCache; 2] {
+        [&self.primary, &self.archive]
+    }
+
+    /// The entry of a compressed file, by the file's own hash, and the directory holding it.
+    pub fn find_file(
+        &self,
+        file_hash: &Sha256Hash,
+        compression: Compression,
+    ) -> Option<(&NarCache, Arc<NarEntry>)> {
+        self.both()
+            .into_iter()
+            .find_map(|c| c.find_file(file_hash, compression).map(|e| (c, e)))
+    }
+
+    /// Opens a compressed file named in a URL (open, eviction unlinking it cannot cut a
+    /// download short).
+    pub fn open_file(
+        &self,
+        file_hash: &Sha256Hash,
+        compression: Compression,
+    ) -> Option<std::fs::File> {
+        self.open_first(|c| c.file_path(file_hash, compression))
+    }
+
+    /// Opens the BLAKE3 outboard of a compressed file.
+    pub fn open_outboard(
+        &self,
+        file_hash: &Sha256Hash,
+        compression: Compression,
+    ) -> Option<std::fs::File> {
+        self.open_first(|c| c.outboard_path(file_hash, compression))
+    }
+
+    fn open_first(&self, path: impl Fn(&NarCache) -> PathBuf) -> Option<std::fs::File> {
+        self.both()
+            .into_iter()
+            .find_map(|c| std::fs::File::open(path(c)).ok())
+    }
+
+    /// Bytes of both directories' files.
+    pub fn total_bytes(&self) -> u64 {
+        self.primary.total_bytes() + self.archive.total_bytes()
+    }
+
+    /// Evicts until both together hold at most `max_bytes`: archive files first (a client
+    /// can always fall back to the primary file), then primary ones; each directory least
+    /// recently used first. Returns how many entries went.
+    pub fn evict_to(&self, max_bytes: u64) -> usize {
+        let archive_room = max_bytes.saturating_sub(self.primary.total_bytes());
+        let n = self.archive.evict_to(archive_room);
+        let primary_room = max_bytes.saturating_sub(self.archive.total_bytes());
+        n + self.primary.evict_to(primary_room)
     }
 }
 
@@ -390,6 +473,51 @@ mod tests {
         );
         assert!(!names.iter().any(|n| n.starts_with("orphan")), "{names:?}");
         assert!(!dir.path().join("index").join(hash(9).to_string()).exists());
+    }
+
+    #[test]
+    fn both_directories_clean_up_and_evict_archive_files_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = NarDirs::open(dir.path()).unwrap();
+        for n in 1..=3 {
+            put(&dirs.primary, n, 100);
+        }
+        for n in 4..=5 {
+            put(&dirs.archive, n, 100);
+        }
+        // An archive file is found, opened and its outboard served like a primary one.
+        let four = Sha256Hash::digest(&[4; 100]);
+        let (found, entry) = dirs.find_file(&four, Compression::Xz).unwrap();
+        assert_eq!(found.dir(), dir.path().join("archive"));
+        assert_eq!(entry.file_size, 100);
+        assert!(dirs.open_file(&four, Compression::Xz).is_some());
+        assert!(dirs.open_outboard(&four, Compression::Xz).is_some());
+        assert!(dirs.open_file(&four, Compression::Zstd).is_none());
+        // A crash mid-job leaves a temporary file in the archive directory: gone at start.
+        let leftover = dirs.archive.temp_path("nar");
+        std::fs::write(&leftover, b"half").unwrap();
+        std::fs::write(dir.path().join("archive/orphan.nar.xz"), b"x").unwrap();
+        drop(dirs);
+        let dirs = NarDirs::open(dir.path()).unwrap();
+        assert!(!leftover.exists());
+        assert!(!dir.path().join("archive/orphan.nar.xz").exists());
+        assert_eq!((dirs.primary.len(), dirs.archive.len()), (3, 2));
+        assert_eq!(dirs.total_bytes(), 500);
+
+        // Archive files go first, even the most recently used one.
+        dirs.archive
+            .get(&hash(5), &Sha256Hash([5; 32]))
+            .unwrap()
+            .touch();
+        assert_eq!(dirs.evict_to(350), 2);
+        assert_eq!((dirs.primary.len(), dirs.archive.len()), (3, 0));
+        assert!(!dirs.archive.file_path(&four, Compression::Xz).exists());
+        // Then primary ones, least recently used first.
+        let three = dirs.primary.get(&hash(3), &Sha256Hash([3; 32])).unwrap();
+        three.last_used.store(now() + 60, Ordering::Relaxed);
+        assert_eq!(dirs.evict_to(150), 2);
+        assert!(dirs.primary.contains(&hash(3), &Sha256Hash([3; 32])));
+        assert_eq!(dirs.total_bytes(), 100);
     }
 
     #[test]

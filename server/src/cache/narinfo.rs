@@ -17,6 +17,7 @@ use tailcache_store::narinfo::NarInfo;
 use super::CacheState;
 use super::actor::Compress;
 use super::error::{CacheError, CacheResult};
+use super::nar::uncompressed_url;
 use super::nar_cache::NarEntry;
 use crate::config::Compression;
 
@@ -112,7 +113,7 @@ fn render_served(state: &CacheState, mut info: PathInfo) -> (String, Served) {
             }
             None => {
                 request_compression();
-                let url = format!("nar/{}-{}.nar", path_hash, info.nar_hash.to_nix32());
+                let url = uncompressed_url(&path_hash, &info.nar_hash);
                 let served = if state.compression() == Compression::None {
                     Served::Final(None)
                 } else {

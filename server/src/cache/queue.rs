@@ -34,6 +34,11 @@ impl CompressionQueue {
         }
     }
 
+    /// Most paths waiting behind the front queue.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Pending paths (queued or being compressed).
     pub fn len(&self) -> usize {
         self.pending.len()

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::nar_cache::NarDirs;
 use crate::config::Compression;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,6 +28,9 @@ pub struct CacheStats {
     compressions: Family<ResultLabels, Counter>,
     queue_len: Gauge,
     nar_dir_bytes: Gauge,
+    archive_jobs: Family<ResultLabels, Counter>,
+    archive_queue_len: Gauge,
+    archive_dir_bytes: Gauge,
 }
 
 impl CacheStats {
@@ -43,6 +47,7 @@ impl CacheStats {
         }
         for result in ["ok", "failed"] {
             let _ = s.compressions.get_or_create(&ResultLabels { result });
+            let _ = s.archive_jobs.get_or_create(&ResultLabels { result });
         }
         let r = registry.sub_registry_with_prefix("tailcache_cache");
         r.register(
@@ -70,6 +75,21 @@ impl CacheStats {
             "bytes of compressed NARs on disk",
             s.nar_dir_bytes.clone(),
         );
+        r.register(
+            "archive_jobs",
+            "background archive files (the second, smaller file per NAR) made, by result",
+            s.archive_jobs.clone(),
+        );
+        r.register(
+            "archive_queue_length",
+            "paths waiting for their archive file or having it made",
+            s.archive_queue_len.clone(),
+        );
+        r.register(
+            "archive_dir_bytes",
+            "bytes of archive files on disk",
+            s.archive_dir_bytes.clone(),
+        );
         s
     }
 
@@ -92,12 +112,25 @@ impl CacheStats {
             .inc();
     }
 
-    pub fn set_queue_len(&self, n: usize) {
-        self.queue_len.set(i64::try_from(n).unwrap_or(i64::MAX));
+    pub fn archive_finished(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.archive_jobs
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
-    pub fn set_nar_dir_bytes(&self, n: u64) {
-        self.nar_dir_bytes.set(i64::try_from(n).unwrap_or(i64::MAX));
+    pub fn set_queue_len(&self, n: usize) {
+        set(&self.queue_len, n as u64);
+    }
+
+    pub fn set_archive_queue_len(&self, n: usize) {
+        set(&self.archive_queue_len, n as u64);
+    }
+
+    /// The bytes in both directories of compressed files.
+    pub fn set_dir_bytes(&self, dirs: &NarDirs) {
+        set(&self.nar_dir_bytes, dirs.primary.total_bytes());
+        set(&self.archive_dir_bytes, dirs.archive.total_bytes());
     }
 
     /// A snapshot for the status page and `/health`.
@@ -120,6 +153,10 @@ impl CacheStats {
             nar_dir_bytes: u64::try_from(self.nar_dir_bytes.get()).unwrap_or(0),
         }
     }
+}
+
+fn set(gauge: &Gauge, n: u64) {
+    gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
 }
 
 /// The counters at one moment.

@@ -34,6 +34,7 @@ use tokio::task::JoinSet;
 
 use crate::error::FetchError;
 use crate::http_client::{self, Server};
+use crate::measure::{Measurements, Route};
 use crate::metrics::AgentMetrics;
 use crate::store::Partial;
 use schedule::{Action, Event, Found, Limits, MapAnswer, Outcome, Scheduler, Source};
@@ -74,6 +75,8 @@ pub struct Download {
     pub tracker: Option<PeerAddr>,
     pub scores: Scores,
     pub metrics: AgentMetrics,
+    /// Where the download's goodput is counted.
+    pub measurements: Measurements,
     pub limits: Limits,
     /// What peers are told and served of this download; `None` when the agent does not
     /// upload.
@@ -135,6 +138,7 @@ impl Download {
         if self.manifest.file_size == 0 {
             return Ok(());
         }
+        let _busy = self.measurements.transfer(Route::Pieces);
         let mut machine = Scheduler::new(
             self.node.peer_id(),
             self.manifest.file_size,
@@ -329,10 +333,12 @@ impl Download {
                         match source {
                             Source::Peer(p) if !machine.is_banned(&p) => {
                                 self.metrics.peer_bytes.inc_by(len);
+                                self.measurements.received(Route::Pieces, len);
                             }
                             Source::Peer(_) => {}
                             Source::Server => {
                                 self.metrics.server_bytes.inc_by(len);
+                                self.measurements.received(Route::Pieces, len);
                             }
                         }
                         Outcome::Verified { elapsed }

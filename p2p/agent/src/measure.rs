@@ -1,0 +1,402 @@
+//! What the agent measures to choose an encoding ([`crate::choose`]): the goodput of its link
+//! when fetching NAR files (from the server and from peers), and how fast this machine
+//! decodes zstd and xz.
+//!
+//! Goodput is NAR-file bytes received per second of wall time during which at least one
+//! download ran ([`LinkMeter`], pure: time is an argument), one meter per [`Route`]. Counting busy time rather than
+//! each download's own rate matters: Nix fetches many paths at once, and per-download rates
+//! would each see a share of the link. Samples of at least [`MIN_SAMPLE_BYTES`] (small
+//! downloads add up) are folded into a moving average.
+//!
+//! Decoding speeds are calibrated once at start-up, on a blocking thread, over a generated
+//! sample that mixes text-like, table-like and random data compressed with the same
+//! libraries and settings the server uses (zstd 3, xz 6); the fastest of some rounds counts.
+
+use std::io::Read as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::choose::{DecodeSpeeds, Measured};
+
+/// A sample is folded once it holds this many bytes…
+pub const MIN_SAMPLE_BYTES: u64 = 1 << 20;
+/// …at the end of a busy stretch, or within one once it lasted this long.
+pub const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
+/// Weight of a new sample in the moving average.
+const EWMA_WEIGHT: f64 = 0.3;
+
+/// The link's goodput, from downloads that begin, receive bytes and end.
+#[derive(Debug, Default)]
+pub struct LinkMeter {
+    active: usize,
+    /// Start of the busy time not yet added to `busy`.
+    since: Option<Instant>,
+    busy: Duration,
+    bytes: u64,
+    goodput: Option<f64>,
+}
+
+impl LinkMeter {
+    pub fn begin(&mut self, now: Instant) {
+        if self.active == 0 {
+            self.since = Some(now);
+        }
+        self.active += 1;
+    }
+
+    pub fn received(&mut self, bytes: u64, now: Instant) {
+        self.bytes += bytes;
+        if self.busy_at(now) >= SAMPLE_PERIOD {
+            self.fold(now);
+        }
+    }
+
+    pub fn end(&mut self, now: Instant) {
+        self.active = self.active.saturating_sub(1);
+        if self.active == 0 {
+            self.fold(now);
+            if let Some(since) = self.since.take() {
+                self.busy += now.saturating_duration_since(since);
+            }
+        }
+    }
+
+    /// Bytes per second, once a sample was folded.
+    pub fn goodput(&self) -> Option<f64> {
+        self.goodput
+    }
+
+    fn busy_at(&self, now: Instant) -> Duration {
+        self.busy
+            + self
+                .since
+                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+    }
+
+    /// Folds the open sample into the average if it is big enough, and starts a new one.
+    fn fold(&mut self, now: Instant) {
+        let busy = self.busy_at(now).as_secs_f64();
+        if self.bytes < MIN_SAMPLE_BYTES || busy <= 0.0 {
+            return;
+        }
+        let sample = self.bytes as f64 / busy;
+        self.goodput = Some(match self.goodput {
+            Some(g) => g + EWMA_WEIGHT * (sample - g),
+            None => sample,
+        });
+        self.bytes = 0;
+        self.busy = Duration::ZERO;
+        if self.since.is_some() {
+            self.since = Some(now);
+        }
+    }
+}
+
+/// The way a NAR file arrives, each with a meter of its own (see [`Measured`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A compressed file fetched in verified pieces, from peers and the server; paced by the
+    /// link, not by Nix (the response reads the partial file at its own pace).
+    Pieces,
+    /// The uncompressed NAR proxied from the server, as fast as Nix takes it (a compressed
+    /// body would be paced by Nix's decoding, so none is measured).
+    Uncompressed,
+}
+
+/// The agent's measurements, shared by every request: cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Measurements {
+    pieces: Arc<Mutex<LinkMeter>>,
+    uncompressed: Arc<Mutex<LinkMeter>>,
+    decode: Arc<OnceLock<DecodeSpeeds>>,
+}
+
+/// One download while it runs; ends when dropped.
+#[derive(Debug)]
+pub struct Transfer {
+    link: Arc<Mutex<LinkMeter>>,
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        lock(&self.link).end(Instant::now());
+    }
+}
+
+fn lock(link: &Mutex<LinkMeter>) -> std::sync::MutexGuard<'_, LinkMeter> {
+    link.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Measurements {
+    fn meter(&self, route: Route) -> &Arc<Mutex<LinkMeter>> {
+        match route {
+            Route::Pieces => &self.pieces,
+            Route::Uncompressed => &self.uncompressed,
+        }
+    }
+
+    /// A download begins; it ends when the returned guard is dropped.
+    pub fn transfer(&self, route: Route) -> Transfer {
+        let link = self.meter(route).clone();
+        lock(&link).begin(Instant::now());
+        Transfer { link }
+    }
+
+    /// NAR-file bytes received by a running download.
+    pub fn received(&self, route: Route, bytes: u64) {
+        lock(self.meter(route)).received(bytes, Instant::now());
+    }
+
+    /// Calibrates the decoding speeds on a blocking thread (once; later calls do nothing).
+    pub async fn calibrate(&self) {
+        if self.decode.get().is_some() {
+            return;
+        }
+        match tokio::task::spawn_blocking(calibrate).await {
+            Ok(speeds) => {
+                let mb = |s: Option<f64>| s.map_or("?".into(), |s| format!("{:.0}", s / 1e6));
+                tracing::info!(
+                    "decoding speeds: zstd {} MB/s, xz {} MB/s",
+                    mb(speeds.zstd),
+                    mb(speeds.xz)
+                );
+                let _ = self.decode.set(speeds);
+            }
+            Err(e) => tracing::warn!("decoding speed calibration failed: {e}"),
+        }
+    }
+
+    pub fn snapshot(&self) -> Measured {
+        Measured {
+            goodput: lock(&self.pieces).goodput(),
+            uncompressed_goodput: lock(&self.uncompressed).goodput(),
+            decode: self.decode.get().copied().unwrap_or_default(),
+        }
+    }
+}
+
+/// Size of the calibration sample: xz -6 makes its file in about 0.2 s of one core.
+const SAMPLE_BYTES: usize = 1 << 20;
+/// Decoding rounds per compression: at least the first, as many as fit the second (zstd
+/// decodes the sample in about a millisecond), at most the third; the fastest counts (the
+/// others met a busy machine).
+const ROUNDS: (usize, Duration, usize) = (3, Duration::from_millis(100), 64);
+
+/// Measures this machine's decoding speeds (blocking: about half a second of one core).
+pub fn calibrate() -> DecodeSpeeds {
+    let sample = sample(SAMPLE_BYTES);
+    DecodeSpeeds {
+        zstd: best_speed(&sample, zstd::encode_all(&sample[..], 3), decode_zstd),
+        xz: best_speed(&sample, xz_encode(&sample), decode_xz),
+    }
+}
+
+/// NAR bytes per second of the fastest of some decodings ([`ROUNDS`]) of `encoded`.
+fn best_speed(
+    sample: &[u8],
+    encoded: std::io::Result<Vec<u8>>,
+    decode: fn(&[u8]) -> std::io::Result<u64>,
+) -> Option<f64> {
+    let encoded = encoded
+        .map_err(|e| tracing::warn!("calibration sample: {e}"))
+        .ok()?;
+    let (min_rounds, budget, max_rounds) = ROUNDS;
+    let began = Instant::now();
+    let mut best: Option<f64> = None;
+    for round in 0..max_rounds {
+        if round >= min_rounds && began.elapsed() >= budget {
+            break;
+        }
+        let started = Instant::now();
+        let n = decode(&encoded)
+            .map_err(|e| tracing::warn!("calibration decoding: {e}"))
+            .ok()?;
+        let secs = started.elapsed().as_secs_f64().max(1e-6);
+        if n != sample.len() as u64 {
+            tracing::warn!("calibration decoded {n} bytes instead of {}", sample.len());
+            return None;
+        }
+        let speed = n as f64 / secs;
+        best = Some(best.map_or(speed, |b| b.max(speed)));
+    }
+    best
+}
+
+fn decode_zstd(encoded: &[u8]) -> std::io::Result<u64> {
+    std::io::copy(&mut zstd::Decoder::new(encoded)?, &mut std::io::sink())
+}
+
+fn decode_xz(encoded: &[u8]) -> std::io::Result<u64> {
+    std::io::copy(
+        &mut liblzma::read::XzDecoder::new(encoded),
+        &mut std::io::sink(),
+    )
+}
+
+fn xz_encode(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    liblzma::read::XzEncoder::new(data, 6).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// `len` bytes shaped like the files of a store: runs of words (text, scripts), of small
+/// integers with small steps (tables, code), and of random bytes (compressed data), 4 KiB
+/// each, from a fixed seed.
+pub fn sample(len: usize) -> Vec<u8> {
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let words: Vec<Vec<u8>> = (0..512)
+        .map(|_| {
+            let n = 2 + rng.below(9) as usize;
+            (0..n).map(|_| b'a' + rng.below(26) as u8).collect()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(len + 4096);
+    while out.len() < len {
+        let end = out.len() + 4096;
+        match rng.below(10) {
+            0..=5 => {
+                while out.len() < end {
+                    // Zipf-like: frequent words are frequent.
+                    let i = (rng.below(512) * rng.below(512) / 512) as usize;
+                    out.extend_from_slice(&words[i]);
+                    out.push(if rng.below(12) == 0 { b'\n' } else { b' ' });
+                }
+            }
+            6..=8 => {
+                let mut v = rng.below(1 << 16) as u32;
+                while out.len() < end {
+                    v = v.wrapping_add(rng.below(64) as u32);
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            _ => {
+                while out.len() < end {
+                    out.extend_from_slice(&rng.next().to_le_bytes());
+                }
+            }
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// A small deterministic generator: the sample must be the same on every machine.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn goodput_is_bytes_over_busy_time_not_per_download() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut m = LinkMeter::default();
+        assert_eq!(m.goodput(), None);
+        // Two downloads overlap: 8 MiB in 500 ms of busy time, whatever each one saw.
+        m.begin(s(0));
+        m.begin(s(100));
+        m.received(4 * MIB, s(300));
+        m.end(s(300));
+        m.received(4 * MIB, s(500));
+        m.end(s(500));
+        assert_eq!(m.goodput(), Some(16.0 * MIB as f64));
+        // Idle time between downloads does not count: 2 MiB in 1 s of busy time.
+        m.begin(s(10_000));
+        m.received(2 * MIB, s(11_000));
+        m.end(s(11_000));
+        let g = m.goodput().unwrap();
+        let want = 16.0 * MIB as f64 + EWMA_WEIGHT * (2.0 * MIB as f64 - 16.0 * MIB as f64);
+        assert!((g - want).abs() < 1.0, "{g} vs {want}");
+    }
+
+    #[test]
+    fn small_downloads_add_up_to_a_sample() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut m = LinkMeter::default();
+        for i in 0..4 {
+            m.begin(s(i * 1000));
+            m.received(MIB / 4, s(i * 1000 + 50));
+            m.end(s(i * 1000 + 50));
+            if i < 3 {
+                assert_eq!(m.goodput(), None, "{i}: too small a sample");
+            }
+        }
+        // 1 MiB over 4 × 50 ms.
+        assert_eq!(m.goodput(), Some(5.0 * MIB as f64));
+    }
+
+    #[test]
+    fn a_long_download_is_sampled_while_it_runs() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut m = LinkMeter::default();
+        m.begin(s(0));
+        m.received(MIB, s(500));
+        assert_eq!(m.goodput(), None);
+        m.received(MIB, s(1000));
+        assert_eq!(m.goodput(), Some(2.0 * MIB as f64));
+        // The next sample starts where that one ended: 10 MiB in the next second.
+        m.received(10 * MIB, s(2000));
+        let want = 2.0 * MIB as f64 + EWMA_WEIGHT * 8.0 * MIB as f64;
+        assert!((m.goodput().unwrap() - want).abs() < 1.0);
+        m.end(s(2000));
+        assert!((m.goodput().unwrap() - want).abs() < 1.0);
+    }
+
+    #[test]
+    fn transfers_feed_the_shared_meter() {
+        let m = Measurements::default();
+        assert_eq!(m.snapshot(), Measured::default());
+        {
+            let _t = m.transfer(Route::Pieces);
+            // Real time passes: the shared meter reads the clock itself.
+            std::thread::sleep(Duration::from_millis(5));
+            m.received(Route::Pieces, 2 * MIB);
+        }
+        let snapshot = m.snapshot();
+        let g = snapshot.goodput.unwrap();
+        // 2 MiB in at least 5 ms: at most 400 MiB/s, and positive.
+        assert!(g > 0.0 && g <= 2.0 * MIB as f64 / 0.005, "{g}");
+        assert_eq!(
+            snapshot.uncompressed_goodput, None,
+            "the other route's meter"
+        );
+    }
+
+    #[test]
+    fn the_sample_is_fixed_and_compresses_like_store_files() {
+        let a = sample(1 << 20);
+        assert_eq!(a, sample(1 << 20));
+        assert_eq!(a.len(), 1 << 20);
+        let ratio = |c: usize| c as f64 / a.len() as f64;
+        let zstd = ratio(zstd::encode_all(&a[..], 3).unwrap().len());
+        let xz = ratio(xz_encode(&a).unwrap().len());
+        // Neither incompressible nor trivial; xz smaller than zstd, as on real closures.
+        assert!((0.15..0.7).contains(&zstd), "zstd ratio {zstd}");
+        assert!(xz < zstd, "xz {xz} zstd {zstd}");
+    }
+
+    #[test]
+    fn calibration_measures_both_decoders() {
+        let s = calibrate();
+        let (zstd, xz) = (s.zstd.unwrap(), s.xz.unwrap());
+        assert!(zstd > 0.0 && xz > 0.0, "{s:?}");
+    }
+}
