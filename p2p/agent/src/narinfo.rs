@@ -129,8 +129,8 @@ mod tests {
             assert_eq!(info.compression, file.compression);
             assert_eq!(info.file_hash, Some(file.file_hash));
             assert_eq!(info.file_size, Some(file.file_size));
-            assert_eq!(info.fingerprint(STORE), orig.fingerprint(STORE));
-            assert_eq!(info.sigs, orig.sigs);
+            assert_eq!(info.info.fingerprint(STORE), orig.info.fingerprint(STORE));
+            assert_eq!(info.info.sigs, orig.info.sigs);
             // In place: the same order of lines as the server's.
             assert_eq!(out.lines().count(), text.lines().count());
         }
@@ -204,9 +204,9 @@ mod tests {
         ) {
             let (_, files) = fixture();
             let mut info = NarInfo::parse(&fixture().0, STORE).unwrap();
-            info.references = refs.iter().map(|r| StorePath::from_base_name(r).unwrap()).collect();
-            info.deriver = deriver.map(|d| StorePath::from_base_name(&d).unwrap());
-            info.sigs = sigs;
+            info.info.references = refs.iter().map(|r| StorePath::from_base_name(r).unwrap()).collect();
+            info.info.deriver = deriver.map(|d| StorePath::from_base_name(&d).unwrap());
+            info.info.sigs = sigs;
             if !with_file_lines {
                 info.file_hash = None;
                 info.file_size = None;
@@ -216,7 +216,7 @@ mod tests {
             let out = advertise(&text, &files, file).unwrap();
             prop_assert_eq!(lines_except_file_keys(&out), lines_except_file_keys(&text));
             let back = NarInfo::parse(&out, STORE).unwrap();
-            prop_assert_eq!(back.fingerprint(STORE), info.fingerprint(STORE));
+            prop_assert_eq!(back.info.fingerprint(STORE), info.info.fingerprint(STORE));
             prop_assert_eq!(&back.url, &file.url);
             prop_assert_eq!(back.compression, file.compression);
             prop_assert_eq!(back.file_hash, Some(file.file_hash));
