@@ -63,6 +63,8 @@
 #                      with archive_compression = "xz" (or "zstd"), step 3 also times until every
 #                      path's archive file is made (GET /p2p/files/<hash> lists it)
 #   AGENT_CONF=""      extra lines for the agent's [agent] table
+#   AGENT_ARCHIVE=xz   archive_compression of the agent's instance alone (none: off), so the
+#                      agent can choose between its primary file, the archive file and the NAR
 #   TAILCACHE_BIN=…    the binary to measure (default: `cargo build --release` of this checkout)
 #   WORK_DIR=…         work directory; when it holds a closure (and nginx caches) from an
 #                      earlier run with the same settings, they are reused; never deleted
@@ -97,6 +99,7 @@ MTU=${MTU:-1280}
 QUEUE_PKTS=${QUEUE_PKTS:-200}
 TC_CACHE_CONF=${TC_CACHE_CONF:-}
 AGENT_CONF=${AGENT_CONF:-}
+AGENT_ARCHIVE=${AGENT_ARCHIVE:-xz}
 FETCH_TIMEOUT=${FETCH_TIMEOUT:-7200}
 COMPRESS_TIMEOUT=${COMPRESS_TIMEOUT:-3600}
 NS_PREFIX=${NS_PREFIX:-tcsub$$-}
@@ -377,6 +380,19 @@ POLL=$D/poll
 # tc_config COMP IP: a server configuration serving COMP on IP (port 0), with a build whose
 # only step prints the closure's top path (capture = out-paths: the server is told about the
 # closure as after a real build) and, for the agent's instance, the P2P tracker.
+# agent_archive_line COMP: the [cache] line that turns the archive on for the agent's instance.
+agent_archive_line() {
+    if [ "$1" = "$AGENT_SERVER" ] && [[ " $CONFIGS " == *" agent "* ]] \
+        && [ "$AGENT_ARCHIVE" != none ] && [ "$AGENT_ARCHIVE" != "$1" ]; then
+        printf 'archive_compression = "%s"\n' "$AGENT_ARCHIVE"
+    fi
+}
+
+# archive_of COMP: the archive compression of that instance's config ("" when off).
+archive_of() {
+    sed -n 's/^ *archive_compression *= *"\(xz\|zstd\)".*/\1/p' "$D/tc/$1/config.toml" | head -1
+}
+
 tc_config() {
     local c=$1 ip=$2 dir=$D/tc/$1
     mkdir -p "$dir"
@@ -390,6 +406,7 @@ store_root = "$S"
 compression = "$c"
 secret_key_files = ["$D/key.sec"]
 $TC_CACHE_CONF
+$(agent_archive_line "$c")
 [[build.steps]]
 name = "build"
 program = "/bin/sh"
@@ -519,8 +536,6 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 CLK_TCK=$(getconf CLK_TCK)
 declare -A SERVABLE=() SERVABLE_BYTES=() SERVABLE_P2P=() SERVABLE_CPU=()
 declare -A ARCHIVED=() ARCHIVED_BYTES=() ARCHIVED_CPU=()
-# The archive compression TC_CACHE_CONF turns on, if any.
-ARCHIVE=$(printf '%s\n' "$TC_CACHE_CONF" | sed -n 's/^ *archive_compression *= *"\(xz\|zstd\)".*/\1/p' | head -1)
 PLACE=lo HOST=127.0.0.1
 for c in "${COMPS[@]+"${COMPS[@]}"}"; do
     [ "$c" = none ] && continue
@@ -543,7 +558,8 @@ for c in "${COMPS[@]+"${COMPS[@]}"}"; do
         SERVABLE_P2P[$c]=$(calc "printf \"%.1f\", $(now) - $t0")
     fi
     log "  servable compressed ${SERVABLE[$c]} s after the build; files $(calc "printf \"%.1f\", ${SERVABLE_BYTES[$c]} / 1048576") MiB"
-    if [ -n "$ARCHIVE" ] && [ "$ARCHIVE" != "$c" ]; then
+    ARCHIVE=$(archive_of "$c")
+    if [ -n "$ARCHIVE" ]; then
         ARCHIVED_BYTES[$c]=$(wait_archived "$ARCHIVE" "${TC_URL[$c]}")
         ARCHIVED[$c]=$(calc "printf \"%.1f\", $(now) - $t0")
         ARCHIVED_CPU[$c]=$(calc "printf \"%.1f\", ($(cpu_ticks "${TC_PID[$c]}") - $c0) / $CLK_TCK")
@@ -594,6 +610,8 @@ enter_place() {
     done
     if [[ " $CONFIGS " == *" agent "* ]] && [ "$AGENT_SERVER" != none ]; then
         wait_manifests "${TC_URL[$AGENT_SERVER]}"
+        ARCHIVE=$(archive_of "$AGENT_SERVER")
+        [ -z "$ARCHIVE" ] || wait_archived "$ARCHIVE" "${TC_URL[$AGENT_SERVER]}" > /dev/null
     fi
     for c in none zstd xz; do
         [ -e "$D/www/$c/.complete" ] || continue
