@@ -440,18 +440,23 @@ start_tc() {
     TC_API=$api
 }
 
-# poll_narinfos BASE: fetches every narinfo of the closure from BASE into $POLL/ (one curl,
-# keep-alive); prints how many were answered.
-poll_narinfos() {
-    local base=$1 p
+# poll_each BASE URL_PATTERN: fetches BASE/<URL_PATTERN with %s = each path's hash> for every
+# path of the closure into $POLL/<hash> (one curl, keep-alive); prints how many were answered.
+poll_each() {
+    local base=$1 pattern=$2 p h
     rm -rf "$POLL"
     mkdir -p "$POLL"
     while read -r p; do
-        printf 'url = "%s/%s.narinfo"\noutput = "%s/%s"\n' "$base" "$(hash_of "$p")" "$POLL" "$(hash_of "$p")"
+        h=$(hash_of "$p")
+        # shellcheck disable=SC2059 # the pattern is ours: one %s
+        printf "url = \"%s/$pattern\"\noutput = \"%s/%s\"\n" "$base" "$h" "$POLL" "$h"
     done < "$D/closure/paths" > "$D/poll.curl"
     "${CLI_EXEC[@]}" curl -sf --max-time 60 -K "$D/poll.curl" || true
     find "$POLL" -type f | wc -l
 }
+
+# poll_narinfos BASE: every narinfo of the closure from BASE into $POLL/.
+poll_narinfos() { poll_each "$1" '%s.narinfo'; }
 
 # servable_count COMP BASE: narinfos of the closure that BASE serves and that advertise COMP.
 servable_count() {
@@ -485,13 +490,7 @@ file_bytes() {
 # archive_count COMP BASE: paths of the closure whose files (GET BASE/p2p/files/<hash>, one
 # curl into $POLL/) include one in COMP.
 archive_count() {
-    local p
-    rm -rf "$POLL"
-    mkdir -p "$POLL"
-    while read -r p; do
-        printf 'url = "%s/p2p/files/%s"\noutput = "%s/%s"\n' "$2" "$(hash_of "$p")" "$POLL" "$(hash_of "$p")"
-    done < "$D/closure/paths" > "$D/poll.curl"
-    "${CLI_EXEC[@]}" curl -sf --max-time 60 -K "$D/poll.curl" || true
+    poll_each "$2" 'p2p/files/%s' > /dev/null
     { grep -l "\"compression\":\"$1\"" "$POLL"/* 2>/dev/null || true; } | wc -l
 }
 
