@@ -19,7 +19,7 @@ use common::http;
 use common::nix::{
     Fetch, assert_client_matches, assert_success, client_store, hash_part, is_valid, stderr_of,
 };
-use common::p2p_files::{advertised, nar_files};
+use common::p2p_files::{advertised, nar_files, wait_listed};
 use common::{KeyPair, NarInfo, TestCache, TestStore};
 use tailcache_agent::choose::{DecodeSpeeds, Encoding, Measured, choose};
 use tailcache_p2p::files::{NarFile, NarFiles};
@@ -65,26 +65,8 @@ impl Setup {
     /// The small closure with its xz archive files made.
     fn with_archive() -> Setup {
         let s = Setup::start(TestStore::build_small(), "archive_compression = \"xz\"");
-        s.wait_listed(Compression::Xz);
+        wait_listed(&s.server, &s.paths(), Compression::Xz);
         s
-    }
-
-    /// Polls `/p2p/files` until every path lists a file in `compression`.
-    fn wait_listed(&self, compression: Compression) {
-        let deadline = Instant::now() + DEADLINE;
-        while !self
-            .paths
-            .iter()
-            .all(|p| nar_files(&self.server, p).get(compression).is_some())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "after {DEADLINE:?} not every path has its {compression:?} file\n{}",
-                self.server.stderr()
-            );
-            // Polling the server's real state.
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     fn agent(&self, encoding: &str) -> TestAgent {

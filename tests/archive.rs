@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::api::{build_section, sh_step};
 use common::nix::{Fetch, assert_client_matches, assert_success, client_store, hash_part};
-use common::p2p_files::{fetch_verified, nar_files, server_keys};
+use common::p2p_files::{ARCHIVE_DEADLINE, fetch_verified, nar_files, server_keys, wait_listed};
 use common::peer::TestPeer;
 use common::{TestCache, TestStore, decompress};
 use tailcache_p2p::FileId;
@@ -25,36 +25,18 @@ use tailcache_store::{Compression, Sha256Hash};
 /// Linux's `SCHED_IDLE` policy, as `/proc/…/stat` shows it.
 const SCHED_IDLE: u64 = 5;
 
-/// Generous bound for background work on a loaded machine (the archive worker runs only on
-/// otherwise idle cores).
-const DEADLINE: Duration = Duration::from_secs(300);
-
 /// Polls `cond` until it holds; panics with `what` at the deadline.
 fn wait_for(server: &TestCache, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + ARCHIVE_DEADLINE;
     while !cond() {
         assert!(
             Instant::now() < deadline,
-            "after {DEADLINE:?}: {what}\nstderr:\n{}",
+            "after {ARCHIVE_DEADLINE:?}: {what}\nstderr:\n{}",
             server.stderr()
         );
         // Polling the server's real state.
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Polls `/p2p/files` of `paths` until each lists a file in `compression`.
-fn wait_files(server: &TestCache, paths: &[&str], compression: Compression) -> Vec<NarFiles> {
-    let mut files = Vec::new();
-    wait_for(
-        server,
-        &format!("not every path has its {compression:?} file"),
-        || {
-            files = paths.iter().map(|p| nar_files(server, p)).collect();
-            files.iter().all(|f| f.get(compression).is_some())
-        },
-    );
-    files
 }
 
 /// A `[build]` whose one step prints `paths` as the build's outputs, so the server is told
@@ -190,7 +172,7 @@ fn archive_files_follow_a_builds_primary_files_and_are_served_like_them() {
     let id = server.trigger_build();
     let s = server.wait_finished(id);
     assert_eq!(s["last_status"].as_str(), Some("success"), "{s}");
-    let all = wait_files(&server, &paths, Compression::Xz);
+    let all = wait_listed(&server, &paths, Compression::Xz);
 
     // No archive file was made before the last primary file of the build's closure.
     let order = made_in_order(&server);
@@ -353,7 +335,7 @@ fn after_a_restart_leftovers_go_and_a_sweep_archives_what_lacks_its_archive_file
     for f in leftovers.iter().chain([&bad_entry]) {
         assert!(!f.exists(), "{} survived the start", f.display());
     }
-    let all = wait_files(&server, &paths, Compression::Xz);
+    let all = wait_listed(&server, &paths, Compression::Xz);
     for (path, files) in paths.iter().zip(&all) {
         check_each_file(&server, &store, path, files);
     }

@@ -2,11 +2,13 @@
 //! and for a compressed file its signed manifest, BLAKE3 outboard and bytes, each verified
 //! with the trusted keys only (what an agent does before using a file from peers).
 
+use std::time::{Duration, Instant};
+
 use tailcache_p2p::files::{NarFile, NarFiles};
 use tailcache_p2p::manifest::SignedManifest;
 use tailcache_p2p::verify::{Outboard, VerifiedOutboard};
-use tailcache_store::Sha256Hash;
 use tailcache_store::signing::PublicKey;
+use tailcache_store::{Compression, Sha256Hash};
 
 use super::nix::hash_part;
 use super::{NarInfo, TestCache};
@@ -17,6 +19,29 @@ pub struct Fetched {
     pub file: String,
     pub data: Vec<u8>,
     pub outboard: VerifiedOutboard,
+}
+
+/// Generous bound for archive files on a loaded machine (their worker runs only on otherwise
+/// idle cores).
+pub const ARCHIVE_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Polls `/p2p/files` of `paths` until each lists a file in `compression`; panics at the
+/// deadline.
+pub fn wait_listed(server: &TestCache, paths: &[&str], compression: Compression) -> Vec<NarFiles> {
+    let deadline = Instant::now() + ARCHIVE_DEADLINE;
+    loop {
+        let files: Vec<NarFiles> = paths.iter().map(|p| nar_files(server, p)).collect();
+        if files.iter().all(|f| f.get(compression).is_some()) {
+            return files;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {ARCHIVE_DEADLINE:?} not every path has its {compression:?} file\nstderr:\n{}",
+            server.stderr()
+        );
+        // Polling the server's real state.
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The server's public keys (`/pubkey`).
