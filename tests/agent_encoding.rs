@@ -7,7 +7,8 @@
 //! tampered NAR: an archive file altered on the server is refused by the agent's
 //! verification, a store path altered behind the server's database by Nix's NAR hash check.
 //! With `auto`, nothing changes before the agent has measured its link, and afterwards each
-//! narinfo names the file `choose` picks from the measurements the agent publishes.
+//! narinfo names the file `choose` picks from the measurements the agent publishes; a
+//! restarted agent starts from the goodput it measured before.
 
 mod common;
 
@@ -22,6 +23,7 @@ use common::nix::{
 use common::p2p_files::{advertised, nar_files, wait_listed};
 use common::{KeyPair, NarInfo, TestCache, TestStore};
 use tailcache_agent::choose::{DecodeSpeeds, Encoding, Measured, choose};
+use tailcache_agent::measure::{LINK_FILE, Remembered};
 use tailcache_p2p::files::{NarFile, NarFiles};
 use tailcache_store::Compression;
 
@@ -282,6 +284,51 @@ fn measured(agent: &TestAgent) -> Measured {
     }
 }
 
+/// Waits for the agent's decoding speeds (it calibrates in the background).
+fn wait_calibrated(agent: &TestAgent) {
+    let deadline = Instant::now() + DEADLINE;
+    while measured(agent).decode.xz.is_none() || measured(agent).decode.zstd.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "decoding speeds never measured:\n{}",
+            agent.proc.stderr()
+        );
+        // Polling the agent's real metrics.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Fetches the big path's NAR file through the agent: a download to measure.
+fn fetch_big(s: &Setup, agent: &TestAgent) {
+    let big = s.store.path("big").to_string();
+    let url = s.server.narinfo(&big).get("URL").unwrap().to_string();
+    let r = http::get(agent.url(), &format!("/{url}"));
+    assert_eq!(r.status, 200);
+}
+
+/// Checks that each narinfo the agent serves names what `choose` picks from `m`; returns
+/// how many it rewrote.
+fn assert_narinfos_follow(s: &Setup, agent: &TestAgent, m: &Measured) -> usize {
+    let mut rewrites = 0;
+    for path in s.paths() {
+        let files: NarFiles = nar_files(&s.server, path);
+        let server_text = narinfo_text(s.server.url(), path);
+        let agent_text = narinfo_text(agent.url(), path);
+        match choose(Encoding::Auto, &files, Compression::Zstd, m) {
+            None => assert_eq!(agent_text, server_text, "{path} with {m:?}"),
+            Some(file) => {
+                assert_advertises(&server_text, &agent_text, file);
+                rewrites += 1;
+            }
+        }
+    }
+    eprintln!(
+        "measured {m:?}: {rewrites} of {} narinfos rewritten",
+        s.paths.len()
+    );
+    rewrites
+}
+
 #[test]
 fn with_auto_the_narinfos_follow_the_measurements_and_nix_substitutes() {
     // The big (32 MiB) path gives the agent a download to measure.
@@ -295,51 +342,66 @@ fn with_auto_the_narinfos_follow_the_measurements_and_nix_substitutes() {
             narinfo_text(s.server.url(), path)
         );
     }
-    let deadline = Instant::now() + DEADLINE;
-    while measured(&agent).decode.xz.is_none() || measured(&agent).decode.zstd.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "decoding speeds never measured:\n{}",
-            agent.proc.stderr()
-        );
-        // Polling the agent's real metrics (it calibrates in the background).
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_calibrated(&agent);
 
     // One NAR file through the agent: now its link is measured.
-    let big = s.store.path("big").to_string();
-    let url = s.server.narinfo(&big).get("URL").unwrap().to_string();
-    let r = http::get(agent.url(), &format!("/{url}"));
-    assert_eq!(r.status, 200);
+    fetch_big(&s, &agent);
     let m = measured(&agent);
     assert!(m.goodput.is_some(), "{m:?}");
 
     // Each narinfo names what `choose` picks from exactly these measurements.
-    let mut rewrites = 0;
-    for path in s.paths() {
-        let files: NarFiles = nar_files(&s.server, path);
-        let server_text = narinfo_text(s.server.url(), path);
-        let agent_text = narinfo_text(agent.url(), path);
-        match choose(Encoding::Auto, &files, Compression::Zstd, &m) {
-            None => assert_eq!(agent_text, server_text, "{path} with {m:?}"),
-            Some(file) => {
-                assert_advertises(&server_text, &agent_text, file);
-                rewrites += 1;
-            }
-        }
-    }
-    eprintln!(
-        "measured {m:?}: {rewrites} of {} narinfos rewritten",
-        s.paths.len()
-    );
+    let rewrites = assert_narinfos_follow(&s, &agent, &m);
     let counted: f64 = ["none", "xz"]
         .iter()
         .map(|c| agent.metric_with("narinfo_rewrites_total", &format!("compression=\"{c}\"")))
         .sum();
-    assert_eq!(counted, f64::from(rewrites));
+    assert_eq!(counted, rewrites as f64);
 
     let (client, out) = s.copy(&agent, "auto", &s.paths());
     assert_success("nix copy --from the agent (auto)", &out);
     assert_client_matches(&s.store, &client, &s.paths());
     eprintln!("after nix copy: {:?}", measured(&agent));
+}
+
+#[test]
+fn a_restarted_agent_chooses_from_the_link_it_measured_before() {
+    let s = Setup::start(TestStore::build(), "");
+    let cache = s.store.scratch("agent-cache");
+    let link_file = cache.join(LINK_FILE);
+    let start = || {
+        AgentBuilder::new(&s.server, &s.key.public)
+            .encoding("auto")
+            // Nothing kept: the second agent downloads the big file again.
+            .reseed(false)
+            .cache_dir(&cache)
+            .start()
+    };
+    let first = start();
+    fetch_big(&s, &first);
+    let goodput = measured(&first)
+        .goodput
+        .expect("a goodput after a download");
+    // The agent writes its link file when the goodput changes (in the background).
+    let deadline = Instant::now() + DEADLINE;
+    while Remembered::read(&link_file).pieces != Some(goodput) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never held {goodput}: {:?}\n{}",
+            link_file.display(),
+            Remembered::read(&link_file),
+            first.proc.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(first);
+
+    // Restarted: the same goodput before any download, and the narinfos follow it at once.
+    let second = start();
+    wait_calibrated(&second);
+    let m = measured(&second);
+    assert_eq!(m.goodput, Some(goodput), "{m:?}");
+    assert_narinfos_follow(&s, &second, &m);
+    // Its first download replaces the remembered goodput (it is the link now).
+    fetch_big(&s, &second);
+    assert_ne!(measured(&second).goodput, Some(goodput));
 }

@@ -8,13 +8,23 @@
 //! would each see a share of the link. Samples of at least [`MIN_SAMPLE_BYTES`] (small
 //! downloads add up) are folded into a moving average.
 //!
+//! The goodputs are kept in the cache directory ([`LINK_FILE`]) whenever they change, so a
+//! restarted agent chooses for its link from its first narinfo instead of passing the
+//! server's choice on until it has measured a megabyte again. A remembered goodput stands
+//! only until the first sample of the new run replaces it (not averaged with it: the machine
+//! may be on another link by now).
+//!
 //! Decoding speeds are calibrated once at start-up, on a blocking thread, over a generated
 //! sample that mixes text-like, table-like and random data compressed with the same
 //! libraries and settings the server uses (zstd 3, xz 6); the fastest of some rounds counts.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::choose::{DecodeSpeeds, Measured};
 
@@ -34,6 +44,8 @@ pub struct LinkMeter {
     busy: Duration,
     bytes: u64,
     goodput: Option<f64>,
+    /// `goodput` comes from an earlier run: the first sample replaces it.
+    remembered: bool,
 }
 
 impl LinkMeter {
@@ -61,9 +73,17 @@ impl LinkMeter {
         }
     }
 
-    /// Bytes per second, once a sample was folded.
+    /// Bytes per second, once a sample was folded (or remembered).
     pub fn goodput(&self) -> Option<f64> {
         self.goodput
+    }
+
+    /// Starts from a goodput an earlier run measured, when this one has measured none yet.
+    pub fn remember(&mut self, goodput: f64) {
+        if self.goodput.is_none() && goodput.is_finite() && goodput > 0.0 {
+            self.goodput = Some(goodput);
+            self.remembered = true;
+        }
     }
 
     fn busy_at(&self, now: Instant) -> Duration {
@@ -81,9 +101,10 @@ impl LinkMeter {
         }
         let sample = self.bytes as f64 / busy;
         self.goodput = Some(match self.goodput {
-            Some(g) => g + EWMA_WEIGHT * (sample - g),
-            None => sample,
+            Some(g) if !self.remembered => g + EWMA_WEIGHT * (sample - g),
+            _ => sample,
         });
+        self.remembered = false;
         self.bytes = 0;
         self.busy = Duration::ZERO;
         if self.since.is_some() {
@@ -109,22 +130,81 @@ pub struct Measurements {
     pieces: Arc<Mutex<LinkMeter>>,
     uncompressed: Arc<Mutex<LinkMeter>>,
     decode: Arc<OnceLock<DecodeSpeeds>>,
+    /// Woken when a goodput changes (the keeper of [`LINK_FILE`] waits on it).
+    changed: Arc<Notify>,
 }
 
 /// One download while it runs; ends when dropped.
 #[derive(Debug)]
 pub struct Transfer {
     link: Arc<Mutex<LinkMeter>>,
+    changed: Arc<Notify>,
 }
 
 impl Drop for Transfer {
     fn drop(&mut self) {
-        lock(&self.link).end(Instant::now());
+        update(&self.link, &self.changed, |m| m.end(Instant::now()));
     }
 }
 
 fn lock(link: &Mutex<LinkMeter>) -> std::sync::MutexGuard<'_, LinkMeter> {
     link.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Applies `f` to the meter, and tells `changed` when that moved its goodput.
+fn update(link: &Mutex<LinkMeter>, changed: &Notify, f: impl FnOnce(&mut LinkMeter)) {
+    let mut m = lock(link);
+    let before = m.goodput();
+    f(&mut m);
+    if m.goodput() != before {
+        changed.notify_one();
+    }
+}
+
+/// The file in the agent's cache directory that keeps the goodputs across restarts.
+pub const LINK_FILE: &str = "link.toml";
+
+/// What [`LINK_FILE`] holds: the goodput of each route, bytes per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remembered {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncompressed: Option<f64>,
+}
+
+impl Remembered {
+    /// The goodputs `path` keeps; a missing file is nothing remembered, an unreadable or
+    /// malformed one too (with a warning: it is rewritten at the next measurement).
+    pub fn read(path: &Path) -> Remembered {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Remembered::default(),
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}", path.display());
+                return Remembered::default();
+            }
+        };
+        toml::from_str(&text).unwrap_or_else(|e| {
+            tracing::warn!("ignoring {}: {e}", path.display());
+            Remembered::default()
+        })
+    }
+
+    /// Writes the goodputs to `path` whole or not at all (a temporary file renamed over it).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let text = format!(
+            "# The goodputs tailcache's agent last measured on its link (bytes per second),\n\
+             # the starting point of its choice of encoding after a restart.\n{}",
+            toml::to_string(self).map_err(std::io::Error::other)?
+        );
+        let tmp = path.with_extension("toml.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
 }
 
 impl Measurements {
@@ -139,12 +219,56 @@ impl Measurements {
     pub fn transfer(&self, route: Route) -> Transfer {
         let link = self.meter(route).clone();
         lock(&link).begin(Instant::now());
-        Transfer { link }
+        Transfer {
+            link,
+            changed: self.changed.clone(),
+        }
     }
 
     /// NAR-file bytes received by a running download.
     pub fn received(&self, route: Route, bytes: u64) {
-        lock(self.meter(route)).received(bytes, Instant::now());
+        update(self.meter(route), &self.changed, |m| {
+            m.received(bytes, Instant::now())
+        });
+    }
+
+    /// The goodputs as [`LINK_FILE`] keeps them.
+    pub fn remembered(&self) -> Remembered {
+        Remembered {
+            pieces: lock(&self.pieces).goodput(),
+            uncompressed: lock(&self.uncompressed).goodput(),
+        }
+    }
+
+    /// Starts from what `path` remembers (before anything is measured), and returns the
+    /// task that writes the goodputs back there each time they change, for the agent's life.
+    pub fn keep_in(&self, path: PathBuf) -> impl Future<Output = ()> + Send + 'static {
+        let r = Remembered::read(&path);
+        for (route, goodput) in [
+            (Route::Pieces, r.pieces),
+            (Route::Uncompressed, r.uncompressed),
+        ] {
+            if let Some(g) = goodput {
+                lock(self.meter(route)).remember(g);
+            }
+        }
+        let this = self.clone();
+        let mut saved = self.remembered();
+        async move {
+            loop {
+                this.changed.notified().await;
+                let now = this.remembered();
+                if now == saved {
+                    continue;
+                }
+                let p = path.clone();
+                match tokio::task::spawn_blocking(move || now.write(&p)).await {
+                    Ok(Ok(())) => saved = now,
+                    Ok(Err(e)) => tracing::warn!("cannot write {}: {e}", path.display()),
+                    Err(e) => tracing::warn!("writing {}: {e}", path.display()),
+                }
+            }
+        }
     }
 
     /// Calibrates the decoding speeds on a blocking thread (once; later calls do nothing).
@@ -358,6 +482,80 @@ mod tests {
         assert!((m.goodput().unwrap() - want).abs() < 1.0);
         m.end(s(2000));
         assert!((m.goodput().unwrap() - want).abs() < 1.0);
+    }
+
+    #[test]
+    fn a_remembered_goodput_stands_until_the_first_sample_replaces_it() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut m = LinkMeter::default();
+        m.remember(100.0 * MIB as f64);
+        assert_eq!(m.goodput(), Some(100.0 * MIB as f64));
+        // Replaced, not averaged: 2 MiB in 1 s is the link now.
+        m.begin(s(0));
+        m.received(2 * MIB, s(1000));
+        assert_eq!(m.goodput(), Some(2.0 * MIB as f64));
+        // Later samples average as usual.
+        m.received(4 * MIB, s(2000));
+        let want = 2.0 * MIB as f64 + EWMA_WEIGHT * 2.0 * MIB as f64;
+        assert!((m.goodput().unwrap() - want).abs() < 1.0);
+        // Nothing overrides a measurement, and nonsense is not remembered.
+        m.remember(1.0);
+        assert!((m.goodput().unwrap() - want).abs() < 1.0);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let mut fresh = LinkMeter::default();
+            fresh.remember(bad);
+            assert_eq!(fresh.goodput(), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_link_file_round_trips_and_a_bad_one_is_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LINK_FILE);
+        assert_eq!(Remembered::read(&path), Remembered::default());
+        let r = Remembered {
+            pieces: Some(12_345_678.5),
+            uncompressed: None,
+        };
+        r.write(&path).unwrap();
+        assert_eq!(Remembered::read(&path), r);
+        assert!(!path.with_extension("toml.tmp").exists());
+        for bad in ["pieces = \"fast\"", "speed = 3.0", "\u{0}"] {
+            std::fs::write(&path, bad).unwrap();
+            assert_eq!(Remembered::read(&path), Remembered::default(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn measurements_start_from_the_link_file_and_write_it_when_they_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LINK_FILE);
+        Remembered {
+            pieces: Some(5e6),
+            uncompressed: Some(7e6),
+        }
+        .write(&path)
+        .unwrap();
+        let m = Measurements::default();
+        let keeper = tokio::spawn(m.keep_in(path.clone()));
+        assert_eq!(m.snapshot().goodput, Some(5e6));
+        assert_eq!(m.snapshot().uncompressed_goodput, Some(7e6));
+        {
+            let _t = m.transfer(Route::Pieces);
+            std::thread::sleep(Duration::from_millis(5));
+            m.received(Route::Pieces, 2 * MIB);
+        }
+        let measured = m.snapshot().goodput.unwrap();
+        assert_ne!(measured, 5e6);
+        // The keeper writes it (on a blocking thread): poll the file.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Remembered::read(&path).pieces != Some(measured) {
+            assert!(Instant::now() < deadline, "{:?}", Remembered::read(&path));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(Remembered::read(&path).uncompressed, Some(7e6));
+        keeper.abort();
     }
 
     #[test]
