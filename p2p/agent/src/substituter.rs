@@ -407,15 +407,21 @@ impl AgentState {
         }
     }
 
-    /// The manifest and outboard of `file` from the server, unchecked.
+    /// The manifest and outboard of `file` from the server, unchecked. Asked together: one
+    /// round trip before a download's first piece, not two (for a file too small to fetch in
+    /// pieces the outboard, a few dozen bytes, is asked in vain).
     async fn fetch_proof(&self, file: &str) -> Option<Proof> {
+        let (manifest, outboard) = (
+            format!("/p2p/manifest/{file}"),
+            format!("/p2p/outboard/{file}"),
+        );
+        let (manifest, outboard) = tokio::join!(
+            self.get_json_bytes(&manifest),
+            self.get_json_bytes(&outboard)
+        );
         Some(Proof {
-            manifest: self
-                .get_json_bytes(&format!("/p2p/manifest/{file}"))
-                .await?,
-            outboard: self
-                .get_json_bytes(&format!("/p2p/outboard/{file}"))
-                .await?,
+            manifest: manifest?,
+            outboard: outboard?,
         })
     }
 
@@ -442,17 +448,12 @@ impl AgentState {
         if self.0.trusted.is_empty() {
             return None;
         }
-        let manifest_bytes = self
-            .get_json_bytes(&format!("/p2p/manifest/{file}"))
-            .await?;
-        let manifest = self.check_manifest(file, id, &manifest_bytes).ok()?;
+        let proof = self.fetch_proof(file).await?;
+        let manifest = self.check_manifest(file, id, &proof.manifest).ok()?;
         if manifest.file_size < self.0.min_p2p_size {
             return None;
         }
-        let outboard_bytes = self
-            .get_json_bytes(&format!("/p2p/outboard/{file}"))
-            .await?;
-        let outboard = match check_outboard(&manifest, &outboard_bytes) {
+        let outboard = match check_outboard(&manifest, &proof.outboard) {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!("outboard for {file} refused: {e}");
@@ -472,10 +473,6 @@ impl AgentState {
             measurements: self.0.measurements.clone(),
             limits: self.0.limits.clone(),
             partial: None,
-        };
-        let proof = Proof {
-            manifest: manifest_bytes,
-            outboard: outboard_bytes,
         };
         Some((download, proof))
     }
