@@ -23,7 +23,7 @@ use common::nix::{
 use common::p2p_files::{advertised, nar_files, wait_listed};
 use common::{KeyPair, NarInfo, TestCache, TestStore};
 use tailcache_agent::choose::{DecodeSpeeds, Encoding, Measured, choose};
-use tailcache_agent::measure::{LINK_FILE, Remembered};
+use tailcache_agent::measure::{MEASUREMENTS_FILE, Remembered};
 use tailcache_p2p::files::{NarFile, NarFiles};
 use tailcache_store::Compression;
 
@@ -364,10 +364,10 @@ fn with_auto_the_narinfos_follow_the_measurements_and_nix_substitutes() {
 }
 
 #[test]
-fn a_restarted_agent_chooses_from_the_link_it_measured_before() {
+fn a_restarted_agent_starts_from_what_it_measured_before() {
     let s = Setup::start(TestStore::build(), "");
     let cache = s.store.scratch("agent-cache");
-    let link_file = cache.join(LINK_FILE);
+    let file = cache.join(MEASUREMENTS_FILE);
     let start = || {
         AgentBuilder::new(&s.server, &s.key.public)
             .encoding("auto")
@@ -377,31 +377,37 @@ fn a_restarted_agent_chooses_from_the_link_it_measured_before() {
             .start()
     };
     let first = start();
+    wait_calibrated(&first);
     fetch_big(&s, &first);
-    let goodput = measured(&first)
-        .goodput
-        .expect("a goodput after a download");
-    // The agent writes its link file when the goodput changes (in the background).
+    let before = measured(&first);
+    assert!(before.goodput.is_some(), "a goodput after a download");
+    let want = Remembered {
+        pieces: before.goodput,
+        uncompressed: None,
+        zstd_decode: before.decode.zstd,
+        xz_decode: before.decode.xz,
+    };
+    // The agent writes the file when a measurement changes (in the background).
     let deadline = Instant::now() + DEADLINE;
-    while Remembered::read(&link_file).pieces != Some(goodput) {
+    while Remembered::read(&file) != want {
         assert!(
             Instant::now() < deadline,
-            "{} never held {goodput}: {:?}\n{}",
-            link_file.display(),
-            Remembered::read(&link_file),
+            "{} never held {want:?}: {:?}\n{}",
+            file.display(),
+            Remembered::read(&file),
             first.proc.stderr()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(first);
 
-    // Restarted: the same goodput before any download, and the narinfos follow it at once.
+    // Restarted: the same measurements before any download or calibration (that waits
+    // until the agent has been idle a minute), and the narinfos follow them at once.
     let second = start();
-    wait_calibrated(&second);
     let m = measured(&second);
-    assert_eq!(m.goodput, Some(goodput), "{m:?}");
+    assert_eq!(m, before, "remembered");
     assert_narinfos_follow(&s, &second, &m);
     // Its first download replaces the remembered goodput (it is the link now).
     fetch_big(&s, &second);
-    assert_ne!(measured(&second).goodput, Some(goodput));
+    assert_ne!(measured(&second).goodput, before.goodput);
 }

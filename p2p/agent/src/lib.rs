@@ -118,12 +118,12 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
     let measurements = Measurements::default();
-    // The link as last measured, kept up to date: the choice of encoding starts from it.
-    tokio::spawn(measurements.keep_in(cache_dir.join(measure::LINK_FILE)));
+    // What was last measured, kept up to date: the choice of encoding starts from it.
+    tokio::spawn(measurements.keep_in(cache_dir.join(measure::MEASUREMENTS_FILE)));
     // Only `auto` uses the decoding speeds: the others spare the half second of CPU.
     if config.encoding == choose::Encoding::Auto {
         let m = measurements.clone();
-        tokio::spawn(async move { m.calibrate().await });
+        tokio::spawn(async move { m.calibrate_when_idle().await });
     }
     let state = AgentState(Arc::new(Inner {
         server: Server::new(&config.server).map_err(Error::HttpClient)?,

@@ -8,19 +8,21 @@
 //! would each see a share of the link. Samples of at least [`MIN_SAMPLE_BYTES`] (small
 //! downloads add up) are folded into a moving average.
 //!
-//! The goodputs are kept in the cache directory ([`LINK_FILE`]) whenever they change, so a
-//! restarted agent chooses for its link from its first narinfo instead of passing the
-//! server's choice on until it has measured a megabyte again. A remembered goodput stands
-//! only until the first sample of the new run replaces it (not averaged with it: the machine
-//! may be on another link by now).
+//! Decoding speeds are calibrated on a blocking thread over a generated sample that mixes
+//! text-like, table-like and random data compressed with the same libraries and settings the
+//! server uses (zstd 3, xz 6); the fastest of some rounds counts.
 //!
-//! Decoding speeds are calibrated once at start-up, on a blocking thread, over a generated
-//! sample that mixes text-like, table-like and random data compressed with the same
-//! libraries and settings the server uses (zstd 3, xz 6); the fastest of some rounds counts.
+//! Both are kept in the cache directory ([`MEASUREMENTS_FILE`]) whenever they change, so a
+//! restarted agent chooses from its first narinfo instead of passing the server's choice on
+//! until it has measured a megabyte again, and does not spend its first half second of CPU
+//! calibrating while Nix is already fetching: with speeds remembered, the calibration waits
+//! until the agent has been idle a while ([`Measurements::calibrate_when_idle`]). A remembered
+//! goodput stands only until the first sample of the new run replaces it (not averaged with
+//! it: the machine may be on another link by now).
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -129,8 +131,8 @@ pub enum Route {
 pub struct Measurements {
     pieces: Arc<Mutex<LinkMeter>>,
     uncompressed: Arc<Mutex<LinkMeter>>,
-    decode: Arc<OnceLock<DecodeSpeeds>>,
-    /// Woken when a goodput changes (the keeper of [`LINK_FILE`] waits on it).
+    decode: Arc<Mutex<DecodeSpeeds>>,
+    /// Woken when a measurement changes (the keeper of [`MEASUREMENTS_FILE`] waits on it).
     changed: Arc<Notify>,
 }
 
@@ -147,8 +149,8 @@ impl Drop for Transfer {
     }
 }
 
-fn lock(link: &Mutex<LinkMeter>) -> std::sync::MutexGuard<'_, LinkMeter> {
-    link.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Applies `f` to the meter, and tells `changed` when that moved its goodput.
@@ -161,10 +163,15 @@ fn update(link: &Mutex<LinkMeter>, changed: &Notify, f: impl FnOnce(&mut LinkMet
     }
 }
 
-/// The file in the agent's cache directory that keeps the goodputs across restarts.
-pub const LINK_FILE: &str = "link.toml";
+/// The file in the agent's cache directory that keeps the measurements across restarts.
+pub const MEASUREMENTS_FILE: &str = "measurements.toml";
 
-/// What [`LINK_FILE`] holds: the goodput of each route, bytes per second.
+/// With decoding speeds remembered, how long the agent must have been idle (no download
+/// running) before it calibrates them again.
+pub const RECALIBRATE_IDLE: Duration = Duration::from_secs(60);
+
+/// What [`MEASUREMENTS_FILE`] holds, in bytes per second: the goodput of each route, and
+/// the decoding speeds (NAR bytes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Remembered {
@@ -172,11 +179,16 @@ pub struct Remembered {
     pub pieces: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncompressed: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd_decode: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xz_decode: Option<f64>,
 }
 
 impl Remembered {
-    /// The goodputs `path` keeps; a missing file is nothing remembered, an unreadable or
-    /// malformed one too (with a warning: it is rewritten at the next measurement).
+    /// The measurements `path` keeps; a missing file is nothing remembered, an unreadable or
+    /// malformed one too (with a warning: it is rewritten at the next measurement), and so
+    /// is any value that is not a positive number.
     pub fn read(path: &Path) -> Remembered {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -186,17 +198,26 @@ impl Remembered {
                 return Remembered::default();
             }
         };
-        toml::from_str(&text).unwrap_or_else(|e| {
+        let r: Remembered = toml::from_str(&text).unwrap_or_else(|e| {
             tracing::warn!("ignoring {}: {e}", path.display());
             Remembered::default()
-        })
+        });
+        let speed = |v: Option<f64>| v.filter(|v| v.is_finite() && *v > 0.0);
+        Remembered {
+            pieces: speed(r.pieces),
+            uncompressed: speed(r.uncompressed),
+            zstd_decode: speed(r.zstd_decode),
+            xz_decode: speed(r.xz_decode),
+        }
     }
 
-    /// Writes the goodputs to `path` whole or not at all (a temporary file renamed over it).
+    /// Writes the measurements to `path` whole or not at all (a temporary file renamed over
+    /// it).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let text = format!(
-            "# The goodputs tailcache's agent last measured on its link (bytes per second),\n\
-             # the starting point of its choice of encoding after a restart.\n{}",
+            "# What tailcache's agent last measured (bytes per second): the goodput of its\n\
+             # link and its decoding speeds, the starting point of its choice of encoding\n\
+             # after a restart.\n{}",
             toml::to_string(self).map_err(std::io::Error::other)?
         );
         let tmp = path.with_extension("toml.tmp");
@@ -232,16 +253,24 @@ impl Measurements {
         });
     }
 
-    /// The goodputs as [`LINK_FILE`] keeps them.
+    /// The measurements as [`MEASUREMENTS_FILE`] keeps them.
     pub fn remembered(&self) -> Remembered {
+        let decode = *lock(&self.decode);
         Remembered {
             pieces: lock(&self.pieces).goodput(),
             uncompressed: lock(&self.uncompressed).goodput(),
+            zstd_decode: decode.zstd,
+            xz_decode: decode.xz,
         }
     }
 
+    /// Whether no download is running.
+    fn idle(&self) -> bool {
+        lock(&self.pieces).active == 0 && lock(&self.uncompressed).active == 0
+    }
+
     /// Starts from what `path` remembers (before anything is measured), and returns the
-    /// task that writes the goodputs back there each time they change, for the agent's life.
+    /// task that writes them back there each time they change, for the agent's life.
     pub fn keep_in(&self, path: PathBuf) -> impl Future<Output = ()> + Send + 'static {
         let r = Remembered::read(&path);
         for (route, goodput) in [
@@ -251,6 +280,12 @@ impl Measurements {
             if let Some(g) = goodput {
                 lock(self.meter(route)).remember(g);
             }
+        }
+        if r.zstd_decode.is_some() || r.xz_decode.is_some() {
+            *lock(&self.decode) = DecodeSpeeds {
+                zstd: r.zstd_decode,
+                xz: r.xz_decode,
+            };
         }
         let this = self.clone();
         let mut saved = self.remembered();
@@ -271,10 +306,21 @@ impl Measurements {
         }
     }
 
-    /// Calibrates the decoding speeds on a blocking thread (once; later calls do nothing).
-    pub async fn calibrate(&self) {
-        if self.decode.get().is_some() {
-            return;
+    /// Calibrates the decoding speeds on a blocking thread: at once when none are known, else
+    /// (they were remembered) once the agent has been idle for [`RECALIBRATE_IDLE`], so the
+    /// half second of CPU is not taken from a running substitution.
+    pub async fn calibrate_when_idle(&self) {
+        if *lock(&self.decode) != DecodeSpeeds::default() {
+            let mut idle_since = None;
+            loop {
+                let now = tokio::time::Instant::now();
+                if !self.idle() {
+                    idle_since = None;
+                } else if now.duration_since(*idle_since.get_or_insert(now)) >= RECALIBRATE_IDLE {
+                    break;
+                }
+                tokio::time::sleep(RECALIBRATE_IDLE / 12).await;
+            }
         }
         match tokio::task::spawn_blocking(calibrate).await {
             Ok(speeds) => {
@@ -284,7 +330,8 @@ impl Measurements {
                     mb(speeds.zstd),
                     mb(speeds.xz)
                 );
-                let _ = self.decode.set(speeds);
+                *lock(&self.decode) = speeds;
+                self.changed.notify_one();
             }
             Err(e) => tracing::warn!("decoding speed calibration failed: {e}"),
         }
@@ -294,7 +341,7 @@ impl Measurements {
         Measured {
             goodput: lock(&self.pieces).goodput(),
             uncompressed_goodput: lock(&self.uncompressed).goodput(),
-            decode: self.decode.get().copied().unwrap_or_default(),
+            decode: *lock(&self.decode),
         }
     }
 }
@@ -510,13 +557,15 @@ mod tests {
     }
 
     #[test]
-    fn the_link_file_round_trips_and_a_bad_one_is_nothing() {
+    fn the_file_round_trips_and_bad_values_are_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(LINK_FILE);
+        let path = dir.path().join(MEASUREMENTS_FILE);
         assert_eq!(Remembered::read(&path), Remembered::default());
         let r = Remembered {
             pieces: Some(12_345_678.5),
             uncompressed: None,
+            zstd_decode: Some(1.1e9),
+            xz_decode: Some(8e7),
         };
         r.write(&path).unwrap();
         assert_eq!(Remembered::read(&path), r);
@@ -525,22 +574,30 @@ mod tests {
             std::fs::write(&path, bad).unwrap();
             assert_eq!(Remembered::read(&path), Remembered::default(), "{bad}");
         }
+        std::fs::write(&path, "pieces = -1.0\nxz_decode = 0.0\nzstd_decode = 5e8\n").unwrap();
+        let only_zstd = Remembered {
+            zstd_decode: Some(5e8),
+            ..Remembered::default()
+        };
+        assert_eq!(Remembered::read(&path), only_zstd);
     }
 
     #[tokio::test]
-    async fn measurements_start_from_the_link_file_and_write_it_when_they_change() {
+    async fn measurements_start_from_the_file_and_write_it_when_they_change() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(LINK_FILE);
-        Remembered {
+        let path = dir.path().join(MEASUREMENTS_FILE);
+        let kept = Remembered {
             pieces: Some(5e6),
             uncompressed: Some(7e6),
-        }
-        .write(&path)
-        .unwrap();
+            zstd_decode: Some(1e9),
+            xz_decode: None,
+        };
+        kept.write(&path).unwrap();
         let m = Measurements::default();
         let keeper = tokio::spawn(m.keep_in(path.clone()));
+        assert_eq!(m.remembered(), kept);
         assert_eq!(m.snapshot().goodput, Some(5e6));
-        assert_eq!(m.snapshot().uncompressed_goodput, Some(7e6));
+        assert_eq!(m.snapshot().decode.zstd, Some(1e9));
         {
             let _t = m.transfer(Route::Pieces);
             std::thread::sleep(Duration::from_millis(5));
@@ -550,12 +607,37 @@ mod tests {
         assert_ne!(measured, 5e6);
         // The keeper writes it (on a blocking thread): poll the file.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Remembered::read(&path).pieces != Some(measured) {
+        let want = Remembered {
+            pieces: Some(measured),
+            ..kept
+        };
+        while Remembered::read(&path) != want {
             assert!(Instant::now() < deadline, "{:?}", Remembered::read(&path));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(Remembered::read(&path).uncompressed, Some(7e6));
         keeper.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remembered_speeds_are_recalibrated_only_after_a_minute_idle() {
+        let m = Measurements::default();
+        *lock(&m.decode) = DecodeSpeeds {
+            zstd: Some(1.0),
+            xz: Some(1.0),
+        };
+        let busy = m.transfer(Route::Pieces);
+        let task = tokio::spawn({
+            let m = m.clone();
+            async move { m.calibrate_when_idle().await }
+        });
+        // Busy for ten minutes (paused time): nothing calibrated.
+        tokio::time::sleep(10 * RECALIBRATE_IDLE).await;
+        assert_eq!(m.snapshot().decode.zstd, Some(1.0));
+        drop(busy);
+        // Idle long enough: calibrated (real decoding on a blocking thread).
+        task.await.unwrap();
+        assert_ne!(m.snapshot().decode.zstd, Some(1.0));
+        assert!(m.snapshot().decode.xz.unwrap() > 1.0);
     }
 
     #[test]
