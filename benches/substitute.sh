@@ -28,7 +28,10 @@
 #
 #   Configurations: nginx-none nginx-zstd nginx-xz (static files), tc-none tc-zstd tc-xz
 #   (tailcache serving that encoding), agent (`tailcache agent` on the client, in front of the
-#   tailcache-AGENT_SERVER instance, which runs its P2P tracker; no other peers).
+#   tailcache-AGENT_SERVER instance, which runs its P2P tracker; no other peers). Each run
+#   starts a new agent with an empty cache; from round 2 on a link it starts with the
+#   measurements.toml the previous agent wrote (its goodput on that link, its decoding
+#   speeds), as a person's agent, long running or restarted, would.
 #   Links: lo (loopback, 127.0.0.1), or a rate in Mbit/s: server and client in two network
 #   namespaces made here, joined by one veth with MTU MTU (GSO off) shaped by htb in both
 #   directions, plus a DELAY_MS one-way netem delay when the kernel has netem.
@@ -68,6 +71,13 @@
 #   TAILCACHE_BIN=…    the binary to measure (default: `cargo build --release` of this checkout)
 #   WORK_DIR=…         work directory; when it holds a closure (and nginx caches) from an
 #                      earlier run with the same settings, they are reused; never deleted
+#   CLIENT_DIR=/dev/shm  where a fresh directory for each run's client store (and the agent's
+#                      cache) is made: tmpfs by default (WORK_DIR/client without /dev/shm). On ext4,
+#                      creating the closure's files right after the previous run deleted as
+#                      many makes the inode allocator skip recently freed inodes: the client's
+#                      system time then swings 1.5–8 s between identical runs of 257 MiB
+#                      (perf: `recently_deleted` under `ext4_create`), which would be measured
+#                      instead of the transfer
 #   FETCH_TIMEOUT=7200 seconds allowed for one nix copy
 #   COMPRESS_TIMEOUT=3600 seconds allowed for a closure to become servable compressed
 #   NS_PREFIX=tcsub<pid>-      namespace name prefix (unique per run by default)
@@ -151,10 +161,11 @@ done
 
 # ------------------------------------------------------------------ cleanup
 OWN_D=0
+CLIENT=""
 cleanup() {
     stop_started
     # Client stores are per run and large: never left behind, even in a kept directory.
-    [ -n "$D" ] && [ -d "$D/client" ] && remove_workdir "$D/client" 0
+    [ -n "$CLIENT" ] && [ -d "$CLIENT" ] && remove_workdir "$CLIENT" 0
     if [ "$OWN_D" = 1 ]; then remove_workdir "$D" "$KEEP"; else remove_workdir "$D" 1; fi
 }
 on_exit cleanup
@@ -169,8 +180,15 @@ else
     OWN_D=1
 fi
 S=$D/store
+CLIENT_PARENT=${CLIENT_DIR:-/dev/shm}
+if [ -d "$CLIENT_PARENT" ] && [ -w "$CLIENT_PARENT" ]; then
+    CLIENT=$(mktemp -d "$CLIENT_PARENT/tailcache-substitute-client.XXXXXX")
+else
+    [ -z "${CLIENT_DIR:-}" ] || die "CLIENT_DIR=$CLIENT_DIR is not a writable directory"
+    CLIENT=$D/client
+fi
 mkdir -p "$D/closure" "$D/runs"
-rm -rf "$D/runs"/* "$D/servable"
+rm -rf "$D/runs"/* "$D/servable" "$D"/measurements-*.toml
 mkdir -p "$D/servable"
 
 tailcache_bin "$ROOT"
@@ -658,7 +676,7 @@ cp "$D/client.conf" "$D/client-conf/nix.conf"
 : > "$D/client-conf/empty.conf"
 
 AGENT_PID=""
-# start_agent RUN: a fresh agent on the client side in front of the AGENT_SERVER instance;
+# start_agent RUN: a new agent process on the client side in front of the AGENT_SERVER instance;
 # sets AGENT_URL.
 start_agent() {
     local dir=$1/agent url
@@ -669,7 +687,7 @@ server = "${TC_URL[$AGENT_SERVER]}"
 tracker = "$TRACKER"
 bind = "127.0.0.1:0"
 trusted_keys = ["$PUBKEY"]
-cache_dir = "$D/client/agent-cache"
+cache_dir = "$CLIENT/agent-cache"
 $AGENT_CONF
 EOF
     "${CLI_EXEC[@]}" env NO_COLOR=1 RUST_LOG="$AGENT_LOG" "$BIN" agent --config "$dir/agent.toml" \
@@ -688,21 +706,28 @@ run_one() {
     local link=$1 round=$2 cfg=$3 dir=$D/runs/$1-$2-$3 url pids=() w0 w1 rx0=0 rx1=0 a0=0 a1=0
     local t0 t1 st=ok got=0 user=0 sys=0 agent_s=0 agent_range=0 wire
     mkdir -p "$dir"
-    remove_workdir "$D/client" 0
-    mkdir -p "$D/client/xdg-cache"
+    remove_workdir "$CLIENT" 0
+    mkdir -p "$CLIENT/xdg-cache"
     case $cfg in
         nginx-*) url=$NGINX_URL/${cfg#nginx-}; pids=("${NGINX_PIDS[@]}") ;;
         tc-*) url=${TC_URL[${cfg#tc-}]}; pids=("${TC_PID[${cfg#tc-}]}") ;;
-        agent) start_agent "$dir"; url=$AGENT_URL; pids=("${TC_PID[$AGENT_SERVER]}") ;;
+        agent)
+            # What the agent measured on this link in an earlier round: the agent a person
+            # runs knows the link it was used on; round 1 starts fresh.
+            if [ -f "$D/measurements-$link.toml" ]; then
+                mkdir -p "$CLIENT/agent-cache"
+                cp "$D/measurements-$link.toml" "$CLIENT/agent-cache/measurements.toml"
+            fi
+            start_agent "$dir"; url=$AGENT_URL; pids=("${TC_PID[$AGENT_SERVER]}") ;;
     esac
     w0=$(wchar "${pids[@]}")
     [ "$link" = lo ] || rx0=$(rx_bytes)
     [ -n "$AGENT_PID" ] && a0=$(cpu_ticks "$AGENT_PID")
     t0=$(now)
     "${CLI_EXEC[@]}" env NIX_CONF_DIR="$D/client-conf" NIX_USER_CONF_FILES="$D/client-conf/empty.conf" \
-        XDG_CACHE_HOME="$D/client/xdg-cache" \
+        XDG_CACHE_HOME="$CLIENT/xdg-cache" \
         /usr/bin/time -f '%U %S' -o "$dir/time" timeout -k 10 "$FETCH_TIMEOUT" \
-        nix copy --from "$url" --to "$D/client/store" "$TOP" > "$dir/copy.log" 2>&1 || st=nix-copy-failed
+        nix copy --from "$url" --to "$CLIENT/store" "$TOP" > "$dir/copy.log" 2>&1 || st=nix-copy-failed
     t1=$(now)
     w1=$(wchar "${pids[@]}")
     [ "$link" = lo ] || rx1=$(rx_bytes)
@@ -715,13 +740,14 @@ run_one() {
         agent_s=$(calc "printf \"%.2f\", ($a1 - $a0) / $CLK_TCK")
         stop_pid "$AGENT_PID"
         AGENT_PID=""
+        [ ! -f "$CLIENT/agent-cache/measurements.toml" ] || cp "$CLIENT/agent-cache/measurements.toml" "$D/measurements-$link.toml"
     fi
     read -r user sys < <(tail -1 "$dir/time" 2>/dev/null) || true
     [[ "$user" =~ ^[0-9.]+$ ]] || { user=0; [ "$st" = ok ] && st=no-rusage; }
     [[ "$sys" =~ ^[0-9.]+$ ]] || sys=0
     if [ "$st" = ok ]; then
         got=$(env NIX_CONF_DIR="$D/client-conf" NIX_USER_CONF_FILES="$D/client-conf/empty.conf" \
-            XDG_CACHE_HOME="$D/client/xdg-cache" nix-store --store "$D/client/store" -qR "$TOP" 2>/dev/null | wc -l) || got=0
+            XDG_CACHE_HOME="$CLIENT/xdg-cache" nix-store --store "$CLIENT/store" -qR "$TOP" 2>/dev/null | wc -l) || got=0
         [ "$got" -eq "$NPATHS" ] || st=incomplete-closure
     fi
     if [ "$link" = lo ]; then wire=$((w1 - w0)); else wire=$((rx1 - rx0)); fi
@@ -734,7 +760,7 @@ run_one() {
         FAILED=$((FAILED + 1))
         log "  $link r$round $cfg: FAILED ($st; $got of $NPATHS paths): $(tail -3 "$dir/copy.log" | tr '\n' ' ' | cut -c1-400)"
     fi
-    remove_workdir "$D/client" 0
+    remove_workdir "$CLIENT" 0
 }
 
 NOTES=()
