@@ -98,9 +98,12 @@ impl Response {
         self.bytes_at_most(MAX_WHOLE_BODY).await
     }
 
-    /// Reads the whole body, refusing one longer than `max` bytes.
+    /// Reads the whole body, refusing one longer than `max` bytes. The buffer is sized once
+    /// from `Content-Length` (within `max`), not grown chunk by chunk: a 1 MiB piece would
+    /// otherwise be copied about twice over and fault in fresh pages at every doubling.
     pub async fn bytes_at_most(self, max: u64) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::new();
+        let expected = self.inner.content_length().unwrap_or(0).min(max);
+        let mut out = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
         let mut stream = std::pin::pin!(self.into_stream());
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
