@@ -89,7 +89,7 @@ pub struct Limits {
 
 impl Limits {
     /// `config`'s limits; an unset `max_connections` is `share` of the descriptors left
-    /// once [`RESERVED_FDS`] are set aside, divided by `fds_per_connection` (a NAR download
+    /// once `RESERVED_FDS` are set aside, divided by `fds_per_connection` (a NAR download
     /// holds a socket and a file), at most [`ConnectionConfig::DEFAULT_MAX`].
     pub fn new(
         name: &str,
