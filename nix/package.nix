@@ -31,6 +31,7 @@ let
       "store"
       "actors"
       "p2p"
+      "listener"
       "testkit"
       "tests"
       "benches"

@@ -1,8 +1,10 @@
-//! Both listeners under hostile connection patterns, against the real server binary:
-//! idle and slowloris connections are closed after their configured timeouts while a
+//! Both listeners of the server under hostile connection patterns, against the real server
+//! binary: idle and slowloris connections are closed after their configured timeouts while a
 //! client that keeps asking is not; 1100 idle connections with a descriptor limit of 1024
 //! leave a fresh narinfo and `/health` answering; running out of descriptors is logged
 //! once, counted, and does not stop the connections already open from being answered.
+//! The agent's substituter listener (the real agent binary) closes idle and slowloris
+//! connections after its `[agent.connections]` timeouts too, and counts them.
 //!
 //! Timings are printed (`--nocapture`) and bounded below by the configured timeouts (the
 //! server cannot close earlier); above only by generous deadlines, as the machine may be
@@ -14,6 +16,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::agent::AgentBuilder;
 use common::http::{self, Conn, host_port};
 use common::proc::{proc_status, raise_own_nofile};
 use common::{TestCache, TestStore};
@@ -151,6 +154,77 @@ fn idle_and_slowloris_connections_are_closed_after_their_timeouts() {
             server.metrics()
         );
     }
+}
+
+/// A public key the agent is told to trust; nothing here is signed with it.
+const SOME_KEY: &str =
+    "tailcache-test-only-do-not-trust-1:huc2E40Qsk/7Q6Vkp15QU2Ru5HfDeT63lhu/JJeon34=";
+
+#[test]
+fn the_agents_listener_closes_idle_and_slowloris_connections() {
+    let server = TestCache::builder().p2p().start();
+    let agent = AgentBuilder::new(&server, SOME_KEY)
+        .connections("idle_timeout_secs = 1\nheader_read_timeout_secs = 2")
+        .start();
+    let url = agent.url().to_string();
+    let (idle, slow, kept) = std::thread::scope(|scope| {
+        let idle = scope.spawn(|| {
+            let mut s = connect(&url);
+            let start = Instant::now();
+            let closed = http::wait_closed(&mut s, DEADLINE);
+            closed_after(start, closed, "idle connection to the agent")
+        });
+        let slow = scope.spawn(|| slowloris(&url));
+        // Answered on one kept-alive connection, then closed an idle timeout later.
+        let kept = scope.spawn(|| {
+            let mut c = Conn::open(&url);
+            for _ in 0..3 {
+                let r = c
+                    .get("/nix-cache-info")
+                    .expect("a kept-alive connection answers");
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+            let start = Instant::now();
+            let closed = c.wait_closed(DEADLINE);
+            closed_after(start, closed, "kept-alive connection to the agent")
+        });
+        (
+            idle.join().unwrap(),
+            slow.join().unwrap(),
+            kept.join().unwrap(),
+        )
+    });
+    println!(
+        "agent: idle closed after {:.2} s (idle_timeout 1 s), slowloris after {:.2} s \
+         (header_read_timeout 2 s), kept-alive {:.2} s after its last answer",
+        idle.as_secs_f64(),
+        slow.as_secs_f64(),
+        kept.as_secs_f64()
+    );
+    // The same slack as above: the agent's clock starts at its accept.
+    assert!(idle.as_secs_f64() >= 0.95, "idle closed after {idle:?}");
+    assert!(
+        slow.as_secs_f64() >= 1.95,
+        "slowloris closed after {slow:?}"
+    );
+    assert!(
+        kept.as_secs_f64() >= 0.95,
+        "kept-alive closed after {kept:?}"
+    );
+    let closed = |reason| {
+        agent.metric_labelled(
+            "tailcache_http_connections_closed_total",
+            &[("listener", "agent"), ("reason", reason)],
+        )
+    };
+    assert!(closed("idle_timeout") >= 2.0, "{}", agent.metrics());
+    assert!(closed("header_timeout") >= 1.0, "{}", agent.metrics());
+    // The connection asking for the metrics is open, and counted.
+    assert!(
+        agent.metric_labelled("tailcache_http_connections", &[("listener", "agent")]) >= 1.0,
+        "{}",
+        agent.metrics()
+    );
 }
 
 /// Sends one request on a fresh connection and reads the answer, with `DEADLINE`.

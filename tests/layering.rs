@@ -1,7 +1,9 @@
 //! Where code runs decides what it may use: the three programs — the server (`server/`,
 //! tailcache-server), the client CLI (`cli/`, tailcache-cli) and the agent (`p2p/agent/`,
 //! tailcache-agent) — never depend on one another, directly or through a shared crate.
-//! Only the binary (`src/main.rs`, the root package) links all three. Checked over the
+//! Only the binary (`src/main.rs`, the root package) links all three. What two programs
+//! share lives a layer down, in crates that depend on no program (the HTTP listener of the
+//! server and the agent, `listener/`, depends on no crate of ours at all). Checked over the
 //! workspace manifests, so a new dependency edge fails here before it is used.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,10 +86,26 @@ fn the_binary_links_all_three_programs() {
 }
 
 #[test]
-fn the_agent_crate_depends_only_on_p2p_and_store() {
+fn the_agent_crate_depends_only_on_p2p_store_and_listener() {
     let graph = workspace_graph();
     assert_eq!(
         closure(&graph, "tailcache-agent"),
-        BTreeSet::from(["tailcache-p2p".to_owned(), "tailcache-store".to_owned()])
+        BTreeSet::from([
+            "tailcache-listener".to_owned(),
+            "tailcache-p2p".to_owned(),
+            "tailcache-store".to_owned()
+        ])
     );
+}
+
+#[test]
+fn the_listener_crate_depends_on_no_crate_of_ours_and_serves_server_and_agent() {
+    let graph = workspace_graph();
+    assert_eq!(closure(&graph, "tailcache-listener"), BTreeSet::new());
+    for program in ["tailcache-server", "tailcache-agent"] {
+        assert!(
+            graph[program].contains("tailcache-listener"),
+            "{program} does not serve through tailcache-listener"
+        );
+    }
 }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Deserialize;
+/// Each listener's `connections` table (`[cache.connections]`, `[api.connections]`).
+pub use tailcache_listener::ConnectionConfig;
 
 /// Environment variable naming the config file when `--config` is not given.
 pub const ENV_CONFIG: &str = "TAILCACHE_CONFIG";
@@ -250,46 +252,6 @@ impl TryFrom<String> for AllowEntry {
             }
         };
         Ok(entry)
-    }
-}
-
-/// How many connections one listener serves and how long it waits for their clients
-/// (`[cache.connections]`, `[api.connections]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ConnectionConfig {
-    /// Connections served at once. At the limit, a new connection makes the server close
-    /// the connection that has been idle the longest; with none idle it waits. Unset:
-    /// derived from the file descriptor limit (so descriptors never run out first), at most
-    /// [`ConnectionConfig::DEFAULT_MAX`].
-    pub max_connections: Option<usize>,
-    /// Seconds a client has to send a whole request head once its first byte arrived
-    /// (slowloris clients are closed after this).
-    pub header_read_timeout_secs: u64,
-    /// Seconds a connection may stay open with no request in flight: before its first
-    /// byte, and between requests on a kept-alive connection.
-    pub idle_timeout_secs: u64,
-    /// Seconds a response may wait for its client to take more bytes; a reader that
-    /// stalls longer is disconnected.
-    pub send_timeout_secs: u64,
-}
-
-impl ConnectionConfig {
-    /// Upper bound of the derived connection limit: far above what a tailnet's machines
-    /// open (Nix uses up to 25 connections per client), and an idle connection costs ~10 KiB.
-    pub const DEFAULT_MAX: usize = 1024;
-    /// The most `max_connections` may be set to.
-    pub const MAX: usize = 1 << 20;
-}
-
-impl Default for ConnectionConfig {
-    fn default() -> Self {
-        ConnectionConfig {
-            max_connections: None,
-            header_read_timeout_secs: 15,
-            idle_timeout_secs: 60,
-            send_timeout_secs: 60,
-        }
     }
 }
 
@@ -599,18 +561,8 @@ impl Config {
             anyhow::bail!("cache.read_threads must be at least 1");
         }
         for (name, l) in [("cache", &c.connections), ("api", &self.api.connections)] {
-            if l.max_connections == Some(0)
-                || l.max_connections > Some(ConnectionConfig::MAX)
-                || l.header_read_timeout_secs == 0
-                || l.idle_timeout_secs == 0
-                || l.send_timeout_secs == 0
-            {
-                anyhow::bail!(
-                    "{name}.connections: limits and timeouts must be at least 1, and \
-                     max_connections at most {}",
-                    ConnectionConfig::MAX
-                );
-            }
+            l.validate()
+                .map_err(|e| anyhow::anyhow!("{name}.connections: {e}"))?;
         }
         Ok(())
     }

@@ -7,14 +7,13 @@
 //! - [`keys`]: loading the signing keys, or generating the default one on first start.
 //! - [`notify`]: POSTing a summary of each finished build (`[notify]`).
 //! - [`p2p`]: the server's libp2p tracker/seed node.
-//! - [`server`]: the composition root — starts the actors and the listeners.
-//! - [`listener`]: serving one listener — connection limit, timeouts, accept errors.
+//! - [`server`]: the composition root — starts the actors and the listeners (each served
+//!   by `tailcache-listener`).
 
 pub mod api;
 pub mod cache;
 pub mod config;
 pub mod keys;
-pub mod listener;
 pub mod notify;
 pub mod p2p;
 pub mod server;

@@ -18,6 +18,7 @@ use tailcache_actors::{
     ActorsConfig, BranchHead, BuildHandle, Capture, DefaultPipeline, LogLimits, Metrics, Step,
     start_actors,
 };
+use tailcache_listener::{self as listener, HttpStats, Limits};
 use tailcache_store::db::StoreLayout;
 use tokio::net::TcpListener;
 
@@ -29,7 +30,6 @@ use crate::cache::stats::CacheStats;
 use crate::cache::{self, CacheParts, CacheState, LazyStore};
 use crate::config::{BuildConfig, CacheConfig, CaptureConfig, Compression, Config, HostsConfig};
 use crate::keys;
-use crate::listener::{self, HttpStats, Limits};
 
 /// How long open connections (log followers, downloads) may delay the exit after a shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

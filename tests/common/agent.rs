@@ -10,6 +10,7 @@ use std::process::Command;
 use tailcache_p2p::FileId;
 use tailcache_store::Sha256Hash;
 
+use super::api::metric_in;
 use super::cache::{Backend, TestCache, spawn_and_wait};
 use super::{KeyPair, NarInfo, TestStore, http};
 
@@ -24,6 +25,7 @@ pub struct AgentBuilder {
     cache_dir: Option<PathBuf>,
     cache_max_bytes: Option<u64>,
     encoding: String,
+    connections: String,
 }
 
 /// A running agent: `TestCache`'s process handling, with the agent's URL as `url()`.
@@ -49,12 +51,20 @@ impl AgentBuilder {
             // the file the server names travels, which `auto` would change once it has
             // measured a fast loopback link.
             encoding: "server".into(),
+            connections: String::new(),
         }
     }
 
     /// `[agent] encoding`: `auto`, `server`, `none`, `zstd` or `xz`.
     pub fn encoding(mut self, encoding: &str) -> Self {
         self.encoding = encoding.to_string();
+        self
+    }
+
+    /// Keys of `[agent.connections]` (TOML lines): the substituter listener's limits.
+    pub fn connections(mut self, toml: &str) -> Self {
+        self.connections.push_str(toml);
+        self.connections.push('\n');
         self
     }
 
@@ -114,6 +124,10 @@ impl AgentBuilder {
         if let Some(t) = &self.tracker {
             cfg.push_str(&format!("tracker = {}\n", q(t)));
         }
+        if !self.connections.is_empty() {
+            cfg.push_str("\n[agent.connections]\n");
+            cfg.push_str(&self.connections);
+        }
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, cfg).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailcache"));
@@ -133,9 +147,7 @@ impl TestAgent {
 
     /// The value of an agent metric (`tailcache_agent_<name>`; counters end in `_total`).
     pub fn metric(&self, name: &str) -> f64 {
-        let r = self.proc.get("/metrics");
-        assert_eq!(r.status, 200, "agent /metrics");
-        let text = r.text();
+        let text = self.metrics();
         let full = format!("tailcache_agent_{name}");
         text.lines()
             .filter(|l| {
@@ -146,12 +158,23 @@ impl TestAgent {
             .sum()
     }
 
-    /// The value of an agent metric with one label (`compression="xz"`).
-    pub fn metric_with(&self, name: &str, label: &str) -> f64 {
+    /// The sum of the samples of the metric `name` (in full: `tailcache_http_…`) whose
+    /// labels include all of `labels`.
+    pub fn metric_labelled(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_in(&self.metrics(), name, labels)
+    }
+
+    /// `GET /metrics` of the agent (Prometheus text).
+    pub fn metrics(&self) -> String {
         let r = self.proc.get("/metrics");
         assert_eq!(r.status, 200, "agent /metrics");
-        let prefix = format!("tailcache_agent_{name}{{{label}}} ");
         r.text()
+    }
+
+    /// The value of an agent metric with one label (`compression="xz"`).
+    pub fn metric_with(&self, name: &str, label: &str) -> f64 {
+        let prefix = format!("tailcache_agent_{name}{{{label}}} ");
+        self.metrics()
             .lines()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|v| v.parse().ok())

@@ -179,22 +179,27 @@ impl TestCache {
     /// The sum of the samples of `name` whose labels include all of `labels` (0 when
     /// there are none).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = self.metrics();
-        let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-            .sum()
+        metric_in(&self.metrics(), name, labels)
     }
 
     /// `<state_dir>/status.json`.
     pub fn status_file(&self) -> PathBuf {
         self.state_dir().join("status.json")
     }
+}
+
+/// The sum of the samples of `name` in the Prometheus `text` whose labels include all of
+/// `labels` (0 when there are none).
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
 }
 
 /// Reads and parses a `status.json`.

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
+use tailcache_listener::ConnectionConfig;
 use tailcache_p2p::libp2p::Multiaddr;
 use tailcache_p2p::node::{PeerAddr, loopback_listen_addrs};
 use tailcache_store::signing::PublicKey;
@@ -60,6 +61,9 @@ pub struct AgentConfig {
     /// Which of a NAR's files the narinfos name: `auto` (the fastest on this link),
     /// `server` (the server's narinfo as it is), or one pinned: `none`, `zstd`, `xz`.
     pub encoding: Encoding,
+    /// Connection limit and timeouts of the substituter's listener (`[agent.connections]`).
+    #[serde(deserialize_with = "parse::connections")]
+    pub connections: ConnectionConfig,
 }
 
 impl Default for AgentConfig {
@@ -82,6 +86,7 @@ impl Default for AgentConfig {
             requests_per_peer: 4,
             server_requests: 2,
             encoding: Encoding::Auto,
+            connections: ConnectionConfig::default(),
         }
     }
 }
@@ -231,6 +236,17 @@ mod parse {
         list(d, "trusted_keys", public_key)
     }
 
+    /// The listener's settings, refused (naming the table) when the listener could not
+    /// serve with them.
+    pub fn connections<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<ConnectionConfig, D::Error> {
+        let c = ConnectionConfig::deserialize(d)?;
+        c.validate()
+            .map_err(|e| D::Error::custom(format!("agent.connections: {e}")))?;
+        Ok(c)
+    }
+
     pub fn listen<'de, D: Deserializer<'de>>(
         d: D,
     ) -> std::result::Result<Vec<Multiaddr>, D::Error> {
@@ -280,6 +296,16 @@ mod tests {
         let c = AgentConfig::from_toml("[cache]\npriority = 10\n").unwrap();
         assert_eq!(c.bind.port(), 5001);
         assert_eq!(c.encoding, Encoding::Auto);
+        assert_eq!(c.connections.idle_timeout_secs, 60);
+        assert_eq!(c.connections.max_connections, None);
+        let c = AgentConfig::from_toml(
+            "[agent]\nreseed = true\n[agent.connections]\nmax_connections = 9\n\
+             idle_timeout_secs = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.connections.max_connections, Some(9));
+        assert_eq!(c.connections.idle_timeout_secs, 1);
+        assert_eq!(c.connections.send_timeout_secs, 60);
         for (name, want) in [
             ("auto", Encoding::Auto),
             ("server", Encoding::Server),
@@ -298,6 +324,11 @@ mod tests {
             ("[agent]\nreseeed = true\n", "reseeed"),
             ("[agent]\nserver = \"https://h\"\n", "agent.server"),
             ("[agent]\nencoding = \"gzip\"\n", "encoding"),
+            (
+                "[agent.connections]\nidle_timeout_secs = 0\n",
+                "agent.connections",
+            ),
+            ("[agent.connections]\nidle_timeout = 5\n", "idle_timeout"),
             ("[agent]\nserver = \"h:5000\"\n", "agent.server"),
             (
                 "[agent]\ntracker = \"/ip4/1.2.3.4/tcp/1\"\n",

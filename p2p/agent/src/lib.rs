@@ -2,11 +2,15 @@
 //! substituter on 127.0.0.1 in front of the cache server that fetches NAR files in verified
 //! pieces from peers and the server, and (with `reseed`) keeps them and serves them to
 //! peers. It shares nothing with the server's code but what both build on: the P2P node,
-//! manifests and verification of `tailcache-p2p`, and the Nix formats of `tailcache-store`.
+//! manifests and verification of `tailcache-p2p`, the Nix formats of `tailcache-store`,
+//! and the HTTP listener of `tailcache-listener`.
 //!
 //! With `reseed` the verified files are kept ([`store`]) and announced to the tracker; a
 //! download in progress is announced as partial at once and its verified pieces are served
 //! to peers (swarming, see [`fetch`]); `metered` never uploads.
+//!
+//! Nix's connections are served as the server's are: a connection limit, head, idle and send
+//! timeouts, `TCP_NODELAY` (`[agent.connections]`).
 //!
 //! The narinfos it passes on name the file of the NAR that is fastest end to end on this
 //! machine's link ([`choose`], from what [`measure`] measured), when the server has several.
@@ -21,7 +25,7 @@
 //! - [`serve`]: response bodies made only of verified bytes.
 //! - [`store`]: the cache of fetched files, and what peers are served of them.
 //! - [`http_client`]: requests to the cache server.
-//! - [`metrics`]: the agent's Prometheus metrics.
+//! - [`metrics`]: the agent's Prometheus metrics (and `tailcache_http_*`, the listener's).
 //! - [`error`]: the crate's error types.
 
 pub mod choose;
@@ -41,6 +45,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::registry::Registry;
+use tailcache_listener::{HttpStats, Limits as HttpLimits};
 use tailcache_p2p::node::{self, NodeConfig, RateLimit, UploadPolicy};
 use tokio::net::TcpListener;
 
@@ -103,6 +108,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let nofile = tailcache_listener::raise_nofile_limit();
     if config.trusted_keys.is_empty() {
         tracing::warn!("no trusted_keys: every NAR comes from the server, none from peers");
     }
@@ -117,6 +123,10 @@ pub async fn run(
 
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
+    let http_stats = HttpStats::register(&mut registry);
+    // A connection may hold a socket and a file (a NAR being written or read); the third of
+    // the descriptors left is the P2P node's (its connections, the files it uploads from).
+    let limits = HttpLimits::new("agent", &config.connections, nofile, 2.0 / 3.0, 2);
     let measurements = Measurements::default();
     // What was last measured, kept up to date: the choice of encoding starts from it.
     tokio::spawn(measurements.keep_in(cache_dir.join(measure::MEASUREMENTS_FILE)));
@@ -159,10 +169,15 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::io("listener address", e))?;
     print_addresses(&p2p_addrs, addr);
-    axum::serve(listener, substituter::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::io("serving HTTP", e))?;
+    tailcache_listener::serve(
+        "agent",
+        listener,
+        substituter::router(state),
+        limits,
+        http_stats,
+        shutdown,
+    )
+    .await;
     let _ = node.shutdown().await;
     Ok(())
 }

@@ -38,7 +38,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 use tower_service::Service as _;
 
-use crate::config::ConnectionConfig;
+use crate::ConnectionConfig;
 
 /// Largest request head, and what hyper buffers of a response before it waits for the
 /// socket: one body chunk. Small, so a stalled reader holds little memory.
@@ -49,8 +49,8 @@ const MAX_BUF: usize = 64 * 1024;
 /// to the send timeout; with it, every bit of progress wakes the writer. It also bounds the
 /// kernel memory a stalled reader's socket holds.
 const NOTSENT_LOWAT: u32 = 128 * 1024;
-/// Descriptors kept for everything but connections: the store database, log files, the
-/// compressed-NAR directory, the P2P node.
+/// Descriptors kept for everything but connections: a store database, log files, the
+/// directories files are served from, a P2P node.
 const RESERVED_FDS: u64 = 128;
 /// A new episode of "limit reached" or "out of descriptors" (and its log line) starts
 /// when the previous one has been quiet this long.
@@ -89,7 +89,7 @@ pub struct Limits {
 
 impl Limits {
     /// `config`'s limits; an unset `max_connections` is `share` of the descriptors left
-    /// once [`RESERVED_FDS`] are set aside, divided by `fds_per_connection` (a NAR download
+    /// once `RESERVED_FDS` are set aside, divided by `fds_per_connection` (a NAR download
     /// holds a socket and a file), at most [`ConnectionConfig::DEFAULT_MAX`].
     pub fn new(
         name: &str,
@@ -141,7 +141,8 @@ struct AcceptErrorLabels {
     error: &'static str,
 }
 
-/// The listeners' metrics (`tailcache_http_*`), shared by both listeners.
+/// The listeners' metrics (`tailcache_http_*`), one set shared by a program's listeners
+/// (told apart by the `listener` label).
 #[derive(Debug, Clone, Default)]
 pub struct HttpStats {
     open: Family<ListenerLabels, Gauge>,
@@ -523,7 +524,7 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting, closes
 /// idle connections, lets requests in flight finish, and returns once every connection
-/// has ended. `name` labels the metrics and log lines (`cache`, `api`).
+/// has ended. `name` labels the metrics and log lines (`cache`, `api`, `agent`).
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
