@@ -5,7 +5,8 @@
 //! real TCP relay with a shared byte budget, standing for the server's uplink) so that the
 //! server is the scarce link, as in the benchmark; stock Nix with `require-sigs` still
 //! substitutes through an agent that joins afterwards, and a metered agent in the swarm
-//! never uploads.
+//! never uploads. Through a slow uplink, the start of a piece from the server reaches the
+//! client while the rest of it is still on the way.
 
 mod common;
 
@@ -16,7 +17,10 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use common::agent::{AgentBuilder, P2pFixture, TestAgent};
+use common::http;
 use common::nix::{Fetch, assert_client_matches, assert_success, client_store};
+use tailcache_agent::fetch::STREAM_STEP;
+use tailcache_p2p::manifest::DEFAULT_PIECE_SIZE;
 use tailcache_p2p::node::{RateLimit, TokenBucket};
 
 /// The shaped server uplink, bytes per second.
@@ -286,4 +290,55 @@ fn a_metered_agent_in_the_swarm_downloads_but_never_uploads() {
     for a in &sharing {
         s.assert_kept_intact(a);
     }
+}
+
+/// A piece from the server is verified and passed on as it arrives, not once whole: through
+/// an uplink of 64 KiB/s, the client has the file's first two steps (checked against the
+/// file) while less than one piece has left the server — the proof and the two pieces the
+/// agent asks for at once included. Waiting for whole pieces, the client's first byte would
+/// come only after a whole piece had.
+#[test]
+fn a_piece_from_the_server_reaches_the_client_as_it_arrives() {
+    let fx = P2pFixture::start("itest-p2p-stream-1");
+    let slow = shaper(fx.server.url(), 64.0 * 1024.0);
+    let agent = AgentBuilder::new(&fx.server, &fx.key.public)
+        .server_url(&slow.url)
+        .start();
+    let truth = http::get(fx.server.url(), &fx.nar_target()).body;
+    let want = 2 * STREAM_STEP as usize;
+    assert!(truth.len() > 2 * DEFAULT_PIECE_SIZE as usize);
+
+    let mut conn = TcpStream::connect(http::host_port(agent.url())).unwrap();
+    write!(
+        conn,
+        "GET {} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n",
+        fx.nar_target()
+    )
+    .unwrap();
+    let (mut got, mut buf) = (Vec::new(), vec![0u8; 16 * 1024]);
+    let mut body_at = None;
+    while body_at.is_none_or(|at| got.len() < at + want) {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "the agent closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        if body_at.is_none() {
+            body_at = got.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        }
+    }
+    let egress = slow.egress.load(Ordering::Relaxed);
+    let at = body_at.unwrap();
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..at])
+    );
+    assert!(
+        egress < u64::from(DEFAULT_PIECE_SIZE),
+        "{egress} bytes had left the server before the client had {want}"
+    );
+    assert!(
+        got[at..at + want] == truth[..want],
+        "bytes that are not the file"
+    );
+    eprintln!("the client had {want} bytes when the server had sent {egress}");
 }

@@ -146,12 +146,13 @@ pub async fn request(
     })
 }
 
-/// GETs `range` of `target`; the body must be exactly that range (206).
+/// GETs `range` of `target`: the answer must be that range (206, with the range's length
+/// when the server says one); its body is read by the caller as it arrives.
 pub async fn get_range(
     server: &Server,
     target: &str,
     range: std::ops::Range<u64>,
-) -> std::io::Result<Vec<u8>> {
+) -> std::io::Result<Response> {
     let want = range.end - range.start;
     let resp = request(server, "GET", target, Some(range)).await?;
     if resp.status != 206 {
@@ -160,12 +161,10 @@ pub async fn get_range(
             resp.status
         )));
     }
-    let body = resp.bytes().await?;
-    if body.len() as u64 != want {
-        return Err(std::io::Error::other(format!(
-            "range request for {target}: {} bytes instead of {want}",
-            body.len()
-        )));
+    match resp.inner.content_length() {
+        Some(n) if n != want => Err(std::io::Error::other(format!(
+            "range request for {target}: {n} bytes instead of {want}"
+        ))),
+        _ => Ok(resp),
     }
-    Ok(body)
 }
