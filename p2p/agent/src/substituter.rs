@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use crate::choose::{Encoding, Measured, choose, may_rewrite};
 use crate::error::FetchError;
 use crate::fetch::schedule::Limits;
-use crate::fetch::{Download, Progress, Scores};
+use crate::fetch::{self, Download, Progress, Scores};
 use crate::http_client::{self, Server};
 use crate::measure::{Measurements, Route};
 use crate::metrics::AgentMetrics;
@@ -364,9 +364,32 @@ impl AgentState {
                 Err(e) => self.on_corrupt(id, &e).await,
             }
         }
+        // Who holds the file is asked while its proof is fetched, not after.
+        let early = self
+            .0
+            .tracker
+            .as_ref()
+            .filter(|_| !self.0.trusted.is_empty())
+            .map(|t| {
+                fetch::ask_tracker_early(
+                    &self.0.node,
+                    t,
+                    id,
+                    &self.0.scores,
+                    self.0.limits.max_peers,
+                )
+            });
         match self.prepare(file, id).await {
-            Some((download, proof)) => self.start(download, proof, &target, id).await,
-            None => self.proxy(&Method::GET, &target, true).await,
+            Some((mut download, proof)) => {
+                download.tracker_answer = early;
+                self.start(download, proof, &target, id).await
+            }
+            None => {
+                if let Some(asked) = early {
+                    asked.abort();
+                }
+                self.proxy(&Method::GET, &target, true).await
+            }
         }
     }
 
@@ -473,6 +496,7 @@ impl AgentState {
             measurements: self.0.measurements.clone(),
             limits: self.0.limits.clone(),
             partial: None,
+            tracker_answer: None,
         };
         Some((download, proof))
     }

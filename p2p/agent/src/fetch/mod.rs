@@ -92,6 +92,29 @@ pub struct Download {
     /// What peers are told and served of this download; `None` when the agent does not
     /// upload.
     pub partial: Option<Arc<Partial>>,
+    /// The tracker's answer, asked before the download began ([`ask_tracker_early`]): the
+    /// scheduler's first question to the tracker takes it instead of a round trip.
+    pub tracker_answer: Option<tokio::task::JoinHandle<Vec<Found>>>,
+}
+
+/// Asks the tracker who holds `file` while the download is being prepared (its manifest
+/// and outboard fetched): the answer the scheduler would otherwise wait a round trip for
+/// before it asks the server for a piece.
+pub fn ask_tracker_early(
+    node: &Client,
+    tracker: &PeerAddr,
+    file: FileId,
+    scores: &Scores,
+    max_peers: usize,
+) -> tokio::task::JoinHandle<Vec<Found>> {
+    tokio::spawn(tracker_peers(
+        node.clone(),
+        tracker.clone(),
+        file,
+        HashSet::new(),
+        scores.clone(),
+        max_peers,
+    ))
 }
 
 impl std::fmt::Debug for Download {
@@ -126,6 +149,8 @@ struct Io {
     /// Pieces `[0, prefix)` are whole; of piece `prefix`, `within` bytes are verified.
     prefix: u64,
     within: HashMap<u64, u64>,
+    /// The tracker's answer asked before the download began, for its first question.
+    early_answer: Option<tokio::task::JoinHandle<Vec<Found>>>,
 }
 
 impl Io {
@@ -153,8 +178,13 @@ impl Download {
     /// Fetches every piece into `out` (sized already); the verified prefix short of the
     /// whole file goes to `progress`. Returns true when every byte is verified and written
     /// (the caller then publishes `Verified(file_size)`); on failure `progress` says so.
-    pub async fn run(self, out: Arc<std::fs::File>, progress: &watch::Sender<Progress>) -> bool {
-        match self.fetch_all(out, progress).await {
+    pub async fn run(
+        mut self,
+        out: Arc<std::fs::File>,
+        progress: &watch::Sender<Progress>,
+    ) -> bool {
+        let early_answer = self.tracker_answer.take();
+        match self.fetch_all(out, progress, early_answer).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!("fetch of {} failed: {e}", self.target);
@@ -168,6 +198,7 @@ impl Download {
         &self,
         out: Arc<std::fs::File>,
         progress: &watch::Sender<Progress>,
+        early_answer: Option<tokio::task::JoinHandle<Vec<Found>>>,
     ) -> Result<(), FetchError> {
         if self.manifest.file_size == 0 {
             return Ok(());
@@ -190,6 +221,7 @@ impl Download {
             verified_tx,
             prefix: 0,
             within: HashMap::new(),
+            early_answer,
         };
         let mut actions = machine.start(Instant::now());
         loop {
@@ -215,7 +247,11 @@ impl Download {
     ) {
         match action {
             Action::AskTracker { known } => {
-                if let Some(tracker) = &self.tracker {
+                if let Some(asked) = io.early_answer.take() {
+                    io.control.spawn(async move {
+                        Event::TrackerAnswered(asked.await.unwrap_or_default())
+                    });
+                } else if let Some(tracker) = &self.tracker {
                     let ask = tracker_peers(
                         self.node.clone(),
                         tracker.clone(),
