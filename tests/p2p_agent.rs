@@ -8,7 +8,8 @@
 //! is refused (server only); a metered agent downloads from peers but never uploads or
 //! announces; the upload cap holds; a file evicted from the reseed cache is withdrawn; a
 //! cached file that rotted on disk never reaches the client, is evicted and fetched again; a
-//! kept file is checked (and served) without the server.
+//! kept file is checked (and served) without the server; a file's proof is asked for with
+//! its narinfo, and the download that follows starts from it.
 
 mod common;
 
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::agent::{AgentBuilder, P2pFixture};
 use common::http;
-use common::nix::{Fetch, assert_client_matches, assert_success, client_store};
+use common::nix::{Fetch, assert_client_matches, assert_success, client_store, hash_part};
 use common::peer::{Lie, TestPeer};
 use tailcache_store::Sha256Hash;
 
@@ -340,4 +341,22 @@ fn a_file_evicted_from_the_reseed_cache_is_withdrawn_from_the_tracker() {
         "the evicted file is still listed"
     );
     assert_eq!(observer.who_has(many_id).len(), 1);
+}
+
+#[test]
+fn the_proof_is_asked_for_with_the_narinfo_and_the_download_starts_from_it() {
+    let s = setup();
+    let narinfo = format!("/{}.narinfo", hash_part(&s.big));
+    // Narinfo, then NAR: the download takes the proof asked for with the narinfo.
+    let a = s.agent().start();
+    let info = http::get(a.url(), &narinfo);
+    assert_eq!(info.status, 200);
+    assert_eq!(info.text(), s.server.get(&narinfo).text());
+    s.fetch_through(&a);
+    assert_eq!(a.metric("proofs_prefetched_total"), 1.0);
+    s.assert_kept_intact(&a);
+    // The NAR alone: the proof is asked for by the download itself.
+    let b = s.agent().start();
+    s.fetch_through(&b);
+    assert_eq!(b.metric("proofs_prefetched_total"), 0.0);
 }

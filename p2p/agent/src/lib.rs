@@ -22,6 +22,7 @@
 //! - [`narinfo`]: the server's narinfo naming another file (pure).
 //! - [`measure`]: the link's goodput and this machine's decoding speeds.
 //! - [`fetch`]: one download — the pure scheduler ([`fetch::schedule`]) and its driver.
+//! - [`prefetch`]: a file's proof asked for with its narinfo, ahead of the NAR request.
 //! - [`serve`]: response bodies made only of verified bytes.
 //! - [`store`]: the cache of fetched files, and what peers are served of them.
 //! - [`http_client`]: requests to the cache server.
@@ -36,6 +37,7 @@ pub mod http_client;
 pub mod measure;
 pub mod metrics;
 pub mod narinfo;
+pub mod prefetch;
 pub mod serve;
 pub mod store;
 pub mod substituter;
@@ -154,6 +156,7 @@ pub async fn run(
         scores: Arc::new(Mutex::new(HashMap::new())),
         encoding: config.encoding,
         measurements,
+        prefetched: Default::default(),
     }));
     if let Some(tracker) = &config.tracker {
         match node.dial(tracker.peer, vec![tracker.addr.clone()]).await {

@@ -55,6 +55,8 @@ pub struct AgentMetrics {
     pub narinfo_rewrites: Family<CompressionLabels, Counter>,
     /// Narinfos passed on as they are because the server's file list was not to be had.
     pub file_lists_failed: Counter,
+    /// Downloads that found their file's proof asked for already, with its narinfo.
+    pub proofs_prefetched: Counter,
 }
 
 impl AgentMetrics {
@@ -122,6 +124,11 @@ impl AgentMetrics {
             "file_lists_failed",
             "Narinfos passed on unchanged because the server's list of files failed",
             m.file_lists_failed.clone(),
+        );
+        r.register(
+            "proofs_prefetched",
+            "Downloads whose manifest and outboard were asked for with the narinfo, ahead of the NAR request",
+            m.proofs_prefetched.clone(),
         );
         m
     }

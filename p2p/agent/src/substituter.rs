@@ -40,6 +40,7 @@ use crate::http_client::{self, Server};
 use crate::measure::{Measurements, Route};
 use crate::metrics::AgentMetrics;
 use crate::narinfo;
+use crate::prefetch::Prefetched;
 use crate::serve::{CachedFile, nar_response, plain, stream_download};
 use crate::store::{FileStore, Partial, Proof};
 
@@ -70,6 +71,7 @@ pub(crate) struct Inner {
     pub scores: Scores,
     pub encoding: Encoding,
     pub measurements: Measurements,
+    pub prefetched: Prefetched,
 }
 
 #[derive(Clone)]
@@ -269,21 +271,27 @@ impl AgentState {
     /// `GET|HEAD /<hash>.narinfo`: the server's narinfo naming the file the encoding picks.
     /// A HEAD is answered as the GET would be (its Content-Length included). When nothing
     /// could be picked but the server's file (`server`, or `auto` before a goodput is
-    /// measured) the request is proxied as it is, without asking for the list.
+    /// measured) the list is not asked for. The proof of the file the answer names is asked
+    /// for at once ([`crate::prefetch`]): Nix's request for it comes next.
     async fn narinfo(&self, method: &Method, path: &str, hash: &str) -> Response {
         let measured = self.0.measurements.snapshot();
-        if !may_rewrite(self.0.encoding, &measured) || StorePathHash::parse(hash).is_err() {
-            return self.proxy(method, path, false).await;
-        }
+        let rewrite = may_rewrite(self.0.encoding, &measured) && StorePathHash::parse(hash).is_ok();
         // Asked beside the narinfo, so that a hit still costs one round trip.
-        let files = tokio::spawn(nar_files(
-            self.0.server.clone(),
-            format!("/p2p/files/{hash}"),
-        ));
+        let files = rewrite.then(|| {
+            tokio::spawn(nar_files(
+                self.0.server.clone(),
+                format!("/p2p/files/{hash}"),
+            ))
+        });
+        let abort = |files: Option<tokio::task::JoinHandle<_>>| {
+            if let Some(f) = files {
+                f.abort();
+            }
+        };
         let resp = match http_client::request(&self.0.server, "GET", path, None).await {
             Ok(r) => r,
             Err(e) => {
-                files.abort();
+                abort(files);
                 return bad_gateway(e);
             }
         };
@@ -294,24 +302,30 @@ impl AgentState {
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                files.abort();
+                abort(files);
                 return bad_gateway(e);
             }
         };
         let body = match String::from_utf8(body) {
-            Ok(text) if status == StatusCode::OK => match files.await.ok().flatten() {
-                Some(files) => {
-                    let rewritten = self.advertised(&text, &files, &measured);
-                    rewritten.unwrap_or(text).into_bytes()
+            Ok(text) if status == StatusCode::OK => {
+                let text = match files {
+                    None => text,
+                    Some(files) => match files.await.ok().flatten() {
+                        Some(files) => self.advertised(&text, &files, &measured).unwrap_or(text),
+                        None => {
+                            self.0.metrics.file_lists_failed.inc();
+                            text
+                        }
+                    },
+                };
+                if method == Method::GET {
+                    self.ask_proof_ahead(&text);
                 }
-                None => {
-                    self.0.metrics.file_lists_failed.inc();
-                    text.into_bytes()
-                }
-            },
+                text.into_bytes()
+            }
             // A miss, an error or no text: passed on as it is.
             other => {
-                files.abort();
+                abort(files);
                 other.map_or_else(|e| e.into_bytes(), String::into_bytes)
             }
         };
@@ -320,6 +334,31 @@ impl AgentState {
             response.headers_mut().insert(header::CONTENT_TYPE, v);
         }
         response
+    }
+
+    /// Asks for the proof of the file narinfo `text` names, when that file would be fetched
+    /// in pieces and is not kept already.
+    fn ask_proof_ahead(&self, text: &str) {
+        let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key));
+        let Some(file) = field("URL: ").and_then(|u| u.strip_prefix("nar/")) else {
+            return;
+        };
+        let Some(id) = compressed_file_id(file) else {
+            return;
+        };
+        let Some(size) = field("FileSize: ").and_then(|s| s.trim().parse::<u64>().ok()) else {
+            return;
+        };
+        if self.0.trusted.is_empty()
+            || size < self.0.min_p2p_size
+            || (self.0.reseed && self.0.store.get(&id).is_some())
+        {
+            return;
+        }
+        self.0.prefetched.ask(file, size, || {
+            let (this, file) = (self.clone(), file.to_owned());
+            tokio::spawn(async move { this.fetch_proof(&file).await })
+        });
     }
 
     /// `text` naming the file the encoding picks, when that is another than the server's.
@@ -471,7 +510,17 @@ impl AgentState {
         if self.0.trusted.is_empty() {
             return None;
         }
-        let proof = self.fetch_proof(file).await?;
+        let ahead = match self.0.prefetched.take(file) {
+            Some(asked) => asked.await.ok().flatten(),
+            None => None,
+        };
+        let proof = match ahead {
+            Some(p) => {
+                self.0.metrics.proofs_prefetched.inc();
+                p
+            }
+            None => self.fetch_proof(file).await?,
+        };
         let manifest = self.check_manifest(file, id, &proof.manifest).ok()?;
         if manifest.file_size < self.0.min_p2p_size {
             return None;
