@@ -11,6 +11,9 @@ use reqwest::header::RANGE;
 
 /// Largest body read whole into memory (narinfos, manifests, outboards).
 const MAX_WHOLE_BODY: u64 = 256 << 20;
+/// Most bytes reserved ahead for a body from its `Content-Length` (a piece, an outboard);
+/// a longer body grows the buffer as it arrives.
+const MAX_PRESIZE: u64 = 16 << 20;
 /// How long connecting to the server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -99,10 +102,16 @@ impl Response {
     }
 
     /// Reads the whole body, refusing one longer than `max` bytes. The buffer is sized once
-    /// from `Content-Length` (within `max`), not grown chunk by chunk: a 1 MiB piece would
-    /// otherwise be copied about twice over and fault in fresh pages at every doubling.
+    /// from `Content-Length` (within `max` and [`MAX_PRESIZE`]), not grown chunk by chunk: a
+    /// 1 MiB piece would otherwise be copied about twice over and fault in fresh pages at
+    /// every doubling.
     pub async fn bytes_at_most(self, max: u64) -> std::io::Result<Vec<u8>> {
-        let expected = self.inner.content_length().unwrap_or(0).min(max);
+        let expected = self
+            .inner
+            .content_length()
+            .unwrap_or(0)
+            .min(max)
+            .min(MAX_PRESIZE);
         let mut out = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
         let mut stream = std::pin::pin!(self.into_stream());
         while let Some(chunk) = stream.next().await {
