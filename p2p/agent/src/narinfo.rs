@@ -7,6 +7,15 @@
 use tailcache_p2p::files::{NarFile, NarFiles};
 use tailcache_store::Sha256Hash;
 
+/// The value of the first `key` line of narinfo `text` (`key` without its `: `).
+pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        l.split_once(": ")
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
 /// The keys that describe the file, outside the signed fingerprint, in Nix's order.
 const FILE_KEYS: [&str; 4] = ["URL", "Compression", "FileHash", "FileSize"];
 
@@ -65,6 +74,14 @@ pub fn advertise(text: &str, files: &NarFiles, file: &NarFile) -> Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_is_its_whole_key() {
+        let text = "URLx: no\nURL: nar/a.nar.xz\nFileSize: 12\nURL: nar/b.nar.xz\n";
+        assert_eq!(field(text, "URL"), Some("nar/a.nar.xz"));
+        assert_eq!(field(text, "FileSize"), Some("12"));
+        assert_eq!(field(text, "Compression"), None);
+    }
     use proptest::prelude::*;
     use tailcache_store::narinfo::NarInfo;
     use tailcache_store::{Compression, StorePath};

@@ -339,14 +339,14 @@ impl AgentState {
     /// Asks for the proof of the file narinfo `text` names, when that file would be fetched
     /// in pieces and is not kept already.
     fn ask_proof_ahead(&self, text: &str) {
-        let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key));
-        let Some(file) = field("URL: ").and_then(|u| u.strip_prefix("nar/")) else {
+        let field = |key| narinfo::field(text, key);
+        let Some(file) = field("URL").and_then(|u| u.strip_prefix("nar/")) else {
             return;
         };
         let Some(id) = compressed_file_id(file) else {
             return;
         };
-        let Some(size) = field("FileSize: ").and_then(|s| s.trim().parse::<u64>().ok()) else {
+        let Some(size) = field("FileSize").and_then(|s| s.trim().parse::<u64>().ok()) else {
             return;
         };
         if self.0.trusted.is_empty()
@@ -363,7 +363,7 @@ impl AgentState {
 
     /// `text` naming the file the encoding picks, when that is another than the server's.
     fn advertised(&self, text: &str, files: &NarFiles, measured: &Measured) -> Option<String> {
-        let server = match text.lines().find_map(|l| l.strip_prefix("Compression: ")) {
+        let server = match narinfo::field(text, "Compression") {
             Some(name) => Compression::from_name(name)?,
             None => Compression::NARINFO_DEFAULT,
         };

@@ -135,7 +135,14 @@ enum PieceError {
     Other(String),
 }
 
-type PieceResult = (u64, Source, Result<Vec<u8>, PieceError>, Duration);
+/// A piece's bytes, of which the first `written` are on disk already (verified as they
+/// arrived from the server).
+struct Piece {
+    data: Vec<u8>,
+    written: usize,
+}
+
+type PieceResult = (u64, Source, Result<Piece, PieceError>, Duration);
 
 /// What the driver waits on.
 struct Io {
@@ -395,7 +402,7 @@ impl Download {
                 tracing::debug!("piece {index} from {source:?}: {e}");
                 Outcome::Failed
             }
-            Ok(data) => {
+            Ok(Piece { data, written }) => {
                 match self
                     .outboard
                     .verify_range(range.start, range.end - range.start, &data)
@@ -407,10 +414,11 @@ impl Download {
                     }
                     Ok(()) => {
                         let len = data.len() as u64;
-                        if machine.wants(index, source) {
+                        if machine.wants(index, source) && written < data.len() {
                             let out = out.clone();
+                            let at = range.start + written as u64;
                             tokio::task::spawn_blocking(move || {
-                                out.write_all_at(&data, range.start)
+                                out.write_all_at(&data[written..], at)
                             })
                             .await
                             .map_err(|e| FetchError::Task {
@@ -459,7 +467,9 @@ impl Download {
             let started = Instant::now();
             let fetch = async {
                 match source {
-                    Source::Peer(peer) => fetch_from_peer(&node, peer, file, range).await,
+                    Source::Peer(peer) => fetch_from_peer(&node, peer, file, range)
+                        .await
+                        .map(|data| Piece { data, written: 0 }),
                     Source::Server => from_server.fetch(index, range).await,
                 }
             };
@@ -484,11 +494,11 @@ struct ServerRange {
 impl ServerRange {
     /// Reads piece `index` (`range`) as it arrives: each whole [`STREAM_STEP`] short of the
     /// piece's end that verifies is written at once and reported on `verified`. The whole
-    /// piece is returned too: the driver checks and keeps it like a piece from a peer (bytes
-    /// written here are verified, so writing them again, or a copy from elsewhere, is the
-    /// same). A step that fails verification stops the reports; the whole piece then fails
-    /// its check.
-    async fn fetch(self, index: u64, range: std::ops::Range<u64>) -> Result<Vec<u8>, PieceError> {
+    /// piece is returned too, with how much of it is written: the driver checks it like a
+    /// piece from a peer and writes the rest (bytes written here are verified, so a copy of
+    /// the same piece from elsewhere is the same bytes). A step that fails verification stops
+    /// the reports; the whole piece then fails its check.
+    async fn fetch(self, index: u64, range: std::ops::Range<u64>) -> Result<Piece, PieceError> {
         let other = |e: std::io::Error| PieceError::Other(e.to_string());
         let want = usize::try_from(range.end - range.start)
             .map_err(|e| PieceError::Other(e.to_string()))?;
@@ -539,7 +549,10 @@ impl ServerRange {
                 buf.len()
             )));
         }
-        Ok(buf)
+        Ok(Piece {
+            data: buf,
+            written: done,
+        })
     }
 }
 
