@@ -493,7 +493,7 @@ wait_servable() {
         [ "$n" -eq "$NPATHS" ] && break
         calc "exit !($(now) - $t0 > $COMPRESS_TIMEOUT)" \
             && die "$base: $n of $NPATHS narinfos advertise $c after ${COMPRESS_TIMEOUT}s"
-        sleep 0.5
+        sleep 0.1
     done
     calc "printf \"%.1f\", $(now) - $t0"
 }
@@ -872,7 +872,7 @@ esac
     echo "## Servable compressed after the build"
     echo
     echo "From triggering a build whose only step prints the closure's top path (the server queues the closure"
-    echo "for compression, as after a real build) until every narinfo advertises the compressed file (polled every half second)."
+    echo "for compression, as after a real build) until every narinfo advertises the compressed file (polled every 0.1 s)."
     echo
     echo "| tailcache | seconds | s per GB of NAR | server CPU s per GB | files MiB | files/NAR | P2P manifests too, s |"
     echo "|---|---:|---:|---:|---:|---:|---:|"

@@ -98,6 +98,14 @@ impl Compression {
 /// zstd's level when none is configured (see [`Compression::default_level`]).
 pub const ZSTD_DEFAULT_LEVEL: u32 = 3;
 
+/// The most primary compression jobs `compression_jobs = 0` runs at once, however many cores:
+/// each holds an encoder and its buffers (a few MiB at the default zstd level), and beyond a
+/// few jobs the disk, not the cores, limits a closure.
+pub const MAX_DEFAULT_COMPRESSION_JOBS: usize = 4;
+
+/// The most `compression_jobs` a configuration may ask for.
+const MAX_COMPRESSION_JOBS: usize = 64;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -402,6 +410,11 @@ pub struct CacheConfig {
     /// thread; 2 or more start that many workers per job (faster, but their buffers stay
     /// in the allocator and raise the server's resident memory).
     pub compression_threads: u32,
+    /// NARs compressed at once for their primary file, each by its own worker thread; 0:
+    /// one job per core (at most [`MAX_DEFAULT_COMPRESSION_JOBS`]), fewer when each job
+    /// runs several threads (xz with `compression_threads = 0` runs one job). A build's
+    /// closure is many paths, so parallel jobs make it servable sooner.
+    pub compression_jobs: usize,
     /// Secret key files (Nix format) to sign narinfos with; empty means
     /// `<state_dir>/secret-key`, generated on first start.
     pub secret_key_files: Vec<PathBuf>,
@@ -427,6 +440,22 @@ impl CacheConfig {
             .unwrap_or_else(|| self.compression.default_level())
     }
 
+    /// The primary lane's jobs in effect: the configured number or, for 0, one encoder thread
+    /// per core: as many jobs as the cores divided by each job's threads, at most
+    /// [`MAX_DEFAULT_COMPRESSION_JOBS`].
+    pub fn jobs(&self) -> usize {
+        if self.compression_jobs > 0 {
+            return self.compression_jobs;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_job = match (self.compression, self.compression_threads) {
+            (Compression::Xz, 0) => cores,
+            (Compression::None, _) | (_, 0) => 1,
+            (_, t) => t as usize,
+        };
+        (cores / per_job).clamp(1, MAX_DEFAULT_COMPRESSION_JOBS)
+    }
+
     /// The archive file's level in effect: the configured one or the archive default.
     pub fn archive_level(&self) -> u32 {
         self.archive_level
@@ -446,6 +475,7 @@ impl Default for CacheConfig {
             archive_compression: Compression::None,
             archive_level: None,
             compression_threads: 0,
+            compression_jobs: 0,
             secret_key_files: Vec::new(),
             nar_cache_max_bytes: 20 << 30,
             compression_queue: 1024,
@@ -554,6 +584,12 @@ impl Config {
             anyhow::bail!("cache.compression_level {} is above {max_level}", c.level());
         }
         validate_archive(c)?;
+        if c.compression_jobs > MAX_COMPRESSION_JOBS {
+            anyhow::bail!(
+                "cache.compression_jobs {} is above {MAX_COMPRESSION_JOBS}",
+                c.compression_jobs
+            );
+        }
         if c.compression_queue == 0 {
             anyhow::bail!("cache.compression_queue must be at least 1");
         }
@@ -706,6 +742,32 @@ mod tests {
                 .listen
                 .iter()
                 .all(|a| a.starts_with("/ip4/127.0.0.1/"))
+        );
+    }
+
+    #[test]
+    fn compression_jobs_default_to_one_encoder_thread_per_core() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let jobs = |toml: &str| toml::from_str::<Config>(toml).unwrap().cache.jobs();
+        let per_core = cores.clamp(1, MAX_DEFAULT_COMPRESSION_JOBS);
+        assert_eq!(jobs(""), per_core, "zstd, one thread a job");
+        assert_eq!(jobs("[cache]\ncompression = \"none\"\n"), per_core);
+        // xz's multi-threaded encoder already uses every core: one job.
+        assert_eq!(jobs("[cache]\ncompression = \"xz\"\n"), 1);
+        assert_eq!(
+            jobs("[cache]\ncompression = \"xz\"\ncompression_threads = 1\n"),
+            per_core
+        );
+        assert_eq!(
+            jobs("[cache]\ncompression_threads = 2\n"),
+            (cores / 2).clamp(1, MAX_DEFAULT_COMPRESSION_JOBS)
+        );
+        assert_eq!(jobs("[cache]\ncompression_jobs = 3\n"), 3);
+        let c: Config = toml::from_str("[cache]\ncompression_jobs = 65\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("cache.compression_jobs 65 is above 64"),
+            "{err}"
         );
     }
 

@@ -160,6 +160,7 @@ fn start_cache(
             level: c.level(),
             threads: c.compression_threads,
         },
+        jobs: c.jobs(),
         archive,
         max_bytes: c.nar_cache_max_bytes,
         queue: c.compression_queue,

@@ -5,8 +5,10 @@
 //! [`CacheHandle::request_compression`], which never waits: when the queue or the mailbox is
 //! full the request is dropped and made again by the next narinfo request for that path.
 //! A finished build hands it its new store paths ([`NewPathsSink`]); their whole closure
-//! goes into a second queue that the compression worker empties first, so a just-built
-//! generation becomes servable before older work is done.
+//! goes into a second queue that the compression workers empty first, so a just-built
+//! generation becomes servable before older work is done. The primary lane runs several
+//! workers (`compression_jobs`, one per core by default): a closure is many paths, and one
+//! encoder thread would leave the other cores idle while the person waits.
 //!
 //! With an archive compression configured, each NAR whose primary file is made is queued for
 //! a second file in the archive lane: its own bounded queue and its own worker thread at idle
@@ -18,7 +20,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use tailcache_actors::NewPathsSink;
@@ -59,16 +61,17 @@ pub enum Lane {
     Archive,
 }
 
-/// One lane's queue, worker and settings.
+/// One lane's queue, workers and settings.
 #[derive(Debug)]
 struct LaneState {
     settings: CompressionSettings,
     /// Where its files go.
     nars: Arc<NarCache>,
-    /// To the worker; room for one job, so what it takes next is decided as late as possible.
+    /// To the workers; room for one job per worker, so that each finds its next job waiting
+    /// and what it takes next is decided as late as possible.
     jobs: mpsc::Sender<Job>,
     queue: CompressionQueue,
-    /// Jobs sent to the worker that have not reported back.
+    /// Jobs sent to the workers that have not reported back.
     in_flight: usize,
 }
 
@@ -505,6 +508,8 @@ pub struct CacheServerParts {
     pub dirs: NarDirs,
     pub store: Arc<LazyStore>,
     pub settings: CompressionSettings,
+    /// Worker threads of the primary lane (at least one).
+    pub jobs: usize,
     /// The archive file's compression, level and threads; `None`: no archive files.
     pub archive: Option<CompressionSettings>,
     pub max_bytes: u64,
@@ -517,7 +522,8 @@ pub struct CacheServerParts {
 impl CacheServer {
     /// Starts the actor (supervised) and its compression workers on the current actix system.
     pub fn start(p: CacheServerParts) -> std::io::Result<CacheHandle> {
-        let (primary_tx, primary_rx) = mpsc::channel(1);
+        let workers = p.jobs.max(1);
+        let (primary_tx, primary_rx) = mpsc::channel(workers);
         let lane = |settings, nars: &Arc<NarCache>, jobs| LaneState {
             settings,
             nars: nars.clone(),
@@ -547,13 +553,17 @@ impl CacheServer {
             metrics: p.metrics.clone(),
         };
         let addr = MeteredAddr::start(actor);
-        spawn_worker(
-            Lane::Primary,
-            primary_rx,
-            p.dirs.primary.clone(),
-            addr.clone(),
-        )?;
+        let primary_rx = Arc::new(Mutex::new(primary_rx));
+        for _ in 0..workers {
+            spawn_worker(
+                Lane::Primary,
+                primary_rx.clone(),
+                p.dirs.primary.clone(),
+                addr.clone(),
+            )?;
+        }
         if let Some(rx) = archive_rx {
+            let rx = Arc::new(Mutex::new(rx));
             spawn_worker(Lane::Archive, rx, p.dirs.archive.clone(), addr.clone())?;
         }
         Ok(CacheHandle {
@@ -568,7 +578,7 @@ impl CacheServer {
 /// use every core). The archive worker first lowers its thread to idle priority.
 fn spawn_worker(
     lane: Lane,
-    mut rx: mpsc::Receiver<Job>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     nars: Arc<NarCache>,
     addr: MeteredAddr<CacheServer>,
 ) -> std::io::Result<()> {
@@ -582,7 +592,9 @@ fn spawn_worker(
             if lane == Lane::Archive {
                 priority::lower_current_thread();
             }
-            while let Some(job) = rx.blocking_recv() {
+            // The lock is held only while waiting for a job: the lane's workers take turns
+            // receiving and run their jobs side by side.
+            while let Some(job) = next_job(&rx) {
                 // A panic in one job must not stop the worker: it counts as a failure.
                 let ok =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_job(&job, &nars)))
@@ -595,6 +607,11 @@ fn spawn_worker(
             }
         })
         .map(drop)
+}
+
+/// The lane's next job; `None` once the actor is gone.
+fn next_job(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Job> {
+    rx.lock().unwrap_or_else(|e| e.into_inner()).blocking_recv()
 }
 
 /// Makes a job's file and records it in the index; whether the file is there.
