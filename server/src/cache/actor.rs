@@ -574,8 +574,9 @@ impl CacheServer {
     }
 }
 
-/// Starts a lane's worker on a thread of its own: jobs one at a time (an xz job may already
-/// use every core). The archive worker first lowers its thread to idle priority.
+/// Starts one of a lane's workers on a thread of its own, taking the lane's jobs one at a time
+/// (the lane runs as many workers as `CacheConfig::jobs` allows: one for an xz job that
+/// already uses every core). The archive worker first lowers its thread to idle priority.
 fn spawn_worker(
     lane: Lane,
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
