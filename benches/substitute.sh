@@ -481,7 +481,8 @@ servable_count() {
     local n
     n=$(poll_narinfos "$2")
     [ "$n" -gt 0 ] || { echo 0; return; }
-    grep -lx "Compression: $1" "$POLL"/* 2>/dev/null | wc -l
+    # grep finds nothing before the first file is made: not a failure (pipefail).
+    { grep -lx "Compression: $1" "$POLL"/* 2>/dev/null || true; } | wc -l
 }
 
 # wait_servable COMP BASE: until every narinfo advertises COMP; prints the seconds waited.
