@@ -7,6 +7,7 @@
 //! required; no archive work comes before a build's primary files or delays a path asked for
 //! meanwhile; primary files lacking their archive file (a restart, a dropped request) are
 //! found by a sweep; crash leftovers go at start; the size bound holds over both directories.
+//! And the primary lane's order: a build's closure is compressed largest NAR first.
 
 mod common;
 
@@ -150,6 +151,45 @@ fn check_each_file(server: &TestCache, store: &TestStore, path: &str, files: &Na
         assert_eq!(Sha256Hash::digest(&decoded), files.nar_hash, "{}", f.url);
         assert_eq!(decoded, nar, "{} decodes to the NAR of {path}", f.url);
     }
+}
+
+/// The NAR sizes of the files the server's log says it made, in the order it made them.
+fn nar_sizes_in_order(server: &TestCache) -> Vec<u64> {
+    server
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("compressed /"))
+        .filter_map(|l| {
+            let after = &l[l.find(" (")? + 2..];
+            after[..after.find(' ')?].parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_builds_closure_is_compressed_largest_nar_first() {
+    let store = TestStore::build();
+    let mut paths = store.closure();
+    // Printed smallest first, so the closure walk meets them from the smallest up.
+    paths.sort_by_key(|p| store.info(p).nar_size);
+    let mut sizes: Vec<u64> = paths.iter().map(|p| store.info(p).nar_size).collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    // One worker, so the order it takes jobs in is the order the files are made.
+    let server = TestCache::builder()
+        .store(&store)
+        .compression("zstd")
+        .cache_extra("compression_jobs = 1")
+        .build_toml(&build_printing(&paths))
+        .start();
+    let id = server.trigger_build();
+    let s = server.wait_finished(id);
+    assert_eq!(s["last_status"].as_str(), Some("success"), "{s}");
+    // Watched through the counters: a narinfo request would queue a path of its own.
+    let ok = || server.metric("tailcache_cache_compressions_total", &[("result", "ok")]);
+    wait_for(&server, "every path of the closure compressed", || {
+        ok() == paths.len() as f64
+    });
+    assert_eq!(nar_sizes_in_order(&server), sizes);
 }
 
 #[test]

@@ -320,7 +320,10 @@ impl Handler<Prioritize> for CacheServer {
     }
 }
 
-/// Every valid path reachable from `roots` through references, as compression requests.
+/// Every valid path reachable from `roots` through references, as compression requests,
+/// largest NAR first: the workers take them in this order, so the closure's biggest paths
+/// start at once and the small ones fill the other workers around them, instead of one big
+/// path running alone at the end while the other cores idle.
 fn closure(store: &LazyStore, roots: &[PathBuf]) -> Vec<Compress> {
     let Some(db) = store.db() else {
         return Vec::new();
@@ -355,6 +358,7 @@ fn closure(store: &LazyStore, roots: &[PathBuf]) -> Vec<Compress> {
             Err(e) => tracing::warn!("cannot look up {path}: {e}"),
         }
     }
+    out.sort_by_key(|job| std::cmp::Reverse(job.nar_size));
     out
 }
 
