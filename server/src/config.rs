@@ -99,8 +99,8 @@ impl Compression {
 pub const ZSTD_DEFAULT_LEVEL: u32 = 3;
 
 /// The most primary compression jobs `compression_jobs = 0` runs at once, however many cores:
-/// each holds an encoder and its buffers (a few MiB at the default zstd level), and beyond a
-/// few jobs the disk, not the cores, limits a closure.
+/// each holds an encoder and its buffers (a few MiB at the default zstd level), so a big
+/// machine's server stays as small as a laptop's; more is a configuration's choice.
 pub const MAX_DEFAULT_COMPRESSION_JOBS: usize = 4;
 
 /// The most `compression_jobs` a configuration may ask for.
