@@ -77,6 +77,11 @@ impl Prefetched {
         });
     }
 
+    /// Whether `file`'s proof is asked for ahead (and not taken yet).
+    pub fn holds(&self, file: &str) -> bool {
+        self.lock().list.iter().any(|x| x.file == file)
+    }
+
     /// The question asked for `file`'s proof, if any, taken.
     pub fn take(&self, file: &str) -> Option<JoinHandle<Option<Proof>>> {
         let mut e = self.lock();
@@ -113,9 +118,11 @@ mod tests {
         // Asked already: not asked again.
         p.ask("a.nar.zst", 1 << 20, || panic!("asked twice"));
         assert_eq!(p.held(), (1, expected_bytes(1 << 20)));
+        assert!(p.holds("a.nar.zst") && !p.holds("b.nar.zst"));
         let proof = p.take("a.nar.zst").unwrap().await.unwrap().unwrap();
         assert_eq!(proof.manifest, vec![1]);
         assert!(p.take("a.nar.zst").is_none());
+        assert!(!p.holds("a.nar.zst"));
         assert_eq!(p.held(), (0, 0));
     }
 

@@ -403,12 +403,14 @@ impl AgentState {
                 Err(e) => self.on_corrupt(id, &e).await,
             }
         }
-        // Who holds the file is asked while its proof is fetched, not after.
+        // Who holds the file is asked while its proof is fetched, not after; only for a file
+        // whose narinfo said it goes in pieces (its proof asked ahead): a small file is
+        // proxied, and a question about it would only load the tracker.
         let early = self
             .0
             .tracker
             .as_ref()
-            .filter(|_| !self.0.trusted.is_empty())
+            .filter(|_| !self.0.trusted.is_empty() && self.0.prefetched.holds(file))
             .map(|t| {
                 fetch::ask_tracker_early(
                     &self.0.node,

@@ -403,9 +403,12 @@ impl Download {
                 Outcome::Failed
             }
             Ok(Piece { data, written }) => {
+                // The first `written` bytes were verified as they arrived; the rest is checked
+                // here (from a group boundary: `written` is a whole number of steps).
+                let at = range.start + written as u64;
                 match self
                     .outboard
-                    .verify_range(range.start, range.end - range.start, &data)
+                    .verify_range(at, range.end - at, &data[written..])
                 {
                     Err(e) => {
                         self.metrics.verification_failures.inc();
@@ -416,7 +419,6 @@ impl Download {
                         let len = data.len() as u64;
                         if machine.wants(index, source) && written < data.len() {
                             let out = out.clone();
-                            let at = range.start + written as u64;
                             tokio::task::spawn_blocking(move || {
                                 out.write_all_at(&data[written..], at)
                             })
@@ -494,10 +496,10 @@ struct ServerRange {
 impl ServerRange {
     /// Reads piece `index` (`range`) as it arrives: each whole [`STREAM_STEP`] short of the
     /// piece's end that verifies is written at once and reported on `verified`. The whole
-    /// piece is returned too, with how much of it is written: the driver checks it like a
-    /// piece from a peer and writes the rest (bytes written here are verified, so a copy of
-    /// the same piece from elsewhere is the same bytes). A step that fails verification stops
-    /// the reports; the whole piece then fails its check.
+    /// piece is returned too, with how much of it is written: the driver checks the rest like
+    /// a piece from a peer and writes it (bytes written here are verified, so a copy of the
+    /// same piece from elsewhere is the same bytes). A step that fails verification stops
+    /// the reports; the rest, which begins with that step, then fails the driver's check.
     async fn fetch(self, index: u64, range: std::ops::Range<u64>) -> Result<Piece, PieceError> {
         let other = |e: std::io::Error| PieceError::Other(e.to_string());
         let want = usize::try_from(range.end - range.start)
