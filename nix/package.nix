@@ -32,6 +32,7 @@ let
       "actors"
       "p2p"
       "listener"
+      "metrics"
       "testkit"
       "tests"
       "benches"

@@ -3,8 +3,9 @@
 //! tailcache-agent) — never depend on one another, directly or through a shared crate.
 //! Only the binary (`src/main.rs`, the root package) links all three. What two programs
 //! share lives a layer down, in crates that depend on no program (the HTTP listener of the
-//! server and the agent, `listener/`, depends on no crate of ours at all). Checked over the
-//! workspace manifests, so a new dependency edge fails here before it is used.
+//! server and the agent, `listener/`, depends only on `metrics/`). Checked over the
+//! workspace manifests, so a new dependency edge fails here before it is used; and every
+//! member is in the Nix package's copy of the sources.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -86,12 +87,13 @@ fn the_binary_links_all_three_programs() {
 }
 
 #[test]
-fn the_agent_crate_depends_only_on_p2p_store_and_listener() {
+fn the_agent_crate_depends_only_on_p2p_store_listener_and_metrics() {
     let graph = workspace_graph();
     assert_eq!(
         closure(&graph, "tailcache-agent"),
         BTreeSet::from([
             "tailcache-listener".to_owned(),
+            "tailcache-metrics".to_owned(),
             "tailcache-p2p".to_owned(),
             "tailcache-store".to_owned()
         ])
@@ -99,13 +101,46 @@ fn the_agent_crate_depends_only_on_p2p_store_and_listener() {
 }
 
 #[test]
-fn the_listener_crate_depends_on_no_crate_of_ours_and_serves_server_and_agent() {
+fn the_listener_crate_depends_only_on_metrics_and_serves_server_and_agent() {
     let graph = workspace_graph();
-    assert_eq!(closure(&graph, "tailcache-listener"), BTreeSet::new());
+    assert_eq!(
+        closure(&graph, "tailcache-listener"),
+        BTreeSet::from(["tailcache-metrics".to_owned()])
+    );
+    assert_eq!(closure(&graph, "tailcache-metrics"), BTreeSet::new());
     for program in ["tailcache-server", "tailcache-agent"] {
         assert!(
             graph[program].contains("tailcache-listener"),
             "{program} does not serve through tailcache-listener"
         );
+    }
+}
+
+/// The Nix package builds from a filtered copy of the sources (nix/package.nix, `rustOnly`):
+/// every workspace member's top directory must be in that list, or the package cannot build.
+#[test]
+fn the_nix_package_copies_every_workspace_member() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let nix = std::fs::read_to_string(root.join("nix/package.nix")).unwrap();
+    let list = nix
+        .split_once("builtins.elem top [")
+        .and_then(|(_, rest)| rest.split_once("];"))
+        .expect("nix/package.nix lists the copied top-level entries in `builtins.elem top [ … ]`")
+        .0;
+    let copied: BTreeSet<&str> = list
+        .split_whitespace()
+        .map(|w| w.trim_matches('"'))
+        .collect();
+    let top: toml::Table =
+        toml::from_str(&std::fs::read_to_string(root.join("Cargo.toml")).unwrap()).unwrap();
+    for member in top["workspace"]["members"].as_array().unwrap() {
+        let dir = member.as_str().unwrap();
+        let first = dir.split('/').next().unwrap();
+        if first != "." {
+            assert!(
+                copied.contains(first),
+                "{dir} is not copied by nix/package.nix"
+            );
+        }
     }
 }

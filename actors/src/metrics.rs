@@ -18,6 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tailcache_metrics::{Prefixed, ResultLabels};
 
 use crate::error::{Error, Result};
 use crate::status::BuildResult;
@@ -35,11 +36,9 @@ pub struct ActorLabels {
     pub actor: &'static str,
 }
 
-/// Labels of the per-build families.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    pub result: &'static str,
-}
+/// A family of histograms, each made with the family's bucket layout (`handler_histogram`,
+/// `build_histogram`).
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn handler_histogram() -> Histogram {
     // 50 µs … 13 s: handlers are meant to be quick; the top buckets show the ones that aren't.
@@ -55,41 +54,37 @@ fn build_histogram() -> Histogram {
 #[derive(Debug, Clone)]
 pub struct ActorMetrics {
     handled: Family<MessageLabels, Counter>,
-    duration: Family<MessageLabels, Histogram>,
+    duration: Histograms<MessageLabels>,
     depth: Family<MessageLabels, Gauge>,
     restarts: Family<ActorLabels, Counter>,
 }
 
 impl ActorMetrics {
     fn register(registry: &mut Registry) -> Self {
-        let m = ActorMetrics {
-            handled: Family::default(),
-            duration: Family::new_with_constructor(handler_histogram),
-            depth: Family::default(),
-            restarts: Family::default(),
-        };
         // Counters get their `_total` suffix from the encoder.
-        registry.register(
-            "tailcache_actor_messages_handled",
-            "Messages handled, by actor and message type",
-            m.handled.clone(),
-        );
-        registry.register(
-            "tailcache_actor_handler_duration_seconds",
-            "Time spent in message handlers, by actor and message type",
-            m.duration.clone(),
-        );
-        registry.register(
-            "tailcache_actor_mailbox_depth",
-            "Messages sent but not yet handled, by actor and message type",
-            m.depth.clone(),
-        );
-        registry.register(
-            "tailcache_actor_restarts",
-            "Actor restarts after a failed handler, by actor",
-            m.restarts.clone(),
-        );
-        m
+        let mut r = Prefixed::new(registry, "tailcache_actor");
+        ActorMetrics {
+            handled: r.add(
+                "messages_handled",
+                "Messages handled, by actor and message type",
+                Family::default(),
+            ),
+            duration: r.add(
+                "handler_duration_seconds",
+                "Time spent in message handlers, by actor and message type",
+                Family::new_with_constructor(handler_histogram),
+            ),
+            depth: r.add(
+                "mailbox_depth",
+                "Messages sent but not yet handled, by actor and message type",
+                Family::default(),
+            ),
+            restarts: r.add(
+                "restarts",
+                "Actor restarts after a failed handler, by actor",
+                Family::default(),
+            ),
+        }
     }
 
     /// Makes an actor's restart counter visible (at 0) before its first restart.
@@ -125,30 +120,25 @@ impl ActorMetrics {
 #[derive(Debug, Clone)]
 pub struct BuildMetrics {
     builds: Family<ResultLabels, Counter>,
-    duration: Family<ResultLabels, Histogram>,
+    duration: Histograms<ResultLabels>,
 }
 
 impl BuildMetrics {
     fn register(registry: &mut Registry) -> Self {
+        let mut r = Prefixed::new(registry, "tailcache");
         let m = BuildMetrics {
-            builds: Family::default(),
-            duration: Family::new_with_constructor(build_histogram),
+            builds: r.add("builds", "Builds finished, by result", Family::default()),
+            duration: r.add(
+                "build_duration_seconds",
+                "Wall time of finished builds, by result",
+                Family::new_with_constructor(build_histogram),
+            ),
         };
         for result in BuildResult::ALL {
             let _ = m.builds.get_or_create(&ResultLabels {
                 result: result.as_str(),
             });
         }
-        registry.register(
-            "tailcache_builds",
-            "Builds finished, by result",
-            m.builds.clone(),
-        );
-        registry.register(
-            "tailcache_build_duration_seconds",
-            "Wall time of finished builds, by result",
-            m.duration.clone(),
-        );
         m
     }
 

@@ -11,18 +11,13 @@
 {
   description = "Home configuration of one machine (a tailcache template)";
 
-  inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
-    home-manager = {
-      url = "github:nix-community/home-manager";
-      inputs.nixpkgs.follows = "nixpkgs";
-    };
-    tailcache = {
-      url = "github:tailcache/tailcache";
-      inputs.nixpkgs.follows = "nixpkgs";
-      inputs.home-manager.follows = "home-manager";
-    };
-  };
+  # One line per input; tailcache and home-manager use this flake's nixpkgs.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+  inputs.home-manager.url = "github:nix-community/home-manager";
+  inputs.home-manager.inputs.nixpkgs.follows = "nixpkgs";
+  inputs.tailcache.url = "github:tailcache/tailcache";
+  inputs.tailcache.inputs.nixpkgs.follows = "nixpkgs";
+  inputs.tailcache.inputs.home-manager.follows = "home-manager";
 
   outputs =
     {

@@ -32,6 +32,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tailcache_metrics::Prefixed;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -143,7 +144,7 @@ struct AcceptErrorLabels {
 
 /// The listeners' metrics (`tailcache_http_*`), one set shared by a program's listeners
 /// (told apart by the `listener` label).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HttpStats {
     open: Family<ListenerLabels, Gauge>,
     closed: Family<CloseLabels, Counter>,
@@ -154,31 +155,31 @@ pub struct HttpStats {
 impl HttpStats {
     /// Creates the metrics and registers them under `tailcache_http_*`.
     pub fn register(registry: &mut Registry) -> Self {
-        let s = HttpStats::default();
-        let r = registry.sub_registry_with_prefix("tailcache_http");
-        r.register(
-            "connections",
-            "connections open, by listener",
-            s.open.clone(),
-        );
-        r.register(
-            "connections_closed",
-            "connections the server closed, by listener and reason (idle_timeout, \
-             header_timeout, send_timeout, evicted: closed while idle to make room at the \
-             connection limit)",
-            s.closed.clone(),
-        );
-        r.register(
-            "connections_over_limit",
-            "connections that arrived while the listener was at its connection limit",
-            s.over_limit.clone(),
-        );
-        r.register(
-            "accept_errors",
-            "failed accepts, by listener and error (fd_exhausted: EMFILE/ENFILE)",
-            s.accept_errors.clone(),
-        );
-        s
+        let mut r = Prefixed::new(registry, "tailcache_http");
+        HttpStats {
+            open: r.add(
+                "connections",
+                "connections open, by listener",
+                Family::default(),
+            ),
+            closed: r.add(
+                "connections_closed",
+                "connections the server closed, by listener and reason (idle_timeout, \
+                 header_timeout, send_timeout, evicted: closed while idle to make room at the \
+                 connection limit)",
+                Family::default(),
+            ),
+            over_limit: r.add(
+                "connections_over_limit",
+                "connections that arrived while the listener was at its connection limit",
+                Family::default(),
+            ),
+            accept_errors: r.add(
+                "accept_errors",
+                "failed accepts, by listener and error (fd_exhausted: EMFILE/ENFILE)",
+                Family::default(),
+            ),
+        }
     }
 
     fn closed(&self, listener: &'static str, reason: Close) {

@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tailcache_metrics::{CompressionLabels, Prefixed};
 use tailcache_store::Compression;
 
 use crate::choose::Measured;
@@ -19,22 +20,15 @@ pub struct RouteLabels {
     route: &'static str,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CompressionLabels {
-    compression: &'static str,
-}
-
-impl From<Compression> for CompressionLabels {
-    fn from(c: Compression) -> Self {
-        CompressionLabels {
-            compression: c.name(),
-        }
+fn labels(c: Compression) -> CompressionLabels {
+    CompressionLabels {
+        compression: c.name(),
     }
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AgentMetrics {
     /// Verified NAR-file bytes received from peers.
     pub peer_bytes: Counter,
@@ -52,7 +46,7 @@ pub struct AgentMetrics {
     /// Measured decoding speed by compression (0 until measured).
     pub decode_speed: Family<CompressionLabels, FloatGauge>,
     /// Narinfos served naming another file than the server's, by the compression named.
-    pub narinfo_rewrites: Family<CompressionLabels, Counter>,
+    narinfo_rewrites: Family<CompressionLabels, Counter>,
     /// Narinfos passed on as they are because the server's file list was not to be had.
     pub file_lists_failed: Counter,
     /// Downloads that found their file's proof asked for already, with its narinfo.
@@ -60,77 +54,76 @@ pub struct AgentMetrics {
 }
 
 impl AgentMetrics {
+    /// Creates the metrics and registers them under `tailcache_agent_*`.
     pub fn register(registry: &mut Registry) -> Self {
-        let m = AgentMetrics::default();
-        let r = registry.sub_registry_with_prefix("tailcache_agent");
-        r.register(
-            "peer_bytes",
-            "NAR file bytes received from peers (verified)",
-            m.peer_bytes.clone(),
-        );
-        r.register(
-            "server_bytes",
-            "NAR file bytes received from the server",
-            m.server_bytes.clone(),
-        );
-        r.register(
-            "verification_failures",
-            "Pieces that failed BLAKE3 verification",
-            m.verification_failures.clone(),
-        );
-        r.register("peer_bans", "Peers banned for bad bytes", m.bans.clone());
-        r.register(
-            "manifests_refused",
-            "P2P manifests refused (bad or untrusted signature)",
-            m.manifests_refused.clone(),
-        );
-        r.register(
-            "corrupt_files",
-            "Cached files that failed verification when served, and were evicted",
-            m.corrupt_files.clone(),
-        );
-        r.register(
-            "peers_known",
-            "Peers this agent has seen",
-            m.peers_known.clone(),
-        );
-        r.register(
-            "uploaded_bytes",
-            "Bytes uploaded to peers",
-            m.uploaded_bytes.clone(),
-        );
+        let mut r = Prefixed::new(registry, "tailcache_agent");
+        let m = AgentMetrics {
+            peer_bytes: r.add(
+                "peer_bytes",
+                "NAR file bytes received from peers (verified)",
+                Counter::default(),
+            ),
+            server_bytes: r.add(
+                "server_bytes",
+                "NAR file bytes received from the server",
+                Counter::default(),
+            ),
+            verification_failures: r.add(
+                "verification_failures",
+                "Pieces that failed BLAKE3 verification",
+                Counter::default(),
+            ),
+            bans: r.add("peer_bans", "Peers banned for bad bytes", Counter::default()),
+            manifests_refused: r.add(
+                "manifests_refused",
+                "P2P manifests refused (bad or untrusted signature)",
+                Counter::default(),
+            ),
+            corrupt_files: r.add(
+                "corrupt_files",
+                "Cached files that failed verification when served, and were evicted",
+                Counter::default(),
+            ),
+            peers_known: r.add("peers_known", "Peers this agent has seen", Gauge::default()),
+            uploaded_bytes: r.add("uploaded_bytes", "Bytes uploaded to peers", Gauge::default()),
+            goodput: r.add(
+                "goodput_bytes_per_second",
+                "Measured goodput of NAR file downloads (bytes per second of busy wall time), by route: compressed files in verified pieces, uncompressed NARs proxied",
+                Family::default(),
+            ),
+            decode_speed: r.add(
+                "decode_bytes_per_second",
+                "Measured decoding speed of this machine, NAR bytes per second, by compression",
+                Family::default(),
+            ),
+            narinfo_rewrites: r.add(
+                "narinfo_rewrites",
+                "Narinfos served naming another of the NAR's files than the server's, by its compression",
+                Family::default(),
+            ),
+            file_lists_failed: r.add(
+                "file_lists_failed",
+                "Narinfos passed on unchanged because the server's list of files failed",
+                Counter::default(),
+            ),
+            proofs_prefetched: r.add(
+                "proofs_prefetched",
+                "Downloads whose manifest and outboard were asked for with the narinfo, ahead of the NAR request",
+                Counter::default(),
+            ),
+        };
         for c in [Compression::None, Compression::Zstd, Compression::Xz] {
-            let _ = m.narinfo_rewrites.get_or_create(&c.into());
+            let _ = m.narinfo_rewrites.get_or_create(&labels(c));
         }
         for c in [Compression::Zstd, Compression::Xz] {
-            let _ = m.decode_speed.get_or_create(&c.into());
+            let _ = m.decode_speed.get_or_create(&labels(c));
         }
-        r.register(
-            "goodput_bytes_per_second",
-            "Measured goodput of NAR file downloads (bytes per second of busy wall time), by route: compressed files in verified pieces, uncompressed NARs proxied",
-            m.goodput.clone(),
-        );
-        r.register(
-            "decode_bytes_per_second",
-            "Measured decoding speed of this machine, NAR bytes per second, by compression",
-            m.decode_speed.clone(),
-        );
-        r.register(
-            "narinfo_rewrites",
-            "Narinfos served naming another of the NAR's files than the server's, by its compression",
-            m.narinfo_rewrites.clone(),
-        );
-        r.register(
-            "file_lists_failed",
-            "Narinfos passed on unchanged because the server's list of files failed",
-            m.file_lists_failed.clone(),
-        );
-        r.register(
-            "proofs_prefetched",
-            "Downloads whose manifest and outboard were asked for with the narinfo, ahead of the NAR request",
-            m.proofs_prefetched.clone(),
-        );
         m
+    }
+
+    /// Counts a narinfo served naming the file compressed with `c` instead of the server's.
+    pub fn narinfo_rewritten(&self, c: Compression) {
+        self.narinfo_rewrites.get_or_create(&labels(c)).inc();
     }
 
     /// Publishes the measurements in the gauges.
@@ -144,7 +137,7 @@ impl AgentMetrics {
         }
         for c in [Compression::Zstd, Compression::Xz] {
             self.decode_speed
-                .get_or_create(&c.into())
+                .get_or_create(&labels(c))
                 .set(measured.decode.of(c).unwrap_or(0.0));
         }
     }

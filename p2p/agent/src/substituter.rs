@@ -370,10 +370,7 @@ impl AgentState {
         let file = choose(self.0.encoding, files, server, measured)?;
         let out = narinfo::advertise(text, files, file);
         match &out {
-            Some(_) => {
-                let rewrites = &self.0.metrics.narinfo_rewrites;
-                rewrites.get_or_create(&file.compression.into()).inc();
-            }
+            Some(_) => self.0.metrics.narinfo_rewritten(file.compression),
             None => tracing::debug!("the file list does not fit the narinfo {text:?}"),
         }
         out

@@ -85,6 +85,26 @@ where
     postcard::from_bytes(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
+/// The two methods of the control codec for one message type: it is read and written under
+/// the same cap.
+macro_rules! framed {
+    ($read:ident, $write:ident, $msg:ty, $max:expr) => {
+        async fn $read<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<$msg>
+        where
+            T: AsyncRead + Unpin + Send,
+        {
+            read_frame(io, $max).await
+        }
+
+        async fn $write<T>(&mut self, _: &StreamProtocol, io: &mut T, msg: $msg) -> io::Result<()>
+        where
+            T: AsyncWrite + Unpin + Send,
+        {
+            write_frame(io, &msg, $max).await
+        }
+    };
+}
+
 /// The request-response codec of the control protocol.
 #[derive(Debug, Clone, Default)]
 pub struct ControlCodec;
@@ -94,51 +114,18 @@ impl libp2p::request_response::Codec for ControlCodec {
     type Request = ControlRequest;
     type Response = ControlResponse;
 
-    async fn read_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<ControlRequest>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_frame(io, MAX_CONTROL_REQUEST).await
-    }
-
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<ControlResponse>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_frame(io, MAX_CONTROL_RESPONSE).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: ControlRequest,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &req, MAX_CONTROL_REQUEST).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: ControlResponse,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &res, MAX_CONTROL_RESPONSE).await
-    }
+    framed!(
+        read_request,
+        write_request,
+        ControlRequest,
+        MAX_CONTROL_REQUEST
+    );
+    framed!(
+        read_response,
+        write_response,
+        ControlResponse,
+        MAX_CONTROL_RESPONSE
+    );
 }
 
 #[cfg(test)]
@@ -204,15 +191,24 @@ mod tests {
         assert!(out.is_empty());
     }
 
-    #[tokio::test]
-    async fn frames_round_trip() {
-        let req = ControlRequest::WhoHas {
+    fn who_has() -> ControlRequest {
+        ControlRequest::WhoHas {
             file: crate::FileId::from_bytes([3u8; 32]),
-        };
+        }
+    }
+
+    async fn framed(req: &ControlRequest) -> Vec<u8> {
         let mut out = Vec::new();
-        write_frame(&mut out, &req, MAX_CONTROL_REQUEST)
+        write_frame(&mut out, req, MAX_CONTROL_REQUEST)
             .await
             .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let req = who_has();
+        let out = framed(&req).await;
         assert_eq!(&out[..4], &((out.len() - 4) as u32).to_be_bytes());
         let back: ControlRequest = read_frame(&mut &out[..], MAX_CONTROL_REQUEST)
             .await
@@ -222,13 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn truncated_frame_is_an_error() {
-        let req = ControlRequest::WhoHas {
-            file: crate::FileId::from_bytes([3u8; 32]),
-        };
-        let mut out = Vec::new();
-        write_frame(&mut out, &req, MAX_CONTROL_REQUEST)
-            .await
-            .unwrap();
+        let mut out = framed(&who_has()).await;
         out.pop();
         let res: io::Result<ControlRequest> = read_frame(&mut &out[..], MAX_CONTROL_REQUEST).await;
         assert_eq!(res.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);

@@ -35,6 +35,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tailcache_actors::{BuildHandle, RequestedBy};
+use tailcache_metrics::Prefixed;
 
 use crate::cache::CacheState;
 use error::ApiError;
@@ -187,7 +188,7 @@ struct RefusalLabels {
 }
 
 /// The API's own metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ApiStats {
     refusals: Family<RefusalLabels, Counter>,
 }
@@ -195,17 +196,18 @@ pub struct ApiStats {
 impl ApiStats {
     /// Creates the metrics and registers them under `tailcache_api_*`.
     pub fn register(registry: &mut Registry) -> Self {
-        let s = ApiStats::default();
+        let s = ApiStats {
+            refusals: Prefixed::new(registry, "tailcache_api").add(
+                "refusals",
+                "trigger and cancel requests refused, by reason (token: missing or wrong \
+                 bearer token; not_allowed: not admitted by [api] allow; unidentified: \
+                 tailscaled could not be asked while [api] allow is set)",
+                Family::default(),
+            ),
+        };
         for reason in ["token", "not_allowed", "unidentified"] {
             let _ = s.refusals.get_or_create(&RefusalLabels { reason });
         }
-        registry.sub_registry_with_prefix("tailcache_api").register(
-            "refusals",
-            "trigger and cancel requests refused, by reason (token: missing or wrong bearer \
-             token; not_allowed: not admitted by [api] allow; unidentified: tailscaled could \
-             not be asked while [api] allow is set)",
-            s.refusals.clone(),
-        );
         s
     }
 

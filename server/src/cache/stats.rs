@@ -1,27 +1,17 @@
 //! The cache's counters as Prometheus metrics, updated lock-free by request handlers and the
 //! CacheServer actor, exposed at `GET /metrics` and summarised on the status page.
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tailcache_metrics::{CompressionLabels, Prefixed, ResultLabels};
 
 use super::nar_cache::NarDirs;
 use crate::config::Compression;
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CompressionLabels {
-    compression: &'static str,
-}
-
 /// Counters of the cache. Cheap to clone (the metrics are shared).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CacheStats {
     narinfo: Family<ResultLabels, Counter>,
     nar_bytes: Family<CompressionLabels, Counter>,
@@ -36,7 +26,49 @@ pub struct CacheStats {
 impl CacheStats {
     /// Creates the metrics and registers them under `tailcache_cache_*`.
     pub fn register(registry: &mut Registry) -> Self {
-        let s = CacheStats::default();
+        let mut r = Prefixed::new(registry, "tailcache_cache");
+        let s = CacheStats {
+            narinfo: r.add(
+                "narinfo_requests",
+                "narinfo requests by result (hit: a valid path)",
+                Family::default(),
+            ),
+            nar_bytes: r.add(
+                "nar_bytes",
+                "NAR bytes sent, by compression",
+                Family::default(),
+            ),
+            compressions: r.add(
+                "compressions",
+                "background NAR compressions by result",
+                Family::default(),
+            ),
+            queue_len: r.add(
+                "compression_queue_length",
+                "paths waiting for compression",
+                Gauge::default(),
+            ),
+            nar_dir_bytes: r.add(
+                "nar_dir_bytes",
+                "bytes of compressed NARs on disk",
+                Gauge::default(),
+            ),
+            archive_jobs: r.add(
+                "archive_jobs",
+                "background archive files (the second, smaller file per NAR) made, by result",
+                Family::default(),
+            ),
+            archive_queue_len: r.add(
+                "archive_queue_length",
+                "paths waiting for their archive file or having it made",
+                Gauge::default(),
+            ),
+            archive_dir_bytes: r.add(
+                "archive_dir_bytes",
+                "bytes of archive files on disk",
+                Gauge::default(),
+            ),
+        };
         for result in ["hit", "miss"] {
             let _ = s.narinfo.get_or_create(&ResultLabels { result });
         }
@@ -49,47 +81,6 @@ impl CacheStats {
             let _ = s.compressions.get_or_create(&ResultLabels { result });
             let _ = s.archive_jobs.get_or_create(&ResultLabels { result });
         }
-        let r = registry.sub_registry_with_prefix("tailcache_cache");
-        r.register(
-            "narinfo_requests",
-            "narinfo requests by result (hit: a valid path)",
-            s.narinfo.clone(),
-        );
-        r.register(
-            "nar_bytes",
-            "NAR bytes sent, by compression",
-            s.nar_bytes.clone(),
-        );
-        r.register(
-            "compressions",
-            "background NAR compressions by result",
-            s.compressions.clone(),
-        );
-        r.register(
-            "compression_queue_length",
-            "paths waiting for compression",
-            s.queue_len.clone(),
-        );
-        r.register(
-            "nar_dir_bytes",
-            "bytes of compressed NARs on disk",
-            s.nar_dir_bytes.clone(),
-        );
-        r.register(
-            "archive_jobs",
-            "background archive files (the second, smaller file per NAR) made, by result",
-            s.archive_jobs.clone(),
-        );
-        r.register(
-            "archive_queue_length",
-            "paths waiting for their archive file or having it made",
-            s.archive_queue_len.clone(),
-        );
-        r.register(
-            "archive_dir_bytes",
-            "bytes of archive files on disk",
-            s.archive_dir_bytes.clone(),
-        );
         s
     }
 
