@@ -1,8 +1,8 @@
-//! tailcache-metrics: how each program declares its Prometheus metrics. A program's metrics
-//! struct is built in one expression, each field made by [`Prefixed::add`], which registers
-//! it under the program's prefix with its help text — so no metric is kept but not exported,
-//! and its name and help stand beside the field they fill — and the label sets more than one
-//! program counts by.
+//! tailcache-metrics: how each program declares its Prometheus metrics, and the label sets
+//! more than one program counts by. A program's metrics struct is built in one expression,
+//! each field made by [`Prefixed::add`], which registers it under the program's prefix with
+//! its help text: no metric is kept but not exported, and each name and help stands beside
+//! the field it fills.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::registry::{Metric, Registry};
