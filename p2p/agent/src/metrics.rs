@@ -20,7 +20,8 @@ pub struct RouteLabels {
     route: &'static str,
 }
 
-fn labels(c: Compression) -> CompressionLabels {
+/// The label set of the compression `c`, by its name in narinfos.
+fn by_compression(c: Compression) -> CompressionLabels {
     CompressionLabels {
         compression: c.name(),
     }
@@ -113,17 +114,19 @@ impl AgentMetrics {
             ),
         };
         for c in [Compression::None, Compression::Zstd, Compression::Xz] {
-            let _ = m.narinfo_rewrites.get_or_create(&labels(c));
+            let _ = m.narinfo_rewrites.get_or_create(&by_compression(c));
         }
         for c in [Compression::Zstd, Compression::Xz] {
-            let _ = m.decode_speed.get_or_create(&labels(c));
+            let _ = m.decode_speed.get_or_create(&by_compression(c));
         }
         m
     }
 
     /// Counts a narinfo served naming the file compressed with `c` instead of the server's.
     pub fn narinfo_rewritten(&self, c: Compression) {
-        self.narinfo_rewrites.get_or_create(&labels(c)).inc();
+        self.narinfo_rewrites
+            .get_or_create(&by_compression(c))
+            .inc();
     }
 
     /// Publishes the measurements in the gauges.
@@ -137,7 +140,7 @@ impl AgentMetrics {
         }
         for c in [Compression::Zstd, Compression::Xz] {
             self.decode_speed
-                .get_or_create(&labels(c))
+                .get_or_create(&by_compression(c))
                 .set(measured.decode.of(c).unwrap_or(0.0));
         }
     }
